@@ -1,0 +1,91 @@
+"""Persistent BM25 inverted index on Lucene, built through Pyserini (Pyserini's default English analyzer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+from tqdm.auto import tqdm
+
+from rankstack._atomic import atomic_dir, write_json
+from rankstack.errors import BadInput, IndexCorrupt
+from rankstack.index.base import read_params
+from rankstack.index.docstore import DocStore
+from rankstack.index.jvm import import_pyserini
+from rankstack.records import Document
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LuceneIndex"]
+
+
+def _progress_disabled(show_progress: bool | None) -> bool:
+    if show_progress is None:
+        return not logging.getLogger("rankstack").isEnabledFor(logging.INFO)
+    return not show_progress
+
+
+class LuceneIndex:
+    """A directory holding ``lucene/`` (the Lucene index), a :class:`DocStore` and ``params.json``.
+
+    Documents are indexed "flat": title and text joined into one ``contents`` field, as Pyserini's BEIR flat
+    indexes do.
+    """
+
+    KIND = "lucene-bm25"
+    FORMAT_VERSION = 1
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.params = read_params(self.path, self.KIND, self.FORMAT_VERSION)
+        if not (self.path / "lucene").is_dir():
+            raise IndexCorrupt(f"{self.path}: the lucene/ folder is missing; rebuild the index")
+        self.docstore = DocStore(self.path)
+        if len(self.docstore) != self.params["num_docs"]:
+            raise IndexCorrupt(f"{self.path}: params say {self.params['num_docs']} documents, store holds "
+                               f"{len(self.docstore)}; rebuild the index")
+
+    @property
+    def lucene_dir(self) -> Path:
+        return self.path / "lucene"
+
+    def __len__(self) -> int:
+        return self.params["num_docs"]
+
+    @classmethod
+    def build(cls, documents: Iterable[Document], path: str | os.PathLike, *, threads: int = 1,
+              batch_size: int = 1000, show_progress: bool | None = None, meta: dict | None = None) -> LuceneIndex:
+        """Index ``documents`` into ``path`` atomically (an existing index there is replaced only on success)."""
+        lucene = import_pyserini("pyserini.index.lucene")
+        docs = list(documents)
+        if not docs:
+            raise BadInput("cannot build an index from an empty corpus")
+        seen: set[str] = set()
+        for d in docs:
+            if d.docid in seen:
+                raise BadInput(f"duplicate docid {d.docid!r} in the corpus")
+            seen.add(d.docid)
+        t0 = time.perf_counter()
+        with atomic_dir(path) as tmp:
+            writer = lucene.LuceneIndexer(str(tmp / "lucene"), threads=threads)
+            try:
+                bar = tqdm(total=len(docs), desc="index bm25", unit=" docs", disable=_progress_disabled(show_progress))
+                for i in range(0, len(docs), batch_size):
+                    chunk = docs[i:i + batch_size]
+                    writer.add_batch_raw([json.dumps({"id": d.docid, "contents": d.contents}) for d in chunk])
+                    bar.update(len(chunk))
+                bar.close()
+            finally:
+                writer.close()
+            DocStore.write(tmp, docs)
+            write_json(tmp / "params.json", {
+                "kind": cls.KIND, "format_version": cls.FORMAT_VERSION, "num_docs": len(docs),
+                "fields": "contents = title + ' ' + text", "analyzer": "pyserini default (English, Porter, stopwords)",
+                **(meta or {}),
+            })
+        logger.info("indexed %d documents into %s in %.1f s", len(docs), path, time.perf_counter() - t0)
+        return cls(path)

@@ -34,8 +34,9 @@ def paired_ttest(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     from scipy import stats
 
     x, y = _paired(a, b)
-    if np.allclose(x, y):
-        return 1.0
+    d = y - x
+    if np.allclose(d, d[0], rtol=0, atol=1e-12):  # zero variance: the t statistic is 0/0 or infinite
+        return 1.0 if abs(d[0]) <= 1e-12 else 0.0
     return float(stats.ttest_rel(x, y).pvalue)
 
 

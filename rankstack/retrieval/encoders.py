@@ -85,3 +85,46 @@ class SentenceTransformerEncoder:
 
     def encode_documents(self, documents: Sequence[Document]) -> np.ndarray:
         return self._encode([self.document_prefix + d.contents for d in documents], "documents")
+
+
+class HashingEncoder:
+    """A deterministic, model-free encoder: signed feature hashing of lower-cased word tokens, L2-normalised.
+
+    Useful for plumbing (tests, service smoke runs) where loading a neural model would be slow; it is a bag of
+    words, not a semantic model, and must not be used to report retrieval quality.
+    """
+
+    def __init__(self, dim: int = 256):
+        if dim <= 0:
+            raise BadInput(f"hashing dimension must be positive, got {dim}")
+        self.dim = dim
+        self.model_name = f"hash:{dim}"
+        self.normalize = True
+
+    def _one(self, text: str) -> np.ndarray:
+        import hashlib
+        import re
+
+        v = np.zeros(self.dim, dtype=np.float32)
+        for tok in re.findall(r"\w+", text.lower()):
+            h = int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "little")
+            v[h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+        n = np.linalg.norm(v)
+        return v / n if n > 0 else v
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        if any(not t or not t.strip() for t in texts):
+            raise BadInput("cannot encode an empty query; give every query some text")
+        return np.stack([self._one(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+    def encode_documents(self, documents: Sequence[Document]) -> np.ndarray:
+        return (np.stack([self._one(d.contents) for d in documents]) if documents
+                else np.zeros((0, self.dim), np.float32))
+
+
+def make_encoder(name: str, **kwargs):
+    """``hash`` / ``hash:<dim>`` for :class:`HashingEncoder`; anything else is a sentence-transformers model."""
+    if name == "hash" or name.startswith("hash:"):
+        dim = int(name.split(":", 1)[1]) if ":" in name else 256
+        return HashingEncoder(dim)
+    return SentenceTransformerEncoder(name, **kwargs)

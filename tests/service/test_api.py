@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from rankstack.errors import BadInput
+from rankstack.service.app import create_app
+from rankstack.service.config import load_settings
+
+from svc_helpers import DOCS, make_settings
+
+
+@pytest.fixture()
+def client(tmp_path):
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        assert c.post("/v1/collections/demo/documents", json={"documents": DOCS}).status_code == 200
+        yield c
+
+
+def test_search_get_delete_roundtrip(client):
+    r = client.post("/v1/collections/demo/search", json={"query": "memory safe programming language", "k": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["results"][0]["docid"] == "rs" and len(body["results"]) == 2
+    assert set(body["timings"]) == {"retrieve_bm25", "retrieve_dense", "fuse"}
+    assert r.headers["X-Request-ID"]
+    assert client.get("/v1/collections/demo/documents/py").json()["title"] == "Python"
+    assert client.delete("/v1/collections/demo/documents/rs").status_code == 200
+    r = client.post("/v1/collections/demo/search", json={"query": "memory safe programming language", "k": 4})
+    assert "rs" not in [h["docid"] for h in r.json()["results"]]
+    assert client.get("/v1/collections/demo/documents/rs").status_code == 404
+
+
+def test_filters_overrides_and_batch(client):
+    r = client.post("/v1/collections/demo/search", json={"query": "language animals", "k": 4,
+                                                         "filters": {"kind": "animal"}})
+    assert {h["docid"] for h in r.json()["results"]} <= {"cat", "dog"}
+    r = client.post("/v1/collections/demo/search", json={"query": "purr", "k": 3, "pipeline": {"retrievers": ["bm25"]}})
+    assert list(r.json()["timings"]) == ["retrieve_bm25"] and r.json()["results"][0]["docid"] == "cat"
+    r = client.post("/v1/collections/demo/search/batch", json={"queries": [{"query": "purr"}, {"query": "wolves"}], "k": 1})
+    assert [x["results"][0]["docid"] for x in r.json()["results"]] == ["cat", "dog"]
+
+
+def test_upsert_replaces_in_every_index(client):
+    doc = {"docid": "py", "title": "Python", "text": "A python is a large constricting snake."}
+    assert client.post("/v1/collections/demo/documents", json={"documents": [doc]}).json()["num_documents"] == 4
+    for retr in (["bm25"], ["dense"]):
+        hits = client.post("/v1/collections/demo/search", json={"query": "constricting snake", "k": 1,
+                                                                "pipeline": {"retrievers": retr}}).json()["results"]
+        assert hits[0]["docid"] == "py" and "snake" in hits[0]["text"]
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"query": "   "}, "query: Value error, must contain some non-whitespace text"),
+    ({"query": "x", "k": 0}, "k: Input should be greater than or equal to 1"),
+    ({"query": "x", "k": 100000}, "k: Input should be less than or equal to 1000"),
+    ({"query": "x" * 5000}, "query: String should have at most 2048 characters"),
+    ({"query": "x", "bogus": 1}, "bogus: Extra inputs are not permitted"),
+    ({"query": "x", "pipeline": {"retrievers": ["splade"]}}, "invalid pipeline override"),
+])
+def test_bad_search_requests_are_422_with_a_message(client, body, fragment):
+    r = client.post("/v1/collections/demo/search", json=body)
+    assert r.status_code == 422 and fragment in r.json()["error"], r.text
+
+
+def test_unknown_collection_and_malformed_json(client):
+    r = client.post("/v1/collections/nope/search", json={"query": "x"})
+    assert r.status_code == 404 and "no collection 'nope'" in r.json()["error"]
+    r = client.post("/v1/collections/demo/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_ingest_limits(client):
+    r = client.post("/v1/collections/demo/documents", json={"documents": []})
+    assert r.status_code == 422
+    r = client.post("/v1/collections/demo/documents", json={"documents": [{"docid": "a b", "text": "x"}]})
+    assert r.status_code == 422 and "documents.0.docid" in r.json()["error"]
+    r = client.post("/v1/collections/demo/documents", json={"documents": [{"docid": "a", "text": "x"}] * 2})
+    assert r.status_code == 422 and "duplicate docids" in r.json()["error"]
+
+
+def test_rerank_endpoint(client):
+    r = client.post("/v1/rerank", json={"query": "which animal purrs", "top_n": 2, "return_documents": True,
+                                        "documents": ["Rust is a language", "Cats purr when content", "Tea"]})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert len(res) == 2 and res[0]["index"] == 1 and res[0]["document"]["text"].startswith("Cats")
+    assert res[0]["relevance_score"] >= res[1]["relevance_score"]
+    assert client.post("/v1/rerank", json={"query": "x", "documents": []}).status_code == 422
+
+
+def test_health_ready_metrics_and_openapi_limits(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["collections"] == ["demo"]
+    client.post("/v1/collections/demo/search", json={"query": "cats"})
+    text = client.get("/metrics").text
+    assert 'rankstack_requests_total{method="POST",route="/v1/collections/{name}/documents",status="200"}' in text
+    assert "rankstack_stage_seconds_bucket" in text
+    schema = client.get("/openapi.json").json()
+    k = schema["components"]["schemas"]["SearchRequest"]["properties"]["k"]
+    assert k["maximum"] == 1000 and k["minimum"] == 1
+
+
+def test_api_keys_and_body_size(tmp_path):
+    settings = make_settings(tmp_path, api_keys=["s3cret"], limits={"max_request_bytes": 2048})
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/collections/demo/documents", json={"documents": DOCS[:1]})
+        assert r.status_code == 401 and "X-API-Key" in r.json()["error"]
+        assert c.post("/v1/collections/demo/documents", json={"documents": DOCS[:1]},
+                      headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.post("/v1/collections/demo/documents", json={"documents": DOCS[:1]},
+                      headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/health").status_code == 200  # probes stay open
+        big = {"documents": [{"docid": "big", "text": "word " * 2000}]}
+        r = c.post("/v1/collections/demo/documents", json=big, headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 413 and "exceeds the limit of 2048" in r.json()["error"]
+
+
+def test_collections_persist_across_restarts(tmp_path):
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings)) as c:
+        c.post("/v1/collections/demo/documents", json={"documents": DOCS})
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/ready").json()["collections"] == ["demo"]
+        r = c.post("/v1/collections/demo/search", json={"query": "wolves", "k": 1})
+        assert r.json()["results"][0]["docid"] == "dog"
+
+
+def test_overload_sheds_with_429(tmp_path):
+    settings = make_settings(tmp_path, limits={"max_inflight": 1, "max_queue": 0})
+    app = create_app(settings)
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                docs = [{"docid": f"d{i}", "text": f"document {i} " * 50} for i in range(300)]
+                reqs = [c.post(f"/v1/collections/c{i}/documents", json={"documents": docs}) for i in range(6)]
+                return await asyncio.gather(*reqs)
+
+    codes = sorted(r.status_code for r in asyncio.run(go()))
+    assert 200 in codes and 429 in codes, codes
+    assert set(codes) <= {200, 429}
+
+
+def test_config_validation_messages(tmp_path):
+    cfg = tmp_path / "svc.toml"
+    cfg.write_text('[collections.web]\nindexes = ["bm25"]\n[collections.web.pipeline]\nretrievers = ["dense"]\n'
+                   'fusion = "max"\n')
+    with pytest.raises(BadInput) as exc:
+        load_settings(cfg)
+    msg = str(exc.value)
+    assert "collections.web.pipeline.fusion: Input should be 'rrf' or 'interp'" in msg
+    cfg.write_text('[collections.web]\nindexes = ["bm25"]\n[collections.web.pipeline]\nretrievers = ["dense"]\n')
+    with pytest.raises(BadInput, match=r"pipeline uses \['dense'\] but the collection's indexes are \['bm25'\]"):
+        load_settings(cfg)
+    (tmp_path / "svc.yaml").write_text("limits:\n  max_k: 0\n")
+    with pytest.raises(BadInput, match="limits.max_k: Input should be greater than or equal to 1"):
+        load_settings(tmp_path / "svc.yaml")
+    (tmp_path / "bad.toml").write_text("[[[")
+    with pytest.raises(BadInput, match="does not parse"):
+        load_settings(tmp_path / "bad.toml")

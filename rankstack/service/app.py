@@ -148,7 +148,7 @@ class ServiceState:
 def create_app(settings: Settings):
     """Build the app. Collections are opened in the lifespan, not at import or construction."""
     fastapi = require("fastapi")
-    from fastapi import Depends, FastAPI, Header, Request
+    from fastapi import FastAPI, Path as FPath, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -167,6 +167,10 @@ def create_app(settings: Settings):
                           AfterValidator(_not_blank)]
     DocId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\s/]+$")]
     Scalar = Union[str, int, float, bool]
+    from rankstack.service.config import COLLECTION_NAME_PATTERN
+
+    Name = Annotated[str, FPath(pattern=COLLECTION_NAME_PATTERN, description="collection name")]
+    PathDocId = Annotated[str, FPath(min_length=1, max_length=256)]
 
     class Model(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -358,7 +362,7 @@ def create_app(settings: Settings):
         return {s: round(v * 1000, 3) for s, v in stages.items()}
 
     @app.post("/v1/collections/{name}/search", response_model=SearchResponse, response_model_exclude_none=True)
-    async def search(name: str, req: SearchRequest):
+    async def search(name: Name, req: SearchRequest):
         col = state.get(name)
         rankings, stages = await work(col.search, [Query(qid="q", text=req.query)], req.k,
                                       pipeline=_pipeline(col, req.pipeline), filters=req.filters)
@@ -367,7 +371,7 @@ def create_app(settings: Settings):
 
     @app.post("/v1/collections/{name}/search/batch", response_model=BatchSearchResponse,
               response_model_exclude_none=True)
-    async def batch_search(name: str, req: BatchSearchRequest):
+    async def batch_search(name: Name, req: BatchSearchRequest):
         col = state.get(name)
         queries = [Query(qid=q.qid or str(i), text=q.query) for i, q in enumerate(req.queries)]
         if len({q.qid for q in queries}) != len(queries):
@@ -398,19 +402,19 @@ def create_app(settings: Settings):
             for c in out.candidates])
 
     @app.post("/v1/collections/{name}/documents", response_model=IngestResponse)
-    async def ingest(name: str, req: IngestRequest):
+    async def ingest(name: Name, req: IngestRequest):
         col = await work(state.get_or_create, name)
         docs = [Document(docid=d.docid, text=d.text, title=d.title, metadata=d.metadata) for d in req.documents]
         seq = await work(col.upsert, docs)
         return IngestResponse(collection=name, acknowledged=len(docs), seq=seq, num_documents=len(col.docs))
 
     @app.get("/v1/collections/{name}/documents/{docid}")
-    async def get_document(name: str, docid: str) -> dict[str, Any]:
+    async def get_document(name: Name, docid: PathDocId) -> dict[str, Any]:
         d = state.get(name).get(docid)
         return {"docid": d.docid, "title": d.title, "text": d.text, "metadata": dict(d.metadata)}
 
     @app.delete("/v1/collections/{name}/documents/{docid}")
-    async def delete_document(name: str, docid: str) -> dict[str, Any]:
+    async def delete_document(name: Name, docid: PathDocId) -> dict[str, Any]:
         col = state.get(name)
         seq = await work(col.delete, docid)
         return {"collection": name, "deleted": docid, "seq": seq}

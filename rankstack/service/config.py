@@ -14,6 +14,7 @@ from rankstack.errors import BadInput
 __all__ = ["PipelineConfig", "CollectionConfig", "Limits", "Settings", "load_settings"]
 
 IndexKind = Literal["bm25", "dense"]
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class _Strict(BaseModel):
@@ -41,7 +42,7 @@ class PipelineConfig(_Strict):
 
 
 class CollectionConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str = Field(pattern=COLLECTION_NAME_PATTERN)
     indexes: list[IndexKind] = Field(default_factory=lambda: ["bm25"], min_length=1)
     encoder: str = Field("sentence-transformers/all-MiniLM-L6-v2",
                          description="sentence-transformers name or path, or hash[:dim] for a model-free encoder")

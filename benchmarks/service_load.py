@@ -114,8 +114,8 @@ def main() -> int:
             if n != len(ds.corpus):
                 docs = [{"docid": d.docid, "title": d.title, "text": d.text} for d in ds.corpus.values()]
                 t0 = time.perf_counter()
-                for i in range(0, len(docs), 1000):
-                    c.post(f"{base}/v1/collections/{ds.name}/documents", json={"documents": docs[i:i + 1000]}).raise_for_status()
+                for i in range(0, len(docs), 500):
+                    c.post(f"{base}/v1/collections/{ds.name}/documents", json={"documents": docs[i:i + 500]}).raise_for_status()
                 print(f"ingested {len(docs)} documents in {time.perf_counter() - t0:.1f} s")
         texts = [q.text for q in ds.queries.values()]
         pipelines = {"bm25": ["bm25"], "dense": ["dense"], "hybrid-rrf": ["bm25", "dense"]}

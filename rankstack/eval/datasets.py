@@ -17,6 +17,7 @@ from typing import Iterator, Mapping
 from tqdm.auto import tqdm
 
 from rankstack._atomic import atomic_dir
+from rankstack._progress import progress_enabled
 from rankstack.errors import DatasetError
 from rankstack.eval.trec import read_qrels, read_topics
 from rankstack.records import Candidate, Document, Qrels, Query, Ranking
@@ -92,7 +93,7 @@ def read_corpus(path: str | os.PathLike, *, show_progress: bool | None = None) -
     path = Path(path)
     corpus: dict[str, Document] = {}
     for lineno, obj in tqdm(_jsonl(path), desc=f"read {path.parent.name}/corpus", unit=" docs",
-                            disable=_no_progress(show_progress)):
+                            disable=not progress_enabled(show_progress)):
         docid = _field(path, lineno, obj, "_id", "id")
         if docid in corpus:
             raise DatasetError(f"{path}:{lineno}: duplicate docid {docid!r}")
@@ -112,12 +113,6 @@ def read_queries(path: str | os.PathLike) -> dict[str, Query]:
         qid = _field(path, lineno, obj, "_id", "id")
         queries[qid] = Query(qid=qid, text=_field(path, lineno, obj, "text"))
     return queries
-
-
-def _no_progress(show_progress: bool | None) -> bool:
-    if show_progress is None:
-        return not logging.getLogger("rankstack").isEnabledFor(logging.INFO)
-    return not show_progress
 
 
 def load_beir_folder(folder: str | os.PathLike, split: str = "test", *, name: str | None = None,

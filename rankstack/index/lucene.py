@@ -12,6 +12,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from rankstack._atomic import atomic_dir, write_json
+from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, IndexCorrupt
 from rankstack.index.base import read_params
 from rankstack.index.docstore import DocStore
@@ -21,12 +22,6 @@ from rankstack.records import Document
 logger = logging.getLogger(__name__)
 
 __all__ = ["LuceneIndex"]
-
-
-def _progress_disabled(show_progress: bool | None) -> bool:
-    if show_progress is None:
-        return not logging.getLogger("rankstack").isEnabledFor(logging.INFO)
-    return not show_progress
 
 
 class LuceneIndex:
@@ -73,7 +68,7 @@ class LuceneIndex:
         with atomic_dir(path) as tmp:
             writer = lucene.LuceneIndexer(str(tmp / "lucene"), threads=threads)
             try:
-                bar = tqdm(total=len(docs), desc="index bm25", unit=" docs", disable=_progress_disabled(show_progress))
+                bar = tqdm(total=len(docs), desc="index bm25", unit=" docs", disable=not progress_enabled(show_progress))
                 for i in range(0, len(docs), batch_size):
                     chunk = docs[i:i + batch_size]
                     writer.add_batch_raw([json.dumps({"id": d.docid, "contents": d.contents}) for d in chunk])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from rankstack.errors import BadInput
 from rankstack.records import Candidate, Ranking
 from rankstack.rerank.base import Reranker

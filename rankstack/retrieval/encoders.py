@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from rankstack._optional import available
+from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, MissingExtra
 from rankstack.records import Document
 
@@ -33,12 +34,6 @@ def resolve_model(name_or_path: str) -> str:
 
         return str(importlib.import_module(module).get_model_path())
     return name_or_path
-
-
-def _progress(show_progress: bool | None) -> bool:
-    if show_progress is None:
-        return logging.getLogger("rankstack").isEnabledFor(logging.INFO)
-    return show_progress
 
 
 class SentenceTransformerEncoder:
@@ -75,7 +70,7 @@ class SentenceTransformerEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         emb = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=self.normalize, show_progress_bar=_progress(self.show_progress))
+                                normalize_embeddings=self.normalize, show_progress_bar=progress_enabled(self.show_progress))
         return np.ascontiguousarray(emb, dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

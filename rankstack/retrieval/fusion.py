@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from rankstack.errors import BadInput
 from rankstack.records import Candidate, Document, Query, Ranking, Run, trec_order

@@ -6,13 +6,11 @@ full. Every response carries an ``X-Request-ID`` that also tags the log lines.
 """
 
 import asyncio
-import json
 import logging
 import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any, Callable, Union
 
 from rankstack._optional import require
@@ -147,7 +145,7 @@ class ServiceState:
 
 def create_app(settings: Settings):
     """Build the app. Collections are opened in the lifespan, not at import or construction."""
-    fastapi = require("fastapi")
+    require("fastapi")
     from fastapi import FastAPI, Path as FPath, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response
@@ -321,15 +319,16 @@ def create_app(settings: Settings):
                     secs * 1000)
         return response
 
-    async def work(fn: Callable, *args, **kwargs):
+    async def work(fn: Callable, *args, _timeout: float | None = None, **kwargs):
         """Run blocking library work off the event loop, behind the load gate and the stage timeout."""
+        timeout = _timeout or lim.stage_timeout_s
         try:
             async with state.gate:
                 state.metrics.inflight.inc()
                 try:
-                    return await asyncio.wait_for(run_in_threadpool(fn, *args, **kwargs), lim.stage_timeout_s)
+                    return await asyncio.wait_for(run_in_threadpool(fn, *args, **kwargs), timeout)
                 except asyncio.TimeoutError:
-                    raise StageTimeout(f"the request exceeded the {lim.stage_timeout_s:g} s stage timeout") from None
+                    raise StageTimeout(f"the request exceeded the {timeout:g} s timeout") from None
                 finally:
                     state.metrics.inflight.dec()
         except Overloaded:
@@ -403,9 +402,9 @@ def create_app(settings: Settings):
 
     @app.post("/v1/collections/{name}/documents", response_model=IngestResponse)
     async def ingest(name: Name, req: IngestRequest):
-        col = await work(state.get_or_create, name)
+        col = await work(state.get_or_create, name, _timeout=lim.ingest_timeout_s)
         docs = [Document(docid=d.docid, text=d.text, title=d.title, metadata=d.metadata) for d in req.documents]
-        seq = await work(col.upsert, docs)
+        seq = await work(col.upsert, docs, _timeout=lim.ingest_timeout_s)
         return IngestResponse(collection=name, acknowledged=len(docs), seq=seq, num_documents=len(col.docs))
 
     @app.get("/v1/collections/{name}/documents/{docid}")

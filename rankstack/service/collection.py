@@ -41,6 +41,7 @@ class Collection:
         self._lock = threading.RLock()
         self.docs: dict[str, Document] = {}
         self.seq = 0
+        self._touched: dict[str, int] = {}  # docid -> last log seq that upserted or deleted it
         self._bm25 = None
         self._dense_index = None
         self._dense = None
@@ -73,6 +74,8 @@ class Collection:
 
     def _apply(self, rec: dict) -> None:
         self.seq = rec["seq"]
+        for docid in (d["docid"] for d in rec.get("docs", ())) if rec["op"] == "upsert" else rec["docids"]:
+            self._touched[docid] = rec["seq"]
         if rec["op"] == "upsert":
             for d in rec["docs"]:
                 self.docs[d["docid"]] = Document(docid=d["docid"], text=d["text"], title=d.get("title", ""),
@@ -118,8 +121,9 @@ class Collection:
                 logger.warning("collection %s: rebuilding the dense index (%s)", self.name, exc)
             index = DenseFlatIndex(self.encoder.dim, meta={"model": self.encoder.model_name, "applied_seq": 0})
         if index.meta.get("applied_seq", 0) != self.seq or len(index) != len(self.docs):
-            # bring the index to the log's state: drop what is gone or stale, encode what is missing
-            self._sync_dense(index)
+            # bring the index to the log's state: drop what is gone or changed since, encode what is missing
+            applied = index.meta.get("applied_seq", 0)
+            self._sync_dense(index, [d for d, s in self._touched.items() if s > applied])
             index.save(path)
         self._dense_index = index
         self._make_dense_retriever()
@@ -176,12 +180,13 @@ class Collection:
         if len(set(ids)) != len(ids):
             raise BadInput("duplicate docids in one request")
         with self._lock:
+            changed = [d.docid for d in documents if self.docs.get(d.docid) != d]  # re-ingest is cheap
             rec = {"seq": self.seq + 1, "op": "upsert",
                    "docs": [{"docid": d.docid, "title": d.title, "text": d.text, "metadata": dict(d.metadata)}
                             for d in documents]}
             self._append(rec)
             self._apply(rec)
-            self._refresh(changed=ids)
+            self._refresh(changed=changed)
             return self.seq
 
     def delete(self, docid: str) -> int:
@@ -195,6 +200,8 @@ class Collection:
             return self.seq
 
     def _refresh(self, changed: Sequence[str]) -> None:
+        if not changed:  # identical re-ingest: indexes already agree (reopening catches up their applied_seq)
+            return
         if self._dense_index is not None:
             self._sync_dense(self._dense_index, changed)
             self._dense_index.save(self.root / "dense")

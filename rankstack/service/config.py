@@ -64,7 +64,8 @@ class Limits(_Strict):
     max_document_chars: int = Field(100_000, ge=1)
     max_rerank_documents: int = Field(1000, ge=1)
     max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    stage_timeout_s: float = Field(30.0, gt=0)
+    stage_timeout_s: float = Field(30.0, gt=0, description="search/rerank stage timeout (504)")
+    ingest_timeout_s: float = Field(900.0, gt=0, description="ingest timeout; encoding is slow on CPU")
     max_inflight: int = Field(8, ge=1, description="requests processed at once")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond max_inflight before 429s")
 

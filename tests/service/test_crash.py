@@ -12,7 +12,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 
 def _free_port() -> int:

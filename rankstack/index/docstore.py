@@ -70,8 +70,7 @@ class DocStore:
 
     def _read(self, row: int) -> Document:
         start, end = int(self._offsets[row]), int(self._offsets[row + 1])
-        self._fh.seek(start)
-        obj = json.loads(self._fh.read(end - start))
+        obj = json.loads(os.pread(self._fh.fileno(), end - start, start))  # pread: safe across threads
         return Document(docid=obj["_id"], title=obj.get("title", ""), text=obj["text"], metadata=obj.get("metadata") or {})
 
     def __iter__(self) -> Iterator[Document]:

@@ -84,3 +84,17 @@ def test_batched_equals_single_query_search(nf_index):
     for q, b in zip(queries, batched):
         single = bm25.retrieve([q], 50)[0]
         assert single.docids == b.docids
+
+
+def test_concurrent_searches_with_documents(nf_index):
+    """The service searches from many threads at once; reading stored documents must be thread-safe."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds, index = nf_index
+    bm25 = BM25Retriever(index, with_documents=True)
+    queries = list(ds.queries.values())[:64]
+    expected = {q.qid: bm25.retrieve([q], 10)[0] for q in queries}
+    with ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(lambda q: bm25.retrieve([q], 10)[0], queries))
+    for r in got:
+        assert [c.document.text for c in r.candidates] == [c.document.text for c in expected[r.query.qid].candidates]

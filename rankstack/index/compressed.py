@@ -1,0 +1,555 @@
+"""Compressed dense indexes behind one interface: FAISS IVF/HNSW/PQ/OPQ/IVF-PQ/SQ8 and binary codes.
+
+An :class:`IndexSpec` (``IndexSpec.parse("pq:m=48,rescore=float32")``) says what to build. Every kind supports
+add/upsert/remove by docid, atomic save/load with consistency checks, and an optional second tier: full-precision
+(float32, float16 or int8) vectors in a memory-mapped file, used to rescore ``k * rescore_multiplier`` candidates
+from the compact codes exactly. Only the codes live in memory; the rescoring file is paged in on demand.
+
+Internally each document has a *slot* (a stable int64 id that FAISS stores); the rescoring file is indexed by slot.
+Removed slots are never reused, and their rows stay in the rescoring file until the index is rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rankstack._atomic import atomic_dir, write_json
+from rankstack._optional import require
+from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
+from rankstack.index.base import read_params
+from rankstack.index.binary import ResidualBinaryCodec
+from rankstack.index.faiss_flat import _as_matrix
+from rankstack.records import TopK
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IndexSpec", "CompressedIndex", "KINDS"]
+
+KINDS = ("flat", "ivf-flat", "hnsw", "pq", "opq-pq", "ivf-pq", "sq8", "binary")
+RESCORE = ("none", "float32", "float16", "int8")
+BINARY_SEARCH = ("hamming", "symmetric", "asymmetric")
+_ALIASES = {"multiplier": "rescore_multiplier", "ef": "ef_search", "mode": "binary_search"}
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What to build. ``m`` PQ sub-quantizers of ``nbits`` bits (``m * nbits / 8`` bytes per vector); ``bits`` is
+    bits per dimension for binary codes; ``train_size`` caps the vectors used to train quantizers."""
+
+    kind: str
+    nlist: int = 256
+    nprobe: int = 16
+    m: int = 48
+    nbits: int = 8
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    bits: int = 1
+    binary_search: str = "hamming"
+    train_size: int = 100_000
+    rescore: str = "none"
+    rescore_multiplier: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise BadInput(f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        for f in ("nlist", "nprobe", "m", "nbits", "hnsw_m", "ef_construction", "ef_search", "bits",
+                  "train_size", "rescore_multiplier"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise BadInput(f"index spec: {f} must be a positive integer, got {v!r}")
+        if self.rescore not in RESCORE:
+            raise BadInput(f"index spec: rescore must be one of {RESCORE}, got {self.rescore!r}")
+        if self.binary_search not in BINARY_SEARCH:
+            raise BadInput(f"index spec: binary_search must be one of {BINARY_SEARCH}, got {self.binary_search!r}")
+        if self.kind == "binary" and self.binary_search == "hamming" and self.bits != 1:
+            raise BadInput("Hamming search needs 1-bit codes; use binary_search=symmetric or asymmetric for "
+                           f"bits={self.bits}")
+        if self.nbits > 16:
+            raise BadInput(f"index spec: nbits={self.nbits} is too large (PQ sub-quantizers use <= 16 bits)")
+
+    @classmethod
+    def parse(cls, text: str) -> IndexSpec:
+        """``"kind"`` or ``"kind:key=value,key=value"``, e.g. ``"ivf-pq:nlist=1024,m=48,nprobe=32,rescore=int8"``."""
+        kind, _, rest = text.strip().partition(":")
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        kw: dict = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = item.partition("=")
+            key = _ALIASES.get(key.strip(), key.strip())
+            if not eq or key not in fields or key == "kind":
+                raise BadInput(f"index spec {text!r}: bad option {item!r}; options are "
+                               f"{', '.join(k for k in fields if k != 'kind')}")
+            kw[key] = value.strip() if fields[key] == "str" else _int(value, key, text)
+        return cls(kind=kind.strip(), **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def label(self) -> str:
+        parts = {"ivf-flat": f"IVF{self.nlist},Flat", "hnsw": f"HNSW{self.hnsw_m}", "pq": f"PQ{self.m}x{self.nbits}",
+                 "opq-pq": f"OPQ{self.m},PQ{self.m}x{self.nbits}", "ivf-pq": f"IVF{self.nlist},PQ{self.m}x{self.nbits}",
+                 "sq8": "SQ8", "flat": "Flat", "binary": f"binary{self.bits}b-{self.binary_search}"}
+        s = parts[self.kind]
+        return s + (f"+rescore-{self.rescore}x{self.rescore_multiplier}" if self.rescore != "none" else "")
+
+
+def _int(value: str, key: str, text: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise BadInput(f"index spec {text!r}: {key} must be an integer, got {value!r}") from None
+
+
+class _VectorStore:
+    """Full-precision vectors by slot: a read-only memmap on disk plus rows added since the last save."""
+
+    def __init__(self, dim: int, dtype: str):
+        self.dim = dim
+        self.dtype = dtype
+        self.disk: np.ndarray | None = None  # [n_disk, dim] memmap
+        self.disk_scale: np.ndarray | None = None  # int8 only: per-row scale
+        self.pending: list[tuple[int, np.ndarray]] = []
+        self._pending_rows: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return (0 if self.disk is None else self.disk.shape[0]) + len(self.pending)
+
+    def put(self, slots: np.ndarray, vectors: np.ndarray) -> None:
+        """Hold new rows in memory until the next save, already rounded to the on-disk precision so that
+        rescoring gives the same scores before and after saving."""
+        for s, v in zip(slots.tolist(), self.round_trip(np.asarray(vectors, np.float32))):
+            self._pending_rows[s] = v
+
+    def quantize(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.dtype == "int8":
+            sc = (np.abs(v).max(axis=1) / 127.0).astype(np.float32)
+            sc[sc == 0] = 1.0
+            return np.clip(np.rint(v / sc[:, None]), -127, 127).astype(np.int8), sc
+        dt = np.float16 if self.dtype == "float16" else np.float32
+        return v.astype(dt), np.ones(v.shape[0], np.float32)
+
+    def round_trip(self, v: np.ndarray) -> np.ndarray:
+        q, sc = self.quantize(v)
+        out = np.asarray(q, np.float32)
+        if self.dtype == "int8":
+            out *= sc[:, None]
+        return out
+
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        """float32 ``[len(slots), dim]``; reads the memmap in ascending slot order to keep disk access sequential."""
+        out = np.empty((slots.size, self.dim), np.float32)
+        n_disk = 0 if self.disk is None else self.disk.shape[0]
+        order = np.argsort(slots, kind="stable")
+        s_sorted = slots[order]
+        on_disk = s_sorted < n_disk
+        if on_disk.any():
+            rows = np.asarray(self.disk[s_sorted[on_disk]], np.float32)
+            if self.dtype == "int8":
+                rows *= self.disk_scale[s_sorted[on_disk]][:, None]
+            out[order[on_disk]] = rows
+        for i in np.flatnonzero(~on_disk):
+            out[order[i]] = self._pending_rows[int(s_sorted[i])]
+        return out
+
+    def write(self, path: Path, n_slots: int) -> None:
+        """Write all slots ``[0, n_slots)`` to ``path/vectors.npy`` (+ ``scales.npy`` for int8)."""
+        dt = {"float32": np.float32, "float16": np.float16, "int8": np.int8}[self.dtype]
+        arr = np.lib.format.open_memmap(path / "vectors.npy", mode="w+", dtype=dt, shape=(n_slots, self.dim))
+        scales = np.ones(n_slots, np.float32)
+        step = 65536
+        for s0 in range(0, n_slots, step):
+            slots = np.arange(s0, min(n_slots, s0 + step))
+            v = self.gather_or_zero(slots)
+            if self.dtype == "int8" and self.disk is not None:  # re-quantizing dequantized rows must not drift
+                keep = slots < self.disk.shape[0]
+                arr[slots[keep]] = self.disk[slots[keep]]
+                scales[slots[keep]] = self.disk_scale[slots[keep]]
+                slots, v = slots[~keep], v[~keep]
+            q, sc = self.quantize(v)
+            arr[slots] = q
+            scales[slots] = sc
+        arr.flush()
+        del arr
+        if self.dtype == "int8":
+            np.save(path / "scales.npy", scales)
+
+    def gather_or_zero(self, slots: np.ndarray) -> np.ndarray:
+        n_disk = 0 if self.disk is None else self.disk.shape[0]
+        known = (slots < n_disk) | np.isin(slots, np.fromiter(self._pending_rows, np.int64, len(self._pending_rows)))
+        out = np.zeros((slots.size, self.dim), np.float32)
+        if known.any():
+            out[known] = self.gather(slots[known])
+        return out
+
+    @classmethod
+    def open(cls, path: Path, dim: int, dtype: str, n_slots: int) -> _VectorStore:
+        self = cls(dim, dtype)
+        try:
+            self.disk = np.load(path / "vectors.npy", mmap_mode="r")
+            if dtype == "int8":
+                self.disk_scale = np.load(path / "scales.npy")
+        except (OSError, ValueError) as exc:
+            raise IndexCorrupt(f"{path}/vectors.npy (the rescoring tier) is missing or corrupt ({exc}); "
+                               f"rebuild the index") from None
+        if self.disk.shape != (n_slots, dim):
+            raise IndexCorrupt(f"{path}/vectors.npy holds {self.disk.shape} but the index has {n_slots} slots of "
+                               f"dimension {dim}; the files are inconsistent, rebuild the index")
+        if dtype == "int8" and self.disk_scale.shape != (n_slots,):
+            raise IndexCorrupt(f"{path}/scales.npy does not match vectors.npy; rebuild the index")
+        return self
+
+
+class CompressedIndex:
+    """A compressed dense index over string docids; scores are inner products (higher is better)."""
+
+    KIND = "dense-compressed"
+    FORMAT_VERSION = 1
+
+    def __init__(self, dim: int, spec: IndexSpec, *, meta: dict | None = None):
+        if not isinstance(dim, int) or dim <= 0:
+            raise BadInput(f"dimension must be a positive integer, got {dim!r}")
+        if spec.kind in ("pq", "opq-pq", "ivf-pq") and dim % spec.m:
+            raise BadInput(f"PQ with m={spec.m} needs a dimension divisible by m; {dim} is not")
+        if spec.kind == "binary" and dim % 8:
+            raise BadInput(f"binary codes need a dimension divisible by 8, got {dim}")
+        self.dim = dim
+        self.spec = spec
+        self.meta = dict(meta or {})
+        self._slot_docid: dict[int, str] = {}
+        self._docid_slot: dict[str, int] = {}
+        self._next_slot = 0
+        self._faiss = None  # FAISS kinds: an index whose ids are slots
+        self._tombstones: set[int] = set()  # HNSW cannot remove: removed slots are filtered at search
+        self._codec: ResidualBinaryCodec | None = None
+        self._planes = np.empty((0, spec.bits, dim // 8), np.uint8)
+        self._scales = np.empty((0, spec.bits), np.float16)
+        self._pos_slot = np.empty(0, np.int64)
+        self._store = _VectorStore(dim, spec.rescore) if spec.rescore != "none" else None
+        self.trained = False
+
+    # ---- building ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, spec: IndexSpec, docids: Sequence[str], vectors: np.ndarray, *,
+              meta: dict | None = None) -> CompressedIndex:
+        v = np.asarray(vectors)
+        if v.ndim != 2:
+            raise DimensionMismatch(f"vectors must be a 2-D array [n, dim], got shape {v.shape}")
+        self = cls(int(v.shape[1]), spec, meta=meta)
+        self.train(v)
+        self.add(docids, v)
+        return self
+
+    def _factory(self) -> str:
+        s = self.spec
+        return {"flat": "Flat", "ivf-flat": f"IVF{s.nlist},Flat", "hnsw": f"HNSW{s.hnsw_m},Flat",
+                "pq": f"PQ{s.m}x{s.nbits}", "opq-pq": f"OPQ{s.m},PQ{s.m}x{s.nbits}",
+                "ivf-pq": f"IVF{s.nlist},PQ{s.m}x{s.nbits}", "sq8": "SQ8"}[s.kind]
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train the quantizers on at most ``spec.train_size`` vectors sampled with ``spec.seed``."""
+        faiss = require("faiss")
+        v = _as_matrix(vectors, self.dim, "training vectors")
+        if v.shape[0] > self.spec.train_size:
+            rng = np.random.default_rng(self.spec.seed)
+            v = v[np.sort(rng.choice(v.shape[0], self.spec.train_size, replace=False))]
+        need = {"ivf-flat": self.spec.nlist, "ivf-pq": max(self.spec.nlist, 1 << self.spec.nbits),
+                "pq": 1 << self.spec.nbits, "opq-pq": 1 << self.spec.nbits}.get(self.spec.kind, 1)
+        if v.shape[0] < need:
+            raise BadInput(f"{self.spec.label} needs at least {need} training vectors, got {v.shape[0]}; "
+                           f"lower nlist/nbits or train on more data")
+        if self.spec.kind == "binary":
+            self._codec = ResidualBinaryCodec(self.dim, self.spec.bits).fit(v)
+        else:
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            base = faiss.index_factory(self.dim, self._factory(), faiss.METRIC_INNER_PRODUCT)
+            if self.spec.kind == "hnsw":
+                faiss.downcast_index(base).hnsw.efConstruction = self.spec.ef_construction
+            base.train(v)
+            self._faiss = base if self.spec.kind.startswith("ivf") else faiss.IndexIDMap(base)
+        self.trained = True
+
+    # ---- docids ------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._docid_slot)
+
+    def __contains__(self, docid: str) -> bool:
+        return docid in self._docid_slot
+
+    @property
+    def docids(self) -> list[str]:
+        return [self._slot_docid[s] for s in sorted(self._slot_docid)]
+
+    def add(self, docids: Sequence[str], vectors: np.ndarray, *, upsert: bool = False) -> None:
+        if not self.trained:
+            raise BadInput("the index is not trained; call train() (or build()) first")
+        v = _as_matrix(vectors, self.dim, "vectors")
+        docids = [str(d) for d in docids]
+        if len(docids) != v.shape[0]:
+            raise BadInput(f"{len(docids)} docids for {v.shape[0]} vectors")
+        if len(set(docids)) != len(docids):
+            raise BadInput("duplicate docids in one add() call")
+        existing = [d for d in docids if d in self._docid_slot]
+        if existing:
+            if not upsert:
+                raise BadInput(f"docids already in the index: {existing[:5]}; pass upsert=True to replace them")
+            self.remove(existing)
+        slots = np.arange(self._next_slot, self._next_slot + len(docids), dtype=np.int64)
+        if self._codec is not None:
+            planes, scales = self._codec.encode(v)
+            self._planes = np.concatenate([self._planes, planes])
+            self._scales = np.concatenate([self._scales, scales])
+            self._pos_slot = np.concatenate([self._pos_slot, slots])
+        else:
+            self._faiss.add_with_ids(v, slots)
+        if self._store is not None:
+            self._store.put(slots, v)
+        for s, d in zip(slots.tolist(), docids):
+            self._slot_docid[s] = d
+            self._docid_slot[d] = s
+        self._next_slot += len(docids)
+
+    def remove(self, docids: Sequence[str]) -> None:
+        faiss = require("faiss")
+        missing = [d for d in docids if d not in self._docid_slot]
+        if missing:
+            raise UnknownDocid(f"unknown docids {missing[:5]}: not in this index")
+        slots = np.array(sorted({self._docid_slot[d] for d in docids}), dtype=np.int64)
+        if self._codec is not None:
+            keep = ~np.isin(self._pos_slot, slots)
+            self._planes, self._scales, self._pos_slot = self._planes[keep], self._scales[keep], self._pos_slot[keep]
+        elif self.spec.kind == "hnsw":
+            self._tombstones.update(slots.tolist())
+        else:
+            removed = self._faiss.remove_ids(faiss.IDSelectorBatch(slots.size, faiss.swig_ptr(slots)))
+            if removed != slots.size:
+                raise IndexCorrupt(f"FAISS removed {removed} of {slots.size} vectors; the index is inconsistent")
+        for s in slots.tolist():
+            del self._docid_slot[self._slot_docid.pop(s)]
+
+    # ---- search ------------------------------------------------------------------------------------------
+
+    def memory_bytes(self) -> int:
+        """Bytes this index holds in memory for search (codes, ids, quantizer tables), not the rescoring file."""
+        if self._codec is not None:
+            return self._planes.nbytes + self._scales.nbytes + self._pos_slot.nbytes + self._codec.mean.nbytes
+        faiss = require("faiss")
+        return int(faiss.serialize_index(self._faiss).nbytes)
+
+    def _set_params(self, nprobe: int | None, ef_search: int | None) -> None:
+        faiss = require("faiss")
+        if self.spec.kind.startswith("ivf"):
+            faiss.extract_index_ivf(self._faiss).nprobe = nprobe or self.spec.nprobe
+        elif self.spec.kind == "hnsw":
+            faiss.downcast_index(self._faiss.index).hnsw.efSearch = ef_search or self.spec.ef_search
+
+    def search(self, queries: np.ndarray, k: int, *, rescore: bool | None = None, nprobe: int | None = None,
+               ef_search: int | None = None) -> TopK:
+        """Top-``k`` slots per query (``-1`` when fewer exist). With a rescoring tier (and ``rescore`` not False)
+        the codes fetch ``k * rescore_multiplier`` candidates and exact inner products re-rank them."""
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise BadInput(f"k must be a positive integer, got {k!r}")
+        if len(self) == 0:
+            raise BadInput("the index is empty; add documents before searching")
+        q = _as_matrix(queries, self.dim, "query vectors")
+        do_rescore = self._store is not None if rescore is None else rescore
+        if do_rescore and self._store is None:
+            raise BadInput(f"this index has no rescoring tier (built with rescore='none'): {self.spec.label}")
+        fetch = k * self.spec.rescore_multiplier if do_rescore else k
+        scores, slots = self._candidates(q, fetch, nprobe, ef_search)
+        if do_rescore:
+            scores, slots = self._rescore(q, slots, k)
+        return TopK(scores=scores[:, :k], ids=slots[:, :k])
+
+    def _candidates(self, q: np.ndarray, k: int, nprobe, ef_search) -> tuple[np.ndarray, np.ndarray]:
+        if self._codec is not None:
+            return self._binary_candidates(q, k)
+        self._set_params(nprobe, ef_search)
+        extra = len(self._tombstones)
+        scores, slots = self._faiss.search(q, k + extra)
+        if extra:
+            dead = np.isin(slots, np.fromiter(self._tombstones, np.int64, extra))
+            scores, slots = _compact(scores, slots, dead, k)
+        return scores[:, :k], slots[:, :k]
+
+    def _binary_candidates(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        faiss = require("faiss")
+        n = self._planes.shape[0]
+        kk = min(k, n)
+        mode = self.spec.binary_search
+        if mode == "hamming":
+            qp, _ = self._codec.encode(q)
+            dist, pos = faiss.knn_hamming(np.ascontiguousarray(qp[:, 0]), np.ascontiguousarray(self._planes[:, 0]), kk)
+            scores = (self.dim - 2 * dist).astype(np.float32)  # +-1 agreement: higher is better
+        else:
+            fn = self._codec.asymmetric_scores if mode == "asymmetric" else self._codec.symmetric_scores
+            full = fn(q, self._planes, self._scales)
+            pos = np.argpartition(-full, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (q.shape[0], 1))
+            part = np.take_along_axis(full, pos, axis=1)
+            order = np.lexsort((pos, -part), axis=1)
+            pos = np.take_along_axis(pos, order, axis=1)
+            scores = np.take_along_axis(part, order, axis=1)
+        slots = self._pos_slot[pos]
+        if kk < k:
+            pad = k - kk
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            slots = np.pad(slots, ((0, 0), (0, pad)), constant_values=-1)
+        return scores.astype(np.float32), slots.astype(np.int64)
+
+    def _rescore(self, q: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        out_s = np.full((q.shape[0], k), -np.inf, np.float32)
+        out_i = np.full((q.shape[0], k), -1, np.int64)
+        for i in range(q.shape[0]):
+            cand = slots[i][slots[i] >= 0]
+            if cand.size == 0:
+                continue
+            exact = self._store.gather(cand) @ q[i]
+            order = np.lexsort((cand, -exact))[:k]
+            out_s[i, :order.size] = exact[order]
+            out_i[i, :order.size] = cand[order]
+        return out_s, out_i
+
+    def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
+        """Map slots to ``(docid, score)`` lists in trec_eval order, dropping ``-1``."""
+        out = []
+        for srow, irow in zip(topk.scores, topk.ids):
+            pairs = [(self._slot_docid[int(i)], float(s)) for s, i in zip(srow, irow) if i >= 0]
+            pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
+            out.append(pairs)
+        return out
+
+    # ---- persistence -------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index atomically: a crash or error mid-save leaves the previous index at ``path`` intact."""
+        faiss = require("faiss")
+        if not self.trained:
+            raise BadInput("cannot save an untrained index")
+        with atomic_dir(path) as tmp:
+            if self._codec is not None:
+                np.save(tmp / "planes.npy", self._planes)
+                np.save(tmp / "scales.npy", self._scales)
+                np.save(tmp / "slots.npy", self._pos_slot)
+                np.save(tmp / "mean.npy", self._codec.mean)
+            else:
+                faiss.write_index(self._faiss, str(tmp / "faiss.index"))
+            if self._store is not None:
+                (tmp / "rescore").mkdir()
+                self._store.write(tmp / "rescore", self._next_slot)
+            slots = sorted(self._slot_docid)
+            with open(tmp / "docids.json", "w", encoding="utf-8") as fh:
+                json.dump({"slots": slots, "docids": [self._slot_docid[s] for s in slots],
+                           "tombstones": sorted(self._tombstones)}, fh)
+            write_json(tmp / "params.json", {
+                "kind": self.KIND, "format_version": self.FORMAT_VERSION, "dim": self.dim,
+                "spec": self.spec.to_dict(), "num_docs": len(self), "next_slot": self._next_slot,
+                "code_bytes": self._code_bytes(), "meta": self.meta})
+        # the saved rescoring file now holds every slot: switch to it and drop the in-memory copies
+        if self._store is not None:
+            self._store = _VectorStore.open(Path(path) / "rescore", self.dim, self.spec.rescore, self._next_slot)
+        return Path(path)
+
+    def _code_bytes(self) -> int:
+        if self._codec is not None:
+            return self._codec.code_bytes
+        return int(getattr(faiss_base(self._faiss), "code_size", 0))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> CompressedIndex:
+        """Open a saved index. ``dim``, when given, must match (a clear error instead of wrong results)."""
+        faiss = require("faiss")
+        path = Path(path)
+        params = read_params(path, cls.KIND, cls.FORMAT_VERSION)
+        try:
+            spec = IndexSpec(**params["spec"])
+            pdim, next_slot = int(params["dim"]), int(params["next_slot"])
+        except (KeyError, TypeError, ValueError, BadInput) as exc:
+            raise IndexCorrupt(f"{path}/params.json has a bad spec ({exc}); rebuild the index") from None
+        if dim is not None and dim != pdim:
+            raise DimensionMismatch(f"{path} holds {pdim}-d vectors but {dim}-d were expected; encode with the "
+                                    f"model the index was built with")
+        self = cls(pdim, spec, meta=params.get("meta"))
+        try:
+            ids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
+            slots, docids, tomb = ids["slots"], ids["docids"], ids["tombstones"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise IndexCorrupt(f"{path}/docids.json is missing or corrupt ({exc}); rebuild the index") from None
+        if len(slots) != len(docids) or len(slots) != params.get("num_docs"):
+            raise IndexCorrupt(f"{path}: {len(slots)} slots, {len(docids)} docids, params say "
+                               f"{params.get('num_docs')}; rebuild the index")
+        if spec.kind == "binary":
+            try:
+                planes = np.load(path / "planes.npy")
+                scales = np.load(path / "scales.npy")
+                pos = np.load(path / "slots.npy")
+                mean = np.load(path / "mean.npy")
+            except (OSError, ValueError, EOFError) as exc:
+                raise IndexCorrupt(f"{path}: binary code files are missing or truncated ({exc}); "
+                                   f"rebuild the index") from None
+            want = (len(slots), spec.bits, pdim // 8)
+            if planes.shape != want or planes.dtype != np.uint8:
+                raise IndexCorrupt(f"{path}/planes.npy holds {planes.dtype}{planes.shape} but "
+                                   f"{len(slots)} docs x {spec.bits} bit-planes x {pdim // 8} bytes were expected "
+                                   f"(wrong code size); rebuild the index")
+            if scales.shape != (len(slots), spec.bits) or pos.shape != (len(slots),) or mean.shape != (pdim,):
+                raise IndexCorrupt(f"{path}: scales/slots/mean do not match the codes; rebuild the index")
+            self._codec = ResidualBinaryCodec(pdim, spec.bits, mean)
+            self._planes, self._scales, self._pos_slot = planes, scales, pos.astype(np.int64)
+            if sorted(self._pos_slot.tolist()) != slots:
+                raise IndexCorrupt(f"{path}: code slots disagree with docids.json; rebuild the index")
+        else:
+            try:
+                self._faiss = faiss.read_index(str(path / "faiss.index"))
+            except RuntimeError as exc:
+                raise IndexCorrupt(f"{path}/faiss.index is unreadable or truncated ({str(exc).splitlines()[0]}); "
+                                   f"rebuild the index") from None
+            if self._faiss.d != pdim:
+                raise IndexCorrupt(f"{path}: faiss.index holds {self._faiss.d}-d vectors but params.json says {pdim}")
+            if self._faiss.ntotal != len(slots) + len(tomb):
+                raise IndexCorrupt(f"{path}: faiss.index has {self._faiss.ntotal} vectors for {len(slots)} docids; "
+                                   f"rebuild the index")
+            code = int(getattr(faiss_base(self._faiss), "code_size", 0))
+            if code != params.get("code_bytes"):
+                raise IndexCorrupt(f"{path}: code size {code} bytes differs from params.json's "
+                                   f"{params.get('code_bytes')}; rebuild the index")
+        self._tombstones = set(tomb)
+        self._slot_docid = dict(zip(slots, docids))
+        self._docid_slot = {d: s for s, d in self._slot_docid.items()}
+        self._next_slot = next_slot
+        if spec.rescore != "none":
+            self._store = _VectorStore.open(path / "rescore", pdim, spec.rescore, next_slot)
+        self.trained = True
+        return self
+
+
+def faiss_base(index):
+    """The codes-holding index beneath an IDMap / pre-transform wrapper."""
+    faiss = require("faiss")
+    index = faiss.downcast_index(index)
+    while True:
+        inner = getattr(index, "index", None)
+        if inner is None:
+            return index
+        index = faiss.downcast_index(inner)
+
+
+def _compact(scores: np.ndarray, slots: np.ndarray, dead: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    out_s = np.full((scores.shape[0], k), -np.inf, np.float32)
+    out_i = np.full((scores.shape[0], k), -1, np.int64)
+    for r in range(scores.shape[0]):
+        keep = ~dead[r] & (slots[r] >= 0)
+        s, i = scores[r][keep][:k], slots[r][keep][:k]
+        out_s[r, :s.size], out_i[r, :i.size] = s, i
+    return out_s, out_i

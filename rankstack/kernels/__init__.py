@@ -1,0 +1,148 @@
+"""GPU kernels for compressed-index search, each beside its PyTorch reference.
+
+``hamming_topk``, ``pq_adc_topk`` and ``rescore`` take torch tensors. CUDA tensors (or any tensors when
+``TRITON_INTERPRET=1``) run the Triton kernels; other CPU tensors run the reference in :mod:`.reference`. The
+indexes in :mod:`rankstack.index` call these only for GPU tensors; on CPU they dispatch to FAISS where FAISS has the
+operation (``IndexBinaryFlat``, ``IndexPQ``), which is faster than either path here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rankstack.errors import BadInput
+from rankstack.kernels.reference import (float_order_key, hamming_topk_ref, pq_adc_topk_ref, rescore_ref,
+                                         unpack_keys)
+
+__all__ = ["hamming_topk", "pq_adc_topk", "rescore", "hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref",
+           "use_triton", "float_order_key"]
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """True when ``t`` should go through a Triton kernel: it is on a GPU, or the interpreter is on."""
+    return t.is_cuda or interpreting()
+
+
+def _kernels():
+    from rankstack._optional import require
+
+    require("triton")
+    from rankstack.kernels import triton_kernels
+
+    return triton_kernels
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise BadInput(f"k must be a positive integer, got {k!r}")
+
+
+def _block(k: int, block_n: int) -> int:
+    return max(_pow2(block_n), _pow2(k))
+
+
+def hamming_topk(queries: torch.Tensor, codes: torch.Tensor, k: int, *, block_n: int = 1024,
+                 triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hamming top-``k`` of packed uint8 ``queries [Q, B]`` over ``codes [N, B]``: ``(int32 dist, int64 rows)``.
+
+    Best first, ties by ascending row; rows past ``N`` are ``-1`` with distance ``-1``.
+    """
+    _check_k(k)
+    if queries.dtype != torch.uint8 or codes.dtype != torch.uint8:
+        raise BadInput(f"packed codes must be uint8, got {queries.dtype} and {codes.dtype}")
+    if queries.ndim != 2 or codes.ndim != 2 or queries.shape[1] != codes.shape[1]:
+        raise BadInput(f"code sizes differ: queries {tuple(queries.shape)}, codes {tuple(codes.shape)}")
+    if not (use_triton(codes) if triton is None else triton):
+        return hamming_topk_ref(queries, codes, k)
+    tk = _kernels()
+    nb = codes.shape[1]
+    pad = (-nb) % 4  # view as int32 words; zero padding on both sides adds no distance
+    if pad:
+        queries = torch.nn.functional.pad(queries, (0, pad))
+        codes = torch.nn.functional.pad(codes, (0, pad))
+    qw = queries.contiguous().view(torch.int32)
+    cw = codes.contiguous().view(torch.int32)
+    n, w = cw.shape
+    bn = _block(k, block_n)
+    kk = min(k, bn)
+    nblocks = max(1, triton_cdiv(n, bn))
+    out = torch.full((qw.shape[0], nblocks, kk), -7, dtype=torch.int64, device=codes.device)  # poisoned
+    tk.hamming_topk_kernel[(qw.shape[0], nblocks)](qw, cw, out, n, nblocks, W=w, WP=_pow2(w), K=kk, BLOCK_N=bn)
+    return _finish(out.view(qw.shape[0], -1), k)
+
+
+def _finish(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if keys.shape[1] < k:
+        pad = torch.full((keys.shape[0], k - keys.shape[1]), torch.iinfo(torch.int64).max, dtype=torch.int64,
+                         device=keys.device)
+        keys = torch.cat([keys, pad], dim=1)
+    return unpack_keys(keys, k)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, *, largest: bool = True, block_n: int = 1024,
+                triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PQ asymmetric-distance top-``k``: ``lut`` float32 ``[Q, M, 256]``, ``codes`` uint8 ``[N, M]``.
+
+    Returns ``(scores float32 [Q, k], rows int64 [Q, k])`` best first, ties by ascending row.
+    """
+    _check_k(k)
+    if lut.ndim != 3 or codes.ndim != 2 or lut.shape[1] != codes.shape[1]:
+        raise BadInput(f"lookup table {tuple(lut.shape)} does not match codes {tuple(codes.shape)} "
+                       f"(expected [Q, M, 256] and [N, M])")
+    if codes.dtype != torch.uint8:
+        raise BadInput(f"PQ codes must be uint8 (8-bit sub-quantizers), got {codes.dtype}")
+    lut = lut.to(torch.float32).contiguous()
+    if not (use_triton(codes) if triton is None else triton):
+        return pq_adc_topk_ref(lut, codes, k, largest=largest)
+    tk = _kernels()
+    q, m, ks = lut.shape
+    n = codes.shape[0]
+    bn = _block(k, block_n)
+    kk = min(k, bn)
+    nblocks = max(1, triton_cdiv(n, bn))
+    out = torch.full((q, nblocks, kk), -7, dtype=torch.int64, device=codes.device)
+    tk.pq_adc_topk_kernel[(q, nblocks)](lut, codes.contiguous(), out, n, nblocks, M=m, KS=ks, K=kk, BLOCK_N=bn,
+                                        LARGEST=largest)
+    _, rows = _finish(out.view(q, -1), k)
+    # Scores are recomputed from the table for the k winners, in the kernel's summation order.
+    idx = codes[rows.clamp(min=0)].to(torch.int64)  # [Q, k, M]
+    acc = torch.zeros(rows.shape, dtype=torch.float32, device=codes.device)
+    for j in range(m):
+        acc = acc + torch.gather(lut[:, j, :], 1, idx[:, :, j])
+    acc[rows < 0] = float("nan")
+    return acc, rows
+
+
+def rescore(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor, *, block_c: int = 64,
+            block_d: int = 128, triton: bool | None = None) -> torch.Tensor:
+    """Exact inner products ``[Q, C]`` of float queries with the candidate rows ``ids`` of ``vectors``."""
+    if queries.ndim != 2 or vectors.ndim != 2 or queries.shape[1] != vectors.shape[1]:
+        raise BadInput(f"query dimension {tuple(queries.shape)} does not match vectors {tuple(vectors.shape)}")
+    if ids.ndim != 2 or ids.shape[0] != queries.shape[0]:
+        raise BadInput(f"ids must be [num_queries, C], got {tuple(ids.shape)} for {queries.shape[0]} queries")
+    if ids.numel() and int(ids.max()) >= vectors.shape[0]:
+        raise BadInput(f"candidate row {int(ids.max())} is out of range for {vectors.shape[0]} vectors")
+    if not (use_triton(vectors) if triton is None else triton):
+        return rescore_ref(queries, vectors, ids)
+    tk = _kernels()
+    q, d = queries.shape
+    c = ids.shape[1]
+    out = torch.full((q, c), float("nan"), dtype=torch.float32, device=vectors.device)  # poisoned
+    grid = (q, max(1, triton_cdiv(c, block_c)))
+    tk.rescore_kernel[grid](queries.to(torch.float32).contiguous(), vectors.contiguous(),
+                            ids.to(torch.int64).contiguous(), out, c, d, BLOCK_C=block_c, BLOCK_D=block_d)
+    return out

@@ -1,0 +1,86 @@
+"""Plain PyTorch references for the Triton kernels; also the CPU path where FAISS has no equivalent.
+
+Every top-k here breaks ties the same way as the kernels: by a packed int64 key ``(score_key << 32) | row``, so
+equal distances come out in ascending row order and the reference and kernel ids agree exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref", "float_order_key", "unpack_keys",
+           "POPCOUNT8"]
+
+POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+_SENTINEL = torch.iinfo(torch.int64).max
+
+
+def float_order_key(scores: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Map float32 scores to int32 keys whose ascending order is the wanted order (best first)."""
+    b = scores.contiguous().to(torch.float32).view(torch.int32)
+    ordered = b ^ ((b >> 31) & 0x7FFFFFFF)
+    return ~ordered if largest else ordered
+
+
+def _pack(hi: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return (hi.to(torch.int64) << 32) | rows.to(torch.int64)
+
+
+def unpack_keys(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split packed keys ``[Q, >=k]`` (ascending) into ``(hi int32, rows int64)``; sentinels become row ``-1``."""
+    best = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+    rows = (best & 0xFFFFFFFF).to(torch.int64)
+    hi = (best >> 32).to(torch.int32)
+    empty = best == _SENTINEL
+    rows[empty] = -1
+    hi[empty] = -1
+    return hi, rows
+
+
+def _popcount_xor(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    lut = POPCOUNT8.to(codes.device)
+    return lut[(q[:, None, :] ^ codes[None, :, :]).to(torch.int64)].sum(dim=2, dtype=torch.int32)
+
+
+def hamming_topk_ref(queries: torch.Tensor, codes: torch.Tensor, k: int, *, chunk: int = 65536
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Hamming top-k over packed uint8 codes ``[N, B]``: ``(distances int32 [Q, k], rows int64 [Q, k])``."""
+    n = codes.shape[0]
+    best = torch.full((queries.shape[0], k), _SENTINEL, dtype=torch.int64, device=codes.device)
+    for s in range(0, n, chunk):
+        d = _popcount_xor(queries, codes[s:s + chunk])
+        keys = _pack(d, torch.arange(s, s + d.shape[1], device=codes.device)[None, :].expand_as(d))
+        best = torch.topk(torch.cat([best, keys], dim=1), k, dim=1, largest=False, sorted=True).values
+    return unpack_keys(best, k)
+
+
+def pq_adc_topk_ref(lut: torch.Tensor, codes: torch.Tensor, k: int, *, largest: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PQ asymmetric distance: ``score[q, n] = sum_m lut[q, m, codes[n, m]]``, summed in ascending m order.
+
+    ``lut``: float32 ``[Q, M, 256]``; ``codes``: uint8 ``[N, M]``. Returns ``(scores float32 [Q, k], rows [Q, k])``,
+    best first (largest scores for inner product, smallest for L2).
+    """
+    q, m_sub, ks = lut.shape
+    idx = codes.to(torch.int64)
+    acc = torch.zeros((q, codes.shape[0]), dtype=torch.float32, device=codes.device)
+    for m in range(m_sub):
+        acc = acc + lut[:, m, :][:, idx[:, m]]
+    keys = _pack(float_order_key(acc, largest),
+                 torch.arange(codes.shape[0], device=codes.device)[None, :].expand_as(acc))
+    kk = min(k, keys.shape[1])
+    hi, rows = unpack_keys(keys, kk)
+    scores = torch.gather(acc, 1, rows.clamp(min=0))
+    if kk < k:
+        pad = k - kk
+        scores = torch.cat([scores, torch.full((q, pad), float("nan"), device=codes.device)], dim=1)
+        rows = torch.cat([rows, torch.full((q, pad), -1, dtype=torch.int64, device=codes.device)], dim=1)
+    return scores, rows
+
+
+def rescore_ref(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Exact inner products of each query with its candidate rows: ``[Q, C]``; ``-1`` ids score ``-inf``."""
+    safe = ids.clamp(min=0)
+    v = vectors[safe].to(torch.float32)
+    s = (v * queries.to(torch.float32)[:, None, :]).sum(dim=2)
+    return torch.where(ids >= 0, s, torch.full_like(s, float("-inf")))

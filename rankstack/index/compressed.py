@@ -12,7 +12,6 @@ Removed slots are never reused, and their rows stay in the rescoring file until 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -210,6 +209,79 @@ class _VectorStore:
         return self
 
 
+class _DocidTable:
+    """slot <-> docid. As loaded it is frozen: sorted int64 slots plus one UTF-8 blob with offsets (about 20 bytes
+    per document and no Python object per document, which would cost ~200 bytes each). The first mutation or
+    membership test builds the two dictionaries."""
+
+    def __init__(self) -> None:
+        self.slots = np.empty(0, np.int64)
+        self.offsets = np.zeros(1, np.int64)
+        self.blob = b""
+        self.by_slot: dict[int, str] | None = {}
+        self.by_docid: dict[str, int] | None = {}
+
+    @classmethod
+    def frozen(cls, slots: np.ndarray, offsets: np.ndarray, blob: bytes) -> _DocidTable:
+        self = cls()
+        self.slots, self.offsets, self.blob = slots, offsets, blob
+        self.by_slot = self.by_docid = None
+        return self
+
+    def _names(self, rows: np.ndarray) -> list[str]:
+        off, blob = self.offsets, self.blob
+        return [blob[off[i]:off[i + 1]].decode("utf-8") for i in rows.tolist()]
+
+    def thaw(self) -> None:
+        if self.by_slot is None:
+            self.by_slot = dict(zip(self.slots.tolist(), self._names(np.arange(self.slots.size))))
+            self.by_docid = {d: s for s, d in self.by_slot.items()}
+            self.slots, self.offsets, self.blob = np.empty(0, np.int64), np.zeros(1, np.int64), b""
+
+    def __len__(self) -> int:
+        return self.slots.size if self.by_slot is None else len(self.by_slot)
+
+    def __contains__(self, docid: str) -> bool:
+        self.thaw()
+        return docid in self.by_docid
+
+    def slot_of(self, docid: str) -> int:
+        self.thaw()
+        return self.by_docid[docid]
+
+    def add(self, slot: int, docid: str) -> None:
+        self.thaw()
+        self.by_slot[slot] = docid
+        self.by_docid[docid] = slot
+
+    def remove_slot(self, slot: int) -> None:
+        self.thaw()
+        del self.by_docid[self.by_slot.pop(slot)]
+
+    def names(self, slots: np.ndarray) -> list[str]:
+        if self.by_slot is not None:
+            return [self.by_slot[int(s)] for s in slots.tolist()]
+        return self._names(np.searchsorted(self.slots, slots))
+
+    def sorted_items(self) -> tuple[np.ndarray, list[str]]:
+        if self.by_slot is None:
+            return self.slots, self._names(np.arange(self.slots.size))
+        slots = np.array(sorted(self.by_slot), dtype=np.int64)
+        return slots, [self.by_slot[s] for s in slots.tolist()]
+
+    def pack(self) -> tuple[np.ndarray, np.ndarray, bytes]:
+        if self.by_slot is None:
+            return self.slots, self.offsets, self.blob
+        slots, names = self.sorted_items()
+        enc = [n.encode("utf-8") for n in names]
+        offsets = np.zeros(len(enc) + 1, np.int64)
+        np.cumsum([len(e) for e in enc], out=offsets[1:])
+        return slots, offsets, b"".join(enc)
+
+    def nbytes(self) -> int:
+        return self.slots.nbytes + self.offsets.nbytes + len(self.blob)
+
+
 class CompressedIndex:
     """A compressed dense index over string docids; scores are inner products (higher is better)."""
 
@@ -226,8 +298,7 @@ class CompressedIndex:
         self.dim = dim
         self.spec = spec
         self.meta = dict(meta or {})
-        self._slot_docid: dict[int, str] = {}
-        self._docid_slot: dict[str, int] = {}
+        self._ids = _DocidTable()
         self._next_slot = 0
         self._faiss = None  # FAISS kinds: an index whose ids are slots
         self._tombstones: set[int] = set()  # HNSW cannot remove: removed slots are filtered at search
@@ -276,6 +347,7 @@ class CompressedIndex:
             base = faiss.index_factory(self.dim, self._factory(), faiss.METRIC_INNER_PRODUCT)
             if self.spec.kind == "hnsw":
                 faiss.downcast_index(base).hnsw.efConstruction = self.spec.ef_construction
+            no_polysemous(base)
             base.train(v)
             self._faiss = base if self.spec.kind.startswith("ivf") else faiss.IndexIDMap(base)
         self.trained = True
@@ -283,14 +355,14 @@ class CompressedIndex:
     # ---- docids ------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._docid_slot)
+        return len(self._ids)
 
     def __contains__(self, docid: str) -> bool:
-        return docid in self._docid_slot
+        return docid in self._ids
 
     @property
     def docids(self) -> list[str]:
-        return [self._slot_docid[s] for s in sorted(self._slot_docid)]
+        return self._ids.sorted_items()[1]
 
     def add(self, docids: Sequence[str], vectors: np.ndarray, *, upsert: bool = False) -> None:
         if not self.trained:
@@ -301,7 +373,7 @@ class CompressedIndex:
             raise BadInput(f"{len(docids)} docids for {v.shape[0]} vectors")
         if len(set(docids)) != len(docids):
             raise BadInput("duplicate docids in one add() call")
-        existing = [d for d in docids if d in self._docid_slot]
+        existing = [d for d in docids if d in self._ids]
         if existing:
             if not upsert:
                 raise BadInput(f"docids already in the index: {existing[:5]}; pass upsert=True to replace them")
@@ -317,16 +389,15 @@ class CompressedIndex:
         if self._store is not None:
             self._store.put(slots, v)
         for s, d in zip(slots.tolist(), docids):
-            self._slot_docid[s] = d
-            self._docid_slot[d] = s
+            self._ids.add(s, d)
         self._next_slot += len(docids)
 
     def remove(self, docids: Sequence[str]) -> None:
         faiss = require("faiss")
-        missing = [d for d in docids if d not in self._docid_slot]
+        missing = [d for d in docids if d not in self._ids]
         if missing:
             raise UnknownDocid(f"unknown docids {missing[:5]}: not in this index")
-        slots = np.array(sorted({self._docid_slot[d] for d in docids}), dtype=np.int64)
+        slots = np.array(sorted({self._ids.slot_of(d) for d in docids}), dtype=np.int64)
         if self._codec is not None:
             keep = ~np.isin(self._pos_slot, slots)
             self._planes, self._scales, self._pos_slot = self._planes[keep], self._scales[keep], self._pos_slot[keep]
@@ -337,16 +408,17 @@ class CompressedIndex:
             if removed != slots.size:
                 raise IndexCorrupt(f"FAISS removed {removed} of {slots.size} vectors; the index is inconsistent")
         for s in slots.tolist():
-            del self._docid_slot[self._slot_docid.pop(s)]
+            self._ids.remove_slot(s)
 
     # ---- search ------------------------------------------------------------------------------------------
 
     def memory_bytes(self) -> int:
         """Bytes this index holds in memory for search (codes, ids, quantizer tables), not the rescoring file."""
+        ids = self._ids.nbytes()  # frozen docid table; a thawed one (after edits) costs ~200 B/doc more
         if self._codec is not None:
-            return self._planes.nbytes + self._scales.nbytes + self._pos_slot.nbytes + self._codec.mean.nbytes
+            return ids + self._planes.nbytes + self._scales.nbytes + self._pos_slot.nbytes + self._codec.mean.nbytes
         faiss = require("faiss")
-        return int(faiss.serialize_index(self._faiss).nbytes)
+        return ids + int(faiss.serialize_index(self._faiss).nbytes)
 
     def _set_params(self, nprobe: int | None, ef_search: int | None) -> None:
         faiss = require("faiss")
@@ -425,7 +497,8 @@ class CompressedIndex:
         """Map slots to ``(docid, score)`` lists in trec_eval order, dropping ``-1``."""
         out = []
         for srow, irow in zip(topk.scores, topk.ids):
-            pairs = [(self._slot_docid[int(i)], float(s)) for s, i in zip(srow, irow) if i >= 0]
+            keep = irow >= 0
+            pairs = list(zip(self._ids.names(irow[keep]), srow[keep].astype(float).tolist()))
             pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
             out.append(pairs)
         return out
@@ -441,27 +514,29 @@ class CompressedIndex:
             if self._codec is not None:
                 np.save(tmp / "planes.npy", self._planes)
                 np.save(tmp / "scales.npy", self._scales)
-                np.save(tmp / "slots.npy", self._pos_slot)
+                np.save(tmp / "code_slots.npy", self._pos_slot)
                 np.save(tmp / "mean.npy", self._codec.mean)
             else:
                 faiss.write_index(self._faiss, str(tmp / "faiss.index"))
             if self._store is not None:
                 (tmp / "rescore").mkdir()
                 self._store.write(tmp / "rescore", self._next_slot)
-            slots = sorted(self._slot_docid)
-            with open(tmp / "docids.json", "w", encoding="utf-8") as fh:
-                json.dump({"slots": slots, "docids": [self._slot_docid[s] for s in slots],
-                           "tombstones": sorted(self._tombstones)}, fh)
+            slots, offsets, blob = self._ids.pack()
+            np.save(tmp / "slots.npy", slots)
+            np.save(tmp / "docid_offsets.npy", offsets)
+            (tmp / "docids.bin").write_bytes(blob)
+            np.save(tmp / "tombstones.npy", np.array(sorted(self._tombstones), dtype=np.int64))
             write_json(tmp / "params.json", {
                 "kind": self.KIND, "format_version": self.FORMAT_VERSION, "dim": self.dim,
                 "spec": self.spec.to_dict(), "num_docs": len(self), "next_slot": self._next_slot,
-                "code_bytes": self._code_bytes(), "meta": self.meta})
+                "code_bytes": self.code_bytes(), "meta": self.meta})
         # the saved rescoring file now holds every slot: switch to it and drop the in-memory copies
         if self._store is not None:
             self._store = _VectorStore.open(Path(path) / "rescore", self.dim, self.spec.rescore, self._next_slot)
         return Path(path)
 
-    def _code_bytes(self) -> int:
+    def code_bytes(self) -> int:
+        """Bytes of one document's code (the PQ code size, or the binary planes plus their scales)."""
         if self._codec is not None:
             return self._codec.code_bytes
         return int(getattr(faiss_base(self._faiss), "code_size", 0))
@@ -482,18 +557,22 @@ class CompressedIndex:
                                     f"model the index was built with")
         self = cls(pdim, spec, meta=params.get("meta"))
         try:
-            ids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
-            slots, docids, tomb = ids["slots"], ids["docids"], ids["tombstones"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise IndexCorrupt(f"{path}/docids.json is missing or corrupt ({exc}); rebuild the index") from None
-        if len(slots) != len(docids) or len(slots) != params.get("num_docs"):
-            raise IndexCorrupt(f"{path}: {len(slots)} slots, {len(docids)} docids, params say "
-                               f"{params.get('num_docs')}; rebuild the index")
+            slots = np.load(path / "slots.npy")
+            offsets = np.load(path / "docid_offsets.npy")
+            blob = (path / "docids.bin").read_bytes()
+            tomb = np.load(path / "tombstones.npy")
+        except (OSError, ValueError, EOFError) as exc:
+            raise IndexCorrupt(f"{path}: the docid files are missing or truncated ({exc}); rebuild the index") from None
+        n = params.get("num_docs")
+        if (slots.shape != (n,) or offsets.shape != (n + 1,) or int(offsets[-1]) != len(blob)
+                or (n and (np.diff(slots) <= 0).any())):
+            raise IndexCorrupt(f"{path}: the docid files disagree with each other or with params.json "
+                               f"({n} documents); rebuild the index")
         if spec.kind == "binary":
             try:
                 planes = np.load(path / "planes.npy")
                 scales = np.load(path / "scales.npy")
-                pos = np.load(path / "slots.npy")
+                pos = np.load(path / "code_slots.npy")
                 mean = np.load(path / "mean.npy")
             except (OSError, ValueError, EOFError) as exc:
                 raise IndexCorrupt(f"{path}: binary code files are missing or truncated ({exc}); "
@@ -507,8 +586,8 @@ class CompressedIndex:
                 raise IndexCorrupt(f"{path}: scales/slots/mean do not match the codes; rebuild the index")
             self._codec = ResidualBinaryCodec(pdim, spec.bits, mean)
             self._planes, self._scales, self._pos_slot = planes, scales, pos.astype(np.int64)
-            if sorted(self._pos_slot.tolist()) != slots:
-                raise IndexCorrupt(f"{path}: code slots disagree with docids.json; rebuild the index")
+            if not np.array_equal(np.sort(self._pos_slot), slots):
+                raise IndexCorrupt(f"{path}: code slots disagree with slots.npy; rebuild the index")
         else:
             try:
                 self._faiss = faiss.read_index(str(path / "faiss.index"))
@@ -517,21 +596,28 @@ class CompressedIndex:
                                    f"rebuild the index") from None
             if self._faiss.d != pdim:
                 raise IndexCorrupt(f"{path}: faiss.index holds {self._faiss.d}-d vectors but params.json says {pdim}")
-            if self._faiss.ntotal != len(slots) + len(tomb):
+            if self._faiss.ntotal != len(slots) + len(tomb):  # HNSW keeps removed vectors as tombstones
                 raise IndexCorrupt(f"{path}: faiss.index has {self._faiss.ntotal} vectors for {len(slots)} docids; "
                                    f"rebuild the index")
             code = int(getattr(faiss_base(self._faiss), "code_size", 0))
             if code != params.get("code_bytes"):
                 raise IndexCorrupt(f"{path}: code size {code} bytes differs from params.json's "
                                    f"{params.get('code_bytes')}; rebuild the index")
-        self._tombstones = set(tomb)
-        self._slot_docid = dict(zip(slots, docids))
-        self._docid_slot = {d: s for s, d in self._slot_docid.items()}
+        self._tombstones = set(tomb.tolist())
+        self._ids = _DocidTable.frozen(slots.astype(np.int64), offsets.astype(np.int64), blob)
         self._next_slot = next_slot
         if spec.rescore != "none":
             self._store = _VectorStore.open(path / "rescore", pdim, spec.rescore, next_slot)
         self.trained = True
         return self
+
+
+def no_polysemous(index) -> None:
+    """The factory's IndexPQ trains polysemous codes by default (90 s for 5k x 384 on 2 cores, 40x the PQ itself);
+    RankStack never searches with polysemous filtering, so skip it."""
+    inner = faiss_base(index)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
 
 
 def faiss_base(index):

@@ -63,11 +63,22 @@ def test_recall_save_load_and_updates(text, data, tmp_path):
         assert final.docid_pairs(final.search(x[:1], 1))[0][0][0] == "d0"
 
 
+def test_loaded_docids_stay_compact_until_edited(data, tmp_path):
+    x, q, ids, _ = data
+    CompressedIndex.build(IndexSpec.parse("binary"), ids, x).save(tmp_path / "b")
+    index = CompressedIndex.load(tmp_path / "b")
+    assert index._ids.by_slot is None and index._ids.nbytes() < 30 * len(ids)
+    assert index.docids == ids and len(index) == 2000
+    top = index.docid_pairs(index.search(q[:1], 3))[0]
+    assert index._ids.by_slot is None and all(d in ids for d, _ in top)
+    assert "d7" in index and index._ids.by_slot is not None  # membership thaws the table
+
+
 def test_rescoring_returns_exact_scores(data):
     x, q, ids, _ = data
     index = CompressedIndex.build(IndexSpec.parse("binary:rescore=float32,multiplier=4"), ids, x)
     top = index.search(q, 10)
-    rows = np.array([[int(index._slot_docid[int(s)][1:]) for s in r] for r in top.ids])
+    rows = np.array([[int(d[1:]) for d in index._ids.names(r)] for r in top.ids])
     np.testing.assert_allclose(top.scores, np.take_along_axis(q @ x.T, rows, axis=1), rtol=1e-6)
     raw = index.search(q, 10, rescore=False)
     assert not np.allclose(raw.scores, top.scores)
@@ -141,6 +152,10 @@ def test_bad_input_and_corrupt_files(data, tmp_path):
     with pytest.raises(IndexCorrupt, match="truncated"):
         CompressedIndex.load(path)
     index.save(path)
+    (path / "docids.bin").write_bytes((path / "docids.bin").read_bytes()[:-3])
+    with pytest.raises(IndexCorrupt, match="docid files disagree"):
+        CompressedIndex.load(path)
+    index.save(path)
     (path / "rescore" / "vectors.npy").write_bytes((path / "rescore" / "vectors.npy").read_bytes()[:1000])
     with pytest.raises(IndexCorrupt, match="rescoring tier"):
         CompressedIndex.load(path)
@@ -171,3 +186,28 @@ def test_crash_during_save_keeps_previous_index(data, tmp_path, monkeypatch):
     reopened = CompressedIndex.load(path)
     assert len(reopened) == 2000 and "new" not in reopened
     assert np.array_equal(reopened.search(q, 10).ids, expected.ids)
+
+
+def test_dense_retriever_runs_over_a_compressed_index():
+    """The compressed index plugs into the retriever in place of the exact one and, with rescoring, ranks the
+    same top documents with the same exact scores."""
+    from rankstack.index.faiss_flat import DenseFlatIndex
+    from rankstack.records import Document, Query
+    from rankstack.retrieval.dense import DenseRetriever
+    from rankstack.retrieval.encoders import HashingEncoder
+
+    words = "cat dog wolf fish python rust memory safety language purr loyal bird tree river stone".split()
+    rng = np.random.default_rng(5)
+    docs = [Document(docid=f"d{i}", text=" ".join(rng.choice(words, 6))) for i in range(400)]
+    enc = HashingEncoder(64)
+    vecs = enc.encode_documents(docs)
+    exact = DenseFlatIndex(64)
+    exact.add([d.docid for d in docs], vecs)
+    comp = CompressedIndex.build(IndexSpec.parse("binary:rescore=float32,multiplier=20"), [d.docid for d in docs], vecs)
+    qs = [Query(qid="a", text="cat purr"), Query(qid="b", text="rust memory safety")]
+    want = DenseRetriever(enc, exact).retrieve(qs, 5)
+    got = DenseRetriever(enc, comp).retrieve(qs, 5)
+    for w, g in zip(want, got):
+        assert [c.score for c in g.candidates] == pytest.approx([c.score for c in w.candidates], rel=1e-6)
+        assert {c.docid for c in g.candidates if c.score > w.candidates[-1].score} == \
+            {c.docid for c in w.candidates if c.score > w.candidates[-1].score}

@@ -59,3 +59,27 @@ def test_unknown_model_names_say_what_to_use(tmp_path):
     with pytest.raises(BadInput, match="no config.json"):
         resolve_llm(str(tmp_path))
     assert resolve_llm("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # online users keep HF names
+
+
+def test_probe_rows_respect_sliding_window_layers(tok):
+    """Local-attention layers (Gemma 3 style) see only the last `sliding_window` keys; rebuilt rows must too."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=6,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512)
+    model = Gemma3ForCausalLM(cfg).eval()
+    eager = Gemma3ForCausalLM(Gemma3TextConfig(**{**cfg.to_dict(), "_attn_implementation": "eager"})).eval()
+    eager.load_state_dict(model.state_dict())
+    eager.config._attn_implementation = "eager"
+    llm = CausalLM(model, tokenizer=tok)
+    ids = llm.encode("the flea life cycle is about weeks cats dogs eggs larva pupa adult")
+    positions = [len(ids) - 3, len(ids) - 1]
+    probe = AttentionProbe(query_positions=positions)
+    llm.forward(ids, probe=probe)
+    with torch.no_grad():
+        ref = eager(torch.tensor([ids]), output_attentions=True)
+    want = torch.stack([a[0][:, positions, :].mean(dim=1) for a in ref.attentions])
+    assert float(want[0, :, : len(ids) - 8].abs().max()) == 0.0  # the local layer really is windowed
+    torch.testing.assert_close(probe.stacked(), want, rtol=1e-5, atol=1e-6)

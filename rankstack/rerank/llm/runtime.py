@@ -69,13 +69,11 @@ def _gguf_path(key: str) -> Path:
         return folder / info.gguf
     import importlib
 
-    mod = importlib.import_module(info.package)
+    mod = importlib.import_module(info.package)  # the Gemma package assembles its GGUF from part packages
     target = _cache_root() / f"{key}.gguf"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        out = mod.assemble(str(target)) if "path" in str(getattr(mod.assemble, "__doc__", "")) else mod.assemble()
-        if out and Path(out).exists() and Path(out) != target:
-            return Path(out)
+        target = Path(mod.assemble(target))
     return target
 
 
@@ -171,7 +169,15 @@ class AttentionProbe:
         if k.shape[0] != q.shape[0]:
             k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
         logits = torch.matmul(q, k.transpose(1, 2)) * scaling  # [H, R, L]
-        causal = torch.arange(lk)[None, :] <= (rel + offset)[:, None]  # [R, L]
+        cap = getattr(module, "attn_logit_softcapping", None)
+        if cap:  # Gemma-2 style soft-capping of attention logits
+            logits = torch.tanh(logits / cap) * cap
+        qpos = (rel + offset)[:, None]
+        kpos = torch.arange(lk)[None, :]
+        causal = kpos <= qpos  # [R, L]
+        window = getattr(module, "sliding_window", None)
+        if window:  # local-attention layers (Gemma 3, Mistral) see only the last `window` positions
+            causal &= (qpos - kpos) < window
         logits = logits.masked_fill(~causal[None], float("-inf"))
         self.rows[layer] = torch.softmax(logits, dim=-1).mean(dim=1)
 
@@ -275,8 +281,8 @@ class CausalLM:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        else:  # base models: a plain layout
-            text = (f"{system}\n\n" if system else "") + f"{user}\n\n"
+        else:  # base models: a plain layout, after the BOS token they were trained with (Gemma needs it)
+            text = (self.tokenizer.bos_token or "") + (f"{system}\n\n" if system else "") + f"{user}\n\n"
         return text + assistant_prefix
 
     # -- passes --

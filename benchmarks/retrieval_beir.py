@@ -9,7 +9,6 @@ and one query at a time), and nDCG@10 / R@100. Indexes are always rebuilt here s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -24,6 +23,8 @@ from rankstack.eval.metrics import evaluate
 from rankstack.eval.runner import Workspace
 from rankstack.records import Run
 from rankstack.retrieval.fusion import HybridRetriever
+
+from _table import markdown, save_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 logger = logging.getLogger("benchmarks.retrieval_beir")
 
@@ -58,11 +59,6 @@ def bench(data: Path, name: str, root: Path, single: int) -> list[dict]:
     return rows
 
 
-def _fmt(v):
-    if v is None:
-        return "-"
-    return f"{v:.4f}" if isinstance(v, float) and v < 1 else (f"{v:.1f}" if isinstance(v, float) else str(v))
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,12 +82,8 @@ def main() -> int:
             "nDCG@10", "R@100"]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}")
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    print(markdown(rows, cols, small=1.0))
+    save_results(args.out, rows)
     return 0
 
 

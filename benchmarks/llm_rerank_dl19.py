@@ -9,12 +9,13 @@ script also scores every layer alone and the uncalibrated/plainly calibrated var
     python benchmarks/llm_rerank_dl19.py --beir scifact --runs icr:20 --queries 50
 
 A run is ``name:depth`` with name in icr, icr-query (attention from the query's tokens only), icr-nocal, first,
-listwise, setwise, setwise-think. Results (JSON with per-query numbers) go to --out.
+listwise, setwise, setwise-think, icr-heads (heads chosen from --heads-from runs). Results (JSON with per-query numbers) go to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -36,9 +37,24 @@ logger = logging.getLogger("benchmarks.llm_rerank_dl19")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make(name: str, llm: CausalLM, depth: int, passage_tokens: int):
+def heads_from(paths: list[Path], top: int) -> list[tuple[int, int]]:
+    """The ``top`` (layer, head) pairs with the best mean calibrated nDCG@10 in earlier ICR runs' results (other
+    datasets: choosing heads on the evaluation queries themselves would be tuning on the test set)."""
+    tables = []
+    for p in paths:
+        rows = json.loads((p / "results.json").read_text())["rows"]
+        tables += [torch.tensor(r["analysis"]["per_head_calibrated"]) for r in rows if r.get("analysis")]
+    if not tables:
+        raise SystemExit(f"no ICR head analysis in {paths}")
+    mean = torch.stack(tables).mean(0)
+    best = torch.argsort(mean.flatten(), descending=True)[:top]
+    return [(int(i // mean.shape[1]), int(i % mean.shape[1])) for i in best]
+
+
+def make(name: str, llm: CausalLM, depth: int, passage_tokens: int, heads=None):
     kw = {"depth": depth, "passage_tokens": passage_tokens}
     return {
+        "icr-heads": lambda: ICRReranker(llm, heads=heads, **kw),
         "icr": lambda: ICRReranker(llm, keep_signals=True, **kw),
         "icr-query": lambda: ICRReranker(llm, query_span="query", keep_signals=True, **kw),
         "icr-nocal": lambda: ICRReranker(llm, calibration="none", **kw),
@@ -127,6 +143,9 @@ def main() -> int:
     p.add_argument("--queries", type=int, default=43)
     p.add_argument("--passage-tokens", type=int, default=100)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--heads-from", type=Path, nargs="*", default=[],
+                   help="--out folders of ICR runs on other datasets; icr-heads uses their best heads")
+    p.add_argument("--top-heads", type=int, default=8)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -139,7 +158,8 @@ def main() -> int:
     for spec in args.runs:
         name, _, depth = spec.partition(":")
         depth = int(depth or 20)
-        rr = make(name, llm, depth, args.passage_tokens)
+        heads = heads_from(args.heads_from, args.top_heads) if name == "icr-heads" else None
+        rr = make(name, llm, depth, args.passage_tokens, heads)
         out, stats = [], []
         t0 = time.perf_counter()
         for i, r in enumerate(rankings):
@@ -150,7 +170,7 @@ def main() -> int:
         value, pq = ndcg(out, qrels)
         test = compare_per_query(base_pq, pq)
         n = len(stats)
-        row = {"dataset": dname, "reranker": name, "model": args.model, "depth": depth, "queries": n,
+        row = {"dataset": dname, "reranker": name, "model": args.model, "depth": depth, "queries": n, "heads": heads,
                "nDCG@10": value, "delta": test.delta, "p_randomization": test.p_randomization,
                "forward_passes_per_q": sum(s.forward_passes for s in stats) / n,
                "prompt_tokens_per_q": sum(s.prompt_tokens for s in stats) / n,

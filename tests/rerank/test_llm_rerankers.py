@@ -170,3 +170,16 @@ def test_bad_input(llm, tok):
     with pytest.raises(BadInput, match="window 30 exceeds"):
         ListwiseReranker(llm, window=30)
     assert listwise_prompt(llm, "q", ["p"]).endswith("[")
+
+
+def test_icr_head_selection_equals_summing_those_heads(llm):
+    r = ranking(5, seed=1)
+    everything = ICRReranker(llm, depth=5, passage_tokens=15, calibration="none", keep_signals=True)
+    everything.score_window(r.query.text, list(r.candidates), ForwardStats())
+    spans = everything.signals[0].query  # [layers, heads, docs]
+    chosen = [(0, 1), (2, 3)]
+    sub = ICRReranker(llm, depth=5, passage_tokens=15, calibration="none", heads=chosen)
+    got = sub.score_window(r.query.text, list(r.candidates), ForwardStats())
+    torch.testing.assert_close(got, spans[0, 1] + spans[2, 3], rtol=1e-5, atol=1e-6)
+    with pytest.raises(BadInput, match="outside the model"):
+        ICRReranker(llm, heads=[(99, 0)])

@@ -47,13 +47,15 @@ class ICRReranker(LLMReranker):
     """``calibration``: "masked" (default, the authors' method), "plain" (subtract N/A scores) or "none" (one pass).
     ``query_span``: "after_docs" attends from every token after the passages (instruction, query, chat suffix), as
     the authors do; "query" from the query's own tokens only. ``window=None`` fits all ``depth`` candidates into
-    one prompt when the context allows, else slides windows of ``window`` with ``stride``."""
+    one prompt when the context allows, else slides windows of ``window`` with ``stride``. ``heads``: score with
+    these ``(layer, head)`` pairs only (e.g. chosen on another dataset) instead of every layer and head."""
 
     name = "icr"
 
     def __init__(self, llm: CausalLM, *, depth: int = 100, passage_tokens: int = 100, window: int | None = None,
                  stride: int | None = None, calibration: str = "masked", query_span: str = "after_docs",
-                 prompt_type: str = "IE", layers: list[int] | None = None, keep_signals: bool = False):
+                 prompt_type: str = "IE", layers: list[int] | None = None,
+                 heads: list[tuple[int, int]] | None = None, keep_signals: bool = False):
         super().__init__(llm, depth=depth, passage_tokens=passage_tokens)
         if calibration not in CALIBRATIONS:
             raise BadInput(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
@@ -63,7 +65,16 @@ class ICRReranker(LLMReranker):
             raise BadInput(f"prompt_type must be one of {tuple(INSTRUCTIONS)}, got {prompt_type!r}")
         self.window, self.stride = window, stride
         self.calibration, self.query_span, self.prompt_type = calibration, query_span, prompt_type
+        if heads is not None:
+            if not heads:
+                raise BadInput("heads must name at least one (layer, head) pair")
+            bad = [(lay, h) for lay, h in heads if not (0 <= lay < llm.num_layers and 0 <= h < llm.num_heads)]
+            if bad:
+                raise BadInput(f"heads {bad[:3]} are outside the model's {llm.num_layers} layers x {llm.num_heads} "
+                               f"heads")
+            layers = sorted({lay for lay, _ in heads})
         self.layers = layers
+        self.heads = heads
         self.keep_signals = keep_signals
         self.signals: list[ICRSignals] = []
         head, _, tail = llm.chat(None, "\x00").partition("\x00")
@@ -116,12 +127,12 @@ class ICRReranker(LLMReranker):
             calib, cache = self._pass(docs_ids + na_part, start, (na_lo, na_hi), len(na_part), None)
             cache.crop(start - cache.get_seq_length())  # drop the N/A part; keep the passages' keys and values
             probe, _ = self._pass(q_part, start, (q_lo, q_hi), len(q_part), cache)
-        tok = probe.stacked()[..., :start].sum(dim=(0, 1))  # [start]: summed over layers and heads
+        tok = self._aggregate(probe, start)  # [start]: summed over the chosen layers and heads
         if self.keep_signals:
             self.signals.append(ICRSignals(docids=[c.docid for c in cands], query=probe.span_sums(spans),
                                            calibration=calib.span_sums(spans) if calib is not None else None))
         scores = torch.empty(len(cands))
-        tok_na = calib.stacked()[..., :start].sum(dim=(0, 1)) if calib is not None else None
+        tok_na = self._aggregate(calib, start) if calib is not None else None
         for i, (s, e) in enumerate(spans):
             t = tok[s:e]
             if tok_na is None:
@@ -133,6 +144,13 @@ class ICRReranker(LLMReranker):
                 diff = diff * keep
             scores[i] = diff.sum()
         return scores
+
+    def _aggregate(self, probe: AttentionProbe, start: int) -> torch.Tensor:
+        rows = probe.stacked()[..., :start]  # [layers captured, heads, keys]
+        if self.heads is None:
+            return rows.sum(dim=(0, 1))
+        index = {lay: i for i, lay in enumerate(sorted(probe.rows))}
+        return sum(rows[index[lay], h] for lay, h in self.heads)
 
     def _rank_window(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
         scores = self.score_window(query, cands, stats)

@@ -163,6 +163,9 @@ def main() -> int:
         out, stats = [], []
         t0 = time.perf_counter()
         for i, r in enumerate(rankings):
+            if not r.candidates:  # nothing retrieved (e.g. an NFCorpus query of stopwords): scores 0 either way
+                out.append(r)
+                continue
             out += rr.rerank_batch([r])
             stats += rr.last_stats
             logger.info("%s@%d query %d/%d: %s", name, depth, i + 1, len(rankings), stats[-1].as_dict())

@@ -107,10 +107,11 @@ def time_faiss(spec: IndexSpec, x: np.ndarray, q: np.ndarray, index_ref: Compres
 def bench_index(text: str, x, docids, q, exact_top, k=100, single=50, qrels=None, qids=None, save_dir=None):
     spec = IndexSpec.parse(text)
     index, build_s = _time(lambda: CompressedIndex.build(spec, docids, x))
-    if save_dir is not None or spec.rescore != "none":  # the rescoring tier is read from its memmapped file
-        path = Path(save_dir or tempfile.mkdtemp(prefix="rs-bench-")) / spec.label.replace(",", "_")
-        index.save(path)
-        index = CompressedIndex.load(path)
+    # Always search a saved-and-loaded index: that is how it is served (compact docid table, rescoring tier
+    # read from its memmapped file), and it makes bytes_per_doc comparable across rows.
+    path = Path(save_dir or tempfile.mkdtemp(prefix="rs-bench-")) / spec.label.replace(",", "_")
+    index.save(path)
+    index = CompressedIndex.load(path)
     index.search(q[:2], k)
     top, secs = _time(lambda: index.search(q, k))
     _, s1 = _time(lambda: [index.search(q[i:i + 1], k) for i in range(min(single, len(q)))])

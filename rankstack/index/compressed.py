@@ -118,11 +118,7 @@ class _VectorStore:
         self.dtype = dtype
         self.disk: np.ndarray | None = None  # [n_disk, dim] memmap
         self.disk_scale: np.ndarray | None = None  # int8 only: per-row scale
-        self.pending: list[tuple[int, np.ndarray]] = []
         self._pending_rows: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return (0 if self.disk is None else self.disk.shape[0]) + len(self.pending)
 
     def put(self, slots: np.ndarray, vectors: np.ndarray) -> None:
         """Hold new rows in memory until the next save, already rounded to the on-disk precision so that

@@ -38,6 +38,10 @@ def _kernels():
     return triton_kernels
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -75,7 +79,7 @@ def hamming_topk(queries: torch.Tensor, codes: torch.Tensor, k: int, *, block_n:
     n, w = cw.shape
     bn = _block(k, block_n)
     kk = min(k, bn)
-    nblocks = max(1, triton_cdiv(n, bn))
+    nblocks = max(1, _cdiv(n, bn))
     out = torch.full((qw.shape[0], nblocks, kk), -7, dtype=torch.int64, device=codes.device)  # poisoned
     tk.hamming_topk_kernel[(qw.shape[0], nblocks)](qw, cw, out, n, nblocks, W=w, WP=_pow2(w), K=kk, BLOCK_N=bn)
     return _finish(out.view(qw.shape[0], -1), k)
@@ -87,10 +91,6 @@ def _finish(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
                          device=keys.device)
         keys = torch.cat([keys, pad], dim=1)
     return unpack_keys(keys, k)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, *, largest: bool = True, block_n: int = 1024,
@@ -113,7 +113,7 @@ def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, *, largest: bool
     n = codes.shape[0]
     bn = _block(k, block_n)
     kk = min(k, bn)
-    nblocks = max(1, triton_cdiv(n, bn))
+    nblocks = max(1, _cdiv(n, bn))
     out = torch.full((q, nblocks, kk), -7, dtype=torch.int64, device=codes.device)
     tk.pq_adc_topk_kernel[(q, nblocks)](lut, codes.contiguous(), out, n, nblocks, M=m, KS=ks, K=kk, BLOCK_N=bn,
                                         LARGEST=largest)
@@ -142,7 +142,7 @@ def rescore(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor, *, 
     q, d = queries.shape
     c = ids.shape[1]
     out = torch.full((q, c), float("nan"), dtype=torch.float32, device=vectors.device)  # poisoned
-    grid = (q, max(1, triton_cdiv(c, block_c)))
+    grid = (q, max(1, _cdiv(c, block_c)))
     tk.rescore_kernel[grid](queries.to(torch.float32).contiguous(), vectors.contiguous(),
                             ids.to(torch.int64).contiguous(), out, c, d, BLOCK_C=block_c, BLOCK_D=block_d)
     return out

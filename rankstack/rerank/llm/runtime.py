@@ -67,8 +67,6 @@ def _gguf_path(key: str) -> Path:
     folder = _package_dir(info.package)
     if info.gguf:
         return folder / info.gguf
-    import importlib
-
     mod = importlib.import_module(info.package)  # the Gemma package assembles its GGUF from part packages
     target = _cache_root() / f"{key}.gguf"
     if not target.exists():

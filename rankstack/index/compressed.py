@@ -25,7 +25,7 @@ from rankstack._optional import require
 from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
 from rankstack.index.base import read_params
 from rankstack.index.binary import ResidualBinaryCodec
-from rankstack.index.faiss_flat import _as_matrix
+from rankstack.index.faiss_flat import _as_matrix, check_add
 from rankstack.records import TopK
 
 logger = logging.getLogger(__name__)
@@ -363,16 +363,8 @@ class CompressedIndex:
     def add(self, docids: Sequence[str], vectors: np.ndarray, *, upsert: bool = False) -> None:
         if not self.trained:
             raise BadInput("the index is not trained; call train() (or build()) first")
-        v = _as_matrix(vectors, self.dim, "vectors")
-        docids = [str(d) for d in docids]
-        if len(docids) != v.shape[0]:
-            raise BadInput(f"{len(docids)} docids for {v.shape[0]} vectors")
-        if len(set(docids)) != len(docids):
-            raise BadInput("duplicate docids in one add() call")
-        existing = [d for d in docids if d in self._ids]
+        docids, v, existing = check_add(docids, vectors, self.dim, self._ids.__contains__, upsert)
         if existing:
-            if not upsert:
-                raise BadInput(f"docids already in the index: {existing[:5]}; pass upsert=True to replace them")
             self.remove(existing)
         slots = np.arange(self._next_slot, self._next_slot + len(docids), dtype=np.int64)
         if self._codec is not None:

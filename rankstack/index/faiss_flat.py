@@ -38,6 +38,22 @@ def _as_matrix(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
     return v
 
 
+def check_add(docids: Sequence[str], vectors: np.ndarray, dim: int, contains, upsert: bool
+              ) -> tuple[list[str], np.ndarray, list[str]]:
+    """Validate an ``add()``: returns ``(docids as str, float32 matrix, docids already present)``; an existing
+    docid is an error unless ``upsert``."""
+    v = _as_matrix(vectors, dim, "vectors")
+    docids = [str(d) for d in docids]
+    if len(docids) != v.shape[0]:
+        raise BadInput(f"{len(docids)} docids for {v.shape[0]} vectors")
+    if len(set(docids)) != len(docids):
+        raise BadInput("duplicate docids in one add() call")
+    existing = [d for d in docids if contains(d)]
+    if existing and not upsert:
+        raise BadInput(f"docids already in the index: {existing[:5]}; pass upsert=True to replace them")
+    return docids, v, existing
+
+
 class DenseFlatIndex:
     """Exact maximum inner-product search over float32 vectors (``faiss.IndexFlatIP``).
 
@@ -71,16 +87,8 @@ class DenseFlatIndex:
 
     def add(self, docids: Sequence[str], vectors: np.ndarray, *, upsert: bool = False) -> None:
         """Append vectors ``[n, dim]`` for ``docids``. An existing docid is an error unless ``upsert``."""
-        v = _as_matrix(vectors, self.dim, "vectors")
-        docids = [str(d) for d in docids]
-        if len(docids) != v.shape[0]:
-            raise BadInput(f"{len(docids)} docids for {v.shape[0]} vectors")
-        if len(set(docids)) != len(docids):
-            raise BadInput("duplicate docids in one add() call")
-        existing = [d for d in docids if d in self._row]
+        docids, v, existing = check_add(docids, vectors, self.dim, self._row.__contains__, upsert)
         if existing:
-            if not upsert:
-                raise BadInput(f"docids already in the index: {existing[:5]}; pass upsert=True to replace them")
             self.remove(existing)
         self._index.add(v)
         for d in docids:

@@ -28,6 +28,15 @@ def _popcount32(x):
 
 
 @triton.jit
+def _store_best(key, row_ok, out_ptr, qi, bi, num_blocks, K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Sort this block's packed keys on chip and write its best K to ``out[qi, bi, :]`` (padding rows last)."""
+    key = tl.where(row_ok, key, INT64_MAX)
+    key = tl.sort(key)
+    r = tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + (qi.to(tl.int64) * num_blocks + bi) * K + r, key, mask=r < K)
+
+
+@triton.jit
 def hamming_topk_kernel(q_ptr, codes_ptr, out_ptr, N, num_blocks,
                         W: tl.constexpr, WP: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr):
     """q: int32 words [Q, W]; codes: int32 words [N, W]; out: int64 keys [Q, num_blocks, K]."""
@@ -42,10 +51,7 @@ def hamming_topk_kernel(q_ptr, codes_ptr, out_ptr, N, num_blocks,
                 mask=row_ok[:, None] & word_ok[None, :], other=0).to(tl.uint32, bitcast=True)
     dist = tl.sum(_popcount32(c ^ q[None, :]), axis=1)
     key = (dist.to(tl.int64) << 32) | rows.to(tl.int64)
-    key = tl.where(row_ok, key, INT64_MAX)
-    key = tl.sort(key)
-    r = tl.arange(0, BLOCK_N)
-    tl.store(out_ptr + (qi.to(tl.int64) * num_blocks + bi) * K + r, key, mask=r < K)
+    _store_best(key, row_ok, out_ptr, qi, bi, num_blocks, K, BLOCK_N)
 
 
 @triton.jit
@@ -71,10 +77,7 @@ def pq_adc_topk_kernel(lut_ptr, codes_ptr, out_ptr, N, num_blocks,
     if LARGEST:
         ordered = ~ordered
     key = (ordered.to(tl.int64) << 32) | rows.to(tl.int64)
-    key = tl.where(row_ok, key, INT64_MAX)
-    key = tl.sort(key)
-    r = tl.arange(0, BLOCK_N)
-    tl.store(out_ptr + (qi.to(tl.int64) * num_blocks + bi) * K + r, key, mask=r < K)
+    _store_best(key, row_ok, out_ptr, qi, bi, num_blocks, K, BLOCK_N)
 
 
 @triton.jit

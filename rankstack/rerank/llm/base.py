@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from abc import abstractmethod
 from typing import Callable, Sequence
 
 from rankstack.errors import BadInput
@@ -114,8 +115,9 @@ class LLMReranker(Reranker):
                            f"lower the window or depth")
         return min(self.passage_tokens, room)
 
+    @abstractmethod
     def _rerank(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
-        raise NotImplementedError
+        """The new order of ``cands`` as input positions (a permutation)."""
 
     def _slide(self, cands: list[Candidate], window: int, stride: int,
                rank_window: Callable[[list[Candidate]], list[int]]) -> list[int]:

@@ -14,6 +14,7 @@ Quantized linear layers, a quantized KV cache or sparse attention plug in below 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -221,8 +222,8 @@ class ForwardStats:
     repairs: int = 0
 
     def add(self, other: ForwardStats) -> None:
-        for f in ("forward_passes", "prompt_tokens", "generated_tokens", "seconds", "truncated_passages", "repairs"):
-            setattr(self, f, getattr(self, f) + getattr(other, f))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)

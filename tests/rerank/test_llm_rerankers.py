@@ -15,7 +15,7 @@ from rankstack.rerank.llm.icr import ICRReranker  # noqa: E402
 from rankstack.rerank.llm.listwise import FirstReranker, ListwiseReranker, listwise_prompt  # noqa: E402
 from rankstack.rerank.llm.runtime import CausalLM, ForwardStats  # noqa: E402
 from rankstack.rerank.llm.setwise import SetwiseReranker, parse_answer  # noqa: E402
-from tests.rerank.tiny_llm import tiny_llama, tiny_tokenizer  # noqa: E402
+from tests.tiny_llm import tiny_llama, tiny_tokenizer  # noqa: E402
 
 WORDS = "the flea life cycle is about weeks cats dogs eggs larva pupa adult".split()
 

@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 
 from rankstack.errors import BadInput  # noqa: E402
 from rankstack.rerank.llm.runtime import AttentionProbe, CausalLM, resolve_llm  # noqa: E402
-from tests.rerank.tiny_llm import tiny_llama, tiny_tokenizer  # noqa: E402
+from tests.tiny_llm import tiny_llama, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,10 @@ class LLMReranker(Reranker):
         self.last_stats: list[ForwardStats] = []
 
     def rerank_batch(self, rankings: Sequence[Ranking]) -> list[Ranking]:
+        with self.llm.lock:  # the model's stats and KV cache serve one call at a time (the service is threaded)
+            return self._rerank_all(rankings)
+
+    def _rerank_all(self, rankings: Sequence[Ranking]) -> list[Ranking]:
         self.last_stats = []
         out = []
         for r in rankings:

@@ -261,6 +261,8 @@ class CausalLM:
         self.num_layers = int(cfg.num_hidden_layers)
         self.num_heads = int(cfg.num_attention_heads)
         self.stats = ForwardStats()
+        # one reranking at a time per model: stats and caches are per model, and two calls would only share the cores
+        self.lock = threading.RLock()
 
     # -- text --
     def encode(self, text: str) -> list[int]:

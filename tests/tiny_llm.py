@@ -38,3 +38,11 @@ def tiny_llama(vocab_size: int, seed: int = 0, **kw):
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, **kw)
     return LlamaForCausalLM(cfg).eval()
+
+
+def save_tiny_llm(folder, seed: int = 0):
+    """A tiny Llama and its tokenizer saved as a local model folder (what ``CausalLM(path)`` loads)."""
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok), seed=seed).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

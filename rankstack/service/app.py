@@ -86,22 +86,33 @@ class ServiceState:
         self.gate = _Gate(settings.limits.max_inflight, settings.limits.max_queue)
         self.ready = False
         self._create_lock = threading.Lock()
-        self._rerank_encoder = None
-        self._encoders: dict[str, Any] = {}
+        from rankstack.rerank.factory import ModelCache
+
+        self.models = ModelCache()  # encoders and LLMs, one copy each, shared by collections and rerankers
+        self.reranker_specs = settings.reranker_specs()
+        self._rerankers: dict[str, Any] = {}
+        self._rerankers_lock = threading.Lock()
 
     # collections -------------------------------------------------------------------------------------------
 
     def encoder(self, name: str):
-        if name not in self._encoders:
-            from rankstack.retrieval.encoders import make_encoder
+        return self.models.get("encoder", name)
 
-            self._encoders[name] = make_encoder(name)
-        return self._encoders[name]
+    def reranker(self, name: str | None = None):
+        """The named reranker (default: ``settings.default_reranker``), built on first use and then reused."""
+        from rankstack.rerank.factory import build_reranker
 
-    def reranker(self):
-        from rankstack.rerank.embedding import EmbeddingReranker
-
-        return EmbeddingReranker(self.encoder(self.settings.rerank_encoder))
+        name = name or self.settings.default_reranker
+        if name not in self.reranker_specs:
+            raise BadInput(f"unknown reranker {name!r}; this service has {sorted(self.reranker_specs)} "
+                           f"(define more under [rerankers] in the config)")
+        with self._rerankers_lock:
+            if name not in self._rerankers:
+                t0 = time.perf_counter()
+                self._rerankers[name] = build_reranker(self.reranker_specs[name], self.models)
+                logger.info("reranker %s (%s) ready in %.1f s", name, self.reranker_specs[name].label,
+                            time.perf_counter() - t0)
+            return self._rerankers[name]
 
     def _open(self, config: CollectionConfig):
         from rankstack.service.collection import Collection
@@ -110,8 +121,9 @@ class ServiceState:
         root.mkdir(parents=True, exist_ok=True)
         (root / "collection.json").write_text(config.model_dump_json(indent=2))
         enc = self.encoder(config.encoder) if "dense" in config.indexes else None
-        rer = self.reranker() if config.pipeline.reranker != "none" else None
-        return Collection(root, config, encoder=enc, reranker=rer)
+        if config.pipeline.reranker != "none":
+            self.reranker(config.pipeline.reranker)  # load it now, not on the first search
+        return Collection(root, config, encoder=enc, rerankers=self.reranker)
 
     def open_all(self) -> None:
         configs = dict(self.settings.collections)
@@ -242,6 +254,8 @@ def create_app(settings: Settings):
                         | RerankDoc] = Field(min_length=1, max_length=lim.max_rerank_documents)
         top_n: int | None = Field(None, ge=1, le=lim.max_rerank_documents)
         return_documents: bool = False
+        model: str | None = Field(None, max_length=64, description="a reranker name from the service config "
+                                                                   "(default: its default_reranker)")
 
     class RerankResult(BaseModel):
         index: int
@@ -391,11 +405,12 @@ def create_app(settings: Settings):
                 for i, d in enumerate(req.documents)]
         ranking = Ranking(query=Query(qid="q", text=req.query),
                           candidates=tuple(Candidate(docid=d.docid, score=0.0, document=d) for d in docs))
-        reranker = await work(state.reranker)
+        name = req.model or settings.default_reranker
+        reranker = await work(state.reranker, name)
         t0 = time.perf_counter()
         out = (await work(reranker.rerank, ranking)).top(req.top_n or len(docs))
         _observe({"rerank": time.perf_counter() - t0})
-        return RerankResponse(id=uuid.uuid4().hex, model=reranker.name, results=[
+        return RerankResponse(id=uuid.uuid4().hex, model=name, results=[
             RerankResult(index=int(c.docid), relevance_score=c.score,
                          document={"text": c.document.text} if req.return_documents else None)
             for c in out.candidates])

@@ -32,12 +32,13 @@ class SearchStats:
 
 
 class Collection:
-    def __init__(self, root: str | os.PathLike, config: CollectionConfig, *, encoder=None, reranker=None):
+    def __init__(self, root: str | os.PathLike, config: CollectionConfig, *, encoder=None, rerankers=None):
+        """``rerankers``: a function from a reranker name to a reranker (the service's registry)."""
         self.root = Path(root)
         self.config = config
         self.name = config.name
         self._encoder = encoder
-        self._reranker = reranker
+        self._rerankers = rerankers
         self._lock = threading.RLock()
         self.docs: dict[str, Document] = {}
         self.seq = 0
@@ -251,9 +252,16 @@ class Collection:
             rankings = [Ranking(query=r.query, candidates=tuple(c for c in r.candidates
                                                                 if _matches(c.document, filters)))
                         for r in rankings]
-        if p.reranker != "none" and self._reranker is not None:
+        if p.reranker != "none":
+            if self._rerankers is None:
+                raise BadInput(f"collection {self.name!r} was opened without rerankers; use reranker 'none'")
+            reranker = self._rerankers(p.reranker)
             t0 = time.perf_counter()
-            rankings = self._reranker.rerank_batch([r.top(p.rerank_depth) for r in rankings])
+            todo = [i for i, r in enumerate(rankings) if r.candidates]  # nothing to rerank for an empty list
+            done = reranker.rerank_batch([rankings[i].top(p.rerank_depth) for i in todo]) if todo else []
+            rankings = list(rankings)
+            for i, r in zip(todo, done):
+                rankings[i] = r
             stages["rerank"] = time.perf_counter() - t0
         return [r.top(k) for r in rankings], stages
 

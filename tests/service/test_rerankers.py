@@ -87,3 +87,17 @@ def test_config_errors_name_the_defined_rerankers(tmp_path, tiny_dir):
         make_settings(tmp_path, rerankers={"x": {"kind": "icr", "windw": 2}})
     with pytest.raises(BadInput, match="default_reranker uses reranker 'nope'"):
         make_settings(tmp_path, default_reranker="nope")
+
+
+def test_the_readme_config_example_loads():
+    import re
+    from pathlib import Path
+
+    from rankstack.service.config import Settings
+    import tomllib
+
+    block = re.search(r"```toml\n(.*?)```", (Path(__file__).parents[2] / "README.md").read_text(), re.S).group(1)
+    s = Settings.model_validate(tomllib.loads(block))
+    specs = s.reranker_specs()
+    assert s.collections["scifact"].pipeline.reranker == "first" and specs["first"].model_name == "smollm2"
+    assert dict(specs["icr"].options)["heads"] == ((18, 7), (18, 8))

@@ -87,6 +87,16 @@ class RerankerSpec:
         if bad:
             raise BadInput(f"reranker {self.kind!r} has no option {bad[0]!r}; its options are model, "
                            f"{', '.join(allowed)}")
+        checked = []
+        for key, value in self.options:  # table values: the argument's type, or text that converts to it
+            default = allowed[key].default
+            if isinstance(value, str) and isinstance(default, (bool, int, float)):
+                value = _convert(value, default, key, self.kind)
+            elif isinstance(default, bool) != isinstance(value, bool) or (
+                    isinstance(default, (int, float)) and not isinstance(value, (int, float))):
+                raise BadInput(f"reranker {self.kind!r}: {key}={value!r} should be a {type(default).__name__}")
+            checked.append((key, value))
+        object.__setattr__(self, "options", tuple(checked))
 
     @classmethod
     def parse(cls, text: str) -> RerankerSpec:

@@ -56,6 +56,12 @@ def test_bad_tables_are_rejected():
         RerankerSpec.from_config({"kind": "icr", "windw": 3})
     with pytest.raises(BadInput, match="with a 'kind'"):
         RerankerSpec.from_config({"model": "smollm2"})
+    with pytest.raises(BadInput, match=r"depth=\[20\] should be a int"):
+        RerankerSpec.from_config({"kind": "first", "depth": [20]})
+    with pytest.raises(BadInput, match="reasoning=1 should be a bool"):
+        RerankerSpec.from_config({"kind": "setwise", "reasoning": 1})
+    # YAML/env values given as text convert to the argument's type
+    assert dict(RerankerSpec.from_config({"kind": "first", "depth": "20"}).options) == {"depth": 20}
 
 
 def test_built_rerankers_equal_direct_construction_and_share_one_model(tiny_dir):

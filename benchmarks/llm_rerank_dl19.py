@@ -185,7 +185,8 @@ def main() -> int:
                "seconds_per_q": wall / n, "repairs": sum(s.repairs for s in stats),
                "truncated_passages": sum(s.truncated_passages for s in stats)}
         if isinstance(rr, ICRReranker) and rr.keep_signals:
-            row["analysis"] = icr_signal_variants(rr, rankings, qrels, depth)
+            # signals exist only for queries that had candidates (an NFCorpus query can retrieve nothing)
+            row["analysis"] = icr_signal_variants(rr, [r for r in rankings if r.candidates], qrels, depth)
         rows.append(row)
         details.append({"run": spec, "per_query_nDCG@10": pq, "stats": [s.as_dict() for s in stats]})
         logger.info("%s", {k: v for k, v in row.items() if k != "analysis"})

@@ -122,7 +122,8 @@ def _rerank_inputs(args: argparse.Namespace):
         rankings = []
         for qid in run.qids:
             if qid not in queries:
-                raise UnknownDocid(f"{args.run}: query {qid!r} is not among the dataset's queries")
+                raise BadInput(f"{args.run}: query {qid!r} is not among the dataset's queries; rerank a run made "
+                               f"on this dataset")
             missing = [d for d, _ in run.ranked(qid) if d not in docs]
             if missing:
                 raise UnknownDocid(f"{args.run}: query {qid}: docids {missing[:3]} are not in the corpus; rerank "

@@ -16,15 +16,16 @@ from typing import Any, Mapping
 
 from rankstack.errors import BadInput
 from rankstack.rerank.base import Reranker
+from rankstack.rerank.cross_encoder import DEFAULT_CROSS_ENCODER
+from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
 
 __all__ = ["RerankerSpec", "ModelCache", "RERANKER_KINDS", "build_reranker"]
 
 # kind -> (module, class, what "model" names, default model)
 _KINDS: dict[str, tuple[str, str, str, str]] = {
-    "embedding": ("rankstack.rerank.embedding", "EmbeddingReranker", "encoder",
-                  "sentence-transformers/all-MiniLM-L6-v2"),
+    "embedding": ("rankstack.rerank.embedding", "EmbeddingReranker", "encoder", DEFAULT_DENSE_MODEL),
     "cross-encoder": ("rankstack.rerank.cross_encoder", "CrossEncoderReranker", "cross-encoder",
-                      "cross-encoder/ms-marco-MiniLM-L6-v2"),
+                      DEFAULT_CROSS_ENCODER),
     "icr": ("rankstack.rerank.llm.icr", "ICRReranker", "llm", "smollm2"),
     "first": ("rankstack.rerank.llm.listwise", "FirstReranker", "llm", "smollm2"),
     "listwise": ("rankstack.rerank.llm.listwise", "ListwiseReranker", "llm", "smollm2"),

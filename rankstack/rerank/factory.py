@@ -142,9 +142,6 @@ class RerankerSpec:
         opts = ",".join(f"{k}={v}" for k, v in self.options)
         return f"{self.kind}({self.model_name}{',' + opts if opts else ''})"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.model_name, **dict(self.options)}
-
 
 class ModelCache:
     """Loaded models by (role, name), built once; thread-safe. The service keeps one for all its rerankers."""
@@ -179,9 +176,6 @@ def build_reranker(spec: RerankerSpec | str | Mapping[str, Any], cache: ModelCac
     cache = cache or ModelCache()
     role = _KINDS[spec.kind][2]
     model = cache.get(role, spec.model_name)
-    opts = dict(spec.options)
-    if "heads" in opts and opts["heads"] is not None:
-        opts["heads"] = [tuple(h) for h in opts["heads"]]
-    reranker = _class(spec.kind)(model, **opts)
+    reranker = _class(spec.kind)(model, **dict(spec.options))  # heads arrive as (layer, head) tuples already
     reranker.name = spec.label
     return reranker

@@ -1,4 +1,5 @@
-"""Compressed dense indexes behind one interface: FAISS IVF/HNSW/PQ/OPQ/IVF-PQ/SQ8 and binary codes.
+"""Compressed dense indexes behind the :class:`~rankstack.index.base.VectorIndex` interface: FAISS IVF/HNSW/PQ/
+OPQ/IVF-PQ/SQ8 and binary codes.
 
 An :class:`IndexSpec` (``IndexSpec.parse("pq:m=48,rescore=float32")``) says what to build. Every kind supports
 add/upsert/remove by docid, atomic save/load with consistency checks, and an optional second tier: full-precision
@@ -7,107 +8,34 @@ from the compact codes exactly. Only the codes live in memory; the rescoring fil
 
 Internally each document has a *slot* (a stable int64 id that FAISS stores); the rescoring file is indexed by slot.
 Removed slots are never reused, and their rows stay in the rescoring file until the index is rebuilt.
+
+Search runs on FAISS (and numpy for multi-bit codes) for numpy queries. For torch tensors on a GPU (or any tensor
+under ``TRITON_INTERPRET=1``), 1-bit Hamming codes and 8-bit PQ/OPQ codes are scanned by the Triton kernels of
+:mod:`rankstack.kernels`, and the rescoring tier by the gather+dot kernel; the codes and the rescoring tier are then
+copied to the device once and kept there until the index changes. The other kinds search on the CPU path.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from rankstack._atomic import atomic_dir, write_json
 from rankstack._optional import require
-from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
-from rankstack.index.base import read_params
+from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt
+from rankstack.index.base import IndexSpec, VectorIndex, as_matrix, read_params, sort_pairs
 from rankstack.index.binary import ResidualBinaryCodec
-from rankstack.index.faiss_flat import _as_matrix, check_add
 from rankstack.records import TopK
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IndexSpec", "CompressedIndex", "KINDS"]
 
-KINDS = ("flat", "ivf-flat", "hnsw", "pq", "opq-pq", "ivf-pq", "sq8", "binary")
-RESCORE = ("none", "float32", "float16", "int8")
-BINARY_SEARCH = ("hamming", "symmetric", "asymmetric")
-_ALIASES = {"multiplier": "rescore_multiplier", "ef": "ef_search", "mode": "binary_search"}
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """What to build. ``m`` PQ sub-quantizers of ``nbits`` bits (``m * nbits / 8`` bytes per vector); ``bits`` is
-    bits per dimension for binary codes; ``train_size`` caps the vectors used to train quantizers."""
-
-    kind: str
-    nlist: int = 256
-    nprobe: int = 16
-    m: int = 48
-    nbits: int = 8
-    hnsw_m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 128
-    bits: int = 1
-    binary_search: str = "hamming"
-    train_size: int = 100_000
-    rescore: str = "none"
-    rescore_multiplier: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise BadInput(f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        for f in ("nlist", "nprobe", "m", "nbits", "hnsw_m", "ef_construction", "ef_search", "bits",
-                  "train_size", "rescore_multiplier"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise BadInput(f"index spec: {f} must be a positive integer, got {v!r}")
-        if self.rescore not in RESCORE:
-            raise BadInput(f"index spec: rescore must be one of {RESCORE}, got {self.rescore!r}")
-        if self.binary_search not in BINARY_SEARCH:
-            raise BadInput(f"index spec: binary_search must be one of {BINARY_SEARCH}, got {self.binary_search!r}")
-        if self.kind == "binary" and self.binary_search == "hamming" and self.bits != 1:
-            raise BadInput("Hamming search needs 1-bit codes; use binary_search=symmetric or asymmetric for "
-                           f"bits={self.bits}")
-        if self.nbits > 16:
-            raise BadInput(f"index spec: nbits={self.nbits} is too large (PQ sub-quantizers use <= 16 bits)")
-
-    @classmethod
-    def parse(cls, text: str) -> IndexSpec:
-        """``"kind"`` or ``"kind:key=value,key=value"``, e.g. ``"ivf-pq:nlist=1024,m=48,nprobe=32,rescore=int8"``."""
-        kind, _, rest = text.strip().partition(":")
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        kw: dict = {}
-        for item in filter(None, (p.strip() for p in rest.split(","))):
-            key, eq, value = item.partition("=")
-            key = _ALIASES.get(key.strip(), key.strip())
-            if not eq or key not in fields or key == "kind":
-                raise BadInput(f"index spec {text!r}: bad option {item!r}; options are "
-                               f"{', '.join(k for k in fields if k != 'kind')}")
-            kw[key] = value.strip() if fields[key] == "str" else _int(value, key, text)
-        return cls(kind=kind.strip(), **kw)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def label(self) -> str:
-        parts = {"ivf-flat": f"IVF{self.nlist},Flat", "hnsw": f"HNSW{self.hnsw_m}", "pq": f"PQ{self.m}x{self.nbits}",
-                 "opq-pq": f"OPQ{self.m},PQ{self.m}x{self.nbits}", "ivf-pq": f"IVF{self.nlist},PQ{self.m}x{self.nbits}",
-                 "sq8": "SQ8", "flat": "Flat", "binary": f"binary{self.bits}b-{self.binary_search}"}
-        s = parts[self.kind]
-        return s + (f"+rescore-{self.rescore}x{self.rescore_multiplier}" if self.rescore != "none" else "")
-
-
-def _int(value: str, key: str, text: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise BadInput(f"index spec {text!r}: {key} must be an integer, got {value!r}") from None
+KINDS = ("ivf-flat", "hnsw", "pq", "opq-pq", "ivf-pq", "sq8", "binary")
+KERNEL_KINDS = ("binary", "pq", "opq-pq")  # kinds with a GPU scan kernel (binary: 1-bit Hamming; PQ: 8-bit codes)
 
 
 class _VectorStore:
@@ -178,6 +106,23 @@ class _VectorStore:
         del arr
         if self.dtype == "int8":
             np.save(path / "scales.npy", scales)
+
+    def storage_rows(self, n_slots: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every slot ``[0, n_slots)`` in the storage precision (int8 rows come with their per-row scales): what a
+        device copy of the tier holds. Unknown (removed) slots are zero."""
+        dt = {"float32": np.float32, "float16": np.float16, "int8": np.int8}[self.dtype]
+        out = np.zeros((n_slots, self.dim), dt)
+        scales = np.ones(n_slots, np.float32)
+        n_disk = 0 if self.disk is None else min(self.disk.shape[0], n_slots)
+        if n_disk:
+            out[:n_disk] = self.disk[:n_disk]
+            if self.dtype == "int8":
+                scales[:n_disk] = self.disk_scale[:n_disk]
+        rest = np.arange(n_disk, n_slots)
+        if rest.size:
+            q, sc = self.quantize(self.gather_or_zero(rest))
+            out[rest], scales[rest] = q, sc
+        return out, scales if self.dtype == "int8" else None
 
     def gather_or_zero(self, slots: np.ndarray) -> np.ndarray:
         n_disk = 0 if self.disk is None else self.disk.shape[0]
@@ -278,15 +223,19 @@ class _DocidTable:
         return self.slots.nbytes + self.offsets.nbytes + len(self.blob)
 
 
-class CompressedIndex:
+class CompressedIndex(VectorIndex):
     """A compressed dense index over string docids; scores are inner products (higher is better)."""
 
     KIND = "dense-compressed"
     FORMAT_VERSION = 1
 
     def __init__(self, dim: int, spec: IndexSpec, *, meta: dict | None = None):
-        if not isinstance(dim, int) or dim <= 0:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise BadInput(f"dimension must be a positive integer, got {dim!r}")
+        if spec.kind not in KINDS:
+            raise BadInput(f"{spec.kind!r} is not a compressed index kind ({', '.join(KINDS)}); a flat index is "
+                           f"rankstack.index.faiss_flat.DenseFlatIndex (rankstack.index.registry.new_vector_index "
+                           f"picks the class)")
         if spec.kind in ("pq", "opq-pq", "ivf-pq") and dim % spec.m:
             raise BadInput(f"PQ with m={spec.m} needs a dimension divisible by m; {dim} is not")
         if spec.kind == "binary" and dim % 8:
@@ -303,13 +252,13 @@ class CompressedIndex:
         self._scales = np.empty((0, spec.bits), np.float16)
         self._pos_slot = np.empty(0, np.int64)
         self._store = _VectorStore(dim, spec.rescore) if spec.rescore != "none" else None
+        self._device: dict[str, dict] = {}  # device -> codes/tables/rescoring tier copied there for the kernels
         self.trained = False
 
     # ---- building ----------------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, spec: IndexSpec, docids: Sequence[str], vectors: np.ndarray, *,
-              meta: dict | None = None) -> CompressedIndex:
+    def build(cls, spec: IndexSpec, docids, vectors: np.ndarray, *, meta: dict | None = None) -> CompressedIndex:
         v = np.asarray(vectors)
         if v.ndim != 2:
             raise DimensionMismatch(f"vectors must be a 2-D array [n, dim], got shape {v.shape}")
@@ -320,19 +269,22 @@ class CompressedIndex:
 
     def _factory(self) -> str:
         s = self.spec
-        return {"flat": "Flat", "ivf-flat": f"IVF{s.nlist},Flat", "hnsw": f"HNSW{s.hnsw_m},Flat",
+        return {"ivf-flat": f"IVF{s.nlist},Flat", "hnsw": f"HNSW{s.hnsw_m},Flat",
                 "pq": f"PQ{s.m}x{s.nbits}", "opq-pq": f"OPQ{s.m},PQ{s.m}x{s.nbits}",
                 "ivf-pq": f"IVF{s.nlist},PQ{s.m}x{s.nbits}", "sq8": "SQ8"}[s.kind]
+
+    def min_training_vectors(self) -> int:
+        return {"ivf-flat": self.spec.nlist, "ivf-pq": max(self.spec.nlist, 1 << self.spec.nbits),
+                "pq": 1 << self.spec.nbits, "opq-pq": 1 << self.spec.nbits}.get(self.spec.kind, 1)
 
     def train(self, vectors: np.ndarray) -> None:
         """Train the quantizers on at most ``spec.train_size`` vectors sampled with ``spec.seed``."""
         faiss = require("faiss")
-        v = _as_matrix(vectors, self.dim, "training vectors")
+        v = as_matrix(vectors, self.dim, "training vectors")
         if v.shape[0] > self.spec.train_size:
             rng = np.random.default_rng(self.spec.seed)
             v = v[np.sort(rng.choice(v.shape[0], self.spec.train_size, replace=False))]
-        need = {"ivf-flat": self.spec.nlist, "ivf-pq": max(self.spec.nlist, 1 << self.spec.nbits),
-                "pq": 1 << self.spec.nbits, "opq-pq": 1 << self.spec.nbits}.get(self.spec.kind, 1)
+        need = self.min_training_vectors()
         if v.shape[0] < need:
             raise BadInput(f"{self.spec.label} needs at least {need} training vectors, got {v.shape[0]}; "
                            f"lower nlist/nbits or train on more data")
@@ -360,12 +312,12 @@ class CompressedIndex:
     def docids(self) -> list[str]:
         return self._ids.sorted_items()[1]
 
-    def add(self, docids: Sequence[str], vectors: np.ndarray, *, upsert: bool = False) -> None:
+    def add(self, docids, vectors: np.ndarray, *, upsert: bool = False) -> None:
         if not self.trained:
             raise BadInput("the index is not trained; call train() (or build()) first")
-        docids, v, existing = check_add(docids, vectors, self.dim, self._ids.__contains__, upsert)
-        if existing:
-            self.remove(existing)
+        super().add(docids, vectors, upsert=upsert)
+
+    def _add(self, docids: list[str], v: np.ndarray) -> None:
         slots = np.arange(self._next_slot, self._next_slot + len(docids), dtype=np.int64)
         if self._codec is not None:
             planes, scales = self._codec.encode(v)
@@ -379,12 +331,10 @@ class CompressedIndex:
         for s, d in zip(slots.tolist(), docids):
             self._ids.add(s, d)
         self._next_slot += len(docids)
+        self._device.clear()
 
-    def remove(self, docids: Sequence[str]) -> None:
+    def _remove(self, docids: list[str]) -> None:
         faiss = require("faiss")
-        missing = [d for d in docids if d not in self._ids]
-        if missing:
-            raise UnknownDocid(f"unknown docids {missing[:5]}: not in this index")
         slots = np.array(sorted({self._ids.slot_of(d) for d in docids}), dtype=np.int64)
         if self._codec is not None:
             keep = ~np.isin(self._pos_slot, slots)
@@ -397,6 +347,7 @@ class CompressedIndex:
                 raise IndexCorrupt(f"FAISS removed {removed} of {slots.size} vectors; the index is inconsistent")
         for s in slots.tolist():
             self._ids.remove_slot(s)
+        self._device.clear()
 
     # ---- search ------------------------------------------------------------------------------------------
 
@@ -408,35 +359,42 @@ class CompressedIndex:
         faiss = require("faiss")
         return ids + int(faiss.serialize_index(self._faiss).nbytes)
 
-    def _set_params(self, nprobe: int | None, ef_search: int | None) -> None:
+    def search_param_names(self) -> tuple[str, ...]:
+        names = {"ivf-flat": ("nprobe",), "ivf-pq": ("nprobe",), "hnsw": ("ef_search",),
+                 "binary": ("binary_search",)}.get(self.spec.kind, ())
+        return names + (("rescore", "rescore_multiplier") if self._store is not None else ())
+
+    def _plan(self, k: int, rescore: bool | None, rescore_multiplier: int | None) -> tuple[bool, int]:
+        do_rescore = self._store is not None if rescore is None else bool(rescore)
+        if do_rescore and self._store is None:
+            raise BadInput(f"this index has no rescoring tier (built with rescore='none'): {self.spec.label}")
+        return do_rescore, k * (rescore_multiplier or self.spec.rescore_multiplier) if do_rescore else k
+
+    def _binary_mode(self, binary_search: str | None) -> str:
+        mode = binary_search or self.spec.binary_search
+        if mode == "hamming" and self.spec.bits != 1:
+            raise BadInput(f"Hamming search needs 1-bit codes; this index has {self.spec.bits} bits per dimension")
+        return mode
+
+    def _search(self, q: np.ndarray, k: int, *, rescore: bool | None = None, rescore_multiplier: int | None = None,
+                nprobe: int | None = None, ef_search: int | None = None, binary_search: str | None = None) -> TopK:
+        """Top-``k`` slots per query (``-1`` when fewer exist). With a rescoring tier (and ``rescore`` not False)
+        the codes fetch ``k * rescore_multiplier`` candidates and exact inner products re-rank them."""
+        do_rescore, fetch = self._plan(k, rescore, rescore_multiplier)
+        if self._codec is not None:
+            scores, slots = self._binary_candidates(q, fetch, self._binary_mode(binary_search))
+        else:
+            scores, slots = self._faiss_candidates(q, fetch, nprobe, ef_search)
+        if do_rescore:
+            scores, slots = self._rescore(q, slots, k)
+        return TopK(scores=scores[:, :k], ids=slots[:, :k])
+
+    def _faiss_candidates(self, q: np.ndarray, k: int, nprobe, ef_search) -> tuple[np.ndarray, np.ndarray]:
         faiss = require("faiss")
         if self.spec.kind.startswith("ivf"):
             faiss.extract_index_ivf(self._faiss).nprobe = nprobe or self.spec.nprobe
         elif self.spec.kind == "hnsw":
             faiss.downcast_index(self._faiss.index).hnsw.efSearch = ef_search or self.spec.ef_search
-
-    def search(self, queries: np.ndarray, k: int, *, rescore: bool | None = None, nprobe: int | None = None,
-               ef_search: int | None = None) -> TopK:
-        """Top-``k`` slots per query (``-1`` when fewer exist). With a rescoring tier (and ``rescore`` not False)
-        the codes fetch ``k * rescore_multiplier`` candidates and exact inner products re-rank them."""
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise BadInput(f"k must be a positive integer, got {k!r}")
-        if len(self) == 0:
-            raise BadInput("the index is empty; add documents before searching")
-        q = _as_matrix(queries, self.dim, "query vectors")
-        do_rescore = self._store is not None if rescore is None else rescore
-        if do_rescore and self._store is None:
-            raise BadInput(f"this index has no rescoring tier (built with rescore='none'): {self.spec.label}")
-        fetch = k * self.spec.rescore_multiplier if do_rescore else k
-        scores, slots = self._candidates(q, fetch, nprobe, ef_search)
-        if do_rescore:
-            scores, slots = self._rescore(q, slots, k)
-        return TopK(scores=scores[:, :k], ids=slots[:, :k])
-
-    def _candidates(self, q: np.ndarray, k: int, nprobe, ef_search) -> tuple[np.ndarray, np.ndarray]:
-        if self._codec is not None:
-            return self._binary_candidates(q, k)
-        self._set_params(nprobe, ef_search)
         extra = len(self._tombstones)
         scores, slots = self._faiss.search(q, k + extra)
         if extra:
@@ -444,11 +402,10 @@ class CompressedIndex:
             scores, slots = _compact(scores, slots, dead, k)
         return scores[:, :k], slots[:, :k]
 
-    def _binary_candidates(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _binary_candidates(self, q: np.ndarray, k: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
         faiss = require("faiss")
         n = self._planes.shape[0]
         kk = min(k, n)
-        mode = self.spec.binary_search
         if mode == "hamming":
             qp, _ = self._codec.encode(q)
             dist, pos = faiss.knn_hamming(np.ascontiguousarray(qp[:, 0]), np.ascontiguousarray(self._planes[:, 0]), kk)
@@ -481,14 +438,88 @@ class CompressedIndex:
             out_i[i, :order.size] = cand[order]
         return out_s, out_i
 
+    # ---- the kernel path (GPU tensors, or any tensor under TRITON_INTERPRET=1) ----------------------------
+
+    def _search_tensor(self, queries, k: int, *, rescore: bool | None = None, rescore_multiplier: int | None = None,
+                       nprobe: int | None = None, ef_search: int | None = None,
+                       binary_search: str | None = None) -> TopK:
+        from rankstack import kernels
+
+        mode = self._binary_mode(binary_search) if self._codec is not None else None
+        has_kernel = (self.spec.kind in ("pq", "opq-pq") and self.spec.nbits == 8) or mode == "hamming"
+        if not (kernels.use_triton(queries) and has_kernel):
+            return super()._search_tensor(queries, k, rescore=rescore, rescore_multiplier=rescore_multiplier,
+                                          nprobe=nprobe, ef_search=ef_search, binary_search=binary_search)
+        import torch
+
+        do_rescore, fetch = self._plan(k, rescore, rescore_multiplier)
+        q = queries.detach().to(torch.float32).contiguous()
+        if not torch.isfinite(q).all():
+            raise BadInput("query vectors contain NaN or infinite values")
+        dev = self._device_state(q.device)
+        block = min(1024, 1 << max(6, (int(dev["codes"].shape[0]) - 1).bit_length()))  # no wider than the codes
+        if mode == "hamming":
+            codes = _pack_signs(q - dev["mean"])
+            dist, pos = kernels.hamming_topk(codes, dev["codes"], fetch, block_n=block)
+            scores = torch.where(pos >= 0, (self.dim - 2 * dist).to(torch.float32),
+                                 torch.full_like(dist, float("-inf"), dtype=torch.float32))
+        else:
+            scores, pos = kernels.pq_adc_topk(self._pq_lut(q, dev), dev["codes"], fetch, block_n=block)
+        slots = torch.where(pos >= 0, dev["slots"][pos.clamp(min=0)], torch.full_like(pos, -1))
+        if do_rescore:
+            exact = kernels.rescore(q, dev["vectors"], slots, scales=dev.get("vector_scales"))
+            scores, slots = kernels.topk_by_score(exact, slots, k)
+        return TopK(scores=scores[:, :k].cpu().numpy().astype(np.float32),
+                    ids=slots[:, :k].cpu().numpy().astype(np.int64))
+
+    def _pq_lut(self, q, dev):
+        """``[Q, M, 256]`` inner products of each query sub-vector with each sub-quantizer centroid (after the OPQ
+        rotation for opq-pq)."""
+        if "opq_a" in dev:
+            q = q @ dev["opq_a"].T + dev["opq_b"]
+        m, ksub, dsub = dev["centroids"].shape
+        return (q.view(q.shape[0], m, 1, dsub) * dev["centroids"][None]).sum(-1)
+
+    def _device_state(self, device) -> dict:
+        """Codes, slot map, tables and rescoring tier as tensors on ``device``: built on first use and dropped when
+        the index changes."""
+        key = str(device)
+        if key in self._device:
+            return self._device[key]
+        import torch
+
+        faiss = require("faiss")
+        st: dict = {}
+        if self._codec is not None:
+            st["codes"] = torch.from_numpy(np.ascontiguousarray(self._planes[:, 0])).to(device)
+            st["slots"] = torch.from_numpy(self._pos_slot).to(device)
+            st["mean"] = torch.from_numpy(self._codec.mean).to(device)
+        else:
+            pq_index = faiss_base(self._faiss)
+            n = pq_index.ntotal
+            st["codes"] = torch.from_numpy(faiss.vector_to_array(pq_index.codes).reshape(n, pq_index.code_size)).to(device)
+            st["slots"] = torch.from_numpy(faiss.vector_to_array(self._faiss.id_map).astype(np.int64)).to(device)
+            pq = pq_index.pq
+            st["centroids"] = torch.from_numpy(
+                faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)).to(device)
+            if self.spec.kind == "opq-pq":
+                lt = faiss.downcast_VectorTransform(faiss.downcast_index(self._faiss.index).chain.at(0))
+                st["opq_a"] = torch.from_numpy(faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in)).to(device)
+                b = faiss.vector_to_array(lt.b) if lt.have_bias else np.zeros(lt.d_out, np.float32)
+                st["opq_b"] = torch.from_numpy(b.astype(np.float32)).to(device)
+        if self._store is not None:
+            rows, scales = self._store.storage_rows(self._next_slot)
+            st["vectors"] = torch.from_numpy(rows).to(device)
+            if scales is not None:
+                st["vector_scales"] = torch.from_numpy(scales).to(device)
+        self._device[key] = st
+        return st
+
     def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
-        """Map slots to ``(docid, score)`` lists in trec_eval order, dropping ``-1``."""
         out = []
         for srow, irow in zip(topk.scores, topk.ids):
             keep = irow >= 0
-            pairs = list(zip(self._ids.names(irow[keep]), srow[keep].astype(float).tolist()))
-            pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
-            out.append(pairs)
+            out.append(sort_pairs(list(zip(self._ids.names(irow[keep]), srow[keep].astype(float).tolist()))))
         return out
 
     # ---- persistence -------------------------------------------------------------------------------------
@@ -531,7 +562,6 @@ class CompressedIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> CompressedIndex:
-        """Open a saved index. ``dim``, when given, must match (a clear error instead of wrong results)."""
         faiss = require("faiss")
         path = Path(path)
         params = read_params(path, cls.KIND, cls.FORMAT_VERSION)
@@ -540,10 +570,12 @@ class CompressedIndex:
             pdim, next_slot = int(params["dim"]), int(params["next_slot"])
         except (KeyError, TypeError, ValueError, BadInput) as exc:
             raise IndexCorrupt(f"{path}/params.json has a bad spec ({exc}); rebuild the index") from None
-        if dim is not None and dim != pdim:
-            raise DimensionMismatch(f"{path} holds {pdim}-d vectors but {dim}-d were expected; encode with the "
-                                    f"model the index was built with")
-        self = cls(pdim, spec, meta=params.get("meta"))
+        cls.check_loaded_dim(path, pdim, dim)
+        try:
+            self = cls(pdim, spec, meta=params.get("meta"))
+        except BadInput as exc:
+            raise IndexCorrupt(f"{path}/params.json describes an index this version cannot open ({exc}); "
+                               f"rebuild the index") from None
         try:
             slots = np.load(path / "slots.npy")
             offsets = np.load(path / "docid_offsets.npy")
@@ -598,6 +630,16 @@ class CompressedIndex:
             self._store = _VectorStore.open(path / "rescore", pdim, spec.rescore, next_slot)
         self.trained = True
         return self
+
+
+def _pack_signs(x):
+    """``x >= 0`` packed 8 dimensions per byte, most significant bit first (numpy ``packbits``' order): uint8
+    ``[n, dim / 8]`` on ``x``'s device."""
+    import torch
+
+    bits = (x >= 0).to(torch.uint8).view(x.shape[0], -1, 8)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=x.device)
+    return (bits * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
 
 
 def no_polysemous(index) -> None:

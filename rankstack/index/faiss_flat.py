@@ -6,14 +6,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from rankstack._atomic import atomic_dir, write_json
 from rankstack._optional import require
-from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
-from rankstack.index.base import read_params
+from rankstack.errors import BadInput, IndexCorrupt, UnknownDocid
+from rankstack.index.base import IndexSpec, VectorIndex, read_params, sort_pairs
 from rankstack.records import TopK
 
 logger = logging.getLogger(__name__)
@@ -21,41 +20,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["DenseFlatIndex"]
 
 
-def _as_matrix(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
-    v = np.asarray(vectors)
-    if v.ndim == 1:
-        v = v[None, :]
-    if v.ndim != 2:
-        raise DimensionMismatch(f"{what} must be a 2-D array [n, {dim}], got shape {v.shape}")
-    if v.shape[1] != dim:
-        raise DimensionMismatch(f"{what} have dimension {v.shape[1]} but this index holds {dim}-d vectors; "
-                                f"encode with the same model the index was built with")
-    if not np.issubdtype(v.dtype, np.floating):
-        raise BadInput(f"{what} must be floating point, got {v.dtype}")
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    if not np.isfinite(v).all():
-        raise BadInput(f"{what} contain NaN or infinite values")
-    return v
-
-
-def check_add(docids: Sequence[str], vectors: np.ndarray, dim: int, contains, upsert: bool
-              ) -> tuple[list[str], np.ndarray, list[str]]:
-    """Validate an ``add()``: returns ``(docids as str, float32 matrix, docids already present)``; an existing
-    docid is an error unless ``upsert``."""
-    v = _as_matrix(vectors, dim, "vectors")
-    docids = [str(d) for d in docids]
-    if len(docids) != v.shape[0]:
-        raise BadInput(f"{len(docids)} docids for {v.shape[0]} vectors")
-    if len(set(docids)) != len(docids):
-        raise BadInput("duplicate docids in one add() call")
-    existing = [d for d in docids if contains(d)]
-    if existing and not upsert:
-        raise BadInput(f"docids already in the index: {existing[:5]}; pass upsert=True to replace them")
-    return docids, v, existing
-
-
-class DenseFlatIndex:
-    """Exact maximum inner-product search over float32 vectors (``faiss.IndexFlatIP``).
+class DenseFlatIndex(VectorIndex):
+    """Exact maximum inner-product search over float32 vectors (``faiss.IndexFlatIP``): the ``flat`` index kind.
 
     Row ids are internal: the index keeps ``docids[row]`` in the same order as FAISS's rows, and only string
     docids leave it. ``meta`` records how the vectors were made (model name, normalisation) so a mismatched
@@ -66,11 +32,12 @@ class DenseFlatIndex:
     FORMAT_VERSION = 1
 
     def __init__(self, dim: int, *, meta: dict | None = None):
-        if not isinstance(dim, int) or dim <= 0:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise BadInput(f"dimension must be a positive integer, got {dim!r}")
         faiss = require("faiss")
         self.dim = dim
         self.meta = dict(meta or {})
+        self.spec = IndexSpec("flat")
         self._index = faiss.IndexFlatIP(dim)
         self._docids: list[str] = []
         self._row: dict[str, int] = {}
@@ -85,25 +52,18 @@ class DenseFlatIndex:
     def __contains__(self, docid: str) -> bool:
         return docid in self._row
 
-    def add(self, docids: Sequence[str], vectors: np.ndarray, *, upsert: bool = False) -> None:
-        """Append vectors ``[n, dim]`` for ``docids``. An existing docid is an error unless ``upsert``."""
-        docids, v, existing = check_add(docids, vectors, self.dim, self._row.__contains__, upsert)
-        if existing:
-            self.remove(existing)
-        self._index.add(v)
+    def _add(self, docids: list[str], vectors: np.ndarray) -> None:
+        self._index.add(vectors)
         for d in docids:
             self._row[d] = len(self._docids)
             self._docids.append(d)
 
-    def remove(self, docids: Sequence[str]) -> None:
-        """Remove documents by docid; unknown docids raise :class:`UnknownDocid` and nothing is removed."""
+    def _remove(self, docids: list[str]) -> None:
         faiss = require("faiss")
-        missing = [d for d in docids if d not in self._row]
-        if missing:
-            raise UnknownDocid(f"unknown docids {missing[:5]}: not in this index")
         rows = np.array(sorted({self._row[d] for d in docids}), dtype=np.int64)
         removed = self._index.remove_ids(faiss.IDSelectorArray(rows.size, faiss.swig_ptr(rows)))
-        assert removed == rows.size, (removed, rows.size)
+        if removed != rows.size:
+            raise IndexCorrupt(f"FAISS removed {removed} of {rows.size} vectors; the index is inconsistent")
         drop = set(rows.tolist())
         self._docids = [d for i, d in enumerate(self._docids) if i not in drop]  # FAISS keeps the others' order
         self._row = {d: i for i, d in enumerate(self._docids)}
@@ -113,29 +73,24 @@ class DenseFlatIndex:
             raise UnknownDocid(f"unknown docid {docid!r}: not in this index")
         return self._index.reconstruct(self._row[docid])
 
-    def search(self, queries: np.ndarray, k: int) -> TopK:
-        """Top-``k`` rows for each query vector ``[nq, dim]``; rows past the index size are ``-1``."""
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise BadInput(f"k must be a positive integer, got {k!r}")
-        if len(self) == 0:
-            raise BadInput("the index is empty; add documents before searching")
-        q = _as_matrix(queries, self.dim, "query vectors")
-        scores, ids = self._index.search(q, k)
+    def vectors(self) -> np.ndarray:
+        """All vectors ``[n, dim]`` in :attr:`docids` order (e.g. to build a compressed index without re-encoding)."""
+        return self._index.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, self.dim), np.float32)
+
+    def _search(self, queries: np.ndarray, k: int, **params) -> TopK:
+        scores, ids = self._index.search(queries, k)
         return TopK(scores=scores, ids=ids)
 
     def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
-        """Map a :class:`TopK` to ``(docid, score)`` lists, dropping ``-1`` rows, in trec_eval order."""
-        out = []
-        for srow, irow in zip(topk.scores, topk.ids):
-            pairs = [(self._docids[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
-            pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
-            out.append(pairs)
-        return out
+        return [sort_pairs([(self._docids[i], float(s)) for s, i in zip(srow, irow) if i >= 0])
+                for srow, irow in zip(topk.scores, topk.ids)]
+
+    def memory_bytes(self) -> int:
+        return len(self) * self.dim * 4 + sum(len(d) for d in self._docids)
 
     # ---- persistence -------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index to ``path`` atomically: a failure leaves any previous index there intact."""
         faiss = require("faiss")
         with atomic_dir(path) as tmp:
             faiss.write_index(self._index, str(tmp / "faiss.index"))
@@ -146,7 +101,7 @@ class DenseFlatIndex:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> DenseFlatIndex:
+    def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> DenseFlatIndex:
         faiss = require("faiss")
         path = Path(path)
         params = read_params(path, cls.KIND, cls.FORMAT_VERSION)
@@ -159,11 +114,12 @@ class DenseFlatIndex:
             docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise IndexCorrupt(f"{path}/docids.json is missing or corrupt ({exc}); rebuild the index") from None
-        if index.d != params["dim"]:
-            raise IndexCorrupt(f"{path}: faiss.index holds {index.d}-d vectors but params.json says {params['dim']}")
-        if index.ntotal != len(docids) or index.ntotal != params["num_docs"]:
+        if index.d != params.get("dim"):
+            raise IndexCorrupt(f"{path}: faiss.index holds {index.d}-d vectors but params.json says {params.get('dim')}")
+        cls.check_loaded_dim(path, index.d, dim)
+        if index.ntotal != len(docids) or index.ntotal != params.get("num_docs"):
             raise IndexCorrupt(f"{path}: {index.ntotal} vectors, {len(docids)} docids, params say "
-                               f"{params['num_docs']}; the files are inconsistent, rebuild the index")
+                               f"{params.get('num_docs')}; the files are inconsistent, rebuild the index")
         self = cls(params["dim"], meta=params.get("meta"))
         self._index = index
         self._docids = list(docids)

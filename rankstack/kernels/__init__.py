@@ -13,11 +13,11 @@ import os
 import torch
 
 from rankstack.errors import BadInput
-from rankstack.kernels.reference import (float_order_key, hamming_topk_ref, pq_adc_topk_ref, rescore_ref,
-                                         unpack_keys)
+from rankstack.kernels.reference import (float_order_key, hamming_topk_ref, key_to_float, pq_adc_topk_ref,
+                                         rescore_ref, topk_by_score, unpack_keys)
 
 __all__ = ["hamming_topk", "pq_adc_topk", "rescore", "hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref",
-           "use_triton", "float_order_key"]
+           "use_triton", "float_order_key", "key_to_float", "topk_by_score"]
 
 
 def interpreting() -> bool:
@@ -97,7 +97,8 @@ def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, *, largest: bool
                 triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PQ asymmetric-distance top-``k``: ``lut`` float32 ``[Q, M, 256]``, ``codes`` uint8 ``[N, M]``.
 
-    Returns ``(scores float32 [Q, k], rows int64 [Q, k])`` best first, ties by ascending row.
+    Returns ``(scores float32 [Q, k], rows int64 [Q, k])`` best first, ties by ascending row. The scores are the
+    kernel's own sums, decoded from its sort keys (``NaN`` past ``N``).
     """
     _check_k(k)
     if lut.ndim != 3 or codes.ndim != 2 or lut.shape[1] != codes.shape[1]:
@@ -117,32 +118,32 @@ def pq_adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, *, largest: bool
     out = torch.full((q, nblocks, kk), -7, dtype=torch.int64, device=codes.device)
     tk.pq_adc_topk_kernel[(q, nblocks)](lut, codes.contiguous(), out, n, nblocks, M=m, KS=ks, K=kk, BLOCK_N=bn,
                                         LARGEST=largest)
-    _, rows = _finish(out.view(q, -1), k)
-    # Scores are recomputed from the table for the k winners, in the kernel's summation order.
-    idx = codes[rows.clamp(min=0)].to(torch.int64)  # [Q, k, M]
-    acc = torch.zeros(rows.shape, dtype=torch.float32, device=codes.device)
-    for j in range(m):
-        acc = acc + torch.gather(lut[:, j, :], 1, idx[:, :, j])
-    acc[rows < 0] = float("nan")
-    return acc, rows
+    hi, rows = _finish(out.view(q, -1), k)
+    scores = key_to_float(hi, largest)
+    return torch.where(rows >= 0, scores, torch.full_like(scores, float("nan"))), rows
 
 
-def rescore(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor, *, block_c: int = 64,
-            block_d: int = 128, triton: bool | None = None) -> torch.Tensor:
-    """Exact inner products ``[Q, C]`` of float queries with the candidate rows ``ids`` of ``vectors``."""
+def rescore(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor, *, scales: torch.Tensor | None = None,
+            block_c: int = 64, block_d: int = 128, triton: bool | None = None) -> torch.Tensor:
+    """Exact inner products ``[Q, C]`` of float queries with the candidate rows ``ids`` of ``vectors`` (float32,
+    float16, or int8 with per-row float32 ``scales``); ``-1`` ids score ``-inf``."""
     if queries.ndim != 2 or vectors.ndim != 2 or queries.shape[1] != vectors.shape[1]:
         raise BadInput(f"query dimension {tuple(queries.shape)} does not match vectors {tuple(vectors.shape)}")
     if ids.ndim != 2 or ids.shape[0] != queries.shape[0]:
         raise BadInput(f"ids must be [num_queries, C], got {tuple(ids.shape)} for {queries.shape[0]} queries")
     if ids.numel() and int(ids.max()) >= vectors.shape[0]:
         raise BadInput(f"candidate row {int(ids.max())} is out of range for {vectors.shape[0]} vectors")
+    if scales is not None and (scales.ndim != 1 or scales.shape[0] != vectors.shape[0]):
+        raise BadInput(f"scales must be [N] = [{vectors.shape[0]}], got {tuple(scales.shape)}")
     if not (use_triton(vectors) if triton is None else triton):
-        return rescore_ref(queries, vectors, ids)
+        return rescore_ref(queries, vectors, ids, scales)
     tk = _kernels()
     q, d = queries.shape
     c = ids.shape[1]
     out = torch.full((q, c), float("nan"), dtype=torch.float32, device=vectors.device)  # poisoned
     grid = (q, max(1, _cdiv(c, block_c)))
+    sc = scales.to(torch.float32).contiguous() if scales is not None else out  # a dummy pointer when unused
     tk.rescore_kernel[grid](queries.to(torch.float32).contiguous(), vectors.contiguous(),
-                            ids.to(torch.int64).contiguous(), out, c, d, BLOCK_C=block_c, BLOCK_D=block_d)
+                            ids.to(torch.int64).contiguous(), sc, out, c, d, BLOCK_C=block_c, BLOCK_D=block_d,
+                            SCALED=scales is not None)
     return out

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref", "float_order_key", "unpack_keys",
-           "POPCOUNT8"]
+__all__ = ["hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref", "float_order_key", "key_to_float", "unpack_keys",
+           "topk_by_score", "POPCOUNT8"]
 
 POPCOUNT8 = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
 _SENTINEL = torch.iinfo(torch.int64).max
@@ -20,6 +20,28 @@ def float_order_key(scores: torch.Tensor, largest: bool) -> torch.Tensor:
     b = scores.contiguous().to(torch.float32).view(torch.int32)
     ordered = b ^ ((b >> 31) & 0x7FFFFFFF)
     return ~ordered if largest else ordered
+
+
+def key_to_float(keys: torch.Tensor, largest: bool) -> torch.Tensor:
+    """The inverse of :func:`float_order_key`: the float32 scores behind int32 keys (bit-exact)."""
+    ordered = ~keys if largest else keys
+    b = ordered ^ ((ordered >> 31) & 0x7FFFFFFF)  # the sign-dependent flip is its own inverse
+    return b.to(torch.int32).contiguous().view(torch.float32)
+
+
+def topk_by_score(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best ``(score, id)`` pairs of each row, scores descending and ties by ascending id; ``-1`` ids
+    (no candidate) come last as ``(-inf, -1)``. ``ids`` must be non-negative 32-bit values or ``-1``."""
+    keys = _pack(float_order_key(scores, largest=True), ids.clamp(min=0))
+    keys = torch.where(ids >= 0, keys, torch.full_like(keys, _SENTINEL))
+    kk = min(k, keys.shape[1])
+    hi, rows = unpack_keys(keys, kk)
+    out = key_to_float(hi, largest=True)
+    out = torch.where(rows >= 0, out, torch.full_like(out, float("-inf")))
+    if kk < k:
+        out = torch.cat([out, torch.full((out.shape[0], k - kk), float("-inf"), device=out.device)], dim=1)
+        rows = torch.cat([rows, torch.full((rows.shape[0], k - kk), -1, dtype=rows.dtype, device=rows.device)], 1)
+    return out, rows
 
 
 def _pack(hi: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -78,9 +100,13 @@ def pq_adc_topk_ref(lut: torch.Tensor, codes: torch.Tensor, k: int, *, largest: 
     return scores, rows
 
 
-def rescore_ref(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Exact inner products of each query with its candidate rows: ``[Q, C]``; ``-1`` ids score ``-inf``."""
+def rescore_ref(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor,
+                scales: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact inner products of each query with its candidate rows: ``[Q, C]``; ``-1`` ids score ``-inf``.
+    ``scales`` (float32 ``[N]``, int8 tiers): row ``i`` stands for ``vectors[i] * scales[i]``."""
     safe = ids.clamp(min=0)
     v = vectors[safe].to(torch.float32)
     s = (v * queries.to(torch.float32)[:, None, :]).sum(dim=2)
+    if scales is not None:
+        s = s * scales.to(torch.float32)[safe]
     return torch.where(ids >= 0, s, torch.full_like(s, float("-inf")))

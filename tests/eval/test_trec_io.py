@@ -12,10 +12,12 @@ def test_run_roundtrip_and_rank_column(tmp_path):
     run = Run(scores={"q1": {"a": 1.0, "b": 3.0, "c": 2.0}, "q2": {"x": 0.5}}, name="my run")
     path = write_run(run, tmp_path / "r.trec")
     lines = path.read_text().splitlines()
-    assert lines[0] == "q1 Q0 b 1 3.000000 my_run"
+    assert lines[0] == "q1 Q0 b 1 3.0 my_run"
     assert [l.split()[2] for l in lines[:3]] == ["b", "c", "a"]
     back = read_run(path)
     assert back.to_dict() == run.to_dict() and back.name == "my_run"
+    exact = Run(scores={"q": {"a": 1 / 61 + 1 / 62, "b": 0.1 + 0.2, "c": 1e-300}})
+    assert read_run(write_run(exact, tmp_path / "e.trec")).to_dict() == exact.to_dict()  # every bit survives
 
 
 def test_written_ranks_are_the_ranks_trec_eval_scores(tmp_path):

@@ -1,26 +1,32 @@
 """The FastAPI search and rerank service: ``create_app(settings)``.
 
-Handlers are thin: pydantic models enforce the limits (422), the library does the work in a thread pool with a
-per-stage timeout (504), typed library errors map to HTTP once, and a gate sheds load with 429 when the queue is
-full. Every response carries an ``X-Request-ID`` that also tags the log lines.
+The app is thin: request models in :mod:`.schemas`, handlers in :mod:`.routes`, collections in :mod:`.collection`.
+This module holds the service state (collections, shared models and rerankers), the load gate, metrics, and the
+one mapping from library errors to HTTP statuses.
+
+Load gate: at most ``max_inflight`` requests run at once, ``max_queue`` more wait, and beyond that a 429. A request
+that exceeds the stage timeout gets a 504 at once, but its slot stays taken until its worker thread has really
+finished (Python cannot stop a thread), so a timed-out LLM call can never pile up under new ones.
 """
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Callable, Union
+from typing import Any, Callable
 
 from rankstack._optional import require
-from rankstack.errors import (BadInput, IndexCorrupt, IndexNotFound, MissingExtra, RankStackError, UnknownDocid)
-from rankstack.records import Document, Query
-from rankstack.service.config import CollectionConfig, PipelineConfig, Settings
+from rankstack.errors import BadInput, IndexCorrupt, IndexNotFound, MissingExtra, RankStackError, UnknownDocid
+from rankstack.records import Ranking
+from rankstack.service.config import CollectionConfig, Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "ServiceState"]
 
 PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
@@ -61,69 +67,120 @@ class _Gate:
     def __init__(self, max_inflight: int, max_queue: int):
         self.sem = asyncio.Semaphore(max_inflight)
         self.capacity = max_inflight + max_queue
-        self.waiting_or_running = 0
+        self.admitted = 0
 
-    async def __aenter__(self):
-        if self.waiting_or_running >= self.capacity:
-            raise Overloaded(f"server busy: {self.waiting_or_running} requests in flight or queued; retry later")
-        self.waiting_or_running += 1
+    async def acquire(self) -> None:
+        if self.admitted >= self.capacity:
+            raise Overloaded(f"server busy: {self.admitted} requests in flight or queued; retry later")
+        self.admitted += 1
         try:
             await self.sem.acquire()
         except BaseException:
-            self.waiting_or_running -= 1
+            self.admitted -= 1
             raise
 
-    async def __aexit__(self, *exc):
+    def release(self) -> None:
         self.sem.release()
-        self.waiting_or_running -= 1
+        self.admitted -= 1
 
 
 class ServiceState:
     def __init__(self, settings: Settings):
+        from rankstack.rerank.factory import ModelCache
+
         self.settings = settings
         self.collections: dict[str, Any] = {}
         self.metrics = _Metrics()
-        self.gate = _Gate(settings.limits.max_inflight, settings.limits.max_queue)
+        lim = settings.limits
+        self.gate = _Gate(lim.max_inflight, lim.max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=lim.max_inflight, thread_name_prefix="rankstack-work")
         self.ready = False
         self._create_lock = threading.Lock()
-        from rankstack.rerank.factory import ModelCache
-
         self.models = ModelCache()  # encoders and LLMs, one copy each, shared by collections and rerankers
         self.reranker_specs = settings.reranker_specs()
         self._rerankers: dict[str, Any] = {}
         self._rerankers_lock = threading.Lock()
 
-    # collections -------------------------------------------------------------------------------------------
+    # -- work behind the gate --
+    async def work(self, fn: Callable, *args, timeout: float | None = None, **kwargs):
+        """Run blocking library work in the worker pool, behind the load gate and the stage timeout."""
+        timeout = timeout or self.settings.limits.stage_timeout_s
+        try:
+            await self.gate.acquire()
+        except Overloaded:
+            self.metrics.shed.inc()
+            raise
+        self.metrics.inflight.inc()
+        loop = asyncio.get_running_loop()
+        try:
+            fut = loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        except BaseException:
+            self.metrics.inflight.dec()
+            self.gate.release()
+            raise
 
-    def encoder(self, name: str):
-        return self.models.get("encoder", name)
+        def finished(_):  # runs on the event loop when the thread is really done, timed out or not
+            self.metrics.inflight.dec()
+            self.gate.release()
 
-    def reranker(self, name: str | None = None):
-        """The named reranker (default: ``settings.default_reranker``), built on first use and then reused."""
-        from rankstack.rerank.factory import build_reranker
+        fut.add_done_callback(finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            raise StageTimeout(f"the request exceeded the {timeout:g} s timeout; its work still holds a slot "
+                               f"until it finishes") from None
 
-        name = name or self.settings.default_reranker
-        if name not in self.reranker_specs:
-            raise BadInput(f"unknown reranker {name!r}; this service has {sorted(self.reranker_specs)} "
-                           f"(define more under [rerankers] in the config)")
+    def observe(self, timings: dict[str, float]) -> dict[str, float]:
+        for s, v in timings.items():
+            self.metrics.stage.labels(s).observe(v)
+        return {s: round(v * 1000, 3) for s, v in timings.items()}
+
+    @staticmethod
+    def error(status: int, message: str, request=None):
+        from fastapi.responses import JSONResponse
+
+        rid = getattr(request.state, "request_id", None) if request is not None else None
+        return JSONResponse(status_code=status, content={"error": message, "request_id": rid})
+
+    # -- rerankers --
+    def reranker(self, item) -> tuple[Any, int | None]:
+        """The reranker an item names (a configured name or a spec), built on first use and then shared; and its
+        depth as configured (None when unset)."""
+        from rankstack.rerank.factory import RerankerSpec, build_reranker
+
+        spec = RerankerSpec.from_item(item, self.reranker_specs)
+        key = str(RerankerSpec(spec.kind, spec.model, spec.options))
         with self._rerankers_lock:
-            if name not in self._rerankers:
+            if key not in self._rerankers:
                 t0 = time.perf_counter()
-                self._rerankers[name] = build_reranker(self.reranker_specs[name], self.models)
-                logger.info("reranker %s (%s) ready in %.1f s", name, self.reranker_specs[name].label,
-                            time.perf_counter() - t0)
-            return self._rerankers[name]
+                self._rerankers[key] = build_reranker(spec, self.models)
+                logger.info("reranker %s ready in %.1f s", spec.label, time.perf_counter() - t0)
+            return self._rerankers[key], spec.depth
 
+    def stage_reranker(self, item) -> tuple[Any, int]:
+        from rankstack.rerank.factory import DEFAULT_RERANK_DEPTH
+
+        reranker, depth = self.reranker(item)
+        return reranker, depth or DEFAULT_RERANK_DEPTH
+
+    def rerank_pipeline(self, name: str, ranking: Ranking):
+        """/v1/rerank's pipeline: the given documents, reranked (all of them unless the reranker sets a depth)."""
+        from rankstack.pipeline import Given, Pipeline, Rerank
+        from rankstack.spec import parse_item
+
+        reranker, depth = self.reranker(parse_item(name, "reranker"))
+        return Pipeline(Given([ranking], name="request"), [Rerank(reranker, depth or len(ranking.candidates))])
+
+    # -- collections --
     def _open(self, config: CollectionConfig):
         from rankstack.service.collection import Collection
 
         root = self.settings.data_dir / config.name
         root.mkdir(parents=True, exist_ok=True)
         (root / "collection.json").write_text(config.model_dump_json(indent=2))
-        enc = self.encoder(config.encoder) if "dense" in config.indexes else None
-        if config.pipeline.reranker != "none":
-            self.reranker(config.pipeline.reranker)  # load it now, not on the first search
-        return Collection(root, config, encoder=enc, rerankers=self.reranker)
+        col = Collection(root, config, models=self.models, settings=self.settings, rerankers=self.stage_reranker)
+        col.pipeline()  # compile now (loads a configured reranker's model), not on the first search
+        return col
 
     def open_all(self) -> None:
         configs = dict(self.settings.collections)
@@ -136,8 +193,8 @@ class ServiceState:
         for name, cfg in configs.items():
             t0 = time.perf_counter()
             self.collections[name] = self._open(cfg)
-            logger.info("collection %s: %d documents, opened in %.1f s", name,
-                        len(self.collections[name].docs), time.perf_counter() - t0)
+            logger.info("collection %s: %d documents, opened in %.1f s", name, len(self.collections[name]),
+                        time.perf_counter() - t0)
 
     def get(self, name: str):
         col = self.collections.get(name)
@@ -158,114 +215,16 @@ class ServiceState:
 def create_app(settings: Settings):
     """Build the app. Collections are opened in the lifespan, not at import or construction."""
     require("fastapi")
-    from fastapi import FastAPI, Path as FPath, Request
+    from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    from rankstack.service.routes import build_router
+    from rankstack.service.schemas import build_schemas
 
     lim = settings.limits
     state = ServiceState(settings)
-
-    from pydantic import AfterValidator
-
-    def _not_blank(v: str) -> str:
-        if not v.strip():
-            raise ValueError("must contain some non-whitespace text")
-        return v
-
-    QueryText = Annotated[str, StringConstraints(min_length=1, max_length=lim.max_query_chars),
-                          AfterValidator(_not_blank)]
-    DocId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\s/]+$")]
-    Scalar = Union[str, int, float, bool]
-    from rankstack.service.config import COLLECTION_NAME_PATTERN
-
-    Name = Annotated[str, FPath(pattern=COLLECTION_NAME_PATTERN, description="collection name")]
-    PathDocId = Annotated[str, FPath(min_length=1, max_length=256)]
-
-    class Model(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    class PipelineOverride(Model):
-        retrievers: list[str] | None = Field(None, min_length=1, max_length=2)
-        fusion: str | None = None
-        alpha: float | None = Field(None, ge=0, le=1)
-        depth: int | None = Field(None, ge=1, le=1000)
-        reranker: str | None = None
-
-    class SearchRequest(Model):
-        query: QueryText
-        k: int = Field(10, ge=1, le=lim.max_k, description=f"results to return, 1..{lim.max_k}")
-        pipeline: PipelineOverride | None = None
-        filters: dict[str, Scalar | list[Scalar]] | None = Field(
-            None, max_length=16, description="metadata equality filters; a list means 'any of'")
-        return_documents: bool = True
-
-    class BatchQuery(Model):
-        qid: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
-        query: QueryText
-
-    class BatchSearchRequest(Model):
-        queries: list[BatchQuery] = Field(min_length=1, max_length=lim.max_batch_queries)
-        k: int = Field(10, ge=1, le=lim.max_k)
-        pipeline: PipelineOverride | None = None
-        filters: dict[str, Scalar | list[Scalar]] | None = Field(None, max_length=16)
-        return_documents: bool = False
-
-    class Hit(BaseModel):
-        rank: int
-        docid: str
-        score: float
-        title: str | None = None
-        text: str | None = None
-        metadata: dict[str, Any] | None = None
-
-    class SearchResponse(BaseModel):
-        collection: str
-        query: str
-        results: list[Hit]
-        timings: dict[str, float]
-
-    class BatchSearchResponse(BaseModel):
-        collection: str
-        results: list[SearchResponse]
-
-    class DocumentIn(Model):
-        docid: DocId
-        text: Annotated[str, StringConstraints(min_length=1, max_length=lim.max_document_chars)]
-        title: Annotated[str, StringConstraints(max_length=4096)] = ""
-        metadata: dict[str, Scalar | list[Scalar] | None] = Field(default_factory=dict, max_length=64)
-
-    class IngestRequest(Model):
-        documents: list[DocumentIn] = Field(min_length=1, max_length=lim.max_documents_per_request)
-
-    class IngestResponse(BaseModel):
-        collection: str
-        acknowledged: int
-        seq: int
-        num_documents: int
-
-    class RerankDoc(Model):
-        text: Annotated[str, StringConstraints(min_length=1, max_length=lim.max_document_chars)]
-        title: str = ""
-
-    class RerankRequest(Model):
-        query: QueryText
-        documents: list[Annotated[str, StringConstraints(min_length=1, max_length=lim.max_document_chars)]
-                        | RerankDoc] = Field(min_length=1, max_length=lim.max_rerank_documents)
-        top_n: int | None = Field(None, ge=1, le=lim.max_rerank_documents)
-        return_documents: bool = False
-        model: str | None = Field(None, max_length=64, description="a reranker name from the service config "
-                                                                   "(default: its default_reranker)")
-
-    class RerankResult(BaseModel):
-        index: int
-        relevance_score: float
-        document: dict[str, str] | None = None
-
-    class RerankResponse(BaseModel):
-        id: str
-        results: list[RerankResult]
-        model: str
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -273,6 +232,7 @@ def create_app(settings: Settings):
         state.ready = True
         yield
         state.ready = False
+        state.executor.shutdown(wait=False)
 
     app = FastAPI(title="RankStack", version="0.1.0", lifespan=lifespan,
                   description=(f"Search and rerank. Limits: k <= {lim.max_k}, queries <= {lim.max_query_chars} "
@@ -283,12 +243,6 @@ def create_app(settings: Settings):
                                f"{lim.max_inflight + lim.max_queue} requests are in flight; 504 after "
                                f"{lim.stage_timeout_s:g} s per stage."))
     app.state.rankstack = state
-
-    def error(status: int, message: str, request: Request | None = None) -> JSONResponse:
-        rid = getattr(request.state, "request_id", None) if request is not None else None
-        return JSONResponse(status_code=status, content={"error": message, "request_id": rid})
-
-    from fastapi.exceptions import RequestValidationError
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -306,7 +260,7 @@ def create_app(settings: Settings):
                   IndexNotFound: 503, IndexCorrupt: 503, MissingExtra: 503}.get(type(exc))
         if status is None:
             status = 422 if isinstance(exc, BadInput) else 500
-        return error(status, str(exc), request)
+        return state.error(status, str(exc), request)
 
     @app.middleware("http")
     async def _envelope(request: Request, call_next: Callable):
@@ -316,11 +270,11 @@ def create_app(settings: Settings):
         t0 = time.perf_counter()
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > lim.max_request_bytes):
-            response = error(413, f"request body of {length} bytes exceeds the limit of {lim.max_request_bytes}",
-                             request)
+            response = state.error(413, f"request body of {length} bytes exceeds the limit of "
+                                        f"{lim.max_request_bytes}", request)
         elif settings.api_keys and route not in PUBLIC_PATHS and not _authorised(request, settings.api_keys):
-            response = error(401, "missing or invalid API key: send it in the X-API-Key header "
-                                  "(or Authorization: Bearer <key>)", request)
+            response = state.error(401, "missing or invalid API key: send it in the X-API-Key header "
+                                        "(or Authorization: Bearer <key>)", request)
         else:
             response = await call_next(request)
         response.headers["X-Request-ID"] = rid
@@ -333,126 +287,7 @@ def create_app(settings: Settings):
                     secs * 1000)
         return response
 
-    async def work(fn: Callable, *args, _timeout: float | None = None, **kwargs):
-        """Run blocking library work off the event loop, behind the load gate and the stage timeout."""
-        timeout = _timeout or lim.stage_timeout_s
-        try:
-            async with state.gate:
-                state.metrics.inflight.inc()
-                try:
-                    return await asyncio.wait_for(run_in_threadpool(fn, *args, **kwargs), timeout)
-                except asyncio.TimeoutError:
-                    raise StageTimeout(f"the request exceeded the {timeout:g} s timeout") from None
-                finally:
-                    state.metrics.inflight.dec()
-        except Overloaded:
-            state.metrics.shed.inc()
-            raise
-
-    def _pipeline(col, override: PipelineOverride | None) -> PipelineConfig | None:
-        if override is None:
-            return None
-        merged = {**col.config.pipeline.model_dump(), **override.model_dump(exclude_none=True)}
-        try:
-            p = PipelineConfig.model_validate(merged)
-        except Exception as exc:
-            raise BadInput(f"invalid pipeline override: {exc}") from None
-        missing = [r for r in p.retrievers if r not in col.config.indexes]
-        if missing:
-            raise BadInput(f"collection {col.name!r} has no {missing} index; it has {col.config.indexes}")
-        return p
-
-    def _hits(ranking, with_docs: bool) -> list[Hit]:
-        return [Hit(rank=i, docid=c.docid, score=c.score,
-                    title=c.document.title if with_docs and c.document else None,
-                    text=c.document.text if with_docs and c.document else None,
-                    metadata=dict(c.document.metadata) if with_docs and c.document else None)
-                for i, c in enumerate(ranking.candidates, 1)]
-
-    def _observe(stages: dict[str, float]) -> dict[str, float]:
-        for s, v in stages.items():
-            state.metrics.stage.labels(s).observe(v)
-        return {s: round(v * 1000, 3) for s, v in stages.items()}
-
-    @app.post("/v1/collections/{name}/search", response_model=SearchResponse, response_model_exclude_none=True)
-    async def search(name: Name, req: SearchRequest):
-        col = state.get(name)
-        rankings, stages = await work(col.search, [Query(qid="q", text=req.query)], req.k,
-                                      pipeline=_pipeline(col, req.pipeline), filters=req.filters)
-        return SearchResponse(collection=name, query=req.query, results=_hits(rankings[0], req.return_documents),
-                              timings=_observe(stages))
-
-    @app.post("/v1/collections/{name}/search/batch", response_model=BatchSearchResponse,
-              response_model_exclude_none=True)
-    async def batch_search(name: Name, req: BatchSearchRequest):
-        col = state.get(name)
-        queries = [Query(qid=q.qid or str(i), text=q.query) for i, q in enumerate(req.queries)]
-        if len({q.qid for q in queries}) != len(queries):
-            raise BadInput("qids in one batch must be unique")
-        rankings, stages = await work(col.search, queries, req.k, pipeline=_pipeline(col, req.pipeline),
-                                      filters=req.filters)
-        timings = _observe(stages)
-        return BatchSearchResponse(collection=name, results=[
-            SearchResponse(collection=name, query=r.query.text, results=_hits(r, req.return_documents),
-                           timings=timings) for r in rankings])
-
-    @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True)
-    async def rerank(req: RerankRequest):
-        from rankstack.records import Candidate, Ranking
-
-        docs = [Document(docid=str(i), text=d) if isinstance(d, str) else Document(docid=str(i), text=d.text,
-                                                                                    title=d.title)
-                for i, d in enumerate(req.documents)]
-        ranking = Ranking(query=Query(qid="q", text=req.query),
-                          candidates=tuple(Candidate(docid=d.docid, score=0.0, document=d) for d in docs))
-        name = req.model or settings.default_reranker
-        reranker = await work(state.reranker, name)
-        t0 = time.perf_counter()
-        out = (await work(reranker.rerank, ranking)).top(req.top_n or len(docs))
-        _observe({"rerank": time.perf_counter() - t0})
-        return RerankResponse(id=uuid.uuid4().hex, model=name, results=[
-            RerankResult(index=int(c.docid), relevance_score=c.score,
-                         document={"text": c.document.text} if req.return_documents else None)
-            for c in out.candidates])
-
-    @app.post("/v1/collections/{name}/documents", response_model=IngestResponse)
-    async def ingest(name: Name, req: IngestRequest):
-        col = await work(state.get_or_create, name, _timeout=lim.ingest_timeout_s)
-        docs = [Document(docid=d.docid, text=d.text, title=d.title, metadata=d.metadata) for d in req.documents]
-        seq = await work(col.upsert, docs, _timeout=lim.ingest_timeout_s)
-        return IngestResponse(collection=name, acknowledged=len(docs), seq=seq, num_documents=len(col.docs))
-
-    @app.get("/v1/collections/{name}/documents/{docid}")
-    async def get_document(name: Name, docid: PathDocId) -> dict[str, Any]:
-        d = state.get(name).get(docid)
-        return {"docid": d.docid, "title": d.title, "text": d.text, "metadata": dict(d.metadata)}
-
-    @app.delete("/v1/collections/{name}/documents/{docid}")
-    async def delete_document(name: Name, docid: PathDocId) -> dict[str, Any]:
-        col = state.get(name)
-        seq = await work(col.delete, docid)
-        return {"collection": name, "deleted": docid, "seq": seq}
-
-    @app.get("/v1/collections")
-    async def list_collections() -> dict[str, Any]:
-        return {"collections": [{"name": n, "documents": len(c.docs), "indexes": c.config.indexes,
-                                 "pipeline": c.config.pipeline.model_dump()} for n, c in state.collections.items()]}
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    async def ready():
-        if not state.ready:
-            return error(503, "starting: collections are still loading")
-        return {"status": "ready", "collections": sorted(state.collections)}
-
-    @app.get("/metrics")
-    async def metrics():
-        body, ctype = state.metrics.render()
-        return Response(content=body, media_type=ctype)
-
+    app.include_router(build_router(state, build_schemas(lim)))
     return app
 
 

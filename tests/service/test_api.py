@@ -60,7 +60,11 @@ def test_upsert_replaces_in_every_index(client):
     ({"query": "x", "k": 100000}, "k: Input should be less than or equal to 1000"),
     ({"query": "x" * 5000}, "query: String should have at most 2048 characters"),
     ({"query": "x", "bogus": 1}, "bogus: Extra inputs are not permitted"),
-    ({"query": "x", "pipeline": {"retrievers": ["splade"]}}, "invalid pipeline override"),
+    ({"query": "x", "pipeline": {"retrievers": ["splade"]}}, "invalid pipeline override: pipeline spec 'splade': "
+                                                              "unknown component 'splade'; retrievers: bm25, dense"),
+    ({"query": "x", "pipeline": "bm25 >> frist"}, "unknown component 'frist'"),
+    ({"query": "x", "pipeline": "dense:index=(pq:m=48)"}, "pipeline uses ['dense:index=(pq)'] but the collection's indexes are ['bm25', 'dense']"),
+    ({"query": "x", "pipeline": {"retrieve_depth": 0}}, "retrieve_depth: Input should be greater than or equal to 1"),
 ])
 def test_bad_search_requests_are_422_with_a_message(client, body, fragment):
     r = client.post("/v1/collections/demo/search", json=body)
@@ -167,25 +171,69 @@ def test_config_validation_messages(tmp_path):
 
 
 def test_reopen_reencodes_documents_changed_after_the_index_snapshot(tmp_path):
-    """Simulate a crash after the log write but before the dense index was saved: the upsert must be replayed."""
+    """Simulate a crash after the log commit but before the indexes were saved: the change must be replayed. An
+    uncommitted request (a crash before its commit line) must be dropped."""
     import json
 
     from rankstack.records import Query
-    from rankstack.retrieval.encoders import HashingEncoder
     from rankstack.service.collection import Collection
     from rankstack.service.config import CollectionConfig
 
     cfg = CollectionConfig(name="c", indexes=["bm25", "dense"], encoder="hash:64",
                            pipeline={"retrievers": ["dense"]})
-    col = Collection(tmp_path / "c", cfg, encoder=HashingEncoder(64))
+    col = Collection(tmp_path / "c", cfg)
     col.upsert([Document(docid="a", text="apples and pears"), Document(docid="b", text="boats and ships")])
     with open(tmp_path / "c" / "log.jsonl", "a") as fh:  # durable, acknowledged, not yet in any index
-        fh.write(json.dumps({"seq": 2, "op": "upsert", "docs": [{"docid": "a", "text": "rockets and satellites"}]}) + "\n")
-        fh.write('{"seq": 3, "op": "upsert", "docs": [{"docid": "torn"')  # a torn, unacknowledged write
-    col = Collection(tmp_path / "c", cfg, encoder=HashingEncoder(64))
-    assert col.seq == 2 and "torn" not in col.docs
+        fh.write(json.dumps({"seq": 2, "op": "put", "doc": {"docid": "a", "text": "rockets and satellites"}}) + "\n")
+        fh.write(json.dumps({"seq": 2, "op": "commit"}) + "\n")
+        fh.write(json.dumps({"seq": 3, "op": "put", "doc": {"docid": "lost", "text": "x"}}) + "\n")  # no commit
+        fh.write('{"seq": 3, "op": "put", "doc": {"docid": "torn"')  # a torn, unacknowledged write
+    col = Collection(tmp_path / "c", cfg)
+    assert col.seq == 2 and "torn" not in col.log and "lost" not in col.log and len(col) == 2
     hits, _ = col.search([Query(qid="q", text="rockets satellites")], 1)
     assert hits[0].candidates[0].docid == "a" and hits[0].candidates[0].score > 0.8  # 2/sqrt(6); a stale vector scores 0
     hits, _ = col.search([Query(qid="q", text="rockets satellites")], 1,
                          pipeline=cfg.pipeline.model_copy(update={"retrievers": ["bm25"]}))
     assert hits[0].candidates[0].docid == "a"
+    assert (tmp_path / "c" / "log.jsonl").read_bytes().endswith(b'"commit"}\n')  # the unfinished tail is cut
+
+
+def test_documents_are_stored_once_in_the_log(tmp_path):
+    """The log is the only copy of the text: the BM25 index keeps no document store, the dense index no text,
+    and memory holds offsets, not documents."""
+    from rankstack.service.collection import Collection
+    from rankstack.service.config import CollectionConfig
+
+    cfg = CollectionConfig(name="c", indexes=["bm25", "dense"], encoder="hash:64",
+                           pipeline={"retrievers": ["bm25", "dense"]})
+    col = Collection(tmp_path / "c", cfg)
+    text = "a distinctive sentence about zebras grazing in the savanna"
+    col.upsert([Document(docid="z", text=text, title="Zebras", metadata={"kind": "animal"})])
+    holders = [p for p in (tmp_path / "c").rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+    assert holders == [tmp_path / "c" / "log.jsonl"]
+    assert col.get("z") == Document(docid="z", text=text, title="Zebras", metadata={"kind": "animal"})
+    assert not hasattr(col, "docs")
+
+
+def test_a_version_1_log_is_converted_and_served(tmp_path):
+    import json
+
+    from rankstack.records import Query
+    from rankstack.service.collection import Collection
+    from rankstack.service.config import CollectionConfig
+
+    root = tmp_path / "c"
+    root.mkdir()
+    with open(root / "log.jsonl", "w") as fh:
+        fh.write(json.dumps({"seq": 1, "op": "upsert", "docs": [{"docid": "a", "text": "old apples"},
+                                                                 {"docid": "b", "text": "boats"}]}) + "\n")
+        fh.write(json.dumps({"seq": 2, "op": "delete", "docids": ["b"]}) + "\n")
+        fh.write(json.dumps({"seq": 3, "op": "upsert", "docs": [{"docid": "a", "text": "new apples",
+                                                                 "metadata": {"k": 1}}]}) + "\n")
+    cfg = CollectionConfig.model_validate({"name": "c", "indexes": ["bm25"],
+                                           "pipeline": {"retrievers": ["bm25"], "depth": 50, "k1": 1.2}})
+    assert cfg.pipeline.retrieve_depth == 50 and cfg.pipeline.retrievers == ["bm25:k1=1.2"]
+    col = Collection(root, cfg)
+    assert col.seq == 3 and list(col.log) == ["a"] and col.get("a").text == "new apples"
+    hits, _ = col.search([Query(qid="q", text="apples")], 5)
+    assert hits[0].docids == ["a"]

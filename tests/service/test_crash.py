@@ -58,7 +58,7 @@ def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path):
             sets = {}
             for retr in ("bm25", "dense"):
                 r = c.post(f"{base}/search", json={"query": "common", "k": 1000, "return_documents": False,
-                                                   "pipeline": {"retrievers": [retr], "depth": 1000}})
+                                                   "pipeline": {"retrievers": [retr], "retrieve_depth": 1000}})
                 assert r.status_code == 200, r.text
                 sets[retr] = {h["docid"] for h in r.json()["results"]}
             assert sets["bm25"] == sets["dense"], "indexes disagree after recovery"

@@ -42,8 +42,8 @@ def order(reranker, query: str, docs: list[Document]) -> list[str]:
 def test_rerank_endpoint_by_name_equals_the_reranker_run_directly(tmp_path, tiny_dir, direct):
     docs = [Document(docid=str(i), text=t) for i, t in enumerate(TEXTS)]
     with TestClient(create_app(settings(tmp_path, tiny_dir))) as c:
-        for name, ref in (("first", FirstReranker(direct, depth=10, passage_tokens=16)),
-                          ("icr", ICRReranker(direct, depth=10, passage_tokens=16))):
+        for name, ref in (("first", FirstReranker(direct, passage_tokens=16)),
+                          ("icr", ICRReranker(direct, passage_tokens=16))):
             r = c.post("/v1/rerank", json={"query": "flea life cycle", "documents": TEXTS, "model": name})
             assert r.status_code == 200, r.text
             assert r.json()["model"] == name
@@ -64,13 +64,13 @@ def test_pipeline_reranker_from_config_and_from_a_request_override(tmp_path, tin
         assert "rerank" in reranked["timings"]
         by_id = {d["docid"]: Document(docid=d["docid"], text=d["text"], title=d["title"], metadata=d["metadata"])
                  for d in DOCS}
-        want = order(FirstReranker(direct, depth=10, passage_tokens=16), q["query"],
+        want = order(FirstReranker(direct, passage_tokens=16), q["query"],
                      [by_id[h["docid"]] for h in plain["results"]])
         assert [h["docid"] for h in reranked["results"]] == want
         assert want != [h["docid"] for h in plain["results"]], "pick a query the reranker reorders"
         icr = c.post("/v1/collections/demo/search", json={**q, "pipeline": {"reranker": "icr"}}).json()
         assert [h["docid"] for h in icr["results"]] == order(
-            ICRReranker(direct, depth=10, passage_tokens=16), q["query"], [by_id[h["docid"]] for h in plain["results"]])
+            ICRReranker(direct, passage_tokens=16), q["query"], [by_id[h["docid"]] for h in plain["results"]])
         # a filter that leaves nothing: no candidates, nothing to rerank, no error
         r = c.post("/v1/collections/demo/search", json={**q, "filters": {"kind": "none-such"}})
         assert r.status_code == 200 and r.json()["results"] == []

@@ -1,0 +1,278 @@
+"""A collection's indexes, kept in step with its :class:`~rankstack.service.log.DocumentLog`.
+
+Each configured index (``bm25``, ``dense``, ``dense:index=(binary:rescore=int8)``...) lives in its own folder and
+records the last log sequence it includes (``applied_seq``); it is written atomically after every change. At open,
+each one catches up with the log (a crash between the log write and the index write loses nothing: the log is the
+source of truth). Lucene is rebuilt on a change (without a copy of the documents); vector indexes remove and add
+only what changed, and the encoding happens before they are locked, so searches wait only for the swap.
+
+Retrievers handed to pipelines look up the current index at each call, so a compiled pipeline never goes stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rankstack.errors import BadInput, IndexCorrupt, IndexNotFound
+from rankstack.pipeline.resources import DenseSettings, slug
+from rankstack.pipeline.spec import parse_pipeline
+from rankstack.records import Query, Ranking
+from rankstack.retrieval.base import Retriever, validate_queries
+from rankstack.spec import Item
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IndexSet"]
+
+
+class RWLock:
+    """Many readers or one writer; a waiting writer holds new readers back."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting = 0
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            while self._writing or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            self._waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _Dense:
+    spec: str
+    settings: DenseSettings
+    path: Path
+    encoder: object
+    index: object = None
+    pending: dict = field(default_factory=dict)  # docid -> vector, while a compressed index waits for training
+    applied_seq: int = 0
+
+
+class IndexSet:
+    def __init__(self, root: Path, config, models, log):
+        self.root = Path(root)
+        self.config = config
+        self.models = models
+        self.log = log
+        self.lock = RWLock()
+        self._bm25 = None  # LuceneIndex or None (no documents yet)
+        self._bm25_retrievers: dict = {}
+        self.has_bm25 = False
+        self.dense: dict[str, _Dense] = {}
+        for key, text in config.index_keys().items():
+            if key == "bm25":
+                self.has_bm25 = True
+                continue
+            item = parse_pipeline(text).source.item
+            s = DenseSettings.of(item, config.encoder)
+            default = s.index.kind == "flat" and s.vectors_key == str(Item(config.encoder))
+            path = self.root / ("dense" if default else f"dense-{slug(key)}")  # 0.1 collections kept "dense"
+            self.dense[key] = _Dense(spec=text, settings=s, path=path, encoder=s.encoder(models))
+
+    # ---- opening and applying changes --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        for slot in self.dense.values():
+            self._open_dense(slot)
+            self._sync_dense(slot, None)
+        if self.has_bm25:
+            self._open_bm25()
+
+    def apply(self, changed: Sequence[str]) -> None:
+        """Bring every index to the log's state after a write that changed ``changed`` (puts and deletes)."""
+        for slot in self.dense.values():
+            self._sync_dense(slot, changed)
+        if self.has_bm25:
+            self._set_bm25(self._build_bm25())
+
+    def _open_bm25(self) -> None:
+        from rankstack.index.lucene import LuceneIndex
+
+        try:
+            index = LuceneIndex(self.root / "bm25")
+            if index.params.get("applied_seq") != self.log.seq:
+                raise IndexCorrupt("behind the log")
+        except (IndexNotFound, IndexCorrupt):
+            index = self._build_bm25()
+        self._set_bm25(index)
+
+    def _build_bm25(self):
+        from rankstack.index.lucene import LuceneIndex
+
+        if not len(self.log):
+            return None
+        return LuceneIndex.build((self.log[d] for d in self.log), self.root / "bm25",
+                                 meta={"applied_seq": self.log.seq}, show_progress=False, store_documents=False)
+
+    def _set_bm25(self, index) -> None:
+        self._bm25, self._bm25_retrievers = index, {}
+
+    def _new_index(self, slot: _Dense):
+        from rankstack.index.registry import new_vector_index
+
+        meta = {"model": slot.settings.model, "index_key": slot.settings.index_key, "applied_seq": 0}
+        return new_vector_index(slot.settings.index, slot.encoder.dim, meta=meta)
+
+    def _open_dense(self, slot: _Dense) -> None:
+        from rankstack.index.registry import load_vector_index
+
+        try:
+            index = load_vector_index(slot.path, dim=slot.encoder.dim)
+            key = index.meta.get("index_key")
+            if (key is not None and key != slot.settings.index_key) or index.meta.get("model") != slot.settings.model:
+                raise IndexCorrupt(f"built as {key or index.meta.get('model')!r}, configured as "
+                                   f"{slot.settings.index_key!r}")
+        except (IndexNotFound, IndexCorrupt) as exc:
+            if slot.path.exists():
+                logger.warning("collection %s: rebuilding %s (%s)", self.config.name, slot.spec, exc)
+            index = self._new_index(slot)
+        slot.index = index
+        slot.applied_seq = index.meta.get("applied_seq", 0)
+
+    def _sync_dense(self, slot: _Dense, changed: Sequence[str] | None) -> None:
+        log, index = self.log, slot.index
+        if changed is not None and slot.applied_seq == log.seq - 1:  # in step before this write: only the change
+            stale = [d for d in changed if d in index or d in slot.pending]
+            todo = [d for d in changed if d in log]
+        else:
+            applied = slot.applied_seq
+            stale = [d for d in [*index.docids, *slot.pending] if d not in log or log.seq_of(d) > applied]
+            present = set(index.docids) | set(slot.pending)
+            stale_set = set(stale)
+            todo = [d for d in log if d not in present or d in stale_set]
+        if not stale and not todo and slot.applied_seq == log.seq:
+            return
+        vectors = self._encode(slot, todo)  # slow part, before taking the lock
+        with self.lock.write():
+            for d in stale:
+                slot.pending.pop(d, None)
+            gone = [d for d in stale if d in index]
+            if gone:
+                index.remove(gone)
+            trained = getattr(index, "trained", True)
+            if not trained:
+                slot.pending.update(zip(todo, vectors))
+                need = index.min_training_vectors()
+                if len(slot.pending) < need:
+                    slot.applied_seq = log.seq
+                    logger.info("collection %s: %s waits for %d documents to train (has %d)", self.config.name,
+                                slot.spec, need, len(slot.pending))
+                    return
+                ids = list(slot.pending)
+                vecs = np.stack([slot.pending[d] for d in ids])
+                index.train(vecs)
+                index.add(ids, vecs)
+                slot.pending.clear()
+            elif todo:
+                index.add(todo, vectors)
+            index.meta["applied_seq"] = log.seq
+            index.save(slot.path)
+            slot.applied_seq = log.seq
+
+    def _encode(self, slot: _Dense, docids: Sequence[str]) -> np.ndarray:
+        out = []
+        for i in range(0, len(docids), 256):
+            chunk = [self.log[d] for d in docids[i:i + 256]]
+            out.append(slot.encoder.encode_documents(chunk))
+        return np.concatenate(out) if out else np.zeros((0, slot.encoder.dim), np.float32)
+
+    # ---- retrievers --------------------------------------------------------------------------------------------
+
+    def retriever(self, item: Item) -> Retriever:
+        from rankstack.pipeline.spec import retriever_item
+
+        item = retriever_item(item)
+        if item.kind == "bm25":
+            if not self.has_bm25:
+                raise BadInput(f"collection {self.config.name!r} has no bm25 index; its indexes are "
+                               f"{self.config.indexes}")
+            return _LiveBM25(self, item.get("k1", 0.9), item.get("b", 0.4), item.get("threads"))
+        if item.kind == "dense":
+            s = DenseSettings.of(item, self.config.encoder)
+            slot = self.dense.get(s.index_key)
+            if slot is None:
+                raise BadInput(f"collection {self.config.name!r} keeps no index for {item}; its indexes are "
+                               f"{self.config.indexes}")
+            return _LiveDense(self, slot, s)
+        raise BadInput(f"no retriever {item.kind!r} in a collection")
+
+    def bm25_retriever(self, k1: float, b: float, threads):
+        from rankstack.retrieval.bm25 import BM25Retriever
+
+        index, cache = self._bm25, self._bm25_retrievers
+        if index is None:
+            return None
+        key = (k1, b, threads)
+        if key not in cache:
+            cache[key] = BM25Retriever(index, k1=k1, b=b, threads=threads)
+        return cache[key]
+
+
+class _LiveBM25(Retriever):
+    kind = "bm25"
+
+    def __init__(self, indexes: IndexSet, k1: float, b: float, threads):
+        self.indexes, self.k1, self.b, self.threads = indexes, k1, b, threads
+        self.name = f"bm25(k1={k1},b={b})"
+
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        validate_queries(queries, k)
+        r = self.indexes.bm25_retriever(self.k1, self.b, self.threads)
+        return r.retrieve(queries, k) if r is not None else [Ranking(query=q) for q in queries]
+
+
+class _LiveDense(Retriever):
+    kind = "dense"
+
+    def __init__(self, indexes: IndexSet, slot: _Dense, settings: DenseSettings):
+        self.indexes, self.slot, self.settings = indexes, slot, settings
+        self.encoder = settings.encoder(indexes.models)
+        self.name = f"dense({settings.model.split('/')[-1]},{settings.index})"
+
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        from rankstack.retrieval.dense import DenseRetriever
+
+        validate_queries(queries, k)
+        with self.indexes.lock.read():
+            index = self.slot.index
+            if not getattr(index, "trained", True):
+                need = index.min_training_vectors()
+                raise BadInput(f"the index {self.slot.spec} is not trained yet: it needs {need} documents and the "
+                               f"collection has {len(self.indexes.log)}")
+            if len(index) == 0:
+                return [Ranking(query=q) for q in queries]
+            return DenseRetriever(self.encoder, index, search_params=self.settings.search_params,
+                                  device=self.settings.device).retrieve(queries, k)

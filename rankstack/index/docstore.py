@@ -62,11 +62,13 @@ class DocStore:
     def docids(self) -> list[str]:
         return list(self._docids)
 
-    def get(self, docid: str) -> Document:
+    def __getitem__(self, docid: str) -> Document:
         row = self._row.get(docid)
         if row is None:
             raise UnknownDocid(f"unknown docid {docid!r}: not in {self.directory}")
         return self._read(row)
+
+    get = __getitem__
 
     def _read(self, row: int) -> Document:
         start, end = int(self._offsets[row]), int(self._offsets[row + 1])

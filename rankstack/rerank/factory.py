@@ -1,9 +1,11 @@
-"""Rerankers by name: ``RerankerSpec.parse("icr:model=smollm2,depth=20")`` or a config table, then ``build()``.
+"""Rerankers by name: ``RerankerSpec.parse("icr:model=smollm2,depth=20")`` or a config table, then ``build_reranker``.
 
-One spec format for the CLI, the service config and Python. The options a kind accepts are its class's keyword
-arguments (checked against the signature, so the two cannot drift); values given as text are converted to the
-type of the argument's default. Models are shared through a :class:`ModelCache`, so an ICR and a FIRST reranker on
-the same LLM hold one copy of its weights.
+One spec format (the project's ``kind:key=value`` grammar, :mod:`rankstack.spec`) for the CLI, the service config,
+pipeline specs and Python. ``model`` names the model and ``depth`` how many top candidates the rerank stage hands
+the reranker (the rest keep their order below, :class:`rankstack.pipeline.Rerank`); every other option is a keyword
+argument of the reranker's class, checked against its signature so the two cannot drift, and converted to the type
+of the argument's default. Models are shared through a :class:`ModelCache`, so an ICR and a FIRST reranker on the
+same LLM hold one copy of its weights.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from rankstack.errors import BadInput
 from rankstack.rerank.base import Reranker
 from rankstack.rerank.cross_encoder import DEFAULT_CROSS_ENCODER
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
+from rankstack.spec import Item, coerce, parse_item, unknown_option
 
-__all__ = ["RerankerSpec", "ModelCache", "RERANKER_KINDS", "build_reranker"]
+__all__ = ["RerankerSpec", "ModelCache", "RERANKER_KINDS", "build_reranker", "DEFAULT_RERANK_DEPTH"]
+
+DEFAULT_RERANK_DEPTH = 100
 
 # kind -> (module, class, what "model" names, default model)
 _KINDS: dict[str, tuple[str, str, str, str]] = {
@@ -45,80 +50,88 @@ def _options(kind: str) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in params.items() if n not in _INTERNAL and p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def _convert(text: str, default: Any, key: str, spec: str) -> Any:
-    text = text.strip()
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(default, int) or default is None and text.lstrip("-").isdigit():
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        raise BadInput(f"reranker spec {spec!r}: {key}={text!r} is not a valid "
-                       f"{type(default).__name__ if default is not None else 'value'}") from None
-    return text
-
-
-def _heads(text: str, spec: str) -> tuple[tuple[int, int], ...]:
-    try:
-        pairs = tuple(tuple(int(x) for x in item.split(".")) for item in text.split(";") if item.strip())
-    except ValueError:
-        pairs = ()
+def _heads(value: Any, where: str) -> tuple[tuple[int, int], ...]:
+    if isinstance(value, str):
+        try:
+            pairs = tuple(tuple(int(x) for x in item.split(".")) for item in value.split(";") if item.strip())
+        except ValueError:
+            pairs = ()
+    else:
+        try:
+            pairs = tuple(tuple(int(x) for x in p) for p in value)
+        except (TypeError, ValueError):
+            pairs = ()
     if not pairs or any(len(p) != 2 for p in pairs):
-        raise BadInput(f"reranker spec {spec!r}: heads are layer.head pairs separated by ';', e.g. heads=18.7;18.8")
+        raise BadInput(f"{where}: heads are layer.head pairs separated by ';', e.g. heads=18.7;18.8")
     return pairs
+
+
+def _fmt_value(key: str, value: Any) -> str:
+    if key == "heads":
+        return ";".join(f"{a}.{b}" for a, b in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclasses.dataclass(frozen=True)
 class RerankerSpec:
-    """A reranker kind, its model (name, local folder or offline key) and its keyword options."""
+    """A reranker kind, its model (name, local folder or offline key), the rerank depth and its class options."""
 
     kind: str
     model: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    depth: int | None = None
 
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise BadInput(f"unknown reranker kind {self.kind!r}; choose one of {', '.join(RERANKER_KINDS)}")
+        where = f"reranker {self.kind!r}"
+        if self.depth is not None:
+            object.__setattr__(self, "depth", coerce(self.depth, int, key="depth", where=where))
+            if self.depth <= 0:
+                raise BadInput(f"{where}: depth must be a positive integer, got {self.depth}")
+        if self.model is not None and not isinstance(self.model, str):
+            raise BadInput(f"{where}: model must be a name or a path, got {self.model!r}")
         allowed = _options(self.kind)
-        bad = [k for k, _ in self.options if k not in allowed]
-        if bad:
-            raise BadInput(f"reranker {self.kind!r} has no option {bad[0]!r}; its options are model, "
-                           f"{', '.join(allowed)}")
         checked = []
-        for key, value in self.options:  # table values: the argument's type, or text that converts to it
-            default = allowed[key].default
-            if isinstance(value, str) and isinstance(default, (bool, int, float)):
-                value = _convert(value, default, key, self.kind)
-            elif isinstance(default, bool) != isinstance(value, bool) or (
-                    isinstance(default, (int, float)) and not isinstance(value, (int, float))):
-                raise BadInput(f"reranker {self.kind!r}: {key}={value!r} should be a {type(default).__name__}")
+        for key, value in self.options:
+            if key not in allowed:
+                raise unknown_option(where, key, ["model", "depth", *allowed])
+            if key == "heads":
+                value = _heads(value, where) if value is not None else None
+            else:
+                default = allowed[key].default
+                like = default if default is not None and default is not inspect.Parameter.empty else None
+                value = coerce(value, like, key=key, where=where)
             checked.append((key, value))
         object.__setattr__(self, "options", tuple(checked))
 
     @classmethod
     def parse(cls, text: str) -> RerankerSpec:
         """``"kind"`` or ``"kind:key=value,..."``, e.g. ``"setwise:model=smollm2,depth=20,reasoning=true"``."""
-        kind, _, rest = text.strip().partition(":")
-        kind = kind.strip()
-        if kind not in _KINDS:
-            raise BadInput(f"unknown reranker kind {kind!r} in {text!r}; choose one of {', '.join(RERANKER_KINDS)}")
-        allowed = _options(kind)
-        model, opts = None, []
-        for item in filter(None, (p.strip() for p in rest.split(","))):
-            key, eq, value = (s.strip() for s in item.partition("="))
-            if not eq or (key != "model" and key not in allowed):
-                raise BadInput(f"reranker spec {text!r}: bad option {item!r}; options are model, {', '.join(allowed)}")
+        return cls.from_item(parse_item(text, "reranker spec"))
+
+    @classmethod
+    def from_item(cls, item: Item, names: Mapping[str, RerankerSpec] | None = None) -> RerankerSpec:
+        """A parsed item; with ``names`` (e.g. the service's named rerankers) an item may name one of them, its
+        options then overriding the named spec's."""
+        base = (names or {}).get(item.kind)
+        if base is None and item.kind not in _KINDS:
+            if names:
+                raise BadInput(f"unknown reranker {item.kind!r}; use a configured reranker {sorted(names)} or a "
+                               f"reranker kind: {', '.join(RERANKER_KINDS)}")
+            raise BadInput(f"unknown reranker {item.kind!r}; choose one of {', '.join(RERANKER_KINDS)}")
+        opts = dict(base.options) if base else {}
+        model, depth = (base.model, base.depth) if base else (None, None)
+        for key, value in item.options:
+            if isinstance(value, Item):
+                raise BadInput(f"reranker {item.kind!r}: option {key} takes a value, not a nested spec")
             if key == "model":
                 model = value
-            elif key == "heads":  # layer.head pairs: heads=18.7;18.8
-                opts.append((key, _heads(value, text)))
+            elif key == "depth":
+                depth = value
             else:
-                opts.append((key, _convert(value, allowed[key].default, key, text)))
-        return cls(kind=kind, model=model, options=tuple(opts))
+                opts[key] = value
+        return cls(kind=base.kind if base else item.kind, model=model, options=tuple(opts.items()), depth=depth)
 
     @classmethod
     def from_config(cls, value: str | Mapping[str, Any] | RerankerSpec) -> RerankerSpec:
@@ -129,22 +142,34 @@ class RerankerSpec:
             return cls.parse(value)
         if not isinstance(value, Mapping) or "kind" not in value:
             raise BadInput(f"a reranker is a spec string or a table with a 'kind'; got {value!r}")
-        rest = {k: v for k, v in value.items() if k not in ("kind", "model")}
-        opts = tuple((k, tuple(map(tuple, v)) if k == "heads" and v is not None else v) for k, v in rest.items())
-        return cls(kind=value["kind"], model=value.get("model"), options=opts)
+        rest = {k: v for k, v in value.items() if k not in ("kind", "model", "depth")}
+        return cls(kind=value["kind"], model=value.get("model"), options=tuple(rest.items()),
+                   depth=value.get("depth"))
 
     @property
     def model_name(self) -> str:
         return self.model or _KINDS[self.kind][3]
 
     @property
+    def stage_depth(self) -> int:
+        return self.depth or DEFAULT_RERANK_DEPTH
+
+    def to_item(self) -> Item:
+        opts = ([("model", self.model)] if self.model else []) + ([("depth", str(self.depth))] if self.depth else [])
+        return Item(self.kind, tuple(opts + [(k, _fmt_value(k, v)) for k, v in self.options]))
+
+    def __str__(self) -> str:
+        return str(self.to_item())
+
+    @property
     def label(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options)
+        opts = ",".join(f"{k}={_fmt_value(k, v)}" for k, v in self.options)
         return f"{self.kind}({self.model_name}{',' + opts if opts else ''})"
 
 
 class ModelCache:
-    """Loaded models by (role, name), built once; thread-safe. The service keeps one for all its rerankers."""
+    """Loaded models by (role, name), built once; thread-safe. The service keeps one for all its collections and
+    rerankers, and a dataset workspace one for its pipelines."""
 
     def __init__(self):
         self._models: dict[tuple[str, str], Any] = {}
@@ -157,12 +182,24 @@ class ModelCache:
                 self._models[key] = self._load(role, name)
             return self._models[key]
 
+    def encoder(self, name: str, **options) -> Any:
+        """A text encoder for ``name`` with ``options`` (batch size, prefixes...), sharing one loaded model."""
+        from rankstack.retrieval.encoders import make_encoder
+
+        if name == "hash" or name.startswith("hash:"):
+            return make_encoder(name)
+        return make_encoder(name, loaded=self.get("sentence-transformer", name), **options)
+
     @staticmethod
     def _load(role: str, name: str) -> Any:
         if role == "llm":
             from rankstack.rerank.llm.runtime import CausalLM
 
             return CausalLM(name)
+        if role == "sentence-transformer":
+            from rankstack.retrieval.encoders import load_sentence_transformer
+
+            return load_sentence_transformer(name)
         if role == "encoder":
             from rankstack.retrieval.encoders import make_encoder
 
@@ -171,7 +208,8 @@ class ModelCache:
 
 
 def build_reranker(spec: RerankerSpec | str | Mapping[str, Any], cache: ModelCache | None = None) -> Reranker:
-    """The reranker a spec describes, loading (or reusing from ``cache``) its model."""
+    """The reranker a spec describes (without its depth, which belongs to the rerank stage), loading (or reusing
+    from ``cache``) its model."""
     spec = RerankerSpec.from_config(spec)
     cache = cache or ModelCache()
     role = _KINDS[spec.kind][2]

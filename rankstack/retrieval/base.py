@@ -1,20 +1,26 @@
-"""The retriever interface: batch-first, returns one :class:`Ranking` per query, never mutates its input."""
+"""The retriever interface: batch-first, returns one :class:`Ranking` per query, never mutates its input.
+
+Retrievers compose into pipelines (:mod:`rankstack.pipeline`): ``bm25 + dense`` fuses them (RRF),
+``>> reranker`` reranks, ``% k`` keeps the top ``k``.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from rankstack.errors import BadInput
-from rankstack.records import Query, Ranking
+from rankstack.records import Document, Query, Ranking
 
-__all__ = ["Retriever", "validate_queries", "MAX_QUERY_CHARS"]
-
-MAX_QUERY_CHARS = 4096
+__all__ = ["Retriever", "validate_queries"]
 
 
-def validate_queries(queries: Sequence[Query], k: int, *, max_chars: int = MAX_QUERY_CHARS) -> None:
-    """Reject k <= 0, empty or whitespace-only queries and queries longer than ``max_chars`` characters."""
+def validate_queries(queries: Sequence[Query], k: int) -> None:
+    """Reject k <= 0, empty or whitespace-only queries and repeated qids.
+
+    There is no length limit here: BEIR's argument-retrieval queries are whole documents. Limits that protect a
+    server belong to the service's configuration (``limits.max_query_chars``).
+    """
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise BadInput(f"k must be a positive integer, got {k!r}")
     seen = set()
@@ -23,17 +29,21 @@ def validate_queries(queries: Sequence[Query], k: int, *, max_chars: int = MAX_Q
             raise BadInput(f"expected Query records, got {type(q).__name__}; wrap text as Query(qid=..., text=...)")
         if not q.text or not q.text.strip():
             raise BadInput(f"query {q.qid!r} is empty; give it some text")
-        if len(q.text) > max_chars:
-            raise BadInput(f"query {q.qid!r} has {len(q.text)} characters; the limit is {max_chars}. Shorten it")
         if q.qid in seen:
             raise BadInput(f"duplicate qid {q.qid!r} in one batch; qids must be unique")
         seen.add(q.qid)
 
 
 class Retriever(ABC):
-    """First-stage retrieval. Implementations override :meth:`retrieve`; :meth:`search` is the one-query form."""
+    """First-stage retrieval. Implementations override :meth:`retrieve`; :meth:`search` is the one-query form.
+
+    ``kind`` names the family in stage timings (``retrieve_bm25``); ``documents`` (optional) is where a pipeline
+    built from this retriever finds candidate texts for rerankers and filters.
+    """
 
     name: str = "retriever"
+    kind: str = "retriever"
+    documents: Mapping[str, Document] | None = None
 
     @abstractmethod
     def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
@@ -46,14 +56,20 @@ class Retriever(ABC):
     def __call__(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
         return self.retrieve(queries, k)
 
-    def __rshift__(self, stage):
-        """``retriever >> stage`` builds a :class:`rankstack.pipeline.Pipeline`."""
-        from rankstack.pipeline import Pipeline
+    def pipeline(self):
+        """This retriever as a one-stage :class:`rankstack.pipeline.Pipeline`."""
+        from rankstack.pipeline.core import Pipeline, Retrieve
 
-        return Pipeline(self, [stage])
+        return Pipeline(Retrieve(self))
+
+    def __rshift__(self, stage):
+        """``retriever >> stage``: a pipeline that retrieves, then applies ``stage`` (a reranker, a stage)."""
+        return self.pipeline() >> stage
 
     def __mod__(self, k: int):
-        """``retriever % k`` keeps the top ``k``."""
-        from rankstack.pipeline import Cutoff, Pipeline
+        """``retriever % k`` retrieves ``k`` candidates (inside a fusion: fetches ``k`` per query)."""
+        return self.pipeline() % k
 
-        return Pipeline(self, [Cutoff(k)])
+    def __add__(self, other):
+        """``a + b``: reciprocal rank fusion of the two (``rrf(a, b)``; ``a + b + c`` fuses all three at once)."""
+        return self.pipeline() + other

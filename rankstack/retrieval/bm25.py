@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from rankstack.index.jvm import import_pyserini
+from rankstack.index.jvm import import_pyserini, lift_clause_limit
 from rankstack.index.lucene import LuceneIndex
 from rankstack.records import Candidate, Query, Ranking
 from rankstack.retrieval.base import Retriever, validate_queries
@@ -16,19 +16,23 @@ __all__ = ["BM25Retriever"]
 class BM25Retriever(Retriever):
     """BM25 with Pyserini's BEIR defaults ``k1=0.9, b=0.4``.
 
-    ``threads`` parallelises batched search in the JVM (default: all cores).
-    ``with_documents`` attaches each hit's stored document (needed by rerankers).
+    ``threads`` parallelises batched search in the JVM (default: all cores). Queries of any length are accepted
+    (Lucene's 1,024-clause limit is lifted: argument-retrieval queries are whole documents). Candidates carry no
+    text; a pipeline attaches it from ``documents`` (the index's document store) when a stage needs it.
     """
 
+    kind = "bm25"
+
     def __init__(self, index: LuceneIndex | str | os.PathLike, *, k1: float = 0.9, b: float = 0.4,
-                 threads: int | None = None, with_documents: bool = False):
+                 threads: int | None = None):
         self.index = index if isinstance(index, LuceneIndex) else LuceneIndex(index)
         searcher_mod = import_pyserini("pyserini.search.lucene")
+        lift_clause_limit()
         self._searcher = searcher_mod.LuceneSearcher(str(self.index.lucene_dir))
         self._searcher.set_bm25(float(k1), float(b))
         self.k1, self.b = k1, b
         self.threads = threads or os.cpu_count() or 1
-        self.with_documents = with_documents
+        self.documents = self.index.docstore
         self.name = f"bm25(k1={k1},b={b})"
 
     def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
@@ -44,9 +48,5 @@ class BM25Retriever(Retriever):
         for q in queries:
             pairs = [(h.docid, float(h.score)) for h in hits.get(q.qid, [])]
             pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
-            cands = tuple(
-                Candidate(docid=d, score=s, document=self.index.docstore.get(d) if self.with_documents else None)
-                for d, s in pairs
-            )
-            out.append(Ranking(query=q, candidates=cands))
+            out.append(Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in pairs)))
         return out

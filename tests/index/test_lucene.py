@@ -31,10 +31,13 @@ def test_nfcorpus_matches_pyserini_bm25_flat(nf_index):
 
 def test_rankings_are_sorted_and_k_is_respected(nf_index):
     ds, index = nf_index
-    r = BM25Retriever(index, with_documents=True).retrieve([Query(qid="x", text="breast cancer statin")], 7)[0]
-    assert len(r) == 7
+    bm25 = BM25Retriever(index)
+    r = bm25.retrieve([Query(qid="x", text="breast cancer statin")], 7)[0]
+    assert len(r) == 7 and r.candidates[0].document is None  # retrievers return ids and scores only
     assert [c.score for c in r.candidates] == sorted((c.score for c in r.candidates), reverse=True)
-    assert r.candidates[0].document.docid == r.candidates[0].docid
+    with_docs = (bm25 % 7).run([Query(qid="x", text="breast cancer statin")], 7, with_documents=True).rankings[0]
+    assert with_docs.docids == r.docids and all(c.document.docid == c.docid for c in with_docs.candidates)
+    assert with_docs.candidates[0].document == ds.corpus[r.docids[0]]  # from the index's own document store
 
 
 def test_bad_queries(nf_index):
@@ -44,8 +47,18 @@ def test_bad_queries(nf_index):
         bm25.retrieve([Query(qid="e", text="   ")], 10)
     with pytest.raises(BadInput, match="k must be a positive integer"):
         bm25.retrieve([Query(qid="e", text="x")], 0)
-    with pytest.raises(BadInput, match="characters; the limit"):
-        bm25.retrieve([Query(qid="e", text="x " * 5000)], 10)
+
+
+
+def test_queries_of_any_length_search(nf_index):
+    """Argument-retrieval queries are whole documents: more than Lucene's default 1,024 clauses. Terms absent
+    from the corpus add nothing to BM25, so padding a query with 3,000 of them must not change its ranking."""
+    _, index = nf_index
+    bm25 = BM25Retriever(index)
+    padding = " ".join(f"zzqx{i}" for i in range(3000))
+    short, long = bm25.retrieve([Query(qid="s", text="statin"), Query(qid="l", text=f"statin {padding}")], 20)
+    assert len(long.query.text) > 20_000
+    assert [(c.docid, c.score) for c in long.candidates] == [(c.docid, c.score) for c in short.candidates]
 
 
 def test_failed_rebuild_keeps_the_previous_index(tmp_path):
@@ -91,10 +104,14 @@ def test_concurrent_searches_with_documents(nf_index):
     from concurrent.futures import ThreadPoolExecutor
 
     ds, index = nf_index
-    bm25 = BM25Retriever(index, with_documents=True)
+    pipe = BM25Retriever(index).pipeline()
     queries = list(ds.queries.values())[:64]
-    expected = {q.qid: bm25.retrieve([q], 10)[0] for q in queries}
+
+    def search(q):
+        return pipe.run([q], 10, with_documents=True).rankings[0]
+
+    expected = {q.qid: [ds.corpus[d].text for d in search(q).docids] for q in queries}
     with ThreadPoolExecutor(8) as ex:
-        got = list(ex.map(lambda q: bm25.retrieve([q], 10)[0], queries))
+        got = list(ex.map(search, queries))
     for r in got:
-        assert [c.document.text for c in r.candidates] == [c.document.text for c in expected[r.query.qid].candidates]
+        assert [c.document.text for c in r.candidates] == expected[r.query.qid]

@@ -41,8 +41,11 @@ def test_scores_equal_the_models_forward_and_order_by_them(model_dir):
 
     texts = ["flea eggs larva pupa adult", "cats dogs", "the life cycle is about weeks", "adult flea", "dogs"]
     rankings = [_ranking("a", texts), _ranking("b", texts[::-1])]
-    ce = CrossEncoderReranker(str(model_dir), depth=4, batch_size=3, max_length=64)
-    out = ce.rerank_batch(rankings)
+    ce = CrossEncoderReranker(str(model_dir), batch_size=3, max_length=64)
+    from rankstack.pipeline import Given, Pipeline, Rerank
+
+    # through the rerank stage at depth 4: the fifth candidate is the tail
+    out = Pipeline(Given(rankings), [Rerank(ce, depth=4)]).run([r.query for r in rankings], 5).rankings
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     for r, o in zip(rankings, out):
@@ -53,7 +56,9 @@ def test_scores_equal_the_models_forward_and_order_by_them(model_dir):
         want = torch.sigmoid(logits)  # CrossEncoder's default activation for one label
         by_id = {c.docid: c.score for c in o.candidates}
         torch.testing.assert_close(torch.tensor([by_id[c.docid] for c in head]), want, rtol=1e-4, atol=1e-5)
-        assert o.docids[:4] == [head[i].docid for i in sorted(range(4), key=lambda i: (-float(want[i]), i))]
+        # the project's order: score descending, ties by docid descending (what trec_eval scores)
+        assert o.docids[:4] == [head[i].docid for i in sorted(range(4), key=lambda i: (float(by_id[head[i].docid]),
+                                                                                      head[i].docid), reverse=True)]
         assert o.docids[4] == r.candidates[4].docid and o.candidates[4].score < o.candidates[3].score
 
 
@@ -63,5 +68,5 @@ def test_bad_input(model_dir, tmp_path):
         ce.rerank(Ranking(query=Query(qid="q", text="x"), candidates=()))
     with pytest.raises(BadInput, match="no document text"):
         ce.rerank(Ranking(query=Query(qid="q", text="x"), candidates=(Candidate(docid="a", score=1.0),)))
-    with pytest.raises(BadInput, match="depth"):
-        CrossEncoderReranker(ce.model, depth=0)
+    with pytest.raises(BadInput, match="batch_size"):
+        CrossEncoderReranker(ce.model, batch_size=0)

@@ -28,23 +28,27 @@ def ranking(n: int = 7) -> Ranking:
 
 def test_parse_converts_values_to_the_arguments_types():
     s = RerankerSpec.parse("setwise:model=smollm2,depth=20,reasoning=true,set_size=3")
-    assert s.kind == "setwise" and s.model_name == "smollm2"
-    assert dict(s.options) == {"depth": 20, "reasoning": True, "set_size": 3}
+    assert s.kind == "setwise" and s.model_name == "smollm2" and s.depth == 20
+    assert dict(s.options) == {"reasoning": True, "set_size": 3}
+    assert RerankerSpec.parse(str(s)) == s  # the canonical text parses back to the same spec
     icr = RerankerSpec.parse("icr:window=20,stride=10,calibration=plain,heads=18.7;18.8")
     assert dict(icr.options) == {"window": 20, "stride": 10, "calibration": "plain", "heads": ((18, 7), (18, 8))}
+    assert icr.depth is None and icr.stage_depth == 100
     assert RerankerSpec.parse("first").model_name == "smollm2"
     assert RerankerSpec.parse("embedding").model_name.endswith("all-MiniLM-L6-v2")
     table = RerankerSpec.from_config({"kind": "icr", "model": "gemma3-270m", "depth": 20, "heads": [[1, 2]]})
-    assert table.model_name == "gemma3-270m" and dict(table.options) == {"depth": 20, "heads": ((1, 2),)}
+    assert table.model_name == "gemma3-270m" and table.depth == 20 and dict(table.options) == {"heads": ((1, 2),)}
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("monot5", "unknown reranker kind 'monot5'"),
-    ("icr:temperature=2", "bad option 'temperature=2'; options are model, depth, passage_tokens, window"),
+    ("monot5", "unknown reranker 'monot5'; choose one of embedding, cross-encoder, icr"),
+    ("icr:temperature=2", "reranker 'icr' has no option 'temperature'; its options are model, depth, passage_tokens, "
+                          "window"),
     ("icr:depth=many", "depth='many' is not a valid int"),
     ("setwise:reasoning=maybe", "reasoning='maybe' is not a valid bool"),
     ("icr:heads=18", "heads are layer.head pairs"),
-    ("listwise:depth", "bad option 'depth'"),
+    ("listwise:depth", "option 'depth' needs a value"),
+    ("first:depth=0", "depth must be a positive integer"),
 ])
 def test_bad_specs_say_what_is_allowed(text, fragment):
     with pytest.raises(BadInput, match=fragment.replace("(", r"\(").replace(")", r"\)")):
@@ -56,29 +60,34 @@ def test_bad_tables_are_rejected():
         RerankerSpec.from_config({"kind": "icr", "windw": 3})
     with pytest.raises(BadInput, match="with a 'kind'"):
         RerankerSpec.from_config({"model": "smollm2"})
-    with pytest.raises(BadInput, match=r"depth=\[20\] should be a int"):
+    with pytest.raises(BadInput, match=r"depth=\[20\] is not a valid int"):
         RerankerSpec.from_config({"kind": "first", "depth": [20]})
-    with pytest.raises(BadInput, match="reasoning=1 should be a bool"):
+    with pytest.raises(BadInput, match="reasoning=1 is not a valid bool"):
         RerankerSpec.from_config({"kind": "setwise", "reasoning": 1})
     # YAML/env values given as text convert to the argument's type
-    assert dict(RerankerSpec.from_config({"kind": "first", "depth": "20"}).options) == {"depth": 20}
+    assert RerankerSpec.from_config({"kind": "first", "depth": "20", "window": "10"}).depth == 20
+    assert dict(RerankerSpec.from_config({"kind": "first", "window": "10"}).options) == {"window": 10}
 
 
 def test_built_rerankers_equal_direct_construction_and_share_one_model(tiny_dir):
+    from rankstack.pipeline import Given, Pipeline, Rerank
+
     cache = ModelCache()
-    icr = build_reranker(f"icr:model={tiny_dir},depth=5,passage_tokens=16", cache)
+    spec = RerankerSpec.parse(f"icr:model={tiny_dir},depth=5,passage_tokens=16")
+    icr = build_reranker(spec, cache)
     first = build_reranker({"kind": "first", "model": tiny_dir, "depth": 5, "passage_tokens": 16}, cache)
     assert icr.llm is first.llm, "two rerankers on one model must share its weights"
-    assert isinstance(icr, ICRReranker) and icr.depth == 5 and icr.passage_tokens == 16
-    assert icr.name == f"icr({tiny_dir},depth=5,passage_tokens=16)"
+    assert isinstance(icr, ICRReranker) and icr.passage_tokens == 16 and spec.stage_depth == 5
+    assert icr.name == f"icr({tiny_dir},passage_tokens=16)"
 
     direct = CausalLM(tiny_dir)
     r = ranking()
-    for built, ref in ((icr, ICRReranker(direct, depth=5, passage_tokens=16)),
-                       (first, FirstReranker(direct, depth=5, passage_tokens=16))):
-        got, want = built.rerank(r), ref.rerank(r)
-        assert [c.docid for c in got.candidates] == [c.docid for c in want.candidates]
-        assert [c.docid for c in got.candidates][5:] == ["d5", "d6"]  # below depth: untouched
+    for built, ref in ((icr, ICRReranker(direct, passage_tokens=16)),
+                       (first, FirstReranker(direct, passage_tokens=16))):
+        got = Pipeline(Given([r]), [Rerank(built, 5)]).run([r.query], 10).rankings[0]
+        want = ref.rerank(r.top(5))
+        assert [c.docid for c in got.candidates][:5] == [c.docid for c in want.candidates]
+        assert [c.docid for c in got.candidates][5:] == ["d5", "d6"]  # below depth: untouched, in input order
 
 
 def test_invalid_values_fail_at_build_with_the_classes_own_message(tiny_dir):

@@ -1,5 +1,7 @@
 """LLM rerankers on config-built tiny models (plumbing: random weights say nothing about quality), checked against
-independent computations: eager attention for ICR, a cache-free forward for FIRST."""
+independent computations: eager attention for ICR, a cache-free forward for FIRST; and on a stub model with a known
+preference (tests/stub_llm.py), to check that the listwise windows and the setwise heap really put the best first
+and count their repairs and truncations exactly."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from rankstack.rerank.llm.icr import ICRReranker  # noqa: E402
 from rankstack.rerank.llm.listwise import FirstReranker, ListwiseReranker, listwise_prompt  # noqa: E402
 from rankstack.rerank.llm.runtime import CausalLM, ForwardStats  # noqa: E402
 from rankstack.rerank.llm.setwise import SetwiseReranker, parse_answer  # noqa: E402
+from tests.stub_llm import PreferenceLLM  # noqa: E402
 from tests.tiny_llm import tiny_llama, tiny_tokenizer  # noqa: E402
 
 WORDS = "the flea life cycle is about weeks cats dogs eggs larva pupa adult".split()
@@ -92,7 +95,7 @@ def _eager_icr_scores(model, tok, icr, cands, query):
 
 def test_icr_two_passes_and_matches_eager_attention(llm, tok):
     r = ranking(6)
-    icr = ICRReranker(llm, depth=6, passage_tokens=20)
+    icr = ICRReranker(llm, passage_tokens=20)
     got = icr.score_window(r.query.text, list(r.candidates), ForwardStats())
     want = _eager_icr_scores(llm.model, tok, icr, list(r.candidates), r.query.text)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -101,14 +104,14 @@ def test_icr_two_passes_and_matches_eager_attention(llm, tok):
     assert sorted(out.docids) == sorted(r.docids) and r.docids == [f"d{i}" for i in range(6)]  # input untouched
     order = sorted(range(6), key=lambda i: (-float(want[i]), i))
     assert out.docids == [f"d{i}" for i in order]
-    none = ICRReranker(llm, depth=6, passage_tokens=20, calibration="none")
+    none = ICRReranker(llm, passage_tokens=20, calibration="none")
     none.rerank(r)
     assert none.last_stats[0].forward_passes == 1
 
 
 def test_icr_windows_when_the_list_does_not_fit(tok):
     small = CausalLM(tiny_llama(len(tok)), tokenizer=tok, max_context=400)
-    icr = ICRReranker(small, depth=30, passage_tokens=12, window=10, stride=5)
+    icr = ICRReranker(small, passage_tokens=12, window=10, stride=5)
     out = icr.rerank(ranking(30))
     windows = len(sliding_windows(30, 10, 5))
     assert icr.last_stats[0].forward_passes == 2 * windows
@@ -117,7 +120,7 @@ def test_icr_windows_when_the_list_does_not_fit(tok):
 
 def test_first_orders_by_identifier_logits_of_a_plain_forward(llm, tok):
     r = ranking(5, seed=3)
-    first = FirstReranker(llm, depth=5, window=5, passage_tokens=20)
+    first = FirstReranker(llm, window=5, passage_tokens=20)
     out = first.rerank(r)
     assert first.last_stats[0].forward_passes == 1
     ids = first._prompt_ids(r.query.text, list(r.candidates), ForwardStats())
@@ -131,40 +134,91 @@ def test_first_orders_by_identifier_logits_of_a_plain_forward(llm, tok):
     assert out.docids[0] == f"d{int(torch.argmax(logits[letter]))}"
 
 
-def test_listwise_generation_windows_and_stats(llm):
-    r = ranking(25)
-    lw = ListwiseReranker(llm, depth=25, window=10, stride=5, passage_tokens=10)
+def preference_ranking(n: int, seed: int = 0, long_every: int = 4) -> Ranking:
+    """``n`` candidates whose passages say ``rel<N>`` with N a shuffled 0..n-1; every ``long_every``-th passage
+    is long (60 words), the others short (6 words)."""
+    g = torch.Generator().manual_seed(seed)
+    rel = torch.randperm(n, generator=g).tolist()
+    cands = []
+    for i in range(n):
+        filler = " ".join(["word"] * (60 if i % long_every == 0 else 6))
+        cands.append(Candidate(docid=f"d{i}", score=float(n - i),
+                               document=Document(docid=f"d{i}", text=f"passage {i} rel{rel[i]} {filler}")))
+    return Ranking(query=Query(qid="q", text="which is best"), candidates=tuple(cands))
+
+
+def _rel(c: Candidate) -> int:
+    return PreferenceLLM.relevance(c.document.text)
+
+
+def _windows_by_hand(r: Ranking, window: int, stride: int, budget: int) -> tuple[list[str], int]:
+    """RankGPT's sliding windows, bottom-up, each window put in true preference order; and how many passages
+    longer than ``budget`` stub tokens the windows held (each is cut once per window it sits in)."""
+    order = list(r.candidates)
+    end, cut = len(order), 0
+    while True:
+        start = max(0, end - window)
+        cut += sum(len(PreferenceLLM().encode(" ".join(c.document.text.split()))) > budget for c in order[start:end])
+        order[start:end] = sorted(order[start:end], key=lambda c: -_rel(c))
+        if start == 0:
+            return [c.docid for c in order], cut
+        end -= stride
+
+
+def test_listwise_windows_put_the_best_first_and_count_repairs_and_truncations():
+    llm = PreferenceLLM(drop_last=True)
+    r = preference_ranking(25)
+    lw = ListwiseReranker(llm, window=10, stride=5, passage_tokens=20)
     out = lw.rerank(r)
+    want, cut = _windows_by_hand(r, 10, 5, budget=20)
+    assert out.docids == want
+    by_rel = [c.docid for c in sorted(r.candidates, key=lambda c: -_rel(c))]
+    assert out.docids[:5] == by_rel[:5]  # what slides up: the global top (window - stride)
+    windows = sliding_windows(25, 10, 5)
     s = lw.last_stats[0]
-    windows = len(sliding_windows(25, 10, 5))
-    assert windows <= s.forward_passes <= windows * (1 + 4 * 10 + 4)
-    assert s.generated_tokens > 0 and s.repairs >= 0 and s.truncated_passages >= 0
-    assert sorted(out.docids) == sorted(r.docids)
+    assert s.repairs == len(windows)  # each answer left out one identifier
+    assert cut > len(windows) and s.truncated_passages == cut  # long passages cut once per window they sit in
+    assert s.forward_passes == len(windows) + s.generated_tokens and s.generated_tokens > 0
     assert [c.score for c in out.candidates] == sorted((c.score for c in out.candidates), reverse=True)
 
 
-def test_setwise_heap_returns_top_k_then_the_rest(llm):
-    r = ranking(12)
-    sw = SetwiseReranker(llm, depth=12, k=3, set_size=3, passage_tokens=10)
+def test_first_orders_each_window_by_the_identifier_logits():
+    llm = PreferenceLLM()
+    r = preference_ranking(8)
+    out = FirstReranker(llm, window=8, passage_tokens=200).rerank(r)
+    assert out.docids == [c.docid for c in sorted(r.candidates, key=lambda c: -_rel(c))]
+    assert llm.calls == ["logits"]
+
+
+def test_setwise_heap_pops_the_true_top_k_then_keeps_the_input_order():
+    llm = PreferenceLLM()
+    r = preference_ranking(12, seed=3)
+    sw = SetwiseReranker(llm, k=3, set_size=3, passage_tokens=200)
     out = sw.rerank(r)
-    assert sorted(out.docids) == sorted(r.docids)
-    top = out.docids[:3]
-    assert out.docids[3:] == [d for d in r.docids if d not in top]  # the rest keep their input order
-    assert 0 < sw.last_stats[0].forward_passes <= 12 * 3
-    reasoning = SetwiseReranker(llm, depth=6, k=2, set_size=3, passage_tokens=8, reasoning=True, max_think_tokens=6)
-    reasoning.rerank(ranking(6))
-    assert reasoning.last_stats[0].generated_tokens > 0
+    by_rel = [c.docid for c in sorted(r.candidates, key=lambda c: -_rel(c))]
+    assert out.docids[:3] == by_rel[:3]
+    assert out.docids[3:] == [d for d in r.docids if d not in by_rel[:3]]
+    s = sw.last_stats[0]
+    assert s.forward_passes == len(llm.calls) and 0 < s.forward_passes <= 12 * 3 and s.repairs == 0
+    # reasoning: the <answer> tag decides; an unusable answer falls back to the logits, counted as a repair
+    ok = SetwiseReranker(PreferenceLLM(think="ok"), k=3, set_size=3, passage_tokens=200, reasoning=True)
+    assert ok.rerank(r).docids[:3] == by_rel[:3] and ok.last_stats[0].repairs == 0
+    bad_llm = PreferenceLLM(think="garbage")
+    bad = SetwiseReranker(bad_llm, k=3, set_size=3, passage_tokens=200, reasoning=True)
+    assert bad.rerank(r).docids[:3] == by_rel[:3]
+    assert bad.last_stats[0].repairs == bad_llm.calls.count("generate") > 0
+    assert bad_llm.calls.count("logits") == bad_llm.calls.count("generate")
 
 
 def test_bad_input(llm, tok):
-    icr = ICRReranker(llm, depth=5)
+    icr = ICRReranker(llm)
     with pytest.raises(BadInput, match="no candidates"):
         icr.rerank(Ranking(query=Query(qid="q", text="x"), candidates=()))
     with pytest.raises(BadInput, match="carry no document text"):
         icr.rerank(Ranking(query=Query(qid="q", text="x"), candidates=(Candidate(docid="a", score=1.0),)))
     tiny = CausalLM(tiny_llama(len(tok)), tokenizer=tok, max_context=60)
     with pytest.raises(BadInput, match="do not fit"):
-        FirstReranker(tiny, depth=20, window=20).rerank(ranking(20))
+        FirstReranker(tiny, window=20).rerank(ranking(20))
     with pytest.raises(BadInput, match="calibration must be"):
         ICRReranker(llm, calibration="bogus")
     with pytest.raises(BadInput, match="window 30 exceeds"):
@@ -174,11 +228,11 @@ def test_bad_input(llm, tok):
 
 def test_icr_head_selection_equals_summing_those_heads(llm):
     r = ranking(5, seed=1)
-    everything = ICRReranker(llm, depth=5, passage_tokens=15, calibration="none", keep_signals=True)
+    everything = ICRReranker(llm, passage_tokens=15, calibration="none", keep_signals=True)
     everything.score_window(r.query.text, list(r.candidates), ForwardStats())
     spans = everything.signals[0].query  # [layers, heads, docs]
     chosen = [(0, 1), (2, 3)]
-    sub = ICRReranker(llm, depth=5, passage_tokens=15, calibration="none", heads=chosen)
+    sub = ICRReranker(llm, passage_tokens=15, calibration="none", heads=chosen)
     got = sub.score_window(r.query.text, list(r.candidates), ForwardStats())
     torch.testing.assert_close(got, spans[0, 1] + spans[2, 3], rtol=1e-5, atol=1e-6)
     with pytest.raises(BadInput, match="outside the model"):

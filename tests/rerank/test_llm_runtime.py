@@ -41,14 +41,21 @@ def test_probe_rows_equal_eager_attention(tok):
     assert llm.stats.forward_passes == 3
 
 
-def test_generate_counts_and_context_limit(tok):
-    llm = CausalLM(tiny_llama(len(tok)), tokenizer=tok, max_context=64)
+def test_generate_equals_transformers_greedy_decoding_and_counts_passes(tok):
+    model = tiny_llama(len(tok), seed=3)
+    llm = CausalLM(model, tokenizer=tok, max_context=64)
     ids = llm.encode("the flea life cycle")
-    text = llm.generate(ids, 5)
+    text = llm.generate(ids, 8)
     g = llm.stats.generated_tokens
-    # one prefill, then one pass per token that is fed back (the last token is never fed back)
-    assert g <= 5 and llm.stats.forward_passes in (g, g + 1) and llm.stats.forward_passes >= 1
-    assert isinstance(text, str)
+    # the independent baseline: Hugging Face's greedy generate, without a cache, stopping at the same EOS ids
+    eos = sorted({tok.eos_token_id} | {model.generation_config.eos_token_id})
+    with torch.no_grad():
+        new = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, use_cache=False,
+                             eos_token_id=eos, pad_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+    ref = new[:next((i for i, t in enumerate(new) if t in eos), len(new))]  # up to the first EOS
+    assert g == len(ref) > 0 and text == tok.decode(ref, skip_special_tokens=True)
+    # one prefill, then one pass per token fed back (the last token is never fed back)
+    assert llm.stats.forward_passes == (g if g == 8 else g + 1)
     with pytest.raises(BadInput, match="exceed the model's context of 64"):
         llm.forward(list(range(5, 70)))
 

@@ -44,4 +44,4 @@ def test_rerank_errors_name_the_problem(tiny_beir, tmp_path, capsys):
     assert "with --run RUN" in capsys.readouterr().err
     assert main(["-q", "rerank", "--reranker", "monot5", "--dataset", str(tiny_beir), "--run", str(bad),
                  "--output", str(tmp_path / "o.trec")]) == 2
-    assert "unknown reranker kind 'monot5'" in capsys.readouterr().err
+    assert "unknown reranker 'monot5'; choose one of embedding" in capsys.readouterr().err

@@ -34,11 +34,12 @@ def test_icr_two_passes_and_first_matches_greedy(llm, dl19):
     from rankstack.rerank.llm.runtime import ForwardStats as Stats
 
     for ranking in dl19.candidates[:2]:
-        icr = ICRReranker(llm, depth=10, passage_tokens=60)
+        ranking = ranking.top(10)
+        icr = ICRReranker(llm, passage_tokens=60)
         out = icr.rerank(ranking)
         assert icr.last_stats[0].forward_passes == 2
         assert sorted(out.docids) == sorted(ranking.docids)
-        first = FirstReranker(llm, depth=10, window=10, passage_tokens=60)
+        first = FirstReranker(llm, window=10, passage_tokens=60)
         top = first.rerank(ranking).docids[0]
         ids = first._prompt_ids(ranking.query.text, list(ranking.candidates[:10]), Stats())
         greedy = "[" + llm.generate(ids, 3)

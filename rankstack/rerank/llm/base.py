@@ -57,17 +57,19 @@ def parse_permutation(text: str, n: int) -> tuple[list[int], int]:
 
 
 class LLMReranker(Reranker):
-    """Base for the LLM rerankers. ``depth``: how many top candidates to rerank (the rest keep their order below).
+    """Base for the LLM rerankers: they reorder every candidate they are given (a pipeline's rerank stage hands
+    them its top ``depth``).
 
     ``passage_tokens`` caps each passage; ``last_stats`` holds one :class:`ForwardStats` per query of the last call.
     Scores in the output are rank-based (``n - position``) so that trec_eval orders them exactly as ranked.
     """
 
-    def __init__(self, llm: CausalLM, *, depth: int = 100, passage_tokens: int = 100):
-        if depth <= 0 or passage_tokens <= 0:
-            raise BadInput(f"depth ({depth}) and passage_tokens ({passage_tokens}) must be positive")
+    batch_queries = 1
+
+    def __init__(self, llm: CausalLM, *, passage_tokens: int = 100):
+        if isinstance(passage_tokens, bool) or not isinstance(passage_tokens, int) or passage_tokens <= 0:
+            raise BadInput(f"passage_tokens ({passage_tokens}) must be a positive integer")
         self.llm = llm
-        self.depth = depth
         self.passage_tokens = passage_tokens
         self.last_stats: list[ForwardStats] = []
 
@@ -83,12 +85,12 @@ class LLMReranker(Reranker):
                 raise BadInput(f"query {r.query.qid!r} is empty")
             if not r.candidates:
                 raise BadInput(f"query {r.query.qid!r} has no candidates to rerank")
-            missing = [c.docid for c in r.candidates[: self.depth] if c.document is None]
+            missing = [c.docid for c in r.candidates if c.document is None]
             if missing:
                 raise BadInput(f"candidates {missing[:3]} carry no document text; retrieve with documents attached")
             self.llm.reset_stats()
             t0 = time.perf_counter()
-            head = list(r.candidates[: self.depth])
+            head = list(r.candidates)
             stats = ForwardStats()
             order = self._rerank(r.query.text, head, stats)
             if sorted(order) != list(range(len(head))):
@@ -97,7 +99,7 @@ class LLMReranker(Reranker):
             s.add(stats)
             s.seconds = time.perf_counter() - t0
             self.last_stats.append(s)
-            final = [head[i] for i in order] + list(r.candidates[self.depth:])
+            final = [head[i] for i in order]
             n = len(final)
             out.append(Ranking(query=r.query, candidates=tuple(
                 Candidate(docid=c.docid, score=float(n - i), document=c.document) for i, c in enumerate(final))))

@@ -52,11 +52,11 @@ class ICRReranker(LLMReranker):
 
     name = "icr"
 
-    def __init__(self, llm: CausalLM, *, depth: int = 100, passage_tokens: int = 100, window: int | None = None,
+    def __init__(self, llm: CausalLM, *, passage_tokens: int = 100, window: int | None = None,
                  stride: int | None = None, calibration: str = "masked", query_span: str = "after_docs",
                  prompt_type: str = "IE", layers: list[int] | None = None,
                  heads: list[tuple[int, int]] | None = None, keep_signals: bool = False):
-        super().__init__(llm, depth=depth, passage_tokens=passage_tokens)
+        super().__init__(llm, passage_tokens=passage_tokens)
         if calibration not in CALIBRATIONS:
             raise BadInput(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if query_span not in QUERY_SPANS:

@@ -32,9 +32,8 @@ def listwise_prompt(llm: CausalLM, query: str, passages: list[str]) -> str:
 
 
 class _Windowed(LLMReranker):
-    def __init__(self, llm: CausalLM, *, depth: int = 100, window: int = 20, stride: int = 10,
-                 passage_tokens: int = 100):
-        super().__init__(llm, depth=depth, passage_tokens=passage_tokens)
+    def __init__(self, llm: CausalLM, *, window: int = 20, stride: int = 10, passage_tokens: int = 100):
+        super().__init__(llm, passage_tokens=passage_tokens)
         if window > len(IDENTIFIERS):
             raise BadInput(f"window {window} exceeds the {len(IDENTIFIERS)} single-token identifiers")
         self.window, self.stride = window, stride

@@ -35,9 +35,9 @@ def parse_answer(text: str, n: int) -> int | None:
 class SetwiseReranker(LLMReranker):
     name = "setwise"
 
-    def __init__(self, llm: CausalLM, *, depth: int = 100, k: int = 10, set_size: int = 4,
-                 passage_tokens: int = 100, reasoning: bool = False, max_think_tokens: int = 256):
-        super().__init__(llm, depth=depth, passage_tokens=passage_tokens)
+    def __init__(self, llm: CausalLM, *, k: int = 10, set_size: int = 4, passage_tokens: int = 100,
+                 reasoning: bool = False, max_think_tokens: int = 256):
+        super().__init__(llm, passage_tokens=passage_tokens)
         if not 2 <= set_size <= len(IDENTIFIERS):
             raise BadInput(f"set_size must be between 2 and {len(IDENTIFIERS)}, got {set_size}")
         self.k, self.set_size, self.reasoning, self.max_think_tokens = k, set_size, reasoning, max_think_tokens

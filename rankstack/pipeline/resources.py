@@ -1,0 +1,169 @@
+"""What a compiled pipeline draws on: indexes, encoders, rerankers and documents.
+
+A :class:`Resources` turns spec items into objects: ``retriever(item)`` and ``reranker(item)``. Three kinds exist:
+:class:`~rankstack.pipeline.workspace.DatasetWorkspace` (a BEIR dataset, indexes built once and cached on disk: what
+``rankstack eval`` and ``rankstack search --dataset`` use), :class:`IndexDirs` (index folders built by ``rankstack
+index``) and the service's :class:`~rankstack.service.collection.Collection` (indexes kept in step with its log).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from rankstack.errors import BadInput
+from rankstack.index.base import IndexSpec
+from rankstack.records import Document
+from rankstack.rerank.factory import ModelCache, RerankerSpec, build_reranker
+from rankstack.retrieval.base import Retriever
+from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL, DOCUMENT_OPTIONS, ENCODER_OPTIONS
+from rankstack.spec import Item
+
+__all__ = ["Resources", "DenseSettings", "IndexDirs", "slug"]
+
+
+def slug(text: str, keep: int = 48) -> str:
+    """A file-system-safe name for ``text``: readable, plus a short hash so that different texts differ."""
+    clean = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:keep]
+    return f"{clean}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class DenseSettings:
+    """A ``dense:...`` item resolved: the encoder, the index to build or find, and how to search it.
+
+    ``vectors_key`` identifies the document vectors (model and the options that change them); ``index_key``
+    adds the index's build-time spec. Two items with equal keys can share one index.
+    """
+
+    model: str
+    encoder_options: dict[str, Any]
+    index: IndexSpec
+    device: str | None
+    vectors_key: str = field(init=False)
+    index_key: str = field(init=False)
+
+    def __post_init__(self):
+        doc = {k: self.encoder_options[k] for k in DOCUMENT_OPTIONS if k in self.encoder_options}
+        doc = {k: v for k, v in doc.items() if v != ENCODER_OPTIONS.get(k)}
+        vk = str(Item(self.model, tuple((k, str(v)) for k, v in sorted(doc.items()))))
+        object.__setattr__(self, "vectors_key", vk)
+        object.__setattr__(self, "index_key", f"{vk}|{self.index.build_key()}")
+
+    @classmethod
+    def of(cls, item: Item | str, default_model: str = DEFAULT_DENSE_MODEL) -> DenseSettings:
+        from rankstack.pipeline.spec import retriever_item
+
+        item = retriever_item(item)
+        opts = {k: item.get(k) for k in ENCODER_OPTIONS if k != "device" and item.get(k) is not None}
+        index = item.get("index")
+        return cls(model=item.get("model") or default_model, encoder_options=opts,
+                   index=IndexSpec.parse(index) if index is not None else IndexSpec("flat"),
+                   device=item.get("device"))
+
+    @property
+    def search_params(self) -> dict[str, Any]:
+        return self.index.search_params()
+
+    def encoder(self, models: ModelCache):
+        return models.encoder(self.model, **self.encoder_options)
+
+
+class Resources(ABC):
+    """Resolves spec items for :func:`~rankstack.pipeline.compile.compile_pipeline`.
+
+    ``named_rerankers``: names that may stand for reranker specs (the service's ``[rerankers]``);
+    ``default_model``: the encoder of ``dense`` items that name none; ``documents``: candidate texts for rerankers
+    and filters.
+    """
+
+    models: ModelCache
+    named_rerankers: Mapping[str, RerankerSpec] = {}
+    default_model: str = DEFAULT_DENSE_MODEL
+    documents: Mapping[str, Document] | None = None
+
+    def __init__(self, models: ModelCache | None = None):
+        self.models = models or ModelCache()
+        self._rerankers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def retriever(self, item: Item) -> Retriever:
+        """The retriever an item (``bm25:k1=1.2``, ``dense:index=(binary)``...) names, over this resource's index."""
+
+    def reranker(self, item: Item) -> tuple[Any, int]:
+        """The reranker an item names (a kind or a configured name) and its rerank depth. Rerankers are built once
+        per spec and shared (an LLM's weights are shared through the model cache in any case)."""
+        spec = RerankerSpec.from_item(item, self.named_rerankers)
+        key = str(RerankerSpec(spec.kind, spec.model, spec.options))
+        with self._lock:
+            if key not in self._rerankers:
+                self._rerankers[key] = build_reranker(spec, self.models)
+            return self._rerankers[key], spec.stage_depth
+
+
+class IndexDirs(Resources):
+    """Index folders built by ``rankstack index`` (a Lucene BM25 index and/or vector indexes), for
+    ``rankstack search --index DIR``. A ``dense`` item picks the vector index whose build spec matches its
+    ``index=`` (or the only one), and encodes queries with the model recorded in that index."""
+
+    def __init__(self, paths: Sequence[str | Path], models: ModelCache | None = None):
+        from rankstack.index.lucene import LuceneIndex
+        from rankstack.index.registry import open_index
+
+        super().__init__(models)
+        if not paths:
+            raise BadInput("give at least one index folder (--index DIR)")
+        self.lucene: LuceneIndex | None = None
+        self.vectors: list = []
+        for p in paths:
+            index = open_index(p)
+            if isinstance(index, LuceneIndex):
+                if self.lucene is not None:
+                    raise BadInput(f"two BM25 indexes given ({self.lucene.path} and {p}); give one")
+                self.lucene = index
+            else:
+                self.vectors.append(index)
+        self.documents = self.lucene.docstore if self.lucene is not None else None
+        self.paths = [str(p) for p in paths]
+
+    def default_spec(self) -> str:
+        """The natural pipeline over these folders: the one index's retriever, or RRF of all of them."""
+        parts = (["bm25"] if self.lucene is not None else []) + [
+            f"dense:index=({v.spec.build_key()})" for v in self.vectors]
+        return parts[0] if len(parts) == 1 else "rrf(" + ", ".join(parts) + ")"
+
+    def retriever(self, item: Item) -> Retriever:
+        from rankstack.pipeline.spec import retriever_item
+
+        item = retriever_item(item)
+        if item.kind == "bm25":
+            from rankstack.retrieval.bm25 import BM25Retriever
+
+            if self.lucene is None:
+                raise BadInput(f"the pipeline uses bm25 but none of {self.paths} is a BM25 index")
+            return BM25Retriever(self.lucene, k1=item.get("k1", 0.9), b=item.get("b", 0.4), threads=item.get("threads"))
+        if item.kind == "dense":
+            from rankstack.retrieval.dense import DenseRetriever
+
+            if not self.vectors:
+                raise BadInput(f"the pipeline uses dense but none of {self.paths} is a vector index")
+            want = IndexSpec.parse(item.get("index")).build_key() if item.get("index") is not None else None
+            found = [v for v in self.vectors if want is None or v.spec.build_key() == want]
+            if len(found) != 1:
+                have = [v.spec.build_key() for v in self.vectors]
+                raise BadInput(f"the pipeline's {item} matches {len(found)} of the vector indexes {have}; name one "
+                               f"with index=(...)")
+            index = found[0]
+            model = item.get("model") or index.meta.get("model")
+            if not model:
+                raise BadInput("the vector index records no model; give dense:model=...")
+            settings = DenseSettings.of(item.updated(model=model))
+            return DenseRetriever(settings.encoder(self.models), index, search_params=settings.search_params,
+                                  device=settings.device)
+        raise BadInput(f"no retriever {item.kind!r} over index folders")

@@ -1,0 +1,163 @@
+"""Resources for one BEIR-style dataset: its corpus, and indexes built on first use and cached on disk.
+
+Indexes live under ``<root>/<dataset>/``: ``bm25`` (Lucene), ``dense-<vectors>`` (the exact float index of one
+encoder's document vectors) and ``dense-<vectors>-<index spec>`` (a compressed index built from those vectors, so a
+new index kind never re-encodes the corpus). Each records a fingerprint of the corpus and is rebuilt only when the
+corpus (or the encoder) changes. ``rankstack eval`` and ``rankstack search --dataset`` share one root, so the same
+spec finds the same indexes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Mapping
+
+from rankstack.errors import BadInput, IndexCorrupt, IndexNotFound
+from rankstack.pipeline.resources import DenseSettings, Resources, slug
+from rankstack.rerank.factory import ModelCache
+from rankstack.retrieval.base import Retriever
+from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
+from rankstack.spec import Item
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DatasetWorkspace", "corpus_fingerprint", "DEFAULT_INDEX_ROOT"]
+
+DEFAULT_INDEX_ROOT = ".rankstack-cache/indexes"
+
+
+def corpus_fingerprint(corpus: Mapping[str, object]) -> str:
+    h = hashlib.sha1()
+    for docid, doc in corpus.items():
+        h.update(docid.encode())
+        h.update(b"\0")
+        h.update(doc.contents.encode())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+class DatasetWorkspace(Resources):
+    """Builds or reopens the indexes of ``dataset`` (anything with ``name`` and a ``corpus`` mapping) under
+    ``root``. ``model``: the encoder of ``dense`` items that name none; ``k1``/``b``: BM25's parameters where a
+    ``bm25`` item sets none. ``stats`` records build times (``index_seconds``, ``encode_docs_per_s``) per index."""
+
+    def __init__(self, dataset, root: str | Path = DEFAULT_INDEX_ROOT, *, model: str = DEFAULT_DENSE_MODEL,
+                 k1: float = 0.9, b: float = 0.4, threads: int | None = None, models: ModelCache | None = None):
+        super().__init__(models)
+        if not getattr(dataset, "corpus", None):
+            raise BadInput("the dataset has no documents to index")
+        self.dataset = dataset
+        self.root = Path(root) / dataset.name
+        self.default_model = model
+        self.k1, self.b, self.threads = k1, b, threads
+        self.documents = dataset.corpus
+        self.fingerprint = corpus_fingerprint(dataset.corpus)
+        self.stats: dict[str, dict[str, float]] = {}
+        self._objects: dict[str, object] = {}
+        self._build_lock = threading.RLock()
+
+    def _cached(self, key: str, make):
+        with self._build_lock:
+            if key not in self._objects:
+                self._objects[key] = make()
+            return self._objects[key]
+
+    # -- retrievers --
+    def retriever(self, item: Item | str) -> Retriever:
+        from rankstack.pipeline.spec import retriever_item
+
+        item = retriever_item(item)
+        if item.kind == "bm25":
+            from rankstack.retrieval.bm25 import BM25Retriever
+
+            k1, b, threads = item.get("k1", self.k1), item.get("b", self.b), item.get("threads", self.threads)
+            return self._cached(f"bm25:{k1}:{b}:{threads}",
+                                lambda: BM25Retriever(self.lucene(), k1=k1, b=b, threads=threads))
+        if item.kind == "dense":
+            from rankstack.retrieval.dense import DenseRetriever
+
+            s = DenseSettings.of(item, self.default_model)
+            return self._cached(f"dense:{s.index_key}:{s.search_params}:{s.encoder_options}:{s.device}",
+                                lambda: DenseRetriever(s.encoder(self.models), self.vector_index(s),
+                                                       search_params=s.search_params, device=s.device))
+        raise BadInput(f"no retriever {item.kind!r} for a dataset workspace")
+
+    # -- indexes --
+    def lucene(self):
+        """The BM25 index of the corpus (built on first use)."""
+        from rankstack.index.lucene import LuceneIndex
+
+        def make():
+            path = self.root / "bm25"
+            try:
+                index = LuceneIndex(path)
+                if index.params.get("corpus_sha1") != self.fingerprint:
+                    raise IndexCorrupt("corpus changed")
+                logger.info("reusing BM25 index %s", path)
+                return index
+            except (IndexNotFound, IndexCorrupt):
+                t0 = time.perf_counter()
+                index = LuceneIndex.build(self.dataset.corpus.values(), path, meta={"corpus_sha1": self.fingerprint})
+                secs = time.perf_counter() - t0
+                self.stats.setdefault("bm25", {}).update(index_seconds=secs, index_docs_per_s=len(index) / secs)
+                return index
+
+        return self._cached("lucene", make)
+
+    def flat_index(self, s: DenseSettings):
+        """The exact index of ``s``'s document vectors (encodes the corpus on first use)."""
+        from rankstack.index.faiss_flat import DenseFlatIndex
+        from rankstack.retrieval.dense import build_dense_index
+
+        def make():
+            path = self.root / f"dense-{slug(s.vectors_key)}"
+            try:
+                index = DenseFlatIndex.load(path)
+                if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get("vectors") != s.vectors_key:
+                    raise IndexCorrupt("corpus or encoder changed")
+                logger.info("reusing dense index %s", path)
+                return index
+            except (IndexNotFound, IndexCorrupt):
+                docs = list(self.dataset.corpus.values())
+                t0 = time.perf_counter()
+                index = build_dense_index(s.encoder(self.models), docs,
+                                          meta={"corpus_sha1": self.fingerprint, "vectors": s.vectors_key})
+                secs = time.perf_counter() - t0
+                index.save(path)
+                self.stats.setdefault("dense", {}).update(index_seconds=secs, encode_docs_per_s=len(docs) / secs)
+                return index
+
+        return self._cached(f"flat:{s.vectors_key}", make)
+
+    def vector_index(self, s: DenseSettings):
+        """The index ``s`` asks for: the exact one, or a compressed one built from its vectors."""
+        flat = self.flat_index(s)
+        if s.index.kind == "flat":
+            return flat
+        from rankstack.index.registry import build_vector_index, load_vector_index
+
+        def make():
+            path = self.root / f"dense-{slug(s.vectors_key)}-{slug(s.index.build_key(), 32)}"
+            try:
+                index = load_vector_index(path, dim=flat.dim)
+                if (index.meta.get("corpus_sha1") != self.fingerprint
+                        or index.meta.get("index_key") != s.index_key):
+                    raise IndexCorrupt("corpus, encoder or index spec changed")
+                logger.info("reusing %s index %s", s.index.kind, path)
+                return index
+            except (IndexNotFound, IndexCorrupt):
+                t0 = time.perf_counter()
+                index = build_vector_index(s.index, flat.docids, flat.vectors(),
+                                           meta={**flat.meta, "index_key": s.index_key})
+                index.save(path)
+                # reopen: a saved compressed index serves its rescoring tier from the file, as it will next time
+                index = load_vector_index(path, dim=flat.dim)
+                self.stats.setdefault(f"dense:{s.index.build_key()}", {}).update(
+                    index_seconds=time.perf_counter() - t0)
+                return index
+
+        return self._cached(f"index:{s.index_key}", make)

@@ -28,8 +28,11 @@ import numpy as np
 
 from rankstack.eval.datasets import load_beir
 from rankstack.eval.metrics import evaluate
-from rankstack.eval.runner import Workspace
-from rankstack.index.compressed import CompressedIndex, IndexSpec, no_polysemous
+from rankstack.index.base import IndexSpec, VectorIndex
+from rankstack.index.compressed import no_polysemous
+from rankstack.index.registry import build_vector_index, load_vector_index
+from rankstack.pipeline import DatasetWorkspace
+from rankstack.pipeline.resources import DenseSettings
 from rankstack.records import Run
 
 from _table import markdown, save_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -73,7 +76,7 @@ def _time(fn):
     return out, time.perf_counter() - t0
 
 
-def time_faiss(spec: IndexSpec, x: np.ndarray, q: np.ndarray, index_ref: CompressedIndex, k: int) -> float | None:
+def time_faiss(spec: IndexSpec, x: np.ndarray, q: np.ndarray, index_ref: VectorIndex, k: int) -> float | None:
     """Batched QPS of FAISS's equivalent index, trained on the same sample (not counted) and searched with the
     same parameters; rescoring specs are compared with FAISS's plain index (FAISS has no two-tier rescoring)."""
     import faiss
@@ -106,12 +109,12 @@ def time_faiss(spec: IndexSpec, x: np.ndarray, q: np.ndarray, index_ref: Compres
 
 def bench_index(text: str, x, docids, q, exact_top, k=100, single=50, qrels=None, qids=None, save_dir=None):
     spec = IndexSpec.parse(text)
-    index, build_s = _time(lambda: CompressedIndex.build(spec, docids, x))
+    index, build_s = _time(lambda: build_vector_index(spec, docids, x))
     # Always search a saved-and-loaded index: that is how it is served (compact docid table, rescoring tier
     # read from its memmapped file), and it makes bytes_per_doc comparable across rows.
     path = Path(save_dir or tempfile.mkdtemp(prefix="rs-bench-")) / spec.label.replace(",", "_")
     index.save(path)
-    index = CompressedIndex.load(path)
+    index = load_vector_index(path)
     index.search(q[:2], k)
     top, secs = _time(lambda: index.search(q, k))
     _, s1 = _time(lambda: [index.search(q[i:i + 1], k) for i in range(min(single, len(q)))])
@@ -133,16 +136,16 @@ def bench_index(text: str, x, docids, q, exact_top, k=100, single=50, qrels=None
 
 def beir_embeddings(data: Path, name: str):
     ds = load_beir(data / name)
-    ws = Workspace(dataset=ds, root=ROOT / ".rankstack-cache/indexes")
-    dense = ws.dense()
-    flat = dense.index
-    x = flat._index.reconstruct_n(0, len(flat))
+    ws = DatasetWorkspace(ds, ROOT / ".rankstack-cache/indexes")
+    settings = DenseSettings.of("dense")
+    flat = ws.flat_index(settings)
+    x = flat.vectors()
     cache = ROOT / ".rankstack-cache" / f"queries-{name}-{ws.fingerprint[:12]}.npy"
     qs = list(ds.queries.values())
     if cache.exists():
         q = np.load(cache)
     else:
-        q = dense.encoder.encode_queries([qq.text for qq in qs])
+        q = settings.encoder(ws.models).encode_queries([qq.text for qq in qs])
         np.save(cache, q)
     return ds, flat.docids, x.astype(np.float32), np.asarray(q, np.float32), [qq.qid for qq in qs]
 
@@ -178,13 +181,13 @@ def synthetic(n: int, dim: int = 384, seed: int = 0, clusters: int = 2000):
 
 RSS_PROBE = r"""
 import sys, numpy as np
-from rankstack.index.compressed import CompressedIndex
+from rankstack.index.registry import load_vector_index
 def rss():
     f = dict(l.split(':', 1) for l in open('/proc/self/status'))
     return int(f['RssAnon'].split()[0]) * 1024, int(f['RssFile'].split()[0]) * 1024
 q = np.load(sys.argv[2])
 a0, f0 = rss()
-ix = CompressedIndex.load(sys.argv[1])
+ix = load_vector_index(sys.argv[1])
 ix.search(q, 100)
 a1, f1 = rss()
 print(a1 - a0, f1 - f0)

@@ -32,6 +32,8 @@ from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
 from rankstack.records import Candidate, Qrels, Ranking, Run
 from rankstack.retrieval.fusion import rrf
+from rankstack.pipeline import Given, Pipeline, Rerank
+from rankstack.rerank.base import Reranker
 from rankstack.rerank.llm import (CausalLM, FirstReranker, ICRReranker, ListwiseReranker, SetwiseReranker)
 
 from _table import markdown, save_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -54,8 +56,8 @@ def heads_from(paths: list[Path], top: int) -> list[tuple[int, int]]:
     return [(int(i // mean.shape[1]), int(i % mean.shape[1])) for i in best]
 
 
-def make(name: str, llm: CausalLM, depth: int, passage_tokens: int, heads=None):
-    kw = {"depth": depth, "passage_tokens": passage_tokens}
+def make(name: str, llm: CausalLM, passage_tokens: int, heads=None):
+    kw = {"passage_tokens": passage_tokens}
     return {
         "icr-heads": lambda: ICRReranker(llm, heads=heads, **kw),
         "icr": lambda: ICRReranker(llm, keep_signals=True, **kw),
@@ -76,14 +78,26 @@ def ndcg(rankings: list[Ranking], qrels: Qrels) -> tuple[float, dict[str, float]
     return res.aggregate["nDCG@10"], dict(res.per_query["nDCG@10"])
 
 
+class _ByScores(Reranker):
+    """Orders the candidates it is given by fixed scores (ties: input order); with the rerank stage it gives the
+    ICR signal variants the same head/tail treatment as the real rerankers."""
+
+    def __init__(self, scores: dict[str, float]):
+        self.scores = scores
+
+    def rerank_batch(self, rankings):
+        out = []
+        for r in rankings:
+            order = sorted(range(len(r.candidates)), key=lambda i: (-self.scores[r.candidates[i].docid], i))
+            n = len(order)
+            out.append(Ranking(query=r.query, candidates=tuple(
+                Candidate(docid=r.candidates[i].docid, score=float(n - j)) for j, i in enumerate(order))))
+        return out
+
+
 def reorder(r: Ranking, scores: dict[str, float], depth: int) -> Ranking:
-    """``r`` with its top ``depth`` ordered by ``scores`` (ties: input order); used for the ICR signal variants."""
-    head = list(r.candidates[:depth])
-    order = sorted(range(len(head)), key=lambda i: (-scores[head[i].docid], i))
-    final = [head[i] for i in order] + list(r.candidates[depth:])
-    n = len(final)
-    return Ranking(query=r.query, candidates=tuple(Candidate(docid=c.docid, score=float(n - i)) for i, c in
-                                                   enumerate(final)))
+    """``r`` with its top ``depth`` ordered by ``scores``, through the rerank stage."""
+    return Pipeline(Given([r]), [Rerank(_ByScores(scores), depth)]).run([r.query], len(r.candidates)).rankings[0]
 
 
 def icr_signal_variants(icr: ICRReranker, rankings: list[Ranking], qrels: Qrels, depth: int) -> dict:
@@ -118,16 +132,12 @@ def icr_signal_variants(icr: ICRReranker, rankings: list[Ranking], qrels: Qrels,
 def load_inputs(args) -> tuple[list[Ranking], Qrels, str]:
     if args.beir:
         from rankstack.eval.datasets import load_beir
-        from rankstack.eval.runner import Workspace
+        from rankstack.pipeline import DatasetWorkspace, compile_pipeline
 
         ds = load_beir(args.data / "beir" / args.beir)
-        ws = Workspace(dataset=ds, root=ROOT / ".rankstack-cache/indexes")
+        ws = DatasetWorkspace(ds, ROOT / ".rankstack-cache/indexes")
         queries = list(ds.queries.values())[: args.queries]
-        bm25 = ws.bm25()
-        rankings = [r.top(100) for r in bm25.retrieve(queries, 100)]
-        rankings = [Ranking(query=r.query, candidates=tuple(
-            Candidate(docid=c.docid, score=c.score, document=ds.corpus[c.docid]) for c in r.candidates))
-            for r in rankings]
+        rankings = compile_pipeline("bm25", ws).run(queries, 100, with_documents=True).rankings
         qrels = ds.qrels
         name = args.beir
     else:
@@ -165,14 +175,14 @@ def main() -> int:
         name, _, depth = spec.partition(":")
         depth = int(depth or 20)
         heads = heads_from(args.heads_from, args.top_heads) if name.startswith("icr-heads") else None
-        rr = make(name, llm, depth, args.passage_tokens, heads)
+        rr = make(name, llm, args.passage_tokens, heads)
+        stage = Rerank(rr, depth)
         out, stats = [], []
         t0 = time.perf_counter()
         for i, r in enumerate(rankings):
+            out += Pipeline(Given([r]), [stage]).run([r.query], len(r.candidates) or 1).rankings
             if not r.candidates:  # nothing retrieved (e.g. an NFCorpus query of stopwords): scores 0 either way
-                out.append(r)
                 continue
-            out += rr.rerank_batch([r])
             stats += rr.last_stats
             logger.info("%s@%d query %d/%d: %s", name, depth, i + 1, len(rankings), stats[-1].as_dict())
         wall = time.perf_counter() - t0
@@ -181,7 +191,7 @@ def main() -> int:
         # the reranked top `depth` fused with the input order (RRF, k=60): no extra passes; reported beside, not
         # instead of, the reranker's own number
         fused = rrf([Run.from_rankings([r.top(depth) for r in out]), Run.from_rankings([r.top(depth) for r in rankings])],
-                    k=60, depth=depth)
+                    rrf_k=60, depth=depth)
         f_res = evaluate(fused, qrels, ["nDCG@10"], drop_self=False)
         f_test = compare_per_query(base_pq, dict(f_res.per_query["nDCG@10"]))
         n = len(stats)

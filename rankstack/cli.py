@@ -130,10 +130,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.output_dir) / ds.name
     files = {}
     for name, res in results.items():
-        files[name] = str(write_run(res.run, out / f"{_run_file_name(name)}.{args.split}.trec"))
-    baseline = args.baseline or names[0]
+        stem = _run_file_name(res.input_of) + ".rerank-input" if res.input_of else _run_file_name(name)
+        files[name] = str(write_run(res.run, out / f"{stem}.{args.split}.trec"))
+    inputs = [n for n, r in results.items() if r.input_of]
+    # the baseline: --baseline, else the first pipeline; a single reranking pipeline is tested against its input
+    baseline = args.baseline or (inputs[0] if len(names) == 1 and inputs else names[0])
     if baseline not in results:
-        raise BadInput(f"--baseline {baseline!r} is not one of the pipelines {names}")
+        raise BadInput(f"--baseline {baseline!r} is not one of the pipelines {list(results)}")
     extra = {name: {k: v for k, v in res.stats.items() if k in ("qps", "alpha", "tuned_on", "index_seconds",
                                                                  "encode_docs_per_s")}
              for name, res in results.items()}
@@ -146,7 +149,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     (out / f"report.{args.split}.json").write_text(report.to_json() + "\n")
     print(report.to_markdown())
     for name, res in results.items():
-        if name != str(res.spec):
+        if name != str(res.spec) and not res.input_of:
             print(f"  {name} = {res.spec}")
     print(f"\nrun files and reports in {out}")
     return 0

@@ -225,28 +225,16 @@ def coerce(value: Any, like: Any, *, key: str, where: str) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.strip().lower() in ("true", "1", "yes")
         raise bad("bool (true or false)")
-    if target is int:
-        if isinstance(value, bool):
-            raise bad("int")
-        if isinstance(value, int):
-            return value
+    if target in (int, float):  # bools are ints to Python, never to a spec
+        numeric = (int,) if target is int else (int, float)
+        if isinstance(value, numeric) and not isinstance(value, bool):
+            return target(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                return target(value.strip())
             except ValueError:
-                raise bad("int") from None
-        raise bad("int")
-    if target is float:
-        if isinstance(value, bool):
-            raise bad("float")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad("float") from None
-        raise bad("float")
+                pass
+        raise bad(target.__name__)
     if target is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -41,3 +41,68 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "unknown component 'frist'" in err and "rerankers: embedding, cross-encoder, icr, first" in err
     assert main(["-q", "eval", "--dataset", str(tmp_path / "missing"), "--pipeline", "dense:index=(pq:q=3)"]) == 2
     assert "index spec 'pq:q=3' has no option 'q'; its options are nlist, nprobe" in capsys.readouterr().err
+
+
+def test_eval_takes_queries_of_any_length(tmp_path, capsys):
+    """BEIR's argument-retrieval sets use whole documents as queries (over 5,000 characters); the evaluator must
+    run them (the service keeps its own configurable limit)."""
+    from rankstack.records import Document
+    from tests.conftest import write_beir
+
+    docs = [Document(docid=f"d{i}", text=f"argument {i} about topic {i % 4} " * 5) for i in range(12)]
+    long_query = "topic 3 " + " ".join(f"claim{i}" for i in range(1500))  # > 1,024 distinct terms, ~17k characters
+    folder = write_beir(tmp_path / "args", docs, {"q1": long_query, "q2": "argument 2"},
+                        {"q1": {"d3": 1, "d7": 1}, "q2": {"d2": 1}})
+    rc = main(["-q", "eval", "--dataset", str(folder), "--pipeline", "bm25", "--pipeline", "dense:model=hash:64",
+               "-k", "5", "--index-root", str(tmp_path / "ix"), "--output-dir", str(tmp_path / "runs")])
+    assert rc == 0, capsys.readouterr().err
+    run = read_run(tmp_path / "runs" / "args" / "bm25.test.trec")
+    assert len(long_query) > 5000 and {d for d, _ in run.ranked("q1")[:3]} <= {"d3", "d7", "d11"}
+
+
+def test_plain_eval_prints_no_java_info_lines_and_debug_keeps_them(tiny_beir, tmp_path):
+    """Anserini (log4j2) and Lucene (java.util.logging) log INFO lines to the terminal; a plain run shows none of
+    them, -vv (DEBUG) shows them. Each run is a fresh process: the JVM's logging is set when it starts."""
+    import subprocess
+    import sys
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "rankstack", *flags, "eval", "--dataset", str(tiny_beir),
+                               "--pipeline", "bm25", "--index-root", str(tmp_path / f"ix{len(flags)}"),
+                               "--output-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+
+    plain = run()
+    assert plain.returncode == 0, plain.stderr
+    out = plain.stdout + plain.stderr
+    assert "| bm25 |" in plain.stdout
+    java = ("index.SimpleIndexer", "MemorySegmentIndexInput", "INFO  [main]", "SimpleSearcher")
+    assert not [w for w in java if w in out], out[-2000:]
+    debug = run("-vv")
+    assert debug.returncode == 0 and "index.SimpleIndexer" in debug.stdout + debug.stderr
+
+
+def test_index_folders_of_every_kind_and_search_over_them(tiny_beir, tmp_path, capsys):
+    """`rankstack index --kind` builds BM25, exact and compressed dense folders; `search --index` opens each by
+    its recorded kind, and over several folders fuses them (RRF) unless --pipeline says otherwise."""
+    bm, binary = tmp_path / "bm25", tmp_path / "bin"
+    assert main(["-q", "index", "--dataset", str(tiny_beir), "--kind", "bm25", "--output", str(bm)]) == 0
+    assert main(["-q", "index", "--dataset", str(tiny_beir), "--kind", "binary:rescore=float32", "--model",
+                 "hash:64", "--output", str(binary)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "search", "--index", str(binary), "--query", "memory safe language", "-k", "2",
+                 "--format", "json"]) == 0
+    hits = json.loads(capsys.readouterr().out)[0]["results"]
+    # independent: the model-free encoder and numpy (with 5 documents every one is rescored exactly)
+    from rankstack.eval.datasets import load_beir
+    from rankstack.retrieval.encoders import HashingEncoder
+
+    corpus = list(load_beir(tiny_beir).corpus.values())
+    enc = HashingEncoder(64)
+    sims = enc.encode_documents(corpus) @ enc.encode_queries(["memory safe language"])[0]
+    want = sorted(zip(sims.tolist(), [d.docid for d in corpus]), reverse=True)[:2]
+    assert [(h["docid"], round(h["score"], 5)) for h in hits] == [(d, round(s, 5)) for s, d in want]
+    assert main(["-q", "search", "--index", str(bm), "--index", str(binary), "--query", "purr", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "rrf:rrf_k=60(bm25" in out and out.splitlines()[1].split()[2] == "d1"
+    assert main(["-q", "search", "--index", str(bm), "--pipeline", "dense", "--query", "x"]) == 2
+    assert "none of" in capsys.readouterr().err

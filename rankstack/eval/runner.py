@@ -30,13 +30,15 @@ __all__ = ["PRESETS", "PipelineResult", "run_pipelines", "named_specs"]
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineResult:
-    """One evaluated pipeline: its run, metrics, and stats (``qps``, ``seconds_<stage>``, ``alpha``...)."""
+    """One evaluated pipeline: its run, metrics, and stats (``qps``, ``seconds_<stage>``, ``alpha``...).
+    ``input_of``: for the row holding what a pipeline's first rerank stage received, that pipeline's name."""
 
     name: str
     spec: PipelineSpec
     run: Run
     result: EvalResult
     stats: Mapping[str, object]
+    input_of: str | None = None
 
 
 def named_specs(pipelines: Sequence[str]) -> dict[str, PipelineSpec]:
@@ -63,7 +65,10 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
                   ) -> tuple[BeirDataset, dict[str, PipelineResult], DatasetWorkspace]:
     """Run and evaluate each pipeline. ``alpha=auto`` (e.g. the ``hybrid-interp`` preset) is tuned on
     ``tune_split`` (``auto``: the dataset's ``dev`` split when it has one and it is not the evaluated split,
-    else 2-fold cross-validation over the evaluated queries)."""
+    else 2-fold cross-validation over the evaluated queries).
+
+    A pipeline with rerank stages also yields a row ``<name> [rerank input]``: the ranking its first rerank stage
+    received (cut to ``k``), at no extra cost, so that a reranker is always measured against its own input."""
     specs = named_specs(pipelines)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise BadInput(f"k must be a positive integer, got {k!r}")
@@ -78,7 +83,8 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
         t0 = time.perf_counter()
         kw = ({"tune_queries": list(tune.queries.values()), "tune_qrels": tune.qrels, "tuned_on": tune.split}
               if tune is not None else {"eval_qrels": ds.qrels})
-        output, tuning = run_tuned(spec, ws, queries, k, show_progress=show_progress, **kw)
+        reranks = bool(spec.rerankers())
+        output, tuning = run_tuned(spec, ws, queries, k, show_progress=show_progress, keep_inputs=reranks, **kw)
         wall = time.perf_counter() - t0
         run = output.run(name)
         secs = sum(output.timings.values())
@@ -92,6 +98,12 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
         for kind in ("bm25", "dense"):
             if any(r.item.kind == kind for r in spec.retrievers()):
                 stats.update(ws.stats.get(kind, {}))
+        if reranks and output.inputs:
+            label, before = next(iter(output.inputs.items()))
+            iname = f"{name} [{label} input]"
+            irun = Run.from_rankings(before, name=iname)
+            out[iname] = PipelineResult(name=iname, spec=spec, run=irun, result=evaluate(irun, ds.qrels, metrics),
+                                        stats={}, input_of=name)
         out[name] = PipelineResult(name=name, spec=spec, run=run, result=evaluate(run, ds.qrels, metrics),
                                    stats=stats)
     return ds, out, ws

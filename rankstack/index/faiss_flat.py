@@ -88,6 +88,10 @@ class DenseFlatIndex(VectorIndex):
     def memory_bytes(self) -> int:
         return len(self) * self.dim * 4 + sum(len(d) for d in self._docids)
 
+    def code_bytes(self) -> int:
+        """Bytes per document's vector (float32)."""
+        return self.dim * 4
+
     # ---- persistence -------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -49,6 +49,9 @@ class PipelineOutput:
     rankings: list[Ranking]
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    inputs: dict[str, list[Ranking]] = field(default_factory=dict)
+    """With ``run(..., keep_inputs=True)``: what each rerank stage received (its top ``k``), by stage label, so a
+    reranker can be compared with its own input."""
 
     def run(self, name: str = "rankstack") -> Run:
         return Run.from_rankings(self.rankings, name=name)
@@ -57,9 +60,12 @@ class PipelineOutput:
 class _Context:
     """One execution: document lookup, timings, per-query stats and stable stage labels."""
 
-    def __init__(self, documents: Mapping[str, Document] | None, show_progress: bool | None):
+    def __init__(self, documents: Mapping[str, Document] | None, show_progress: bool | None,
+                 keep_inputs: bool = False):
         self.documents = documents
         self.show_progress = show_progress
+        self.keep_inputs = keep_inputs
+        self.inputs: dict[str, list[Ranking]] = {}
         self.timings: dict[str, float] = {}
         self.stats: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self._labels: dict[int, str] = {}
@@ -530,25 +536,30 @@ class Pipeline(Retriever):
             if isinstance(stage, Cutoff):
                 rankings = stage.apply(rankings, ctx)
                 continue
+            label = ctx.label(stage, stage.base_label)
+            if ctx.keep_inputs and isinstance(stage, Rerank):
+                ctx.inputs[label] = list(rankings)
             t0 = time.perf_counter()
             rankings = stage.apply(rankings, ctx)
-            ctx.record(ctx.label(stage, stage.base_label), time.perf_counter() - t0, rankings)
+            ctx.record(label, time.perf_counter() - t0, rankings)
         return rankings
 
     def run(self, queries: Sequence[Query], k: int = 1000, *, with_documents: bool = False,
-            show_progress: bool | None = None) -> PipelineOutput:
+            show_progress: bool | None = None, keep_inputs: bool = False) -> PipelineOutput:
         """Run the pipeline on a batch: the top ``k`` per query, timings per stage, and per-query stats.
-        ``with_documents``: attach each returned candidate's document (when the pipeline has a store)."""
+        ``with_documents``: attach each returned candidate's document (when the pipeline has a store);
+        ``keep_inputs``: also return what each rerank stage received (see :attr:`PipelineOutput.inputs`)."""
         queries = list(queries)
         validate_queries(queries, k)
-        ctx = _Context(self.documents, show_progress)
+        ctx = _Context(self.documents, show_progress, keep_inputs)
         if not queries:
             return PipelineOutput(rankings=[], timings={}, stats={})
         rankings = [r.top(k) for r in self.produce(queries, k, ctx)]
         if with_documents:
             rankings = [ctx.attach(r) for r in rankings]
         return PipelineOutput(rankings=rankings, timings=dict(ctx.timings),
-                              stats={q.qid: dict(ctx.stats.get(q.qid, {})) for q in queries})
+                              stats={q.qid: dict(ctx.stats.get(q.qid, {})) for q in queries},
+                              inputs={label: [r.top(k) for r in rs] for label, rs in ctx.inputs.items()})
 
     def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
         return self.run(queries, k).rankings

@@ -96,9 +96,12 @@ class Resources(ABC):
     def retriever(self, item: Item) -> Retriever:
         """The retriever an item (``bm25:k1=1.2``, ``dense:index=(binary)``...) names, over this resource's index."""
 
-    def reranker(self, item: Item) -> tuple[Any, int]:
+    def reranker(self, item: Item | str) -> tuple[Any, int]:
         """The reranker an item names (a kind or a configured name) and its rerank depth. Rerankers are built once
         per spec and shared (an LLM's weights are shared through the model cache in any case)."""
+        from rankstack.spec import parse_item
+
+        item = parse_item(item, "reranker spec") if isinstance(item, str) else item
         spec = RerankerSpec.from_item(item, self.named_rerankers)
         key = str(RerankerSpec(spec.kind, spec.model, spec.options))
         with self._lock:

@@ -431,7 +431,8 @@ def pipeline_from_table(table: Mapping[str, Any], names: Mapping[str, Any] | Non
                 depth *= overfetch
         texts = [_item_from_config(r, "pipeline table retrievers") for r in retrievers]
         for t in texts:  # each entry on its own first, so that an error quotes what the user wrote
-            if not isinstance(parse_pipeline(t, names).source, RetrieverSpec):
+            one = parse_pipeline(t, names)
+            if not isinstance(one.source, RetrieverSpec) or one.stages:
                 raise BadInput(f"pipeline table: retrievers holds {t!r}, which is not a retriever (bm25, dense...)")
         parts = [f"({t})" + (f" % {depth}" if depth else "") for t in texts]
         fusion = table.get("fusion") or "rrf"

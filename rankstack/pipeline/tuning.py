@@ -75,12 +75,13 @@ def _input_runs(node: FusionSpec, resources: Resources, queries: list[Query], k:
 def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k: int, *,
               tune_queries: list[Query] | None = None, tune_qrels: Qrels | None = None, tuned_on: str = "dev",
               eval_qrels: Qrels | None = None, folds: int = 2, seed: int = 0,
-              show_progress: bool | None = None) -> tuple[PipelineOutput, Tuning | None]:
+              show_progress: bool | None = None, keep_inputs: bool = False) -> tuple[PipelineOutput, Tuning | None]:
     """Run ``spec`` on ``queries``, resolving every ``alpha=auto`` first: on ``tune_queries``/``tune_qrels`` when
     given, else by ``folds``-fold cross-validation over ``queries`` judged in ``eval_qrels``."""
     nodes = auto_fusions(spec)
     if not nodes:
-        return compile_pipeline(spec, resources).run(queries, k, show_progress=show_progress), None
+        return compile_pipeline(spec, resources).run(queries, k, show_progress=show_progress,
+                                                     keep_inputs=keep_inputs), None
     if any(len(n.inputs) != 2 or n.item.kind != "interp" for n in nodes):
         raise BadInput("alpha=auto applies to interp fusions of two inputs")
     if tune_queries is not None:
@@ -90,7 +91,8 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
             alpha, value = tune_alpha(first, second, tune_qrels)
             logger.info("alpha of %s tuned on %s: %.2f (nDCG@10 %.4f)", node, tuned_on, alpha, value)
             alphas[_key(node)] = alpha
-        out = compile_pipeline(_with_alphas(spec, alphas), resources).run(queries, k, show_progress=show_progress)
+        out = compile_pipeline(_with_alphas(spec, alphas), resources).run(queries, k, show_progress=show_progress,
+                                                                           keep_inputs=keep_inputs)
         return out, Tuning(alphas=list(alphas.values()), tuned_on=tuned_on)
     if eval_qrels is None:
         raise BadInput("alpha=auto needs labelled queries: a dev split, or qrels for cross-validation")
@@ -98,31 +100,37 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
     rng = np.random.default_rng(seed)
     rng.shuffle(qids)
     parts = [set(qids[i::folds]) for i in range(folds)]
-    inputs = {_key(n): _input_runs(n, resources, queries, k) for n in nodes}
+    runs = {_key(n): _input_runs(n, resources, queries, k) for n in nodes}
     by_qid: dict[str, object] = {}
     timings: dict[str, float] = {}
     stats: dict[str, dict[str, float]] = {}
-    fold_alphas = []
-    for i, part in enumerate(parts):
-        train = Qrels(judgments={q: j for q, j in eval_qrels.judgments.items()
-                                 if any(q in p for j2, p in enumerate(parts) if j2 != i)})
-        alphas = {key: tune_alpha(first, second, train)[0] for key, (first, second) in inputs.items()}
-        fold_alphas.append(next(iter(alphas.values())))
-        fold_queries = [q for q in queries if q.qid in part]
-        if not fold_queries:
-            continue
-        out = compile_pipeline(_with_alphas(spec, alphas), resources).run(fold_queries, k,
-                                                                           show_progress=show_progress)
+    inputs: dict[str, dict[str, object]] = {}
+
+    def collect(out: PipelineOutput) -> None:
         by_qid.update({r.query.qid: r for r in out.rankings})
         stats.update(out.stats)
         for name, secs in out.timings.items():
             timings[name] = timings.get(name, 0.0) + secs
+        for label, rs in out.inputs.items():
+            inputs.setdefault(label, {}).update({r.query.qid: r for r in rs})
+
+    fold_alphas = []
+    for i, part in enumerate(parts):
+        train = Qrels(judgments={q: j for q, j in eval_qrels.judgments.items()
+                                 if any(q in p for j2, p in enumerate(parts) if j2 != i)})
+        alphas = {key: tune_alpha(first, second, train)[0] for key, (first, second) in runs.items()}
+        fold_alphas.append(next(iter(alphas.values())))
+        fold_queries = [q for q in queries if q.qid in part]
+        if not fold_queries:
+            continue
+        collect(compile_pipeline(_with_alphas(spec, alphas), resources).run(
+            fold_queries, k, show_progress=show_progress, keep_inputs=keep_inputs))
     rest = [q for q in queries if q.qid not in by_qid]  # unjudged queries: any fold's alpha, here the first
     if rest:
-        out = compile_pipeline(_with_alphas(spec, {key: fold_alphas[0] for key in inputs}), resources).run(
-            rest, k, show_progress=show_progress)
-        by_qid.update({r.query.qid: r for r in out.rankings})
-        stats.update(out.stats)
+        collect(compile_pipeline(_with_alphas(spec, {key: fold_alphas[0] for key in runs}), resources).run(
+            rest, k, show_progress=show_progress, keep_inputs=keep_inputs))
     logger.info("alpha by %d-fold cross-validation: %s", folds, fold_alphas)
-    return (PipelineOutput(rankings=[by_qid[q.qid] for q in queries], timings=timings, stats=stats),
+    return (PipelineOutput(rankings=[by_qid[q.qid] for q in queries], timings=timings, stats=stats,
+                           inputs={label: [got[q.qid] for q in queries if q.qid in got]
+                                   for label, got in inputs.items()}),
             Tuning(alphas=fold_alphas, tuned_on=f"{folds}-fold CV"))

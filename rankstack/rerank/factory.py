@@ -176,6 +176,8 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, role: str, name: str) -> Any:
+        if role == "encoder":  # encoders share their loaded model with every other user of it
+            return self.encoder(name)
         with self._lock:
             key = (role, name)
             if key not in self._models:
@@ -200,10 +202,6 @@ class ModelCache:
             from rankstack.retrieval.encoders import load_sentence_transformer
 
             return load_sentence_transformer(name)
-        if role == "encoder":
-            from rankstack.retrieval.encoders import make_encoder
-
-            return make_encoder(name)
         return name  # cross-encoders load in their reranker's constructor
 
 

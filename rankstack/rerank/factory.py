@@ -192,8 +192,23 @@ class ModelCache:
             return make_encoder(name)
         return make_encoder(name, loaded=self.get("sentence-transformer", name), **options)
 
+    def sparse_encoder(self, name: str, **options) -> Any:
+        """A sparse (SPLADE-style) encoder for ``name`` with ``options``, sharing one loaded model per
+        ``(name, max_seq_length)``."""
+        from rankstack.retrieval.sparse_encoders import SparseTextEncoder
+
+        opts = {k: v for k, v in options.items() if v is not None}
+        msl = opts.pop("max_seq_length", 256)
+        loaded = self.get("sparse-encoder", f"{name}\0{msl}")
+        return SparseTextEncoder(name, loaded=loaded, max_seq_length=msl, **opts)
+
     @staticmethod
     def _load(role: str, name: str) -> Any:
+        if role == "sparse-encoder":
+            from rankstack.retrieval.sparse_encoders import load_sparse_model
+
+            model, msl = name.split("\0")
+            return load_sparse_model(model, max_seq_length=int(msl))
         if role == "llm":
             from rankstack.rerank.llm.runtime import CausalLM
 

@@ -98,11 +98,24 @@ def _pipeline_config(value) -> Any:
     return {"spec": value} if isinstance(value, str) else value
 
 
+def index_key(item, encoder: str) -> str:
+    """The index a retriever item reads: ``bm25``; a dense index (encoder + index spec); or the sparse impacts of
+    one sparse model (query mode and engine are search-time choices over the same index)."""
+    from rankstack.pipeline.resources import DenseSettings, SparseSettings
+
+    if item.kind == "bm25":
+        return "bm25"
+    if item.kind == "splade":
+        return f"splade|{SparseSettings.of(item).vectors_key}"
+    return DenseSettings.of(item, encoder).index_key
+
+
 class CollectionConfig(_Strict):
     name: str = Field(pattern=COLLECTION_NAME_PATTERN)
     indexes: list[str] = Field(default_factory=lambda: ["bm25"], min_length=1, max_length=8,
                                description="retriever specs whose indexes the collection keeps: bm25, dense, "
-                                           "dense:index=(binary:rescore=int8), dense:model=...")
+                                           "dense:index=(binary:rescore=int8), dense:model=..., sparse "
+                                           "(learned sparse, = splade; splade:model=... for another model)")
     encoder: str = Field(DEFAULT_DENSE_MODEL,
                          description="model of dense indexes that name none: a sentence-transformers name or path, "
                                      "or hash[:dim] for a model-free encoder")
@@ -143,9 +156,8 @@ class CollectionConfig(_Strict):
             except BadInput as exc:
                 raise ValueError(str(exc)) from None
             if not isinstance(spec.source, RetrieverSpec) or spec.stages:
-                raise ValueError(f"indexes: {text!r} is not a retriever spec (bm25, dense, dense:index=(...))")
-            item = spec.source.item
-            key = "bm25" if item.kind == "bm25" else DenseSettings.of(item, self.encoder).index_key
+                raise ValueError(f"indexes: {text!r} is not a retriever spec (bm25, dense, dense:index=(...), sparse)")
+            key = index_key(spec.source.item, self.encoder)
             if key in keys:
                 raise ValueError(f"indexes {keys[key]!r} and {text!r} are the same index")
             keys[key] = text
@@ -153,12 +165,10 @@ class CollectionConfig(_Strict):
 
     def check_retrievers(self, spec, keys: dict[str, str] | None = None) -> None:
         """Every retriever of ``spec`` must have its index among the collection's."""
-        from rankstack.pipeline.resources import DenseSettings
-
         keys = keys if keys is not None else self.index_keys()
         missing = []
         for r in spec.retrievers():
-            key = "bm25" if r.item.kind == "bm25" else DenseSettings.of(r.item, self.encoder).index_key
+            key = index_key(r.item, self.encoder)
             if key not in keys:
                 missing.append(str(r.item))
         if missing:

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from rankstack.errors import BadInput, IndexCorrupt, IndexNotFound
-from rankstack.pipeline.resources import DenseSettings, slug
+from rankstack.pipeline.resources import DenseSettings, SparseSettings, slug
 from rankstack.pipeline.spec import parse_pipeline
 from rankstack.records import Query, Ranking
 from rankstack.retrieval.base import Retriever, validate_queries
@@ -81,6 +81,17 @@ class _Dense:
     applied_seq: int = 0
 
 
+@dataclass
+class _Sparse:
+    spec: str
+    settings: SparseSettings
+    path: Path
+    encoder: object
+    index: object = None
+    applied_seq: int = 0
+    retrievers: dict = field(default_factory=dict)  # search settings -> SparseRetriever (engines cached inside)
+
+
 class IndexSet:
     def __init__(self, root: Path, config, models, log):
         self.root = Path(root)
@@ -88,15 +99,22 @@ class IndexSet:
         self.models = models
         self.log = log
         self.lock = RWLock()
+        self.sparse_lock = threading.Lock()
         self._bm25 = None  # LuceneIndex or None (no documents yet)
         self._bm25_retrievers: dict = {}
         self.has_bm25 = False
         self.dense: dict[str, _Dense] = {}
+        self.sparse: dict[str, _Sparse] = {}
         for key, text in config.index_keys().items():
             if key == "bm25":
                 self.has_bm25 = True
                 continue
             item = parse_pipeline(text).source.item
+            if item.kind == "splade":
+                ss = SparseSettings.of(item)
+                self.sparse[key] = _Sparse(spec=text, settings=ss, path=self.root / f"splade-{slug(ss.vectors_key)}",
+                                           encoder=ss.encoder(models))
+                continue
             s = DenseSettings.of(item, config.encoder)
             default = s.index.kind == "flat" and s.vectors_key == str(Item(config.encoder))
             path = self.root / ("dense" if default else f"dense-{slug(key)}")  # 0.1 collections kept "dense"
@@ -108,6 +126,9 @@ class IndexSet:
         for slot in self.dense.values():
             self._open_dense(slot)
             self._sync_dense(slot, None)
+        for sslot in self.sparse.values():
+            self._open_sparse(sslot)
+            self._sync_sparse(sslot, None)
         if self.has_bm25:
             self._open_bm25()
 
@@ -115,6 +136,8 @@ class IndexSet:
         """Bring every index to the log's state after a write that changed ``changed`` (puts and deletes)."""
         for slot in self.dense.values():
             self._sync_dense(slot, changed)
+        for sslot in self.sparse.values():
+            self._sync_sparse(sslot, changed)
         if self.has_bm25:
             self._set_bm25(self._build_bm25())
 
@@ -209,6 +232,49 @@ class IndexSet:
             out.append(slot.encoder.encode_documents(chunk))
         return np.concatenate(out) if out else np.zeros((0, slot.encoder.dim), np.float32)
 
+    def _open_sparse(self, slot: _Sparse) -> None:
+        from rankstack.index.sparse import SparseIndex
+
+        try:
+            index = SparseIndex.load(slot.path)
+            if index.meta.get("vectors") != slot.settings.vectors_key:
+                raise IndexCorrupt(f"built as {index.meta.get('vectors')!r}, configured as "
+                                   f"{slot.settings.vectors_key!r}")
+            index.check_encoder(slot.encoder)
+        except (IndexNotFound, IndexCorrupt, BadInput) as exc:
+            if slot.path.exists():
+                logger.warning("collection %s: rebuilding %s (%s)", self.config.name, slot.spec, exc)
+            index = SparseIndex(slot.encoder.vocab, fingerprint=slot.encoder.fingerprint,
+                                meta={"model": slot.settings.model, "vectors": slot.settings.vectors_key,
+                                      "applied_seq": 0})
+        slot.index = index
+        slot.applied_seq = index.meta.get("applied_seq", 0)
+        slot.retrievers = {}
+
+    def _sync_sparse(self, slot: _Sparse, changed: Sequence[str] | None) -> None:
+        """As :meth:`_sync_dense`: remove what changed, add the new versions, save atomically."""
+        log, index = self.log, slot.index
+        if changed is not None and slot.applied_seq == log.seq - 1:
+            stale = [d for d in changed if d in index]
+            todo = [d for d in changed if d in log]
+        else:
+            stale = [d for d in index.docids if d not in log or log.seq_of(d) > slot.applied_seq]
+            stale_set, present = set(stale), set(index.docids)
+            todo = [d for d in log if d not in present or d in stale_set]
+        if not stale and not todo and slot.applied_seq == log.seq:
+            return
+        docs = [self.log[d] for d in todo]
+        weights = slot.encoder.encode_documents(docs) if docs else None  # slow part, before taking the lock
+        tokens = slot.encoder.document_tokens([d.contents for d in docs]) if docs else None
+        with self.lock.write():
+            if stale:
+                index.remove(stale)
+            if docs:
+                index.add(todo, weights, tokens)
+            index.meta["applied_seq"] = log.seq
+            index.save(slot.path)
+            slot.applied_seq = log.seq
+
     # ---- retrievers --------------------------------------------------------------------------------------------
 
     def retriever(self, item: Item) -> Retriever:
@@ -227,6 +293,14 @@ class IndexSet:
                 raise BadInput(f"collection {self.config.name!r} keeps no index for {item}; its indexes are "
                                f"{self.config.indexes}")
             return _LiveDense(self, slot, s)
+        if item.kind == "splade":
+            from rankstack.service.config import index_key
+
+            sslot = self.sparse.get(index_key(item, self.config.encoder))
+            if sslot is None:
+                raise BadInput(f"collection {self.config.name!r} keeps no sparse index for {item}; its indexes are "
+                               f"{self.config.indexes}")
+            return _LiveSparse(self, sslot, SparseSettings.of(item))
         raise BadInput(f"no retriever {item.kind!r} in a collection")
 
     def bm25_retriever(self, k1: float, b: float, threads):
@@ -276,3 +350,25 @@ class _LiveDense(Retriever):
                 return [Ranking(query=q) for q in queries]
             return DenseRetriever(self.encoder, index, search_params=self.settings.search_params,
                                   device=self.settings.device).retrieve(queries, k)
+
+
+class _LiveSparse(Retriever):
+    kind = "splade"
+
+    def __init__(self, indexes: IndexSet, slot: _Sparse, settings: SparseSettings):
+        self.indexes, self.slot, self.settings = indexes, slot, settings
+        self.name = f"splade({settings.model.split('/')[-1]},{settings.query} queries,{settings.engine})"
+
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        validate_queries(queries, k)
+        with self.indexes.lock.read():
+            slot = self.slot
+            if len(slot.index) == 0:
+                return [Ranking(query=q) for q in queries]
+            key = (self.settings.query, self.settings.engine, self.settings.threads, self.settings.seismic)
+            with self.indexes.sparse_lock:
+                r = slot.retrievers.get(key)
+                if r is None or r.index is not slot.index:
+                    r = slot.retrievers[key] = self.settings.retriever(
+                        self.indexes.models, slot.index, lucene_path=slot.path.with_name(slot.path.name + "-lucene"))
+            return r.retrieve(queries, k)

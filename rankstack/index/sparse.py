@@ -1,0 +1,313 @@
+"""Learned-sparse impact index: documents as integer term impacts over an encoder's vocabulary.
+
+:class:`SparseIndex` is the store of record for sparse vectors (add, upsert and remove by docid, atomic save/load)
+and the exact ``scipy`` engine: a CSR matrix of quantized impacts multiplied by the query's. Weights are quantized
+the way Pyserini's impact indexes expect (``round(weight * scale)`` as integers, ``scale`` recorded in the index),
+so the same impacts indexed by Lucene (:mod:`rankstack.index.lucene_impact`) give the same integer scores.
+Two more engines read the impacts: Lucene's impact searcher (``engine=lucene``) and Seismic (``engine=seismic``,
+approximate), see :mod:`rankstack.retrieval.sparse`.
+
+The index also counts, per vocabulary id, how many live documents contain it in their text (not in their
+expansion): the IDF table of inference-free queries, kept correct as documents come and go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rankstack._atomic import atomic_dir, write_json
+from rankstack.errors import BadInput, IndexCorrupt, UnknownDocid
+from rankstack.index.base import check_k, read_params, sort_pairs
+from rankstack.records import TopK
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SparseIndex", "quantize", "DEFAULT_SCALE"]
+
+DEFAULT_SCALE = 100.0
+
+
+def quantize(weights, scale: float):
+    """Float CSR -> int32 CSR of ``round(w * scale)``, zeros dropped (what Pyserini's impact indexes store)."""
+    import scipy.sparse as sp
+
+    m = sp.csr_matrix(weights, dtype=np.float32, copy=True)
+    if m.nnz and (m.data < 0).any():
+        raise BadInput("sparse weights must be non-negative (SPLADE weights are log-saturated ReLUs)")
+    m.data = np.rint(m.data * np.float32(scale))
+    m = m.astype(np.int32)
+    m.eliminate_zeros()
+    m.sort_indices()
+    return m
+
+
+class SparseIndex:
+    """Integer impacts ``[n, vocab]`` with string docids, tombstoned removals, and document-frequency counts.
+
+    ``vocab``: the encoder's token list (column ``i`` is ``vocab[i]``); ``fingerprint`` names it, so queries from
+    an encoder with another vocabulary are refused. ``meta`` records the model and how the weights were made.
+    """
+
+    KIND = "sparse-impact"
+    FORMAT_VERSION = 1
+
+    def __init__(self, vocab: Sequence[str], *, fingerprint: str, scale: float = DEFAULT_SCALE,
+                 meta: dict | None = None):
+        import scipy.sparse as sp
+
+        if not vocab:
+            raise BadInput("a sparse index needs the encoder's vocabulary")
+        if not scale > 0:
+            raise BadInput(f"scale must be positive, got {scale}")
+        self.vocab = list(vocab)
+        self.fingerprint = fingerprint
+        self.scale = float(scale)
+        self.meta = dict(meta or {})
+        self._impacts = sp.csr_matrix((0, self.dim), dtype=np.int32)
+        self._tokens = sp.csr_matrix((0, self.dim), dtype=np.uint8)
+        self._rows: list[str | None] = []  # None: a removed row (tombstone) until compaction
+        self._row: dict[str, int] = {}
+        self._df = np.zeros(self.dim, dtype=np.int64)
+        self.version = 0  # bumps on every write; engines built from the impacts compare it
+
+    # ---- shape ---------------------------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return len(self.vocab)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, docid: str) -> bool:
+        return docid in self._row
+
+    @property
+    def docids(self) -> list[str]:
+        return [d for d in self._rows if d is not None]
+
+    def check_encoder(self, encoder) -> None:
+        if encoder.fingerprint != self.fingerprint:
+            raise BadInput(f"vocabulary mismatch: the index was built with {self.meta.get('model')!r} (vocabulary "
+                           f"{self.fingerprint}, {self.dim} tokens) but the encoder {encoder.model_name!r} has "
+                           f"vocabulary {encoder.fingerprint} ({encoder.dim} tokens); query with the model the index "
+                           f"was built with, or rebuild the index")
+
+    # ---- writes --------------------------------------------------------------------------------------------
+
+    def add(self, docids: Sequence[str], weights, tokens=None, *, upsert: bool = False) -> None:
+        """Add documents: ``weights`` float CSR ``[n, vocab]`` (quantized here), ``tokens`` the binary CSR of the
+        vocabulary ids in each document's text (for IDF; None: no IDF contribution)."""
+        import scipy.sparse as sp
+
+        docids = [str(d) for d in docids]
+        w = sp.csr_matrix(weights)
+        if w.shape[1] != self.dim:
+            raise BadInput(f"sparse vectors have {w.shape[1]} columns but this index's vocabulary has {self.dim}; "
+                           f"encode with the model the index was built with")
+        if w.shape[0] != len(docids):
+            raise BadInput(f"{len(docids)} docids for {w.shape[0]} vectors")
+        if len(set(docids)) != len(docids):
+            raise BadInput("duplicate docids in one add() call")
+        t = sp.csr_matrix((len(docids), self.dim), dtype=np.uint8) if tokens is None else sp.csr_matrix(tokens)
+        if t.shape != w.shape:
+            raise BadInput(f"token matrix {t.shape} does not match the weights {w.shape}")
+        existing = [d for d in docids if d in self._row]
+        if existing and not upsert:
+            raise BadInput(f"docids already in the index: {existing[:5]}; pass upsert=True to replace them")
+        if existing:
+            self.remove(existing)
+        q = quantize(w, self.scale)
+        t = t.astype(np.uint8)
+        t.data[:] = 1
+        t.eliminate_zeros()
+        self._impacts = sp.vstack([self._impacts, q], format="csr")
+        self._tokens = sp.vstack([self._tokens, t], format="csr")
+        for d in docids:
+            self._row[d] = len(self._rows)
+            self._rows.append(d)
+        np.add.at(self._df, t.indices, 1)
+        self.version += 1
+
+    def remove(self, docids: Sequence[str]) -> None:
+        docids = list(dict.fromkeys(str(d) for d in docids))
+        missing = [d for d in docids if d not in self._row]
+        if missing:
+            raise UnknownDocid(f"unknown docids {missing[:5]}: not in this index")
+        for d in docids:
+            r = self._row.pop(d)
+            self._rows[r] = None
+            t = self._tokens
+            np.subtract.at(self._df, t.indices[t.indptr[r]:t.indptr[r + 1]], 1)
+        self.version += 1
+        if len(self._rows) > 64 and len(self._row) < 0.75 * len(self._rows):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop tombstoned rows (keeps the order of the others)."""
+        keep = np.array([i for i, d in enumerate(self._rows) if d is not None], dtype=np.int64)
+        self._impacts = self._impacts[keep]
+        self._tokens = self._tokens[keep]
+        self._rows = [self._rows[i] for i in keep]
+        self._row = {d: i for i, d in enumerate(self._rows)}
+
+    # ---- reads ---------------------------------------------------------------------------------------------
+
+    def impacts(self):
+        """Live documents' integer impacts (CSR ``[len, vocab]``) in :attr:`docids` order."""
+        self.compact()
+        return self._impacts
+
+    def signature(self) -> str:
+        """A hash of the live docids and impacts: engines built from this index (a Lucene impact index on disk)
+        record it and are rebuilt when it changes."""
+        import hashlib
+
+        if getattr(self, "_sig", (None, None))[0] != self.version:
+            m = self.impacts()
+            h = hashlib.sha1(f"{self.fingerprint}:{self.scale}:".encode())
+            h.update("\0".join(self.docids).encode())
+            for a, t in ((m.indptr, np.int64), (m.indices, np.int32), (m.data, np.int32)):
+                h.update(np.ascontiguousarray(a, dtype=t).tobytes())
+            self._sig = (self.version, h.hexdigest())
+        return self._sig[1]
+
+    def doc_vector(self, docid: str) -> dict[str, int]:
+        if docid not in self._row:
+            raise UnknownDocid(f"unknown docid {docid!r}: not in this index")
+        r = self._row[docid]
+        m = self._impacts
+        s, e = m.indptr[r], m.indptr[r + 1]
+        return {self.vocab[i]: int(v) for i, v in zip(m.indices[s:e], m.data[s:e])}
+
+    def idf(self) -> np.ndarray:
+        """BM25-style IDF of every vocabulary id over the live documents' text: ln(1 + (N - df + .5) / (df + .5))."""
+        n = len(self)
+        return np.log1p((n - self._df + 0.5) / (self._df + 0.5)).astype(np.float32)
+
+    def quantize_queries(self, weights):
+        import scipy.sparse as sp
+
+        w = sp.csr_matrix(weights)
+        if w.shape[1] != self.dim:
+            raise BadInput(f"query vectors have {w.shape[1]} columns but this index's vocabulary has {self.dim}; "
+                           f"encode with the model the index was built with")
+        return quantize(w, self.scale)
+
+    def idf_queries(self, token_ids: Sequence[np.ndarray]):
+        """Inference-free query impacts: each distinct token weighted by its IDF (quantized with the index's scale);
+        tokens no live document contains are dropped."""
+        import scipy.sparse as sp
+
+        idf = self.idf()
+        rows, cols, vals = [], [], []
+        for r, ids in enumerate(token_ids):
+            ids = np.asarray(ids, dtype=np.int64)
+            ids = ids[(ids >= 0) & (ids < self.dim)]
+            ids = ids[self._df[ids] > 0]
+            rows.append(np.full(ids.size, r))
+            cols.append(ids)
+            vals.append(idf[ids])
+        m = sp.csr_matrix((np.concatenate(vals) if vals else [], (np.concatenate(rows) if rows else [],
+                                                                 np.concatenate(cols) if cols else [])),
+                          shape=(len(token_ids), self.dim), dtype=np.float32)
+        return quantize(m, self.scale)
+
+    def search(self, queries, k: int, *, batch: int = 64) -> TopK:
+        """Exact top-``k`` by integer dot product. ``queries``: int CSR ``[nq, vocab]`` (see
+        :meth:`quantize_queries`). Documents sharing no term with a query are not returned (as in Lucene)."""
+        import scipy.sparse as sp
+
+        check_k(k)
+        if len(self) == 0:
+            raise BadInput("the index is empty; add documents before searching")
+        q = sp.csr_matrix(queries)
+        if q.shape[1] != self.dim:
+            raise BadInput(f"query vectors have {q.shape[1]} columns but this index's vocabulary has {self.dim}")
+        dt = self._impacts.T.tocsr().astype(np.int64)
+        dead = np.array([d is None for d in self._rows], dtype=bool)
+        kk = min(k, len(self._rows))
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        ids = np.full((q.shape[0], k), -1, dtype=np.int64)
+        for s in range(0, q.shape[0], batch):
+            block = (q[s:s + batch].astype(np.int64) @ dt).toarray()  # exact integer sums
+            block[:, dead] = 0
+            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < block.shape[1] else \
+                np.tile(np.arange(block.shape[1]), (block.shape[0], 1))
+            part = np.take_along_axis(block, top, axis=1)
+            order = np.argsort(-part, axis=1, kind="stable")
+            top, part = np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
+            hit = part > 0
+            scores[s:s + block.shape[0], :kk] = np.where(hit, part, -np.inf)
+            ids[s:s + block.shape[0], :kk] = np.where(hit, top, -1)
+        return TopK(scores=scores, ids=ids)
+
+    def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
+        return [sort_pairs([(self._rows[i], float(s)) for s, i in zip(srow, irow) if i >= 0])
+                for srow, irow in zip(topk.scores, topk.ids)]
+
+    def bytes_per_doc(self) -> float:
+        """On-disk bytes per document of the impacts (int16 or int32 values + int32 columns + row pointers)."""
+        m = self._impacts
+        vbytes = 2 if m.nnz == 0 or int(m.data.max()) < 32768 else 4
+        return (m.nnz * (vbytes + 4) + (m.shape[0] + 1) * 8) / max(len(self), 1)
+
+    # ---- persistence ---------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (a failure leaves any previous index at ``path`` intact)."""
+        self.compact()
+        m, t = self._impacts, self._tokens
+        vdtype = np.int16 if m.nnz == 0 or int(m.data.max()) < 32768 else np.int32
+        with atomic_dir(path) as tmp:
+            np.savez(tmp / "impacts.npz", data=m.data.astype(vdtype), indices=m.indices.astype(np.int32),
+                     indptr=m.indptr.astype(np.int64), tok_indices=t.indices.astype(np.int32),
+                     tok_indptr=t.indptr.astype(np.int64))
+            with open(tmp / "docids.json", "w", encoding="utf-8") as fh:
+                json.dump(self._rows, fh)
+            with open(tmp / "vocab.json", "w", encoding="utf-8") as fh:
+                json.dump(self.vocab, fh)
+            write_json(tmp / "params.json", {
+                "kind": self.KIND, "format_version": self.FORMAT_VERSION, "num_docs": len(self),
+                "vocab_size": self.dim, "vocab_fingerprint": self.fingerprint, "scale": self.scale,
+                "nnz": int(m.nnz), "meta": self.meta})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SparseIndex:
+        import scipy.sparse as sp
+
+        path = Path(path)
+        params = read_params(path, cls.KIND, cls.FORMAT_VERSION)
+        try:
+            vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+            docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
+            with np.load(path / "impacts.npz") as z:
+                arrays = {k: z[k] for k in ("data", "indices", "indptr", "tok_indices", "tok_indptr")}
+        except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError) as exc:
+            raise IndexCorrupt(f"{path}: the sparse index files are missing or corrupt ({exc}); rebuild the "
+                               f"index") from None
+        n, v = len(docids), len(vocab)
+        if (n != params.get("num_docs") or v != params.get("vocab_size") or arrays["indptr"].size != n + 1
+                or arrays["tok_indptr"].size != n + 1 or arrays["data"].size != params.get("nnz")
+                or arrays["indptr"][-1] != arrays["data"].size or arrays["tok_indptr"][-1] != arrays["tok_indices"].size
+                or (arrays["indices"].size and int(arrays["indices"].max()) >= v)
+                or (arrays["tok_indices"].size and int(arrays["tok_indices"].max()) >= v)):
+            raise IndexCorrupt(f"{path}: docids, vocabulary and impacts disagree (params say {params.get('num_docs')} "
+                               f"documents, {params.get('vocab_size')} tokens); the files are inconsistent, rebuild "
+                               f"the index")
+        self = cls(vocab, fingerprint=params["vocab_fingerprint"], scale=params["scale"], meta=params.get("meta"))
+        self._impacts = sp.csr_matrix((arrays["data"].astype(np.int32), arrays["indices"], arrays["indptr"]),
+                                      shape=(n, v))
+        self._tokens = sp.csr_matrix((np.ones(arrays["tok_indices"].size, np.uint8), arrays["tok_indices"],
+                                      arrays["tok_indptr"]), shape=(n, v))
+        self._rows = list(docids)
+        self._row = {d: i for i, d in enumerate(docids)}
+        np.add.at(self._df, self._tokens.indices, 1)
+        return self

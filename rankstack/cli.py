@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     from rankstack.pipeline.spec import PRESETS, STRING_HELP
+
+    STRING_HELP = STRING_HELP.replace("%", "%%")  # argparse formats help with %: "% k" must reach it as "%% k"
     from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
     from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
 

@@ -106,3 +106,15 @@ def test_index_folders_of_every_kind_and_search_over_them(tiny_beir, tmp_path, c
     assert "rrf:rrf_k=60(bm25" in out and out.splitlines()[1].split()[2] == "d1"
     assert main(["-q", "search", "--index", str(bm), "--pipeline", "dense", "--query", "x"]) == 2
     assert "none of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "search", "index", "rerank", "serve", "ingest"])
+def test_every_help_page_prints(command, capsys):
+    """Help texts quote specs with '%' (cutoffs); argparse must print them, not crash formatting them."""
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: rankstack" in out
+    if command == "eval":
+        assert "% k" in out and "hybrid3-interp" in out

@@ -92,9 +92,7 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
                                     "qps": len(queries) / secs if secs else float("inf"), "wall_seconds": wall}
         stats.update({f"seconds_{stage}": v for stage, v in output.timings.items()})
         if tuning is not None:
-            stats.update(alpha=tuning.alphas[0] if len(tuning.alphas) == 1 else
-                         round(sum(tuning.alphas) / len(tuning.alphas), 4),
-                         alphas=tuning.alphas, tuned_on=tuning.tuned_on)
+            stats.update(alpha=_mean_alpha(tuning.alphas), alphas=tuning.alphas, tuned_on=tuning.tuned_on)
         for kind in ("bm25", "dense"):
             if any(r.item.kind == kind for r in spec.retrievers()):
                 stats.update(ws.stats.get(kind, {}))
@@ -122,3 +120,12 @@ def _tune_set(ds: BeirDataset, split: str, tune_split: str | None) -> BeirDatase
     if folder is None:
         raise BadInput("tuning needs a dataset folder with a qrels/<split>.tsv")
     return load_beir(folder, tune_split)
+
+
+def _mean_alpha(alphas: list):
+    """The alpha column: the one value, the mean over folds, or for nested fusions each fusion's mean ("a/b")."""
+    if len(alphas) == 1 and not isinstance(alphas[0], tuple):
+        return alphas[0]
+    if isinstance(alphas[0], tuple):
+        return "/".join(f"{sum(a[i] for a in alphas) / len(alphas):.3g}" for i in range(len(alphas[0])))
+    return round(sum(alphas) / len(alphas), 4)

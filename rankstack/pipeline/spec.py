@@ -59,6 +59,7 @@ PRESETS = {
     "splade-dense-rrf": "rrf(dense % 1000, splade % 1000)",
     "splade-dense-interp": "interp:alpha=auto(dense % 1000, splade % 1000)",
     "hybrid3-rrf": "rrf(bm25 % 1000, dense % 1000, splade % 1000)",
+    "hybrid3-interp": "interp:alpha=auto(interp:alpha=auto(dense % 1000, bm25 % 1000), splade % 1000)",
 }
 
 # retriever kind -> option -> default value (or type when there is no default)

@@ -44,32 +44,94 @@ def tune_alpha(first: Run, second: Run, qrels: Qrels, *, metric: str = "nDCG@10"
 
 
 def auto_fusions(spec: PipelineSpec) -> list[FusionSpec]:
-    return [n for n in spec.walk() if isinstance(n, FusionSpec) and n.item.get("alpha") == "auto"]
+    """The ``alpha=auto`` fusions of ``spec``, inner ones before the fusions that contain them."""
+    found: list[FusionSpec] = []
+
+    def visit(ps: PipelineSpec) -> None:
+        if isinstance(ps.source, FusionSpec):
+            for p in ps.source.inputs:
+                visit(p)
+            if ps.source.item.get("alpha") == "auto":
+                found.append(ps.source)
+
+    visit(spec)
+    return found
 
 
 def _with_alphas(spec: PipelineSpec, alphas: dict[int, float]) -> PipelineSpec:
-    def fix(node):
-        if isinstance(node, FusionSpec) and node.item.get("alpha") == "auto":
-            return FusionSpec(node.item.updated(alpha=alphas[_key(node)]), node.inputs)
-        return node
+    """``spec`` with each ``alpha=auto`` fusion given its alpha (keys taken from the fusion as written)."""
 
-    return spec.map(fix)
+    def rewrite(ps: PipelineSpec) -> PipelineSpec:
+        src = ps.source
+        if isinstance(src, FusionSpec):
+            item = src.item.updated(alpha=alphas[_key(src)]) if src.item.get("alpha") == "auto" else src.item
+            src = FusionSpec(item, tuple(rewrite(p) for p in src.inputs))
+        return PipelineSpec(src, ps.stages)
+
+    return rewrite(spec)
 
 
 def _key(node: FusionSpec) -> int:
     return hash((str(node.item.without("alpha")), tuple(str(p) for p in node.inputs)))
 
 
+def _bare_auto(ps: PipelineSpec) -> FusionSpec | None:
+    src = ps.source
+    if isinstance(src, FusionSpec) and src.item.get("alpha") == "auto" and not ps.stages:
+        return src
+    return None
+
+
+class _Runs:
+    """The runs ``alpha=auto`` fusions read: each input that holds no ``auto`` is run once through the executor;
+    an input that is itself an ``auto`` fusion (``interp:alpha=auto(interp:alpha=auto(a, b), c)``) is fused
+    from its own inputs with the alpha chosen for it, without running anything again."""
+
+    def __init__(self, nodes: list[FusionSpec], resources: Resources, queries: list[Query], k: int):
+        self.leaves: dict[str, Run] = {}
+        for node in nodes:
+            if node.item.kind != "interp" or len(node.inputs) != 2:
+                raise BadInput("alpha=auto applies to interp fusions of two inputs")
+            for p in node.inputs:
+                if _bare_auto(p) is None:
+                    if auto_fusions(p):
+                        raise BadInput(f"alpha=auto inside {p} must be the input itself (no stages after it) "
+                                       f"to be tuned")
+                    if str(p) not in self.leaves:
+                        self.leaves[str(p)] = compile_pipeline(p, resources).run(queries, k).run()
+
+    def inputs(self, node: FusionSpec, alphas: dict[int, float]) -> list[Run]:
+        return [self.fused(inner, alphas) if (inner := _bare_auto(p)) is not None else self.leaves[str(p)]
+                for p in node.inputs]
+
+    def fused(self, node: FusionSpec, alphas: dict[int, float]) -> Run:
+        from rankstack.retrieval.fusion import interpolate
+
+        first, second = self.inputs(node, alphas)
+        return interpolate(first, second, alpha=alphas[_key(node)])
+
+    def tune(self, nodes: list[FusionSpec], qrels: Qrels) -> dict[int, float]:
+        """Alphas for ``nodes`` (inner first), each chosen on ``qrels`` with the inner ones already fixed."""
+        alphas: dict[int, float] = {}
+        for node in nodes:
+            first, second = self.inputs(node, alphas)
+            alphas[_key(node)] = tune_alpha(first, second, qrels)[0]
+        return alphas
+
+
+def _value(alphas: dict[int, float], nodes: list[FusionSpec]):
+    """One fold's alphas as reported: a number for one fusion, a tuple (inner first) for nested ones."""
+    vals = tuple(float(alphas[_key(n)]) for n in nodes)
+    return vals[0] if len(vals) == 1 else vals
+
+
 @dataclass
 class Tuning:
-    """How ``alpha=auto`` was resolved: ``alphas`` (one per fold, or one), and where (``dev``, ``2-fold CV``)."""
+    """How ``alpha=auto`` was resolved: ``alphas`` (one per fold, or one; a tuple per fold when fusions are nested,
+    inner first), and where (``dev``, ``2-fold CV``)."""
 
-    alphas: list[float]
+    alphas: list
     tuned_on: str
-
-
-def _input_runs(node: FusionSpec, resources: Resources, queries: list[Query], k: int) -> list[Run]:
-    return [compile_pipeline(p, resources).run(queries, k).run() for p in node.inputs]
 
 
 def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k: int, *,
@@ -82,25 +144,20 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
     if not nodes:
         return compile_pipeline(spec, resources).run(queries, k, show_progress=show_progress,
                                                      keep_inputs=keep_inputs), None
-    if any(len(n.inputs) != 2 or n.item.kind != "interp" for n in nodes):
-        raise BadInput("alpha=auto applies to interp fusions of two inputs")
     if tune_queries is not None:
-        alphas = {}
+        alphas = _Runs(nodes, resources, tune_queries, k).tune(nodes, tune_qrels)
         for node in nodes:
-            first, second = _input_runs(node, resources, tune_queries, k)
-            alpha, value = tune_alpha(first, second, tune_qrels)
-            logger.info("alpha of %s tuned on %s: %.2f (nDCG@10 %.4f)", node, tuned_on, alpha, value)
-            alphas[_key(node)] = alpha
+            logger.info("alpha of %s tuned on %s: %.2f", node, tuned_on, alphas[_key(node)])
         out = compile_pipeline(_with_alphas(spec, alphas), resources).run(queries, k, show_progress=show_progress,
                                                                            keep_inputs=keep_inputs)
-        return out, Tuning(alphas=list(alphas.values()), tuned_on=tuned_on)
+        return out, Tuning(alphas=[_value(alphas, nodes)], tuned_on=tuned_on)
     if eval_qrels is None:
         raise BadInput("alpha=auto needs labelled queries: a dev split, or qrels for cross-validation")
     qids = sorted(q.qid for q in queries if q.qid in eval_qrels.judgments)
     rng = np.random.default_rng(seed)
     rng.shuffle(qids)
     parts = [set(qids[i::folds]) for i in range(folds)]
-    runs = {_key(n): _input_runs(n, resources, queries, k) for n in nodes}
+    runs = _Runs(nodes, resources, queries, k)
     by_qid: dict[str, object] = {}
     timings: dict[str, float] = {}
     stats: dict[str, dict[str, float]] = {}
@@ -118,8 +175,8 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
     for i, part in enumerate(parts):
         train = Qrels(judgments={q: j for q, j in eval_qrels.judgments.items()
                                  if any(q in p for j2, p in enumerate(parts) if j2 != i)})
-        alphas = {key: tune_alpha(first, second, train)[0] for key, (first, second) in runs.items()}
-        fold_alphas.append(next(iter(alphas.values())))
+        alphas = runs.tune(nodes, train)
+        fold_alphas.append((i, alphas))
         fold_queries = [q for q in queries if q.qid in part]
         if not fold_queries:
             continue
@@ -127,8 +184,9 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
             fold_queries, k, show_progress=show_progress, keep_inputs=keep_inputs))
     rest = [q for q in queries if q.qid not in by_qid]  # unjudged queries: any fold's alpha, here the first
     if rest:
-        collect(compile_pipeline(_with_alphas(spec, {key: fold_alphas[0] for key in runs}), resources).run(
+        collect(compile_pipeline(_with_alphas(spec, fold_alphas[0][1]), resources).run(
             rest, k, show_progress=show_progress, keep_inputs=keep_inputs))
+    fold_alphas = [_value(a, nodes) for _, a in fold_alphas]
     logger.info("alpha by %d-fold cross-validation: %s", folds, fold_alphas)
     return (PipelineOutput(rankings=[by_qid[q.qid] for q in queries], timings=timings, stats=stats,
                            inputs={label: [got[q.qid] for q in queries if q.qid in got]

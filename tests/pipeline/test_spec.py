@@ -49,7 +49,7 @@ def test_presets_and_typed_values():
 
 
 @pytest.mark.parametrize("text, fragments", [
-    ("", ["empty pipeline spec", "a pipeline is a retriever (bm25, dense)"]),
+    ("", ["empty pipeline spec", "a pipeline is a retriever (bm25, dense, splade)"]),
     ("first", ["a pipeline starts with a retriever or a fusion; 'first' is a reranker: put it after '>>'"]),
     ("bm25 >> dense", ["after '>>' comes a reranker, a filter or a cutoff; 'dense' is a retriever"]),
     ("bm25 >> frist", ["unknown component 'frist'", "rerankers: embedding, cross-encoder, icr, first"]),
@@ -104,7 +104,7 @@ def test_table_form():
     assert isinstance(f.stages[0], FilterSpec)
     f2 = pipeline_from_table({"spec": "bm25 >> first % 5"}, filters={"lang": "en"})
     assert str(f2) == "bm25 >> filter:lang=en >> first % 5"
-    for table, fragment in (({"retrievers": ["splade"]}, "unknown component 'splade'"),
+    for table, fragment in (({"retrievers": ["colbert"]}, "unknown component 'colbert'"),
                             ({"spec": "bm25", "retrievers": ["bm25"]}, "'spec' says everything"),
                             ({}, "give 'retrievers'"), ({"retrievers": ["bm25"], "depth": 3}, "unknown key 'depth'"),
                             ({"retrievers": ["bm25"], "reranker": "frist"}, "unknown reranker 'frist'"),

@@ -59,3 +59,35 @@ def test_without_a_dev_split_alpha_comes_from_cross_validation(folder, tmp_path)
     res = results[SPEC]
     assert res.stats["tuned_on"] == "2-fold CV" and len(res.stats["alphas"]) == 2
     assert set(res.run.qids) == {f"q{i}" for i in range(6)}  # every evaluated query ran, each with its fold's alpha
+
+
+def test_nested_auto_fusions_are_tuned_inner_first(folder, tmp_path):
+    """interp:alpha=auto(interp:alpha=auto(a, b), c): the inner alpha is chosen on dev, then the outer one on dev
+    with the inner fusion fixed; the reported run is the two interpolations at those alphas."""
+    inner = "interp:alpha=auto(dense:model=hash:32 % 50, bm25 % 50)"
+    spec = f"interp:alpha=auto({inner}, dense:model=hash:16 % 50)"
+    ds, results, ws = run_pipelines(folder, [f"h3={spec}"], index_root=tmp_path / "ix", k=50)
+    res = results["h3"]
+    dev = load_beir(folder, "dev")
+
+    def run(text, queries):
+        return Run.from_rankings(ws.retriever(text).retrieve(queries, 50))
+
+    def best(first, second):
+        scores = {a / 20: evaluate(interpolate(first, second, alpha=a / 20), dev.qrels, ["nDCG@10"]).aggregate[
+            "nDCG@10"] for a in range(21)}
+        top = max(scores.values())
+        return min(a for a, v in scores.items() if v >= top - 1e-12)
+
+    dq, tq = list(dev.queries.values()), list(ds.queries.values())
+    a1 = best(run("dense:model=hash:32", dq), run("bm25", dq))
+    a2 = best(interpolate(run("dense:model=hash:32", dq), run("bm25", dq), alpha=a1), run("dense:model=hash:16", dq))
+    assert res.stats["alphas"] == [(a1, a2)] and res.stats["tuned_on"] == "dev"
+    want = interpolate(interpolate(run("dense:model=hash:32", tq), run("bm25", tq), alpha=a1),
+                       run("dense:model=hash:16", tq), alpha=a2)
+    assert {q: res.run.ranked(q) for q in res.run.qids} == {q: want.ranked(q)[:50] for q in want.qids}
+    # cross-validation handles nesting too: one pair of alphas per fold
+    (folder / "qrels" / "dev.tsv").unlink()
+    _, results, _ = run_pipelines(folder, [spec], index_root=tmp_path / "ix2", k=50)
+    assert results[spec].stats["tuned_on"] == "2-fold CV"
+    assert [len(a) for a in results[spec].stats["alphas"]] == [2, 2]

@@ -208,7 +208,8 @@ class SparseTextEncoder:
         # length-sorted batches: less padding, same vectors (each text's own tokens decide its weights)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         encode = self.model.encode_document if kind == "document" else self.model.encode_query
-        with tqdm(total=len(texts), desc=f"encode sparse {kind}s", unit=f" {kind[:3]}s",
+        with tqdm(total=len(texts), desc=f"encode sparse {'queries' if kind == 'query' else 'documents'}",
+                  unit=f" {kind[:3]}s",
                   disable=not (progress_enabled(self.show_progress) and progress)) as pb:
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]

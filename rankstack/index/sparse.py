@@ -151,7 +151,10 @@ class SparseIndex:
 
     def compact(self) -> None:
         """Drop tombstoned rows (keeps the order of the others)."""
+        if len(self._row) == len(self._rows):
+            return
         keep = np.array([i for i, d in enumerate(self._rows) if d is not None], dtype=np.int64)
+        self.version += 1  # row numbers change: cached search matrices and engines are stale
         self._impacts = self._impacts[keep]
         self._tokens = self._tokens[keep]
         self._rows = [self._rows[i] for i in keep]
@@ -230,8 +233,7 @@ class SparseIndex:
         q = sp.csr_matrix(queries)
         if q.shape[1] != self.dim:
             raise BadInput(f"query vectors have {q.shape[1]} columns but this index's vocabulary has {self.dim}")
-        dt = self._impacts.T.tocsr().astype(np.int64)
-        dead = np.array([d is None for d in self._rows], dtype=bool)
+        dt, dead = self._search_matrix()
         kk = min(k, len(self._rows))
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
         ids = np.full((q.shape[0], k), -1, dtype=np.int64)
@@ -247,6 +249,16 @@ class SparseIndex:
             scores[s:s + block.shape[0], :kk] = np.where(hit, part, -np.inf)
             ids[s:s + block.shape[0], :kk] = np.where(hit, top, -1)
         return TopK(scores=scores, ids=ids)
+
+    def _search_matrix(self):
+        """The impacts transposed to ``[vocab, rows]`` (int64: exact sums) and the tombstone mask, rebuilt only
+        after a write."""
+        cached = getattr(self, "_search_cache", None)
+        if cached is None or cached[0] != self.version:
+            dt = self._impacts.T.tocsr().astype(np.int64)
+            dead = np.array([d is None for d in self._rows], dtype=bool)
+            cached = self._search_cache = (self.version, dt, dead)
+        return cached[1], cached[2]
 
     def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
         return [sort_pairs([(self._rows[i], float(s)) for s, i in zip(srow, irow) if i >= 0])

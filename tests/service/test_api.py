@@ -60,8 +60,10 @@ def test_upsert_replaces_in_every_index(client):
     ({"query": "x", "k": 100000}, "k: Input should be less than or equal to 1000"),
     ({"query": "x" * 5000}, "query: String should have at most 2048 characters"),
     ({"query": "x", "bogus": 1}, "bogus: Extra inputs are not permitted"),
-    ({"query": "x", "pipeline": {"retrievers": ["splade"]}}, "invalid pipeline override: pipeline spec 'splade': "
-                                                              "unknown component 'splade'; retrievers: bm25, dense"),
+    ({"query": "x", "pipeline": {"retrievers": ["colbert"]}}, "invalid pipeline override: pipeline spec 'colbert': "
+                                                               "unknown component 'colbert'; retrievers: bm25, dense"),
+    ({"query": "x", "pipeline": {"retrievers": ["splade"]}}, "pipeline uses ['splade'] but the collection's indexes "
+                                                              "are ['bm25', 'dense']"),
     ({"query": "x", "pipeline": "bm25 >> frist"}, "unknown component 'frist'"),
     ({"query": "x", "pipeline": "dense:index=(pq:m=48)"}, "pipeline uses ['dense:index=(pq)'] but the collection's indexes are ['bm25', 'dense']"),
     ({"query": "x", "pipeline": {"retrieve_depth": 0}}, "retrieve_depth: Input should be greater than or equal to 1"),

@@ -21,7 +21,6 @@ from pathlib import Path
 from rankstack.eval.datasets import load_beir
 from rankstack.eval.metrics import evaluate
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline
-from rankstack.records import Run
 
 from _table import markdown, save_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 

@@ -21,7 +21,16 @@ from rankstack.records import Document
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LuceneIndex"]
+__all__ = ["LuceneIndex", "open_lucene_dir"]
+
+
+def open_lucene_dir(path: str | os.PathLike, kind: str, version: int) -> tuple[Path, dict]:
+    """A RankStack folder around a Lucene index (``lucene/`` + ``params.json`` of ``kind``), checked."""
+    path = Path(path)
+    params = read_params(path, kind, version)
+    if not (path / "lucene").is_dir():
+        raise IndexCorrupt(f"{path}: the lucene/ folder is missing; rebuild the index")
+    return path, params
 
 
 class LuceneIndex:
@@ -37,10 +46,7 @@ class LuceneIndex:
     FORMAT_VERSION = 1
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.params = read_params(self.path, self.KIND, self.FORMAT_VERSION)
-        if not (self.path / "lucene").is_dir():
-            raise IndexCorrupt(f"{self.path}: the lucene/ folder is missing; rebuild the index")
+        self.path, self.params = open_lucene_dir(path, self.KIND, self.FORMAT_VERSION)
         self.docstore = DocStore(self.path) if self.params.get("documents_stored", True) else None
         if self.docstore is not None and len(self.docstore) != self.params["num_docs"]:
             raise IndexCorrupt(f"{self.path}: params say {self.params['num_docs']} documents, store holds "

@@ -12,15 +12,13 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from rankstack._atomic import atomic_dir, write_json
 from rankstack.errors import BadInput, IndexCorrupt
-from rankstack.index.base import read_params
 from rankstack.index.jvm import import_pyserini, lift_clause_limit
+from rankstack.index.lucene import open_lucene_dir
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +32,7 @@ class LuceneImpactIndex:
     FORMAT_VERSION = 1
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.params = read_params(self.path, self.KIND, self.FORMAT_VERSION)
-        if not (self.path / "lucene").is_dir():
-            raise IndexCorrupt(f"{self.path}: the lucene/ folder is missing; rebuild the index")
+        self.path, self.params = open_lucene_dir(path, self.KIND, self.FORMAT_VERSION)
         import_pyserini("pyserini.search.lucene")
         lift_clause_limit()
         from jnius import autoclass

@@ -113,55 +113,41 @@ class DatasetWorkspace(Resources):
 
         return self._cached("lucene", make)
 
+    def _encoded(self, label: str, path: Path, vectors_key: str, load, build):
+        """Reopen the index at ``path`` if it holds this corpus under ``vectors_key``; else encode the corpus with
+        ``build(docs, meta)``, save, and record the build time and encoding throughput under ``label``."""
+        try:
+            index = load(path)
+            if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get("vectors") != vectors_key:
+                raise IndexCorrupt("corpus or encoder changed")
+            logger.info("reusing %s index %s", label, path)
+            return index
+        except (IndexNotFound, IndexCorrupt):
+            docs = list(self.dataset.corpus.values())
+            t0 = time.perf_counter()
+            index = build(docs, {"corpus_sha1": self.fingerprint, "vectors": vectors_key})
+            secs = time.perf_counter() - t0
+            index.save(path)
+            self.stats.setdefault(label, {}).update(index_seconds=secs, encode_docs_per_s=len(docs) / secs)
+            return index
+
     def flat_index(self, s: DenseSettings):
         """The exact index of ``s``'s document vectors (encodes the corpus on first use)."""
         from rankstack.index.faiss_flat import DenseFlatIndex
         from rankstack.retrieval.dense import build_dense_index
 
-        def make():
-            path = self.root / f"dense-{slug(s.vectors_key)}"
-            try:
-                index = DenseFlatIndex.load(path)
-                if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get("vectors") != s.vectors_key:
-                    raise IndexCorrupt("corpus or encoder changed")
-                logger.info("reusing dense index %s", path)
-                return index
-            except (IndexNotFound, IndexCorrupt):
-                docs = list(self.dataset.corpus.values())
-                t0 = time.perf_counter()
-                index = build_dense_index(s.encoder(self.models), docs,
-                                          meta={"corpus_sha1": self.fingerprint, "vectors": s.vectors_key})
-                secs = time.perf_counter() - t0
-                index.save(path)
-                self.stats.setdefault("dense", {}).update(index_seconds=secs, encode_docs_per_s=len(docs) / secs)
-                return index
-
-        return self._cached(f"flat:{s.vectors_key}", make)
+        return self._cached(f"flat:{s.vectors_key}", lambda: self._encoded(
+            "dense", self.root / f"dense-{slug(s.vectors_key)}", s.vectors_key, DenseFlatIndex.load,
+            lambda docs, meta: build_dense_index(s.encoder(self.models), docs, meta=meta)))
 
     def sparse_index(self, s: SparseSettings):
         """The learned-sparse impacts of the corpus under ``s``'s encoder (encodes the corpus on first use)."""
         from rankstack.index.sparse import SparseIndex
         from rankstack.retrieval.sparse import build_sparse_index
 
-        def make():
-            path = self.root / f"splade-{slug(s.vectors_key)}"
-            try:
-                index = SparseIndex.load(path)
-                if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get("vectors") != s.vectors_key:
-                    raise IndexCorrupt("corpus or encoder changed")
-                logger.info("reusing sparse index %s", path)
-                return index
-            except (IndexNotFound, IndexCorrupt):
-                docs = list(self.dataset.corpus.values())
-                t0 = time.perf_counter()
-                index = build_sparse_index(s.encoder(self.models), docs,
-                                           meta={"corpus_sha1": self.fingerprint, "vectors": s.vectors_key})
-                secs = time.perf_counter() - t0
-                index.save(path)
-                self.stats.setdefault("splade", {}).update(index_seconds=secs, encode_docs_per_s=len(docs) / secs)
-                return index
-
-        return self._cached(f"sparse:{s.vectors_key}", make)
+        return self._cached(f"sparse:{s.vectors_key}", lambda: self._encoded(
+            "splade", self.root / f"splade-{slug(s.vectors_key)}", s.vectors_key, SparseIndex.load,
+            lambda docs, meta: build_sparse_index(s.encoder(self.models), docs, meta=meta)))
 
     def vector_index(self, s: DenseSettings):
         """The index ``s`` asks for: the exact one, or a compressed one built from its vectors."""

@@ -146,7 +146,6 @@ class CollectionConfig(_Strict):
 
     def index_keys(self) -> dict[str, str]:
         """index key -> the spec as configured; a ``bm25`` index has the key ``bm25``."""
-        from rankstack.pipeline.resources import DenseSettings
         from rankstack.pipeline.spec import RetrieverSpec, parse_pipeline
 
         keys: dict[str, str] = {}

@@ -79,7 +79,6 @@ def python_runs(subset, specs, workspace):
 def test_python_rankings_are_what_the_spec_says(subset, python_runs, workspace):
     """Against independent computations: the retrievers called directly, fused by the pure RRF function; the
     reranked 5 first, the 15 below in fused order with lower scores."""
-    from rankstack.spec import parse_item
 
     ds, _ = subset
     _, runs = python_runs

@@ -198,6 +198,19 @@ class IndexDirs(Resources):
 
             if self.lucene is None:
                 raise BadInput(f"the pipeline uses bm25 but none of {self.paths} is a BM25 index")
+            if item.get("engine", "lucene") == "matrix":
+                from rankstack.index.bm25_matrix import BM25Matrix
+                from rankstack.retrieval.bm25 import BM25MatrixRetriever
+
+                if self.lucene.docstore is None:
+                    raise BadInput(f"{self.lucene.path} stores no documents to build the BM25 matrix from; "
+                                   f"rebuild it with `rankstack index --kind bm25`")
+                with self._lock:
+                    if getattr(self, "_matrix", None) is None:
+                        self._matrix = BM25Matrix.build(iter(self.lucene.docstore))
+                        self._matrix.check_against(self.lucene)
+                return BM25MatrixRetriever(self._matrix, k1=item.get("k1", 0.9), b=item.get("b", 0.4),
+                                           threads=item.get("threads"), documents=self.documents)
             return BM25Retriever(self.lucene, k1=item.get("k1", 0.9), b=item.get("b", 0.4), threads=item.get("threads"))
         if item.kind == "dense":
             from rankstack.retrieval.dense import DenseRetriever

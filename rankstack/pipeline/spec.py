@@ -14,7 +14,7 @@ Operators, as in Python (``%`` binds tightest, then ``+``, then ``>>``):
 - ``a + b``: reciprocal rank fusion (``a + b + c`` fuses all three at once; ``rrf(...)``/``interp(...)`` take
   options: ``rrf:rrf_k=60(a, b)``, ``interp:alpha=0.3(a, b)``; ``alpha=auto`` is tuned by ``rankstack eval``).
 
-Retrievers: ``bm25`` (k1, b, threads), ``dense`` (model, index, batch_size, normalize, max_seq_length,
+Retrievers: ``bm25`` (k1, b, threads, engine=lucene|matrix), ``dense`` (model, index, batch_size, normalize, max_seq_length,
 query_prefix, document_prefix, device) and ``splade`` (learned sparse: model, query=model|idf, engine=scipy|lucene|
 seismic, batch_size, max_seq_length, device, threads, and Seismic's n_postings, summary_energy, query_cut,
 heap_factor). Rerankers: the kinds of :mod:`rankstack.rerank.factory` (or, in the
@@ -64,14 +64,14 @@ PRESETS = {
 
 # retriever kind -> option -> default value (or type when there is no default)
 RETRIEVER_OPTIONS: dict[str, dict[str, Any]] = {
-    "bm25": {"k1": 0.9, "b": 0.4, "threads": int},
+    "bm25": {"k1": 0.9, "b": 0.4, "threads": int, "engine": "lucene"},
     "dense": {"model": str, "index": Item, "batch_size": 64, "normalize": True, "max_seq_length": int,
               "query_prefix": "", "document_prefix": "", "device": str},
     "splade": {"model": str, "query": "model", "engine": "scipy", "batch_size": 32, "max_seq_length": 256,
                "device": str, "threads": int, "n_postings": int, "summary_energy": float, "query_cut": int,
                "heap_factor": float},
 }
-_CHOICES = {"query": ("model", "idf"), "engine": ("scipy", "lucene", "seismic")}
+_CHOICES = {"query": ("model", "idf"), "engine": ("scipy", "lucene", "seismic", "matrix")}
 FUSION_OPTIONS: dict[str, dict[str, Any]] = {"rrf": {"rrf_k": 60}, "interp": {"alpha": 0.5}}
 
 STRING_HELP = ("a pipeline is a retriever (bm25, dense, splade), a fusion (a + b, rrf(a, b), interp:alpha=0.3(a, b)) or a "

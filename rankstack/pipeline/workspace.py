@@ -76,6 +76,11 @@ class DatasetWorkspace(Resources):
             from rankstack.retrieval.bm25 import BM25Retriever
 
             k1, b, threads = item.get("k1", self.k1), item.get("b", self.b), item.get("threads", self.threads)
+            if item.get("engine", "lucene") == "matrix":
+                from rankstack.retrieval.bm25 import BM25MatrixRetriever
+
+                return self._cached(f"bm25m:{k1}:{b}:{threads}", lambda: BM25MatrixRetriever(
+                    self.bm25_matrix(), k1=k1, b=b, threads=threads))
             return self._cached(f"bm25:{k1}:{b}:{threads}",
                                 lambda: BM25Retriever(self.lucene(), k1=k1, b=b, threads=threads))
         if item.kind == "dense":
@@ -112,6 +117,25 @@ class DatasetWorkspace(Resources):
                 return index
 
         return self._cached("lucene", make)
+
+    def bm25_matrix(self):
+        """Lucene's BM25 postings as a score matrix (``bm25:engine=matrix``), checked against the Lucene index."""
+        from rankstack.index.bm25_matrix import BM25Matrix
+
+        def make():
+            lucene, path = self.lucene(), self.root / "bm25-matrix"
+            try:
+                m = BM25Matrix.load(path)
+                if m.meta.get("corpus_sha1") != self.fingerprint:
+                    raise IndexCorrupt("corpus changed")
+                return m
+            except (IndexNotFound, IndexCorrupt):
+                m = BM25Matrix.build(self.dataset.corpus.values(), meta={"corpus_sha1": self.fingerprint})
+                m.check_against(lucene)
+                m.save(path)
+                return m
+
+        return self._cached("bm25-matrix", make)
 
     def _encoded(self, label: str, path: Path, vectors_key: str, load, build):
         """Reopen the index at ``path`` if it holds this corpus under ``vectors_key``; else encode the corpus with

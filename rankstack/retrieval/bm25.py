@@ -10,7 +10,7 @@ from rankstack.index.lucene import LuceneIndex
 from rankstack.records import Candidate, Query, Ranking
 from rankstack.retrieval.base import Retriever, validate_queries
 
-__all__ = ["BM25Retriever"]
+__all__ = ["BM25Retriever", "BM25MatrixRetriever"]
 
 
 class BM25Retriever(Retriever):
@@ -47,6 +47,31 @@ class BM25Retriever(Retriever):
         out = []
         for q in queries:
             pairs = [(h.docid, float(h.score)) for h in hits.get(q.qid, [])]
+            pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
+            out.append(Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in pairs)))
+        return out
+
+
+class BM25MatrixRetriever(Retriever):
+    """``bm25:engine=matrix``: Lucene's BM25 computed from a :class:`~rankstack.index.bm25_matrix.BM25Matrix` of the
+    same documents, returning the runs Pyserini returns (docids and float32 scores; documents tied at the cut
+    may differ) at score-matrix speed. ``threads`` > 1 searches a batch's queries in parallel."""
+
+    kind = "bm25"
+
+    def __init__(self, matrix, *, k1: float = 0.9, b: float = 0.4, threads: int | None = None, documents=None):
+        self.matrix, self.k1, self.b = matrix, k1, b
+        self.threads = threads or 1
+        self.documents = documents
+        self.name = f"bm25(k1={k1},b={b},matrix)"
+
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        validate_queries(queries, k)
+        if not queries:
+            return []
+        hits = self.matrix.search([q.text for q in queries], k, k1=self.k1, b=self.b, threads=self.threads)
+        out = []
+        for q, pairs in zip(queries, hits):
             pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
             out.append(Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in pairs)))
         return out

@@ -285,6 +285,9 @@ class IndexSet:
             if not self.has_bm25:
                 raise BadInput(f"collection {self.config.name!r} has no bm25 index; its indexes are "
                                f"{self.config.indexes}")
+            if item.get("engine", "lucene") != "lucene":
+                raise BadInput("bm25:engine=matrix serves static indexes (rankstack eval/search); a collection's BM25 "
+                               "changes with every write and runs on Lucene: drop engine=")
             return _LiveBM25(self, item.get("k1", 0.9), item.get("b", 0.4), item.get("threads"))
         if item.kind == "dense":
             s = DenseSettings.of(item, self.config.encoder)

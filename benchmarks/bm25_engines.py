@@ -2,6 +2,7 @@
 Lucene-exact matrix engine (`bm25:engine=matrix`) and bm25s, single-threaded and batched, with nDCG@10 and the
 number of queries whose run equals Pyserini's (ties at the cut aside). Times include query analysis/tokenization.
 
+    pip install -e '.[bench]'    # bm25s
     python benchmarks/bm25_engines.py [--datasets scifact nfcorpus] [--out DIR]
 """
 

@@ -34,7 +34,7 @@ from rankstack.index.lucene_impact import LuceneImpactIndex, query_dicts
 from rankstack.pipeline import DatasetWorkspace
 from rankstack.pipeline.resources import SparseSettings
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
-from rankstack.retrieval.sparse import SparseRetriever, _Seismic
+from rankstack.retrieval.sparse import SparseRetriever, _Seismic, captured_stdout
 
 from _table import markdown, save_results  # noqa: E402
 
@@ -133,8 +133,16 @@ def bench(data: Path, name: str, root: Path, single: int, chosen: dict) -> tuple
         mode: sum(same_up_to_ties(a[:100], b[:100]) for a, b in zip(lucene_runs[mode], exact[mode])) / len(texts)
         for mode in exact}
 
-    seis = _Seismic(sparse, chosen["n_postings"], 0.4, 1)
-    info["seismic_space"] = _captured(seis.index.print_space_usage_byte)
+    retr = {
+        "bm25 (Lucene)": bm25,
+        "splade lucene impact": SparseRetriever(enc, sparse, engine="lucene", lucene_path=lucene_path),
+        "splade scipy": SparseRetriever(enc, sparse),
+        "splade seismic": SparseRetriever(enc, sparse, engine="seismic", **chosen),
+    }
+    seis = retr["splade seismic"]._seismic()  # the engine the retriever searches (built once)
+    with captured_stdout([]) as printed:
+        seis.index.print_space_usage_byte()
+    info["seismic_space"] = " ".join(" ".join(printed).split())
 
     rows = []
     d_model = query_dicts(sparse, q_model)
@@ -144,12 +152,6 @@ def bench(data: Path, name: str, root: Path, single: int, chosen: dict) -> tuple
         "splade scipy": (lambda: sparse.docid_pairs(sparse.search(q_model, 1000)), exact["model"]),
         "splade seismic": (lambda: seis.search(d_model, 1000, chosen["query_cut"], chosen["heap_factor"], 1),
                            exact["model"]),
-    }
-    retr = {
-        "bm25 (Lucene)": bm25,
-        "splade lucene impact": SparseRetriever(enc, sparse, engine="lucene", lucene_path=lucene_path),
-        "splade scipy": SparseRetriever(enc, sparse),
-        "splade seismic": SparseRetriever(enc, sparse, engine="seismic", **chosen),
     }
     for label, (fn, ref) in engines.items():
         fn()  # warm (JIT, caches)
@@ -174,24 +176,6 @@ def bench(data: Path, name: str, root: Path, single: int, chosen: dict) -> tuple
     rows.append({"dataset": name, "engine": "splade-if scipy (IDF queries)", "qps_search_batched": len(queries) / secs,
                  "p50_ms_single": p50, "p95_ms_single": p95, "qps_single": qps1})
     return rows, info
-
-
-def _captured(fn) -> str:
-    """What ``fn`` prints on file descriptor 1 (Seismic's Rust code)."""
-    import tempfile
-
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 1)
-        try:
-            fn()
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
-        tmp.seek(0)
-        return " ".join(tmp.read().decode("utf-8", "replace").split())
 
 
 def _slug(s) -> str:

@@ -183,6 +183,14 @@ class BM25Matrix:
             self._prepared[key] = (f32(1) + self.freqs.astype(f32) * inv).astype(f32)
         return self._prepared[key]
 
+    def _idf(self) -> np.ndarray:
+        """Every term's ``(float) ln(1 + (docCount - df + 0.5) / (df + 0.5))``, computed once."""
+        if getattr(self, "_idf_table", None) is None:
+            df = np.diff(self.indptr).astype(np.float64)
+            n = float(self.doc_count)
+            self._idf_table = np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        return self._idf_table
+
     def analyze(self, text: str) -> list[str]:
         if self._analyzer is None:
             self._analyzer = _analyzer()
@@ -199,12 +207,10 @@ class BM25Matrix:
             return []
         acc = np.zeros(len(self.docids), dtype=np.float64)
         hit = np.zeros(len(self.docids), dtype=bool)
-        n = np.float64(self.doc_count)
+        idf = self._idf()
         for j, c in counts.items():
             s, e = self.indptr[j], self.indptr[j + 1]
-            df = e - s
-            idf = np.float32(np.log(1 + (n - df + 0.5) / (df + 0.5)))
-            w = np.float32(c) * idf
+            w = np.float32(c) * idf[j]
             d = self.docs[s:e]
             acc[d] += (w - w / y[s:e]).astype(np.float64)
             hit[d] = True

@@ -107,7 +107,7 @@ class SparseSettings:
 
     def encoder(self, models: ModelCache):
         return models.sparse_encoder(self.model, max_seq_length=self.max_seq_length, batch_size=self.batch_size,
-                                     query=self.query, device=self.device)
+                                     device=self.device)
 
     def retriever(self, models: ModelCache, index, *, lucene_path=None, documents=None):
         from rankstack.retrieval.sparse import SparseRetriever

@@ -27,10 +27,11 @@ from rankstack.errors import BadInput, MissingExtra
 from rankstack.index.sparse import DEFAULT_SCALE, SparseIndex
 from rankstack.records import Candidate, Document, Query, Ranking
 from rankstack.retrieval.base import Retriever, validate_queries
+from rankstack.retrieval.sparse_encoders import QUERY_MODES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SparseRetriever", "build_sparse_index", "ENGINES", "SEISMIC_DEFAULTS"]
+__all__ = ["SparseRetriever", "build_sparse_index", "captured_stdout", "ENGINES", "SEISMIC_DEFAULTS"]
 
 ENGINES = ("scipy", "lucene", "seismic")
 # chosen on NFCorpus's dev queries (the first setting of a grid with Recall@10 >= 0.99 against exact search,
@@ -42,9 +43,8 @@ def build_sparse_index(encoder, documents: Sequence[Document], *, scale: float =
                        meta: dict | None = None) -> SparseIndex:
     """Encode ``documents`` (with a progress bar) into a new in-memory :class:`SparseIndex`; ``save()`` it."""
     t0 = time.perf_counter()
-    weights = encoder.encode_documents(documents)
+    weights, tokens = encoder.encode_documents(documents, with_tokens=True)
     secs = time.perf_counter() - t0
-    tokens = encoder.document_tokens([d.contents for d in documents])
     info = {"model": encoder.model_name, "max_seq_length": encoder.max_seq_length, "encode_seconds": round(secs, 3),
             "truncated_documents": encoder.truncated, **(meta or {})}
     index = SparseIndex(encoder.vocab, fingerprint=encoder.fingerprint, scale=scale, meta=info)
@@ -55,8 +55,9 @@ def build_sparse_index(encoder, documents: Sequence[Document], *, scale: float =
 
 
 @contextlib.contextmanager
-def _stdout_to_log():
-    """Seismic's Rust code prints build progress to file descriptor 1; send it to the debug log instead."""
+def captured_stdout(lines: list[str]):
+    """Collect what native code (Seismic's Rust) prints on file descriptor 1 into ``lines`` instead of the
+    terminal."""
     import sys
     import tempfile
 
@@ -65,14 +66,13 @@ def _stdout_to_log():
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 1)
         try:
-            yield
+            yield lines
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)
             os.close(saved)
             tmp.seek(0)
-            for line in tmp.read().decode("utf-8", "replace").splitlines():
-                logger.debug("seismic: %s", line)
+            lines += tmp.read().decode("utf-8", "replace").splitlines()
 
 
 class _Seismic:
@@ -93,10 +93,12 @@ class _Seismic:
                 ds.add_document(d, np.asarray(vocab[impacts.indices[s:e]], dtype=self._string),
                                 impacts.data[s:e].astype(np.float32))
         t0 = time.perf_counter()
-        with _stdout_to_log():
+        with captured_stdout([]) as printed:
             self.index = seismic.SeismicIndex.build_from_dataset(ds, n_postings=int(n_postings),
                                                                  summary_energy=float(summary_energy),
                                                                  num_threads=int(threads))
+        for line in printed:
+            logger.debug("seismic: %s", line)
         logger.info("built a Seismic index of %d documents in %.1f s", len(docids), time.perf_counter() - t0)
         self.version = sparse.version
 
@@ -121,13 +123,13 @@ class _Seismic:
 class SparseRetriever(Retriever):
     """Sparse-encode queries (or weight their tokens by IDF), then search ``index`` with ``engine``.
 
-    ``lucene_path``: where the Lucene impact index of ``index`` lives or is built (engine ``lucene``; None: a
-    folder next to nothing, so one must be given). ``documents``: where pipelines find candidate texts.
+    ``lucene_path``: where the Lucene impact index of ``index`` lives or is built (required by engine ``lucene``,
+    rebuilt when the impacts change). ``documents``: where pipelines find candidate texts.
     """
 
     kind = "splade"
 
-    def __init__(self, encoder, index: SparseIndex, *, engine: str = "scipy", query: str | None = None,
+    def __init__(self, encoder, index: SparseIndex, *, engine: str = "scipy", query: str = "model",
                  lucene_path: str | Path | None = None, threads: int | None = None,
                  documents=None, **seismic_params):
         if not isinstance(index, SparseIndex):
@@ -142,9 +144,9 @@ class SparseRetriever(Retriever):
             raise BadInput("engine=lucene needs the folder of the Lucene impact index (lucene_path)")
         index.check_encoder(encoder)
         self.encoder, self.index, self.engine = encoder, index, engine
-        self.query_mode = query or encoder.query_mode
-        if self.query_mode not in ("model", "idf"):
-            raise BadInput(f"query must be 'model' or 'idf', got {self.query_mode!r}")
+        if query not in QUERY_MODES:
+            raise BadInput(f"query must be one of {', '.join(QUERY_MODES)}, got {query!r}")
+        self.query_mode = query
         self.lucene_path = Path(lucene_path) if lucene_path is not None else None
         self.threads = threads or 1
         self.seismic_params = {**SEISMIC_DEFAULTS, **seismic_params}

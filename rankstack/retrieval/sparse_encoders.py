@@ -32,12 +32,10 @@ from rankstack.records import Document
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SPARSE_MODEL", "SparseTextEncoder", "load_sparse_model", "resolve_sparse_model", "vocab_fingerprint",
-           "SPARSE_ENCODER_OPTIONS", "QUERY_MODES"]
+           "QUERY_MODES"]
 
 DEFAULT_SPARSE_MODEL = "splade-tiny"
-QUERY_MODES = ("model", "idf")
-# options a sparse retriever spec may give its encoder, with defaults
-SPARSE_ENCODER_OPTIONS = {"batch_size": 32, "max_seq_length": 256, "device": "cpu"}
+QUERY_MODES = ("model", "idf")  # how a sparse retriever turns queries into weights
 
 
 def _cassette_folder() -> str | None:
@@ -136,6 +134,29 @@ class DecoderSplade:
     encode_document = encode_query = _encode
 
 
+def _vocabulary(model) -> tuple[list[str], str]:
+    """The token of every output column and its fingerprint, computed once per loaded model (encoders that share a
+    model share them)."""
+    cached = getattr(model, "_rankstack_vocabulary", None)
+    if cached is not None:
+        return cached
+    import torch
+
+    with torch.no_grad():  # the output width is the vocabulary the weights live in (the LM head's rows)
+        dim = int(model.encode_query(["a"], convert_to_tensor=True, convert_to_sparse_tensor=False,
+                                     show_progress_bar=False).shape[-1])
+    inv = [""] * dim
+    for tok, i in model.tokenizer.get_vocab().items():
+        if i < dim:
+            inv[i] = tok
+    for i, tok in enumerate(inv):  # ids without a token (padded vocabularies) still need distinct names
+        if not tok:
+            inv[i] = f"[unused-id-{i}]"
+    cached = (inv, vocab_fingerprint(inv))
+    model._rankstack_vocabulary = cached
+    return cached
+
+
 def _check_sparse(model, name: str) -> None:
     """Reject models that are not sparse encoders (a dense sentence-transformer, a plain encoder that
     sentence-transformers would wrap in an untrained sparse autoencoder)."""
@@ -156,15 +177,13 @@ class SparseTextEncoder:
     ``vocab`` is the model's token list (column ``i`` is token ``vocab[i]``); :attr:`fingerprint` identifies it, so
     an index can refuse queries from an encoder with another vocabulary. Documents are encoded as
     ``title + " " + text``, truncated to ``max_seq_length`` tokens (the number truncated is logged).
-    ``query="idf"`` makes :meth:`query_tokens` the query path (the retriever weights the tokens by the index's IDF).
+    The inference-free path (a retriever's ``query="idf"``) uses :meth:`query_tokens` instead of the model.
     """
 
     def __init__(self, model: str = DEFAULT_SPARSE_MODEL, *, device: str | None = None, batch_size: int = 32,
-                 max_seq_length: int = 256, query: str = "model", show_progress: bool | None = None, loaded=None):
+                 max_seq_length: int = 256, show_progress: bool | None = None, loaded=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise BadInput(f"batch_size must be a positive integer, got {batch_size!r}")
-        if query not in QUERY_MODES:
-            raise BadInput(f"query must be one of {QUERY_MODES}, got {query!r}")
         self.model_name = model
         self.model = loaded if loaded is not None else load_sparse_model(model, device=device or "cpu",
                                                                           max_seq_length=max_seq_length)
@@ -172,24 +191,9 @@ class SparseTextEncoder:
         self.model.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
-        self.query_mode = query
         self.show_progress = show_progress
         self.tokenizer = self.model.tokenizer
-        vocab = self.tokenizer.get_vocab()
-        import torch
-
-        with torch.no_grad():  # the output width is the vocabulary the weights live in (the LM head's rows)
-            dim = int(self.model.encode_query(["a"], convert_to_tensor=True, convert_to_sparse_tensor=False,
-                                              show_progress_bar=False).shape[-1])
-        inv = [""] * dim
-        for tok, i in vocab.items():
-            if i < dim:
-                inv[i] = tok
-        for i, tok in enumerate(inv):  # ids without a token (padded vocabularies) still need distinct names
-            if not tok:
-                inv[i] = f"[unused-id-{i}]"
-        self.vocab: list[str] = inv
-        self.fingerprint = vocab_fingerprint(inv)
+        self.vocab, self.fingerprint = _vocabulary(self.model)
         self.truncated = 0
 
     @property
@@ -228,15 +232,26 @@ class SparseTextEncoder:
         out.eliminate_zeros()
         return out
 
-    def _count_truncated(self, texts: list[str]) -> int:
-        n = 0
-        for s in range(0, len(texts), 256):
-            enc = self.tokenizer(texts[s:s + 256], add_special_tokens=True, truncation=False,
-                                 verbose=False)["input_ids"]
-            n += sum(len(ids) > self.max_seq_length for ids in enc)
-        return n
+    def _plain_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids without special tokens and without truncation."""
+        out: list[list[int]] = []
+        for s in range(0, len(texts), 512):
+            out += self.tokenizer(list(texts[s:s + 512]), add_special_tokens=False, truncation=False,
+                                  verbose=False)["input_ids"]
+        return out
 
-    def encode_documents(self, docs: Sequence[Document | str]):
+    def _token_matrix(self, ids: list[list[int]]):
+        import scipy.sparse as sp
+
+        sets = [np.unique(np.asarray(x, dtype=np.int32)) for x in ids]
+        indptr = np.zeros(len(sets) + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([u.size for u in sets])
+        ind = np.concatenate(sets) if sets else np.zeros(0, np.int32)
+        return sp.csr_matrix((np.ones(ind.size, np.uint8), ind, indptr), shape=(len(sets), self.dim))
+
+    def encode_documents(self, docs: Sequence[Document | str], *, with_tokens: bool = False):
+        """Float CSR ``[n, vocab]`` of the documents' weights; with ``with_tokens``, also :meth:`document_tokens`
+        of them (one tokenization serves both that and the truncation count)."""
         texts = [d.contents if isinstance(d, Document) else d for d in docs]
         empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
         if empty:
@@ -246,13 +261,15 @@ class SparseTextEncoder:
                            f"to weight; drop empty documents or give them a title")
         t0 = time.perf_counter()
         out = self._encode(texts, "document", progress=True)
-        cut = self._count_truncated(texts)
+        ids = self._plain_ids(texts)
+        special = self.tokenizer.num_special_tokens_to_add()
+        cut = sum(len(x) + special > self.max_seq_length for x in ids)
         self.truncated += cut
         if cut:
             logger.info("%d of %d documents were longer than %d tokens and were truncated", cut, len(texts),
                         self.max_seq_length)
         logger.debug("sparse-encoded %d documents in %.1f s", len(texts), time.perf_counter() - t0)
-        return out
+        return (out, self._token_matrix(ids)) if with_tokens else out
 
     def encode_queries(self, texts: Sequence[str]):
         """Queries through the model (the ``query="model"`` path)."""
@@ -260,20 +277,8 @@ class SparseTextEncoder:
 
     def query_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Each query's distinct vocabulary ids (the inference-free path; no model call)."""
-        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-        return [np.unique(np.asarray(ids, dtype=np.int64)) for ids in enc]
+        return [np.unique(np.asarray(ids, dtype=np.int64)) for ids in self._plain_ids(texts)]
 
     def document_tokens(self, texts: Sequence[str]):
         """Binary CSR ``[n, vocab]``: which vocabulary ids each text contains (document frequencies for IDF)."""
-        import scipy.sparse as sp
-
-        indptr, indices = [0], []
-        for s in range(0, len(texts), 512):
-            for ids in self.tokenizer(list(texts[s:s + 512]), add_special_tokens=False, truncation=False,
-                                      verbose=False)["input_ids"]:
-                u = np.unique(np.asarray(ids, dtype=np.int32))
-                indices.append(u)
-                indptr.append(indptr[-1] + u.size)
-        ind = np.concatenate(indices) if indices else np.zeros(0, np.int32)
-        return sp.csr_matrix((np.ones(ind.size, np.uint8), ind, np.asarray(indptr, np.int64)),
-                             shape=(len(texts), self.dim))
+        return self._token_matrix(self._plain_ids(texts))

@@ -185,17 +185,22 @@ class IndexSet:
         slot.index = index
         slot.applied_seq = index.meta.get("applied_seq", 0)
 
+    def _delta(self, applied_seq: int, holds, all_held, changed: Sequence[str] | None):
+        """What an index that includes the log up to ``applied_seq`` (``holds(docid)``; ``all_held()`` lists its
+        docids) must drop (``stale``) and (re)encode (``todo``) to match the log: only ``changed`` when it was in
+        step before this write, else everything written since ``applied_seq`` (recovery after a crash, first open)."""
+        log = self.log
+        if changed is not None and applied_seq == log.seq - 1:
+            return [d for d in changed if holds(d)], [d for d in changed if d in log]
+        held = all_held()
+        stale = [d for d in held if d not in log or log.seq_of(d) > applied_seq]
+        present, stale_set = set(held), set(stale)
+        return stale, [d for d in log if d not in present or d in stale_set]
+
     def _sync_dense(self, slot: _Dense, changed: Sequence[str] | None) -> None:
         log, index = self.log, slot.index
-        if changed is not None and slot.applied_seq == log.seq - 1:  # in step before this write: only the change
-            stale = [d for d in changed if d in index or d in slot.pending]
-            todo = [d for d in changed if d in log]
-        else:
-            applied = slot.applied_seq
-            stale = [d for d in [*index.docids, *slot.pending] if d not in log or log.seq_of(d) > applied]
-            present = set(index.docids) | set(slot.pending)
-            stale_set = set(stale)
-            todo = [d for d in log if d not in present or d in stale_set]
+        stale, todo = self._delta(slot.applied_seq, lambda d: d in index or d in slot.pending,
+                                  lambda: [*index.docids, *slot.pending], changed)
         if not stale and not todo and slot.applied_seq == log.seq:
             return
         vectors = self._encode(slot, todo)  # slow part, before taking the lock
@@ -254,18 +259,12 @@ class IndexSet:
     def _sync_sparse(self, slot: _Sparse, changed: Sequence[str] | None) -> None:
         """As :meth:`_sync_dense`: remove what changed, add the new versions, save atomically."""
         log, index = self.log, slot.index
-        if changed is not None and slot.applied_seq == log.seq - 1:
-            stale = [d for d in changed if d in index]
-            todo = [d for d in changed if d in log]
-        else:
-            stale = [d for d in index.docids if d not in log or log.seq_of(d) > slot.applied_seq]
-            stale_set, present = set(stale), set(index.docids)
-            todo = [d for d in log if d not in present or d in stale_set]
+        stale, todo = self._delta(slot.applied_seq, index.__contains__, lambda: index.docids, changed)
         if not stale and not todo and slot.applied_seq == log.seq:
             return
         docs = [self.log[d] for d in todo]
-        weights = slot.encoder.encode_documents(docs) if docs else None  # slow part, before taking the lock
-        tokens = slot.encoder.document_tokens([d.contents for d in docs]) if docs else None
+        # the slow part, before taking the lock
+        weights, tokens = slot.encoder.encode_documents(docs, with_tokens=True) if docs else (None, None)
         with self.lock.write():
             if stale:
                 index.remove(stale)

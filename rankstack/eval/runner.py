@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 from rankstack.errors import BadInput
 from rankstack.eval.datasets import BeirDataset, load_beir
 from rankstack.eval.metrics import DEFAULT_METRICS, EvalResult, evaluate
-from rankstack.pipeline.spec import PRESETS, PipelineSpec, parse_pipeline, split_named
+from rankstack.pipeline.spec import PRESETS, PipelineSpec, RelevanceSpec, parse_pipeline, split_named
 from rankstack.pipeline.tuning import auto_fusions, run_tuned
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT, DatasetWorkspace
 from rankstack.records import Run
@@ -62,18 +62,24 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
                   metrics: Sequence[str] = DEFAULT_METRICS, tune_split: str | None = "auto",
                   model: str = DEFAULT_DENSE_MODEL, k1: float = 0.9, b: float = 0.4, threads: int | None = None,
                   workspace: DatasetWorkspace | None = None, show_progress: bool | None = None,
-                  ) -> tuple[BeirDataset, dict[str, PipelineResult], DatasetWorkspace]:
+                  relevance_adapter: str | None = None) -> tuple[BeirDataset, dict[str, PipelineResult], DatasetWorkspace]:
     """Run and evaluate each pipeline. ``alpha=auto`` (e.g. the ``hybrid-interp`` preset) is tuned on
     ``tune_split`` (``auto``: the dataset's ``dev`` split when it has one and it is not the evaluated split,
     else 2-fold cross-validation over the evaluated queries).
 
     A pipeline with rerank stages also yields a row ``<name> [rerank input]``: the ranking its first rerank stage
-    received (cut to ``k``), at no extra cost, so that a reranker is always measured against its own input."""
+    received (cut to ``k``), at no extra cost, so that a reranker is always measured against its own input.
+
+    A pipeline with a relevance filter (``>> filter(0.5)``, ``>> relevance:adapter=FILE``; ``relevance_adapter``
+    is the default adapter file) also gets set metrics of what it kept: ``set_P``, ``set_R``, ``set_F1`` (means
+    over queries), ``empty`` (share of queries left with nothing) and ``kept`` (mean list length)."""
     specs = named_specs(pipelines)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise BadInput(f"k must be a positive integer, got {k!r}")
     ds = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
     ws = workspace or DatasetWorkspace(ds, index_root, model=model, k1=k1, b=b, threads=threads)
+    if relevance_adapter:
+        ws.relevance_adapter = str(relevance_adapter)
     queries = list(ds.queries.values())
     tune = None
     if any(auto_fusions(s) for s in specs.values()):
@@ -93,6 +99,11 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
         stats.update({f"seconds_{stage}": v for stage, v in output.timings.items()})
         if tuning is not None:
             stats.update(alpha=_mean_alpha(tuning.alphas), alphas=tuning.alphas, tuned_on=tuning.tuned_on)
+        if any(isinstance(n, RelevanceSpec) for n in spec.walk()):
+            from rankstack.rag.relevance import set_metrics
+
+            sm = set_metrics({r.query.qid: r.docids for r in output.rankings}, ds.qrels)
+            stats.update(set_P=sm["P"], set_R=sm["R"], set_F1=sm["F1"], empty=sm["empty"], kept=sm["mean_kept"])
         for kind in ("bm25", "dense"):
             if any(r.item.kind == kind for r in spec.retrievers()):
                 stats.update(ws.stats.get(kind, {}))

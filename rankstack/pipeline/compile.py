@@ -8,8 +8,8 @@ from typing import Any, Mapping
 from rankstack.errors import BadInput
 from rankstack.pipeline.core import Cutoff, Filter, Fuse, Pipeline, Rerank, Retrieve
 from rankstack.pipeline.resources import Resources
-from rankstack.pipeline.spec import (CutSpec, FilterSpec, FusionSpec, PipelineSpec, RerankSpec, RetrieverSpec,
-                                     filter_conditions, parse_pipeline, pipeline_from_table)
+from rankstack.pipeline.spec import (CutSpec, FilterSpec, FusionSpec, PipelineSpec, RelevanceSpec, RerankSpec,
+                                     RetrieverSpec, filter_conditions, parse_pipeline, pipeline_from_table)
 
 __all__ = ["compile_pipeline", "as_spec"]
 
@@ -28,6 +28,9 @@ def compile_pipeline(spec: str | PipelineSpec | Mapping[str, Any], resources: Re
     spec = as_spec(spec, resources.named_rerankers)
 
     def build(ps: PipelineSpec) -> Pipeline:
+        # relevance filters first: a foreign adapter is refused before any index is built or model loaded
+        relevance = {i: resources.relevance_filter(st.item, PipelineSpec(ps.source, ps.stages[:i]))
+                     for i, st in enumerate(ps.stages) if isinstance(st, RelevanceSpec)}
         src = ps.source
         if isinstance(src, RetrieverSpec):
             source = Retrieve(resources.retriever(src.item))
@@ -40,8 +43,10 @@ def compile_pipeline(spec: str | PipelineSpec | Mapping[str, Any], resources: Re
             source = Fuse(src.item.kind, [build(p) for p in src.inputs], rrf_k=src.item.get("rrf_k", 60),
                           alpha=alpha)
         stages = []
-        for st in ps.stages:
-            if isinstance(st, CutSpec):
+        for i, st in enumerate(ps.stages):
+            if isinstance(st, RelevanceSpec):
+                stages.append(relevance[i])
+            elif isinstance(st, CutSpec):
                 stages.append(Cutoff(st.k))
             elif isinstance(st, FilterSpec):
                 stages.append(Filter(filter_conditions(st.item)))

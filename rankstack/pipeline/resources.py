@@ -129,6 +129,8 @@ class Resources(ABC):
     named_rerankers: Mapping[str, RerankerSpec] = {}
     default_model: str = DEFAULT_DENSE_MODEL
     documents: Mapping[str, Document] | None = None
+    relevance_adapter: str | None = None
+    """The adapter file that ``filter(0.5)`` (a relevance stage naming no adapter) uses."""
 
     def __init__(self, models: ModelCache | None = None):
         self.models = models or ModelCache()
@@ -151,6 +153,26 @@ class Resources(ABC):
             if key not in self._rerankers:
                 self._rerankers[key] = build_reranker(spec, self.models)
             return self._rerankers[key], spec.stage_depth
+
+
+    def relevance_filter(self, item: Item, upstream) -> Any:
+        """The relevance filter stage an item names (``relevance:adapter=FILE,min=0.5``), checked against the
+        pipeline ``upstream`` of it: an adapter fitted on other scores is refused."""
+        from rankstack.rag.relevance import RelevanceFilter, RelevanceModel, score_key
+
+        path = item.get("adapter") or self.relevance_adapter
+        if not path:
+            raise BadInput("a relevance filter needs a fitted adapter: name it (relevance:adapter=FILE,min=0.5) or set "
+                           "the default (rankstack eval/search --relevance-adapter FILE; the service's collection key "
+                           "relevance_adapter). Fit one with `rankstack relevance fit`")
+        model = RelevanceModel.load(path)
+        key = score_key(upstream)
+        if model.pipeline != key:
+            raise BadInput(f"relevance adapter {path} was fitted on the scores of {model.pipeline!r}, but here it "
+                           f"follows {key!r}; fit one for this pipeline: rankstack relevance fit --pipeline "
+                           f"\"{key}\" ...")
+        encoder = self.models.encoder(model.encoder) if model.method == "adapter" else None
+        return RelevanceFilter(model, min_relevance=item.get("min"), encoder=encoder)
 
 
 class IndexDirs(Resources):

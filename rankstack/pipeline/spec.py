@@ -43,7 +43,8 @@ from typing import Any, Iterable, Mapping, Union
 from rankstack.errors import BadInput
 from rankstack.spec import Item, Parser, coerce, unknown_option
 
-__all__ = ["PipelineSpec", "RetrieverSpec", "FusionSpec", "RerankSpec", "FilterSpec", "CutSpec", "PRESETS",
+__all__ = ["PipelineSpec", "RetrieverSpec", "FusionSpec", "RerankSpec", "FilterSpec", "RelevanceSpec", "CutSpec",
+           "PRESETS", "RELEVANCE_OPTIONS",
            "parse_pipeline", "pipeline_from_table", "split_named", "RETRIEVER_OPTIONS", "filter_item",
            "retriever_item", "STRING_HELP"]
 
@@ -73,10 +74,11 @@ RETRIEVER_OPTIONS: dict[str, dict[str, Any]] = {
 }
 _CHOICES = {"query": ("model", "idf"), "engine": ("scipy", "lucene", "seismic", "matrix")}
 FUSION_OPTIONS: dict[str, dict[str, Any]] = {"rrf": {"rrf_k": 60}, "interp": {"alpha": 0.5}}
+RELEVANCE_OPTIONS: dict[str, Any] = {"adapter": str, "min": float}
 
 STRING_HELP = ("a pipeline is a retriever (bm25, dense, splade), a fusion (a + b, rrf(a, b), interp:alpha=0.3(a, b)) or a "
                "preset (" + ", ".join(PRESETS) + "), then optional stages: >> reranker (e.g. first:depth=20), "
-               ">> filter:field=value, % k")
+               ">> filter:field=value, >> relevance:adapter=FILE,min=0.5 (or filter(0.5)), % k")
 
 
 # ---- the tree -------------------------------------------------------------------------------------------------
@@ -115,6 +117,17 @@ class FilterSpec:
 
 
 @dataclass(frozen=True)
+class RelevanceSpec:
+    """A relevance filter: ``relevance:adapter=FILE,min=0.5``, or ``filter(0.5)`` (the resources' default
+    adapter at threshold 0.5); without ``min`` the adapter's own threshold."""
+
+    item: Item
+
+    def __str__(self) -> str:
+        return f" >> {self.item}"
+
+
+@dataclass(frozen=True)
 class CutSpec:
     k: int
 
@@ -122,7 +135,7 @@ class CutSpec:
         return f" % {self.k}"
 
 
-StageSpec = Union[RerankSpec, FilterSpec, CutSpec]
+StageSpec = Union[RerankSpec, FilterSpec, RelevanceSpec, CutSpec]
 
 
 @dataclass(frozen=True)
@@ -181,8 +194,8 @@ def _typed(item: Item, schema: Mapping[str, Any], where: str) -> Item:
             opts.append((key, "auto"))
             continue
         v = coerce(value, like, key=key, where=where)
-        if key == "alpha" and not 0.0 <= v <= 1.0:
-            raise BadInput(f"{where}: alpha must lie in [0, 1], got {v}")
+        if key in ("alpha", "min") and not 0.0 <= v <= 1.0:
+            raise BadInput(f"{where}: {key} must lie in [0, 1], got {v}")
         if key in ("rrf_k",) and v < 0:
             raise BadInput(f"{where}: the RRF constant rrf_k must be >= 0, got {v}")
         if key in _CHOICES and v not in _CHOICES[key]:
@@ -243,6 +256,8 @@ class _Context:
             return "preset"
         if kind == "filter":
             return "filter"
+        if kind == "relevance":
+            return "relevance filter"
         if kind in RERANKER_KINDS:
             return "reranker"
         return None
@@ -259,7 +274,7 @@ class _Context:
 
         rerankers = list(dict.fromkeys([*self.names, *RERANKER_KINDS]))
         return (f"retrievers: {', '.join(RETRIEVER_OPTIONS)}; fusions: {', '.join(FUSION_OPTIONS)}; presets: "
-                f"{', '.join(PRESETS)}; rerankers: {', '.join(rerankers)}; and filter")
+                f"{', '.join(PRESETS)}; rerankers: {', '.join(rerankers)}; and the stages filter and relevance")
 
 
 class _PipelineParser(Parser):
@@ -333,7 +348,7 @@ class _PipelineParser(Parser):
             if kind == "interp" and len(inputs) != 2:
                 raise self.error("interp fuses exactly two inputs (alpha weights the first)", start)
             return PipelineSpec(FusionSpec(item, tuple(inputs)))
-        if role in ("reranker", "filter"):
+        if role in ("reranker", "filter", "relevance filter"):
             raise self.error(f"a pipeline starts with a retriever or a fusion; {kind!r} is a {role}: put it after "
                              f"'>>'", start)
         raise self.error(f"unknown component {kind!r}; {self.ctx.known()}", start)
@@ -360,6 +375,17 @@ class _PipelineParser(Parser):
                 return RerankSpec(self.ctx.reranker(item))
             except BadInput as exc:
                 raise self.error(str(exc), start) from None
+        if role == "filter" and self.text.startswith("(", self.pos):  # filter(0.5): a relevance threshold
+            self.pos += 1
+            at = self.pos
+            m = re.match(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\)", self.text[self.pos:])
+            if not m:
+                raise self.error("filter(...) takes a relevance threshold in [0, 1], e.g. filter(0.5)", at)
+            self.pos += m.end()
+            return RelevanceSpec(self.checked(Item("relevance", (("min", m.group(1)),)), RELEVANCE_OPTIONS,
+                                              "relevance filter", start))
+        if role == "relevance filter":
+            return RelevanceSpec(self.checked(self.item(kind), RELEVANCE_OPTIONS, "relevance filter", start))
         if role == "filter":
             item = self.item(kind)
             if not item.options:
@@ -482,6 +508,18 @@ def pipeline_from_table(table: Mapping[str, Any], names: Mapping[str, Any] | Non
     if table.get("k") is not None:
         spec = spec.then(CutSpec(coerce(table["k"], int, key="k", where="pipeline table")))
     return spec
+
+
+def insert_relevance(spec: PipelineSpec, min_relevance: float) -> PipelineSpec:
+    """A relevance filter at ``min_relevance`` (the resources' default adapter) before the first rerank stage, after
+    any metadata filter; it replaces a relevance stage already there."""
+    item = _typed(Item("relevance", (("min", str(min_relevance)),)), RELEVANCE_OPTIONS, "min_relevance")
+    stages = [s for s in spec.stages if not isinstance(s, RelevanceSpec)]
+    at = next((i for i, s in enumerate(stages) if isinstance(s, RerankSpec)), len(stages))
+    while at > 0 and isinstance(stages[at - 1], CutSpec):
+        at -= 1
+    stages.insert(at, RelevanceSpec(item))
+    return PipelineSpec(spec.source, tuple(stages))
 
 
 def _insert_filter(spec: PipelineSpec, filters: Mapping[str, object]) -> PipelineSpec:

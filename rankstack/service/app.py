@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["create_app", "ServiceState"]
 
-PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC_PATHS = {"/", "/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 class CollectionNotFound(RankStackError):

@@ -55,6 +55,11 @@ class Collection(Resources):
         self.documents = self.log
         self.indexes = IndexSet(self.root, config, self.models, self.log)
         self.indexes.open()
+        self.relevance_adapter = config.relevance_adapter
+        if self.relevance_adapter:  # a missing or foreign file stops the start, not the first request
+            from rankstack.rag.relevance import RelevanceModel
+
+            RelevanceModel.load(self.relevance_adapter)
 
     @property
     def seq(self) -> int:
@@ -106,14 +111,23 @@ class Collection(Resources):
 
     # ---- search ------------------------------------------------------------------------------------------------
 
-    def pipeline(self, override: PipelineConfig | None = None, filters: Mapping[str, object] | None = None):
-        """The compiled pipeline of this collection (with a request's override and filters)."""
+    def pipeline(self, override: PipelineConfig | None = None, filters: Mapping[str, object] | None = None,
+                 min_relevance: float | None = None):
+        """The compiled pipeline of this collection (with a request's override, filters and relevance threshold:
+        a relevance stage before the first reranker, using the collection's adapter)."""
         try:
             spec = self.settings.pipeline_spec(self.config, override, filters)
         except BadInput as exc:
             if override is None:
                 raise
             raise BadInput(f"invalid pipeline override: {exc}") from None
+        if min_relevance is not None:
+            from rankstack.pipeline.spec import insert_relevance
+
+            if not self.relevance_adapter:
+                raise BadInput(f"collection {self.name!r} has no relevance adapter, so min_relevance cannot be "
+                               f"applied; fit one (`rankstack relevance fit`) and set relevance_adapter in its config")
+            spec = insert_relevance(spec, min_relevance)
         key = str(spec)
         with self._compiled_lock:
             if key in self._compiled:
@@ -127,8 +141,8 @@ class Collection(Resources):
         return pipe
 
     def run(self, queries: Sequence[Query], k: int, *, pipeline: PipelineConfig | None = None,
-            filters: Mapping[str, object] | None = None) -> PipelineOutput:
-        return self.pipeline(pipeline, filters).run(queries, k, with_documents=True)
+            filters: Mapping[str, object] | None = None, min_relevance: float | None = None) -> PipelineOutput:
+        return self.pipeline(pipeline, filters, min_relevance).run(queries, k, with_documents=True)
 
     def search(self, queries: Sequence[Query], k: int, *, pipeline: PipelineConfig | None = None,
                filters: Mapping[str, object] | None = None) -> tuple[list[Ranking], dict[str, float]]:

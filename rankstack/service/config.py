@@ -120,6 +120,9 @@ class CollectionConfig(_Strict):
                          description="model of dense indexes that name none: a sentence-transformers name or path, "
                                      "or hash[:dim] for a model-free encoder")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    relevance_adapter: str | None = Field(None, description="a relevance adapter file (`rankstack relevance fit`) "
+                                                            "fitted on this collection's pipeline: requests may then "
+                                                            "ask for min_relevance, and specs use filter(0.5)")
 
     @model_validator(mode="before")
     @classmethod

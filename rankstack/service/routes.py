@@ -25,6 +25,18 @@ def _override(pipeline) -> PipelineConfig | None:
         raise BadInput(f"invalid pipeline override: {exc}") from None
 
 
+def _pipeline_choices(config) -> list[str]:
+    """Pipelines a search page offers for a collection: each index's retriever alone, and RRF over all of them."""
+    one = [str(i) for i in config.indexes]
+    return one + ([f"rrf({', '.join(one)})"] if len(one) > 1 else [])
+
+
+def _page() -> str:
+    from importlib.resources import files
+
+    return (files("rankstack.service") / "static" / "index.html").read_text(encoding="utf-8")
+
+
 def build_router(state, schemas):
     from fastapi import APIRouter
     from fastapi.responses import Response
@@ -43,7 +55,7 @@ def build_router(state, schemas):
     async def search(name: S.Name, req: S.SearchRequest):
         col = state.get(name)
         out = await state.work(col.run, [Query(qid="q", text=req.query)], req.k, pipeline=_override(req.pipeline),
-                               filters=req.filters)
+                               filters=req.filters, min_relevance=req.min_relevance)
         return S.SearchResponse(collection=name, query=req.query, results=hits(out.rankings[0], req.return_documents),
                                 timings=state.observe(out.timings))
 
@@ -54,7 +66,8 @@ def build_router(state, schemas):
         queries = [Query(qid=q.qid or str(i), text=q.query) for i, q in enumerate(req.queries)]
         if len({q.qid for q in queries}) != len(queries):
             raise BadInput("qids in one batch must be unique")
-        out = await state.work(col.run, queries, req.k, pipeline=_override(req.pipeline), filters=req.filters)
+        out = await state.work(col.run, queries, req.k, pipeline=_override(req.pipeline), filters=req.filters,
+                               min_relevance=req.min_relevance)
         timings = state.observe(out.timings)
         return S.BatchSearchResponse(collection=name, results=[
             S.SearchResponse(collection=name, query=r.query.text, results=hits(r, req.return_documents),
@@ -99,8 +112,21 @@ def build_router(state, schemas):
     @router.get("/v1/collections")
     async def list_collections() -> dict[str, Any]:
         return {"collections": [{"name": n, "documents": len(c), "indexes": c.config.indexes,
-                                 "pipeline": str(state.settings.pipeline_spec(c.config))}
+                                 "pipeline": str(state.settings.pipeline_spec(c.config)),
+                                 "pipelines": _pipeline_choices(c.config)}
                                 for n, c in state.collections.items()]}
+
+    @router.get("/v1/rerankers")
+    async def list_rerankers() -> dict[str, Any]:
+        return {"rerankers": sorted(state.reranker_specs), "default": state.settings.default_reranker}
+
+    @router.get("/", include_in_schema=False)
+    async def page():
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(_page(), headers={"Content-Security-Policy": "default-src 'self'; script-src "
+                                                                         "'unsafe-inline' 'self'; style-src "
+                                                                         "'unsafe-inline'; object-src 'none'"})
 
     @router.get("/health")
     async def health() -> dict[str, str]:

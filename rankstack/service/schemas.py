@@ -98,6 +98,10 @@ def build_schemas(lim: Limits) -> SimpleNamespace:
                                                           "collection's pipeline table")
         filters: Filters | None = Field(None, max_length=16,
                                         description="metadata equality filters; a list means 'any of'")
+        min_relevance: float | None = Field(None, ge=0.0, le=1.0,
+                                            description="keep only results whose calibrated probability of "
+                                                        "relevance (the collection's relevance adapter) is at least "
+                                                        "this; scores become those probabilities")
         return_documents: bool = True
 
     class BatchQuery(_Model):
@@ -108,6 +112,7 @@ def build_schemas(lim: Limits) -> SimpleNamespace:
         queries: list[BatchQuery] = Field(min_length=1, max_length=lim.max_batch_queries)
         k: int = Field(10, ge=1, le=lim.max_k)
         pipeline: PipelineField = None
+        min_relevance: float | None = Field(None, ge=0.0, le=1.0, description="as in a single search")
         filters: Filters | None = Field(None, max_length=16)
         return_documents: bool = False
 

@@ -1,0 +1,1 @@
+"""RankStack for RAG pipelines: relevance filtering, context packing, LangChain and LlamaIndex adapters."""

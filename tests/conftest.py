@@ -59,6 +59,19 @@ def write_beir(folder: Path, docs: list[Document], queries: dict[str, str], qrel
     return folder
 
 
+def beir_subset(source: Path, folder: Path, queries: int, docs: int) -> Path:
+    """A BEIR folder with the first ``queries`` judged test queries of ``source``, every document judged for them,
+    and other documents up to ``docs`` in all (real text, short encoding)."""
+    from rankstack.eval.datasets import load_beir
+
+    full = load_beir(source)
+    qids = sorted(full.qrels.qids)[:queries]
+    judged = {d for q in qids for d in full.qrels.judgments[q]}
+    docids = sorted(judged) + [d for d in sorted(full.corpus) if d not in judged][: docs - len(judged)]
+    return write_beir(folder, [full.corpus[d] for d in docids], {q: full.queries[q].text for q in qids},
+                      {q: dict(full.qrels.judgments[q]) for q in qids})
+
+
 @pytest.fixture()
 def tiny_beir(tmp_path: Path) -> Path:
     docs = [

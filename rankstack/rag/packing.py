@@ -9,6 +9,7 @@ or any ``text -> int`` callable).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -43,28 +44,25 @@ class PackedContext:
 def token_counter(tokenizer) -> Callable[[str], int]:
     """``text -> token count`` for a tokenizer name/folder (loaded with transformers), a tokenizer object with
     ``encode``, or a callable returning an int or a list of tokens."""
-    if isinstance(tokenizer, str):
+    if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(tokenizer)
+            tok = AutoTokenizer.from_pretrained(str(tokenizer))
         except OSError as exc:
             raise BadInput(f"cannot load tokenizer {tokenizer!r} ({str(exc).splitlines()[0]}); give a local folder, "
                            f"a tokenizer object, or a callable that counts tokens") from None
         return lambda text: len(tok.encode(text, add_special_tokens=False))
     if hasattr(tokenizer, "encode"):
-        return lambda text: len(tokenizer.encode(text, add_special_tokens=False)) if _takes_special(tokenizer) \
-            else len(tokenizer.encode(text))
+        if type(tokenizer).__module__.startswith("transformers"):
+            return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+        return lambda text: len(tokenizer.encode(text))
     if callable(tokenizer):
         def count(text: str) -> int:
             n = tokenizer(text)
             return n if isinstance(n, int) else len(n)
         return count
     raise BadInput(f"tokenizer must be a name, a tokenizer object or a callable, got {type(tokenizer).__name__}")
-
-
-def _takes_special(tok) -> bool:
-    return type(tok).__module__.startswith("transformers")
 
 
 def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
@@ -108,7 +106,7 @@ def pack_context(ranking: Ranking | Sequence[Candidate], budget: int, tokenizer,
         block = _block(len(kept) + 1, c)
         n = count(block)
         smallest = n if smallest is None else min(smallest, n)
-        sh = _shingles(c.document.contents)
+        sh = _shingles(c.document.text or c.document.title)  # the passage body: duplicates often differ in title
         if any(_jaccard(sh, k[3]) >= dedup for k in kept):
             dropped[c.docid] = "duplicate"
             continue

@@ -55,11 +55,7 @@ class Collection(Resources):
         self.documents = self.log
         self.indexes = IndexSet(self.root, config, self.models, self.log)
         self.indexes.open()
-        self.relevance_adapter = config.relevance_adapter
-        if self.relevance_adapter:  # a missing or foreign file stops the start, not the first request
-            from rankstack.rag.relevance import RelevanceModel
-
-            RelevanceModel.load(self.relevance_adapter)
+        self.relevance_adapter = config.relevance_adapter  # checked by the config
 
     @property
     def seq(self) -> int:

@@ -145,6 +145,13 @@ class CollectionConfig(_Strict):
             except BadInput as exc:
                 raise ValueError(str(exc)) from None
             self.check_retrievers(spec, keys)
+        if self.relevance_adapter:  # a missing or foreign file stops the start, not the first request
+            from rankstack.rag.relevance import RelevanceModel
+
+            try:
+                RelevanceModel.load(self.relevance_adapter)
+            except BadInput as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     def index_keys(self) -> dict[str, str]:

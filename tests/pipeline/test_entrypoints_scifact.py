@@ -26,7 +26,7 @@ from rankstack.eval.trec import read_run  # noqa: E402
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline  # noqa: E402
 from rankstack.records import Run  # noqa: E402
 from rankstack.retrieval.fusion import rrf  # noqa: E402
-from tests.conftest import write_beir  # noqa: E402
+from tests.conftest import beir_subset  # noqa: E402
 from tests.tiny_llm import save_tiny_llm  # noqa: E402
 
 K = 20
@@ -36,13 +36,7 @@ SPLADE = "splade:batch_size=1"  # one text per batch: padding cannot move a weig
 
 @pytest.fixture(scope="module")
 def subset(scifact_dir, tmp_path_factory):
-    full = load_beir(scifact_dir)
-    qids = sorted(full.qrels.qids)[:20]
-    judged = {d for q in qids for d in full.qrels.judgments[q]}
-    docids = sorted(judged) + [d for d in sorted(full.corpus) if d not in judged][: 250 - len(judged)]
-    folder = write_beir(tmp_path_factory.mktemp("data") / "scifact-sub", [full.corpus[d] for d in docids],
-                        {q: full.queries[q].text for q in qids},
-                        {q: dict(full.qrels.judgments[q]) for q in qids})
+    folder = beir_subset(scifact_dir, tmp_path_factory.mktemp("data") / "scifact-sub", 20, 250)
     return load_beir(folder), folder
 
 

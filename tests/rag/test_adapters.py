@@ -20,19 +20,14 @@ from rankstack.pipeline import DatasetWorkspace, compile_pipeline  # noqa: E402
 from rankstack.records import Query  # noqa: E402
 from rankstack.rerank.embedding import EmbeddingReranker  # noqa: E402
 from rankstack.rerank.factory import ModelCache  # noqa: E402
-from tests.conftest import write_beir  # noqa: E402
+from tests.conftest import beir_subset  # noqa: E402
 
 K = 5
 
 
 @pytest.fixture(scope="module")
 def scifact(scifact_dir, tmp_path_factory):
-    full = load_beir(scifact_dir)
-    qids = sorted(full.qrels.qids)[:6]
-    judged = {d for q in qids for d in full.qrels.judgments[q]}
-    docids = sorted(judged) + [d for d in sorted(full.corpus) if d not in judged][: 150 - len(judged)]
-    folder = write_beir(tmp_path_factory.mktemp("data") / "scifact-rag", [full.corpus[d] for d in docids],
-                        {q: full.queries[q].text for q in qids}, {q: dict(full.qrels.judgments[q]) for q in qids})
+    folder = beir_subset(scifact_dir, tmp_path_factory.mktemp("data") / "scifact-rag", 6, 150)
     ds = load_beir(folder)
     ws = DatasetWorkspace(ds, tmp_path_factory.mktemp("indexes"))
     return ds, ws, folder

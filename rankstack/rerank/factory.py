@@ -38,6 +38,9 @@ _KINDS: dict[str, tuple[str, str, str, str]] = {
 }
 RERANKER_KINDS = tuple(_KINDS)
 _INTERNAL = {"self", "llm", "model", "encoder", "keep_signals"}
+# options of the LLM runtime under an LLM reranker (they select the model's compressed form, shared by rerankers
+# that ask for the same): weight compression and KV-cache compression
+LLM_RUNTIME_OPTIONS = {"weights": "fp32", "kv": "fp32"}
 
 
 def _class(kind: str):
@@ -47,7 +50,11 @@ def _class(kind: str):
 
 def _options(kind: str) -> dict[str, inspect.Parameter]:
     params = inspect.signature(_class(kind).__init__).parameters
-    return {n: p for n, p in params.items() if n not in _INTERNAL and p.kind is inspect.Parameter.KEYWORD_ONLY}
+    out = {n: p for n, p in params.items() if n not in _INTERNAL and p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if _KINDS[kind][2] == "llm":
+        out.update({n: inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
+                    for n, d in LLM_RUNTIME_OPTIONS.items()})
+    return out
 
 
 def _heads(value: Any, where: str) -> tuple[tuple[int, int], ...]:
@@ -98,6 +105,12 @@ class RerankerSpec:
                 raise unknown_option(where, key, ["model", "depth", *allowed])
             if key == "heads":
                 value = _heads(value, where) if value is not None else None
+            elif key in LLM_RUNTIME_OPTIONS:
+                from rankstack.rerank.llm.kvquant import KVScheme
+                from rankstack.rerank.llm.quant import WeightScheme
+
+                value = str(value)
+                (WeightScheme if key == "weights" else KVScheme).parse(value)  # unknown names fail here
             else:
                 default = allowed[key].default
                 like = default if default is not None and default is not inspect.Parameter.empty else None
@@ -212,7 +225,8 @@ class ModelCache:
         if role == "llm":
             from rankstack.rerank.llm.runtime import CausalLM
 
-            return CausalLM(name)
+            model, *opts = name.split("\0")
+            return CausalLM(model, **dict(o.split("=", 1) for o in opts))
         if role == "sentence-transformer":
             from rankstack.retrieval.encoders import load_sentence_transformer
 
@@ -226,7 +240,11 @@ def build_reranker(spec: RerankerSpec | str | Mapping[str, Any], cache: ModelCac
     spec = RerankerSpec.from_config(spec)
     cache = cache or ModelCache()
     role = _KINDS[spec.kind][2]
-    model = cache.get(role, spec.model_name)
-    reranker = _class(spec.kind)(model, **dict(spec.options))  # heads arrive as (layer, head) tuples already
+    opts = dict(spec.options)
+    runtime = {k: opts.pop(k) for k in LLM_RUNTIME_OPTIONS if k in opts and opts[k] != LLM_RUNTIME_OPTIONS[k]}
+    opts = {k: v for k, v in opts.items() if k not in LLM_RUNTIME_OPTIONS}
+    key = "\0".join([spec.model_name, *(f"{k}={v}" for k, v in sorted(runtime.items()))])
+    model = cache.get(role, key)
+    reranker = _class(spec.kind)(model, **opts)  # heads arrive as (layer, head) tuples already
     reranker.name = spec.label
     return reranker

@@ -30,6 +30,7 @@ INSTRUCTIONS = {
     "QA": "Please answer the following question based on the information in the paragraphs above.",
 }
 CALIBRATIONS = ("masked", "plain", "none")
+ORDERS = ("retriever-last", "retriever-first")
 QUERY_SPANS = ("after_docs", "query")
 
 
@@ -48,15 +49,22 @@ class ICRReranker(LLMReranker):
     ``query_span``: "after_docs" attends from every token after the passages (instruction, query, chat suffix), as
     the authors do; "query" from the query's own tokens only. ``window=None`` fits all ``depth`` candidates into
     one prompt when the context allows, else slides windows of ``window`` with ``stride``. ``heads``: score with
-    these ``(layer, head)`` pairs only (e.g. chosen on another dataset) instead of every layer and head."""
+    these ``(layer, head)`` pairs only (e.g. chosen on another dataset) instead of every layer and head.
+    ``order``: where the first-stage retriever's best candidates sit in the prompt: ``retriever-last`` (default, as
+    the authors run ICR with ``--reverse_doc_order``: the best passages last, nearest the query) or
+    ``retriever-first``."""
 
     name = "icr"
 
     def __init__(self, llm: CausalLM, *, passage_tokens: int = 100, window: int | None = None,
                  stride: int | None = None, calibration: str = "masked", query_span: str = "after_docs",
                  prompt_type: str = "IE", layers: list[int] | None = None,
-                 heads: list[tuple[int, int]] | None = None, keep_signals: bool = False):
+                 heads: list[tuple[int, int]] | None = None, order: str = "retriever-last",
+                 keep_signals: bool = False):
         super().__init__(llm, passage_tokens=passage_tokens)
+        if order not in ORDERS:
+            raise BadInput(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        self.order = order
         if calibration not in CALIBRATIONS:
             raise BadInput(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if query_span not in QUERY_SPANS:
@@ -113,7 +121,13 @@ class ICRReranker(LLMReranker):
         return probe, cache
 
     def score_window(self, query: str, cands: list[Candidate], stats: ForwardStats) -> torch.Tensor:
-        """ICR scores for one window (higher is more relevant)."""
+        """ICR scores for one window, in the order of ``cands`` (higher is more relevant); the prompt holds them in
+        ``self.order``."""
+        if self.order == "retriever-last":
+            return self._score_prompt(query, cands[::-1], stats).flip(0)
+        return self._score_prompt(query, cands, stats)
+
+    def _score_prompt(self, query: str, cands: list[Candidate], stats: ForwardStats) -> torch.Tensor:
         overhead = self._overhead(query) + self._overhead("N/A")
         budget = self._fit_budget(len(cands), overhead)
         docs_ids, spans = self._docs_part(self._passages(cands, stats, budget))
@@ -126,6 +140,7 @@ class ICRReranker(LLMReranker):
             na_part, na_lo, na_hi = self._query_part("N/A")
             calib, cache = self._pass(docs_ids + na_part, start, (na_lo, na_hi), len(na_part), None)
             cache.crop(start - cache.get_seq_length())  # drop the N/A part; keep the passages' keys and values
+            cache = self.llm.compact(cache)  # held as codes until the query pass under kv=int4|int2
             probe, _ = self._pass(q_part, start, (q_lo, q_hi), len(q_part), cache)
         tok = self._aggregate(probe, start)  # [start]: summed over the chosen layers and heads
         if self.keep_signals:

@@ -236,13 +236,21 @@ class CausalLM:
     """
 
     def __init__(self, model: str | object = "smollm2", *, tokenizer=None, dtype: torch.dtype = torch.float32,
-                 device: str = "cpu", max_context: int | None = None):
+                 device: str = "cpu", max_context: int | None = None, weights: str = "fp32", kv: str = "fp32"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from rankstack.rerank.llm.kvquant import KVScheme
+        from rankstack.rerank.llm.quant import WeightScheme, load_or_compress
+
+        WeightScheme.parse(weights)  # unknown names fail before anything loads
+        self.kv = KVScheme.parse(kv)
+        cache_dir = None
         _register()
         if isinstance(model, (str, os.PathLike)):
             self.name = str(model)
             where = resolve_llm(str(model))
+            cache_dir = (Path(where) if isinstance(where, Path) else _cache_root() / "compressed" /
+                         str(model).replace("/", "--"))
             try:
                 self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(where)
                 self.model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=ATTN_IMPL)
@@ -254,6 +262,8 @@ class CausalLM:
                 raise BadInput("pass tokenizer= with a model object")
             self.model, self.tokenizer, self.name = model, tokenizer, type(model).__name__
             self.model.config._attn_implementation = ATTN_IMPL
+        self.weights = weights
+        self.weight_stats = load_or_compress(self.model, weights, cache_dir)
         self.model.to(device).eval()
         self.device = device
         cfg = self.model.config
@@ -294,8 +304,12 @@ class CausalLM:
         position's ``[vocab]`` unless ``all_logits``."""
         from transformers import DynamicCache
 
+        from rankstack.rerank.llm.kvquant import QuantizedKV
+
         t0 = time.perf_counter()
         x = torch.as_tensor(ids, dtype=torch.long, device=self.device).reshape(1, -1)
+        if isinstance(cache, QuantizedKV):
+            cache = cache.restore()
         cache = DynamicCache() if cache is None else cache
         past = cache.get_seq_length()
         if past + x.shape[1] > self.context:
@@ -309,6 +323,25 @@ class CausalLM:
         self.stats.seconds += time.perf_counter() - t0
         logits = out.logits[0] if all_logits else out.logits[0, -1]
         return logits.float(), out.past_key_values
+
+    def compact(self, cache):
+        """The cache as it is kept until its next pass: quantized codes under ``kv=int4|int2`` (see
+        :mod:`rankstack.rerank.llm.kvquant`), else unchanged. :meth:`forward` takes either."""
+        if cache is None or self.kv.bits >= 16:
+            return cache
+        from rankstack.rerank.llm.kvquant import QuantizedKV
+
+        return QuantizedKV(cache, self.kv)
+
+    def kv_bytes_per_token(self, fmt: str | None = None) -> float:
+        """Bytes of keys and values per cached token in format ``fmt`` (default: this model's ``kv``)."""
+        from rankstack.rerank.llm.kvquant import KVScheme
+
+        cfg = self.model.config
+        heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        scheme = KVScheme("bf16", 16) if fmt == "bf16" else KVScheme.parse(fmt) if fmt else self.kv
+        return scheme.bytes_per_token(self.num_layers, heads, head_dim)
 
     def next_token_logits(self, ids: Sequence[int], cache=None) -> torch.Tensor:
         return self.forward(ids, cache)[0]

@@ -1,0 +1,309 @@
+"""Weight compression of a reranker LLM's linear layers, one interface for every scheme (``weights=`` in reranker
+specs): ``fp32`` (unchanged), ``bf16``, ``int8`` (per-output-channel symmetric, weight-only), ``int4-g32``/``g64``/
+``g128`` (group-wise asymmetric 4-bit, weight-only: two codes per byte, a 16-bit scale and zero point per group), and
+``int4-g32-outliers`` (after SpQR: the 0.5% of weights farthest from their group's median, the ones that stretch the
+4-bit ranges, kept exactly as a sparse 16-bit matrix beside the dense codes and left out of their groups' ranges, so
+the other weights quantize finer).
+
+Every decoder linear layer (attention q/k/v/o and the MLP) is replaced; embeddings, norms and the (tied) output
+head stay as they are. ``linear-weight bytes`` count what the replaced layers store. Matmuls: int8 runs PyTorch's
+weight-only int8 kernel (``torch._weight_int8pack_mm``) on CPU; int4 dequantizes its groups and multiplies (the
+torch reference), or calls the Triton dequantize-and-multiply kernel on CUDA tensors. A compressed model is saved
+once next to the converted checkpoint and reloaded from there (:func:`load_or_compress`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rankstack.errors import BadInput
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["WEIGHT_SCHEMES", "WeightScheme", "Int8Linear", "Int4Linear", "BF16Linear", "compress_model",
+           "linear_weight_bytes", "quantize_int4", "dequantize_int4", "load_or_compress", "model_fingerprint"]
+
+WEIGHT_SCHEMES = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-outliers")
+OUTLIER_FRACTION = 0.005
+
+
+@dataclass(frozen=True)
+class WeightScheme:
+    name: str
+    bits: int
+    group: int | None = None
+    outliers: float = 0.0
+
+    @classmethod
+    def parse(cls, name: str) -> WeightScheme:
+        m = re.fullmatch(r"int4-g(\d+)(-outliers)?", name or "")
+        if name == "fp32":
+            return cls("fp32", 32)
+        if name == "bf16":
+            return cls("bf16", 16)
+        if name == "int8":
+            return cls("int8", 8)
+        if m and name in WEIGHT_SCHEMES:
+            return cls(name, 4, int(m.group(1)), OUTLIER_FRACTION if m.group(2) else 0.0)
+        raise BadInput(f"unknown weight compression {name!r}; choose one of {', '.join(WEIGHT_SCHEMES)}")
+
+
+# ---- int4 group-wise ------------------------------------------------------------------------------------------
+
+def _groups(w: torch.Tensor, group: int) -> torch.Tensor:
+    out, inp = w.shape
+    return w.reshape(out, inp // group, group)
+
+
+def quantize_int4(w: torch.Tensor, group: int, outliers: float = 0.0):
+    """``(packed uint8 [out, in/2], scales fp16 [out, in/group], zeros fp16 [out, in/group], outlier index int32
+    [n], outlier value fp16 [n])``: ``w ~ (code - zero) * scale`` per group, codes in 0..15, two per byte (low
+    nibble first); with ``outliers`` > 0 that fraction of weights (those farthest from their group's median) is
+    kept exactly and excluded from its group's min/max."""
+    w = w.detach().float()
+    out, inp = w.shape
+    if inp % group:
+        raise BadInput(f"int4 group size {group} does not divide the layer's input dimension {inp}; use a group "
+                       f"size that divides it (e.g. int4-g32)")
+    keep = torch.ones_like(w, dtype=torch.bool)
+    idx = torch.zeros(0, dtype=torch.int32)
+    if outliers > 0:
+        # the weights that stretch their group's range most (farthest from the group median): kept exactly, they
+        # no longer set the range, and the group's other weights get a finer step
+        g = _groups(w, group)
+        dev = (g - g.median(dim=-1, keepdim=True).values).abs().reshape(w.shape)
+        n = max(1, int(round(outliers * w.numel())))
+        idx = torch.topk(dev.flatten(), n).indices
+        keep.view(-1)[idx] = False
+        idx = idx.to(torch.int32).sort().values
+    packed, scales, zeros = _codes(w, group, keep)
+    return packed, scales, zeros, idx, w.flatten()[idx.long()].half()
+
+
+def _codes(w: torch.Tensor, group: int, keep: torch.Tensor):
+    g = _groups(w, group)
+    k = _groups(keep, group)
+    big = torch.finfo(torch.float32).max
+    lo = torch.where(k, g, torch.full_like(g, big)).amin(-1)
+    hi = torch.where(k, g, torch.full_like(g, -big)).amax(-1)
+    empty = lo > hi  # a group made only of outliers
+    lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 0.0, hi)
+    scale = ((hi - lo) / 15).clamp_min(1e-8).half().float()
+    zero = (-lo / scale).round().clamp(0, 15).half().float()
+    q = (g / scale[..., None] + zero[..., None]).round().clamp(0, 15).to(torch.uint8).reshape(w.shape)
+    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    return packed, scale.half(), zero.half()
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, idx: torch.Tensor | None = None,
+                    vals: torch.Tensor | None = None, *, group: int, shape, dtype=torch.float32) -> torch.Tensor:
+    """The dense weight back from :func:`quantize_int4`'s parts (the torch reference)."""
+    out, inp = shape
+    q = torch.empty(out, inp, dtype=torch.uint8, device=packed.device)
+    q[:, 0::2] = packed & 0xF
+    q[:, 1::2] = packed >> 4
+    g = q.reshape(out, inp // group, group).to(dtype)
+    w = ((g - zeros.to(dtype)[..., None]) * scales.to(dtype)[..., None]).reshape(out, inp)
+    if idx is not None and idx.numel():
+        w.view(-1)[idx.long()] = vals.to(dtype)
+    return w
+
+
+# ---- layers ---------------------------------------------------------------------------------------------------
+
+class _Compressed(nn.Module):
+    def __init__(self, src: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = src.in_features, src.out_features
+        self.bias = None if src.bias is None else nn.Parameter(src.bias.detach().clone(), requires_grad=False)
+
+    def stored_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "bias")
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bytes={self.stored_bytes()}"
+
+
+class BF16Linear(_Compressed):
+    def __init__(self, src: nn.Linear):
+        super().__init__(src)
+        self.register_buffer("weight", src.weight.detach().to(torch.bfloat16))
+
+    def forward(self, x):
+        y = torch.nn.functional.linear(x.to(torch.bfloat16), self.weight)
+        y = y.to(x.dtype)
+        return y + self.bias if self.bias is not None else y
+
+
+class Int8Linear(_Compressed):
+    """Symmetric per-output-channel int8 codes and a float32 scale per channel."""
+
+    def __init__(self, src: nn.Linear):
+        super().__init__(src)
+        w = src.weight.detach().float()
+        scale = (w.abs().amax(1) / 127).clamp_min(1e-8)
+        self.register_buffer("qweight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.device.type == "cpu" and x2.dtype in (torch.float32, torch.bfloat16, torch.float16):
+            y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale.to(x2.dtype))
+        else:
+            y = x2 @ (self.qweight.to(x2.dtype) * self.scale.to(x2.dtype)[:, None]).T
+        y = y.reshape(*shape[:-1], self.out_features)
+        return y + self.bias if self.bias is not None else y
+
+
+class Int4Linear(_Compressed):
+    """Group-wise asymmetric int4 (two codes per byte, fp16 scale and zero point per group), plus optional exact
+    outliers (flat int32 index + fp16 value)."""
+
+    def __init__(self, src: nn.Linear, group: int, outliers: float = 0.0):
+        super().__init__(src)
+        self.group = group
+        packed, scales, zeros, idx, vals = quantize_int4(src.weight, group, outliers)
+        for name, t in (("packed", packed), ("scales", scales), ("zeros", zeros), ("outlier_idx", idx),
+                        ("outlier_val", vals)):
+            self.register_buffer(name, t)
+
+    def dequantized(self, dtype=torch.float32) -> torch.Tensor:
+        return dequantize_int4(self.packed, self.scales, self.zeros, self.outlier_idx, self.outlier_val,
+                               group=self.group, shape=(self.out_features, self.in_features), dtype=dtype)
+
+    def forward(self, x):
+        if x.is_cuda:
+            from rankstack.kernels import int4_matmul
+
+            y = int4_matmul(x, self.packed, self.scales, self.zeros, self.group)
+            if self.outlier_idx.numel():
+                y = y + _outlier_matmul(x, self.outlier_idx, self.outlier_val, self.out_features, self.in_features)
+        else:
+            y = torch.nn.functional.linear(x, self.dequantized(x.dtype))
+        return y + self.bias if self.bias is not None else y
+
+
+def _outlier_matmul(x, idx, vals, out_f, in_f):
+    """``x @ S.T`` for the sparse outlier matrix ``S`` (COO from flat indices)."""
+    rows, cols = idx.long() // in_f, idx.long() % in_f
+    s = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals.to(x.dtype), (out_f, in_f)).to_dense()
+    return x @ s.T
+
+
+# ---- the model ------------------------------------------------------------------------------------------------
+
+def _decoder_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    head = getattr(model, "lm_head", None)
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, _Compressed)) and m is not head and ".layers." in f".{n}"]
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes stored by the decoder's linear layers (weights, scales, zero points, outliers; biases excluded)."""
+    total = 0
+    for _, m in _decoder_linears(model):
+        total += m.stored_bytes() if isinstance(m, _Compressed) else m.weight.numel() * m.weight.element_size()
+    return total
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def compress_model(model: nn.Module, scheme: str | WeightScheme) -> dict:
+    """Replace the decoder's linear layers in place; returns ``{"scheme", "linear_bytes", "fp32_linear_bytes",
+    "ratio", "layers"}``."""
+    s = scheme if isinstance(scheme, WeightScheme) else WeightScheme.parse(scheme)
+    layers = _decoder_linears(model)
+    if not layers:
+        raise BadInput("the model has no decoder linear layers under '.layers.' to compress")
+    fp32 = sum(m.in_features * m.out_features * 4 for _, m in layers)
+    if s.group:
+        bad = sorted({m.in_features for _, m in layers if m.in_features % s.group})
+        if bad:
+            raise BadInput(f"{s.name}: group size {s.group} does not divide the input dimension(s) {bad} of this "
+                           f"model's layers; use a group size that divides them (e.g. int4-g32)")
+    if s.name != "fp32":
+        for name, m in layers:
+            if isinstance(m, _Compressed):
+                raise BadInput("the model is already compressed")
+            new = (BF16Linear(m) if s.bits == 16 else Int8Linear(m) if s.bits == 8
+                   else Int4Linear(m, s.group, s.outliers))
+            _set(model, name, new)
+    got = linear_weight_bytes(model)
+    return {"scheme": s.name, "linear_bytes": got, "fp32_linear_bytes": fp32, "ratio": got / fp32,
+            "layers": len(layers)}
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """The architecture and a checksum of the uncompressed weights: a compressed checkpoint loads only onto the
+    model it was made from."""
+    h = hashlib.sha1(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for _, m in _decoder_linears(model)[:4]:
+        w = m.weight.detach().float()
+        h.update(f"{w.shape}:{float(w.sum()):.6e}:{float(w.abs().sum()):.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_or_compress(model: nn.Module, scheme: str, cache_dir: Path | None) -> dict:
+    """Compress ``model``; with ``cache_dir`` reuse ``<cache_dir>/weights-<scheme>.safetensors`` when it was made from
+    this model (no quantization work then), else write it (atomically) for the next load."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    s = WeightScheme.parse(scheme)
+    if s.name == "fp32" or cache_dir is None:
+        return compress_model(model, s)
+    path = Path(cache_dir) / f"weights-{s.name}.safetensors"
+    fp = model_fingerprint(model)
+    if path.exists():
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("fingerprint") != fp or meta.get("scheme") != s.name:
+                raise BadInput(f"{path} is a compressed checkpoint of another model or scheme "
+                               f"({meta.get('model', '?')}, {meta.get('scheme', '?')}) than this one "
+                               f"({getattr(model.config, '_name_or_path', '?')}, {s.name}); delete it to compress "
+                               f"again")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        fp32 = 0
+        for name, m in _decoder_linears(model):
+            fp32 += m.in_features * m.out_features * 4
+            parts = {k[len(name) + 1:]: v for k, v in tensors.items() if k.rsplit(".", 1)[0] == name}
+            if not parts:
+                raise BadInput(f"{path} has no weights for layer {name}; delete it to compress again")
+            _set(model, name, _restore(m, s, parts))
+        got = linear_weight_bytes(model)
+        return {"scheme": s.name, "linear_bytes": got, "fp32_linear_bytes": fp32, "ratio": got / fp32,
+                "layers": len(_decoder_linears(model)), "loaded_from": str(path)}
+    stats = compress_model(model, s)
+    state = {f"{name}.{b}": t.contiguous() for name, m in _decoder_linears(model)
+             for b, t in m.named_buffers() if b != "bias"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(state, str(tmp), metadata={"fingerprint": fp, "scheme": s.name,
+                                         "model": str(getattr(model.config, "_name_or_path", ""))})
+    os.replace(tmp, path)
+    return stats
+
+
+def _restore(src: nn.Linear, s: WeightScheme, parts: dict[str, torch.Tensor]) -> nn.Module:
+    """A compressed layer from saved buffers, without quantizing again."""
+    cls = BF16Linear if s.bits == 16 else Int8Linear if s.bits == 8 else Int4Linear
+    m = cls.__new__(cls)
+    _Compressed.__init__(m, src)
+    if s.bits == 4:
+        m.group = s.group
+    for name, t in parts.items():
+        m.register_buffer(name, t)
+    return m

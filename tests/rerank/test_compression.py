@@ -1,0 +1,143 @@
+"""Compressed LLM runtime: weight codes decode to within their quantization step of the float weights, layers equal
+the dense matmul with the decoded weights, bytes are what the formats say, compressed checkpoints reload (and refuse
+another model), the quantized KV cache round-trips within its step, and the ICR prompt order. Tiny config-built
+models (plumbing, not quality)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from rankstack.errors import BadInput  # noqa: E402
+from rankstack.rerank.factory import RerankerSpec  # noqa: E402
+from rankstack.rerank.llm.icr import ICRReranker  # noqa: E402
+from rankstack.rerank.llm.kvquant import KVScheme, QuantizedKV, dequantize_tensor, quantize_tensor  # noqa: E402
+from rankstack.rerank.llm.quant import (Int4Linear, Int8Linear, compress_model, dequantize_int4,  # noqa: E402
+                                        linear_weight_bytes, load_or_compress, quantize_int4)
+from rankstack.rerank.llm.runtime import CausalLM  # noqa: E402
+from rankstack.records import Candidate, Document  # noqa: E402
+from tests.tiny_llm import tiny_llama, tiny_tokenizer  # noqa: E402
+
+
+@pytest.mark.parametrize("group", [32, 64])
+def test_int4_codes_are_within_half_a_step(group):
+    torch.manual_seed(0)
+    w = torch.randn(48, 128)
+    w[3, 7] = 40.0  # an outlier that would stretch its group's range
+    packed, scales, zeros, idx, vals = quantize_int4(w, group)
+    assert packed.dtype == torch.uint8 and packed.shape == (48, 64) and scales.shape == (48, 128 // group)
+    d = dequantize_int4(packed, scales, zeros, group=group, shape=w.shape)
+    step = scales.float().repeat_interleave(group, dim=1)
+    assert ((d - w).abs() <= step * 0.5 + step * 0.01 + 1e-3).all()
+    # with outliers: the stretched group is kept exact where it matters and quantizes finer elsewhere
+    p2, s2, z2, i2, v2 = quantize_int4(w, group, outliers=0.005)
+    assert i2.numel() == round(0.005 * w.numel()) and 3 * 128 + 7 in i2.tolist()
+    d2 = dequantize_int4(p2, s2, z2, i2, v2, group=group, shape=w.shape)
+    assert d2[3, 7] == pytest.approx(40.0) and (d2 - w).abs()[3].max() < (d - w).abs()[3].max()
+
+
+def test_group_must_divide():
+    with pytest.raises(BadInput, match="does not divide"):
+        quantize_int4(torch.randn(4, 96), 64)
+
+
+def test_layers_equal_dense_matmul_with_decoded_weights():
+    torch.manual_seed(1)
+    src = torch.nn.Linear(64, 32)
+    x = torch.randn(5, 64)
+    q8 = Int8Linear(src)
+    ref8 = x @ (q8.qweight.float() * q8.scale[:, None]).T + src.bias
+    torch.testing.assert_close(q8(x), ref8, rtol=1e-4, atol=1e-4)
+    assert (q8.qweight.float() * q8.scale[:, None] - src.weight).abs().max() <= q8.scale.max() / 2 + 1e-6
+    q4 = Int4Linear(src, 32, outliers=0.01)
+    torch.testing.assert_close(q4(x), x @ q4.dequantized().T + src.bias, rtol=1e-5, atol=1e-5)
+    assert q4.stored_bytes() == 32 * 32 + 2 * 2 * 32 * 2 + q4.outlier_idx.numel() * 6
+
+
+def test_model_bytes_reload_and_foreign_checkpoint(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    fp32 = linear_weight_bytes(model)
+    stats = load_or_compress(model, "int4-g32-outliers", tmp_path)
+    assert stats["layers"] == 3 * 7 and stats["fp32_linear_bytes"] == fp32 and stats["ratio"] < 0.2
+    again = tiny_llama(len(tok))
+    stats2 = load_or_compress(again, "int4-g32-outliers", tmp_path)
+    assert stats2["loaded_from"] and stats2["linear_bytes"] == stats["linear_bytes"]
+    ids = torch.tensor([tok.encode("the flea life cycle")])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, again(ids).logits)
+    other = tiny_llama(len(tok), seed=5)
+    with pytest.raises(BadInput, match="another model"):
+        load_or_compress(other, "int4-g32-outliers", tmp_path)
+    shapes = [(m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, Int4Linear)]
+    want = sum(o * i + 4 * o for o, i in shapes) / sum(4 * o * i for o, i in shapes)  # int8 codes + fp32 scale/row
+    assert compress_model(tiny_llama(len(tok)), "int8")["ratio"] == pytest.approx(want)
+    with pytest.raises(BadInput, match="unknown weight compression"):
+        compress_model(tiny_llama(len(tok)), "int3")
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_kv_codes_round_trip_within_a_step(bits):
+    torch.manual_seed(2)
+    k = torch.randn(1, 2, 150, 16)
+    k[..., 5] *= 20  # a large channel, as keys have
+    s = quantize_tensor(k, bits, dim=2, block=64)
+    d = dequantize_tensor(s)
+    step = s["scale"].float().max()
+    assert d.shape == k.shape and (d - k).abs().max() <= step / 2 + 1e-3
+    v = torch.randn(1, 2, 150, 16)
+    sv = quantize_tensor(v, bits, dim=3)
+    assert (dequantize_tensor(sv) - v).abs().max() <= sv["scale"].float().max() / 2 + 1e-3
+    assert s["codes"].numel() == 2 * 192 * 16 * bits // 8  # 150 tokens padded to whole blocks of 64
+
+
+def test_quantized_cache_between_passes():
+    from transformers import DynamicCache
+
+    torch.manual_seed(3)
+    cache = DynamicCache()
+    k, v = torch.randn(1, 2, 70, 16), torch.randn(1, 2, 70, 16)
+    cache.update(k.clone(), v.clone(), 0)
+    q = QuantizedKV(cache, KVScheme.parse("int4"))
+    assert cache.layers[0].keys.shape[2] == 0
+    # keys: 4-bit codes of 70 tokens padded to 2 blocks of 64, fp16 scale+zero per (head, channel, block), 0.5%
+    # outliers (int32 index + fp16); values: codes, fp16 scale+zero per (head, token), 0.5% outliers
+    keys = 2 * 128 * 16 // 2 + 2 * 16 * 2 * 4 + int(0.005 * 2 * 128 * 16) * 6
+    values = 2 * 70 * 16 // 2 + 2 * 70 * 4 + int(0.005 * 2 * 70 * 16) * 6
+    assert q.stored_bytes() == keys + values
+    q.restore()
+    assert cache.get_seq_length() == 70
+    assert (cache.layers[0].keys - k).abs().max() < 0.5 and (cache.layers[0].values - v).abs().max() < 0.5
+    with pytest.raises(BadInput, match="KV-cache"):
+        KVScheme.parse("int8")
+
+
+def test_icr_order_and_spec_options():
+    from rankstack.rerank.llm.runtime import ForwardStats
+
+    tok = tiny_tokenizer()
+    llm = CausalLM(tiny_llama(len(tok)), tokenizer=tok)
+    cands = [Candidate(docid=f"d{i}", score=1.0, document=Document(docid=f"d{i}", text=t))
+             for i, t in enumerate(["cats dogs", "flea eggs larva", "pupa adult weeks"])]
+    last = ICRReranker(llm, passage_tokens=8, keep_signals=True)
+    first = ICRReranker(llm, passage_tokens=8, order="retriever-first", keep_signals=True)
+    s_last = last.score_window("flea eggs", cands, ForwardStats())
+    s_first = first.score_window("flea eggs", cands, ForwardStats())
+    assert last.signals[0].docids == ["d2", "d1", "d0"] and first.signals[0].docids == ["d0", "d1", "d2"]
+    # reversing the prompt by hand gives the retriever-last scores, mapped back to the input order
+    torch.testing.assert_close(s_last, first.score_window("flea eggs", cands[::-1], ForwardStats()).flip(0))
+    assert not torch.equal(s_last, s_first)
+    # the KV cache kept between ICR's passes as int4 codes: scores move by little, not to something else
+    q = CausalLM(llm.model, tokenizer=tok, kv="int4")
+    s_q = ICRReranker(q, passage_tokens=8).score_window("flea eggs", cands, ForwardStats())
+    torch.testing.assert_close(s_q, s_last, rtol=0.2, atol=0.05)
+    with pytest.raises(BadInput, match="order must be"):
+        ICRReranker(llm, order="best-first")
+    spec = RerankerSpec.parse("icr:depth=20,weights=int4-g32,kv=int2,order=retriever-first")
+    assert dict(spec.options) == {"weights": "int4-g32", "kv": "int2", "order": "retriever-first"}
+    with pytest.raises(BadInput, match="unknown weight compression"):
+        RerankerSpec.parse("first:weights=int5")
+    with pytest.raises(BadInput, match="KV-cache"):
+        RerankerSpec.parse("icr:kv=fp8")

@@ -1,4 +1,4 @@
-"""GPU kernels for compressed-index search, each beside its PyTorch reference.
+"""GPU kernels for compressed-index search and compressed LLM layers, each beside its PyTorch reference.
 
 ``hamming_topk``, ``pq_adc_topk`` and ``rescore`` take torch tensors. CUDA tensors (or any tensors when
 ``TRITON_INTERPRET=1``) run the Triton kernels; other CPU tensors run the reference in :mod:`.reference`. The
@@ -13,10 +13,10 @@ import os
 import torch
 
 from rankstack.errors import BadInput
-from rankstack.kernels.reference import (float_order_key, hamming_topk_ref, key_to_float, pq_adc_topk_ref,
-                                         rescore_ref, topk_by_score, unpack_keys)
+from rankstack.kernels.reference import (float_order_key, hamming_topk_ref, int4_matmul_ref, key_to_float,
+                                         pq_adc_topk_ref, rescore_ref, topk_by_score, unpack_keys)
 
-__all__ = ["hamming_topk", "pq_adc_topk", "rescore", "hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref",
+__all__ = ["hamming_topk", "pq_adc_topk", "rescore", "int4_matmul", "int4_matmul_ref", "hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref",
            "use_triton", "float_order_key", "key_to_float", "topk_by_score"]
 
 
@@ -147,3 +147,37 @@ def rescore(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor, *, 
                             ids.to(torch.int64).contiguous(), sc, out, c, d, BLOCK_C=block_c, BLOCK_D=block_d,
                             SCALED=scales is not None)
     return out
+
+
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int, *,
+                block_m: int = 32, block_n: int = 64, triton: bool | None = None) -> torch.Tensor:
+    """``x [..., K] @ W^T`` for an int4 group-wise weight ``W [N, K]`` (``packed`` uint8 ``[N, K/2]``, fp16
+    ``scales``/``zeros`` ``[N, K/group]``, as :func:`rankstack.rerank.llm.quant.quantize_int4` stores it) without
+    materialising ``W``: a GEMV kernel for one row (decoding), a GEMM kernel for more (prefill). float32 result in
+    ``x``'s dtype."""
+    if packed.dtype != torch.uint8 or packed.ndim != 2:
+        raise BadInput(f"packed int4 codes must be a uint8 matrix [N, K/2], got {packed.dtype} {tuple(packed.shape)}")
+    n, k = packed.shape[0], packed.shape[1] * 2
+    if x.shape[-1] != k:
+        raise BadInput(f"input dimension {x.shape[-1]} does not match the weight's {k}")
+    if k % group or scales.shape != (n, k // group) or zeros.shape != scales.shape:
+        raise BadInput(f"scales/zeros must be [N, K/group] = [{n}, {k // group if k % group == 0 else '?'}] for group "
+                       f"{group}, got {tuple(scales.shape)} and {tuple(zeros.shape)}")
+    shape = x.shape
+    x2 = x.reshape(-1, k)
+    if not (use_triton(packed) if triton is None else triton):
+        return int4_matmul_ref(x2, packed, scales, zeros, group).reshape(*shape[:-1], n)
+    tk = _kernels()
+    m = x2.shape[0]
+    bk = min(group, 64)
+    xc = x2.to(torch.float32).contiguous()
+    y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device)  # poisoned: every entry is written
+    args = (packed.contiguous(), scales.contiguous(), zeros.contiguous(), y)
+    if m == 1:
+        tk.int4_gemv_kernel[(1, _cdiv(n, block_n))](xc, *args, n, k, k // group, G=group, BLOCK_N=block_n,
+                                                     BLOCK_K=bk)
+    else:
+        bm = max(16, min(block_m, _pow2(m)))
+        tk.int4_gemm_kernel[(_cdiv(m, bm), _cdiv(n, block_n))](xc, *args, m, n, k, k // group, G=group,
+                                                                BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=bk)
+    return y.to(x.dtype).reshape(*shape[:-1], n)

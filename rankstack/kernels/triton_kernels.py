@@ -102,3 +102,57 @@ def rescore_kernel(q_ptr, vec_ptr, ids_ptr, scale_ptr, out_ptr, C, D,
         acc = acc * tl.load(scale_ptr + ids, mask=valid, other=1.0)
     acc = tl.where(valid, acc, float("-inf"))
     tl.store(out_ptr + qi.to(tl.int64) * C + cols, acc, mask=col_ok)
+
+
+# ---- int4 group-wise weight-only matmul (the reranker LLM's compressed linear layers) ------------------------
+
+@triton.jit
+def _int4_tile(packed_ptr, scales_ptr, zeros_ptr, n_offs, k0, k_offs, N, K, n_groups, G: tl.constexpr):
+    """Dequantized weight tile ``[BLOCK_N, BLOCK_K]`` (float32) of a ``[N, K]`` matrix stored as two 4-bit codes
+    per byte (even k in the low nibble) with an fp16 scale and zero point per ``G`` columns; the tile lies inside
+    one group (BLOCK_K divides G)."""
+    n_ok = n_offs < N
+    k_ok = k_offs < K
+    byte = tl.load(packed_ptr + n_offs[:, None].to(tl.int64) * (K // 2) + (k_offs[None, :] // 2),
+                   mask=n_ok[:, None] & k_ok[None, :], other=0).to(tl.int32)
+    q = (byte >> ((k_offs[None, :] % 2) * 4)) & 0xF
+    g = k0 // G
+    s = tl.load(scales_ptr + n_offs.to(tl.int64) * n_groups + g, mask=n_ok, other=0.0).to(tl.float32)
+    z = tl.load(zeros_ptr + n_offs.to(tl.int64) * n_groups + g, mask=n_ok, other=0.0).to(tl.float32)
+    return (q.to(tl.float32) - z[:, None]) * s[:, None]
+
+
+@triton.jit
+def int4_gemm_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, y_ptr, M, N, K, n_groups,
+                     G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``y[M, N] = x[M, K] @ W[N, K]^T`` with W dequantized tile by tile in registers (prefill: many rows)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    m_offs = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_offs = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + m_offs[:, None].to(tl.int64) * K + k_offs[None, :],
+                    mask=(m_offs[:, None] < M) & (k_offs[None, :] < K), other=0.0).to(tl.float32)
+        w = _int4_tile(packed_ptr, scales_ptr, zeros_ptr, n_offs, k0, k_offs, N, K, n_groups, G)
+        acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+    tl.store(y_ptr + m_offs[:, None].to(tl.int64) * N + n_offs[None, :], acc,
+             mask=(m_offs[:, None] < M) & (n_offs[None, :] < N))
+
+
+@triton.jit
+def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, y_ptr, N, K, n_groups,
+                     G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One row of ``x`` (decoding): ``y[r, N] = x[r, K] @ W^T``, each program a block of outputs, reduced in
+    registers without a tensor-core tile."""
+    r = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    n_offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_offs = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + r.to(tl.int64) * K + k_offs, mask=k_offs < K, other=0.0).to(tl.float32)
+        w = _int4_tile(packed_ptr, scales_ptr, zeros_ptr, n_offs, k0, k_offs, N, K, n_groups, G)
+        acc += tl.sum(w * x[None, :], axis=1)
+    tl.store(y_ptr + r.to(tl.int64) * N + n_offs, acc, mask=n_offs < N)

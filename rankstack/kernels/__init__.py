@@ -13,10 +13,12 @@ import os
 import torch
 
 from rankstack.errors import BadInput
-from rankstack.kernels.reference import (float_order_key, hamming_topk_ref, int4_matmul_ref, key_to_float,
+from rankstack.kernels.reference import (attention_rows_ref, float_order_key, hamming_topk_ref, int4_matmul_ref,
+                                         key_to_float,
                                          pq_adc_topk_ref, rescore_ref, topk_by_score, unpack_keys)
 
-__all__ = ["hamming_topk", "pq_adc_topk", "rescore", "int4_matmul", "int4_matmul_ref", "hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref",
+__all__ = ["hamming_topk", "pq_adc_topk", "rescore", "int4_matmul", "int4_matmul_ref", "attention_rows",
+           "attention_rows_ref", "hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref",
            "use_triton", "float_order_key", "key_to_float", "topk_by_score"]
 
 
@@ -181,3 +183,28 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zer
         tk.int4_gemm_kernel[(_cdiv(m, bm), _cdiv(n, block_n))](xc, *args, m, n, k, k // group, G=group,
                                                                 BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=bk)
     return y.to(x.dtype).reshape(*shape[:-1], n)
+
+
+def attention_rows(q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: float, *, window: int | None = None,
+                   softcap: float | None = None, block_l: int = 64, triton: bool | None = None) -> torch.Tensor:
+    """ICR's attention rows: ``[H, L]`` float32, the softmax attention each head pays from the query rows ``q [H, R,
+    D]`` (at absolute positions ``qpos [R]``) to every key ``k [Hkv, L, D]``, averaged over the rows; causal, and
+    limited to the last ``window`` positions when given. The Triton kernel never stores the ``R x L`` logits
+    (soft-capped logits, a Gemma-2 feature, take the reference)."""
+    if q.ndim != 3 or k.ndim != 3 or q.shape[2] != k.shape[2] or q.shape[0] % k.shape[0]:
+        raise BadInput(f"q must be [H, R, D] and k [Hkv, L, D] with Hkv dividing H, got {tuple(q.shape)} and "
+                       f"{tuple(k.shape)}")
+    if qpos.shape != (q.shape[1],):
+        raise BadInput(f"qpos must give one position per query row ({q.shape[1]}), got {tuple(qpos.shape)}")
+    if softcap or not (use_triton(k) if triton is None else triton):
+        return attention_rows_ref(q, k, qpos, scale, window=window, softcap=softcap)
+    tk = _kernels()
+    h, r, d = q.shape
+    length = k.shape[1]
+    out = torch.full((h, length), float("nan"), dtype=torch.float32, device=k.device)  # poisoned
+    if r == 0:
+        return out.zero_()
+    tk.attention_rows_kernel[(h,)](q.to(torch.float32).contiguous(), k.to(torch.float32).contiguous(),
+                                   qpos.to(device=k.device, dtype=torch.int32).contiguous(), out, r, length, h // k.shape[0], float(scale),
+                                   int(window or 0), D=d, BLOCK_R=max(16, _pow2(r)), BLOCK_L=block_l)
+    return out

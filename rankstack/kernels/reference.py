@@ -120,3 +120,21 @@ def int4_matmul_ref(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     n, k = packed.shape[0], packed.shape[1] * 2
     w = dequantize_int4(packed, scales, zeros, group=group, shape=(n, k), dtype=torch.float32)
     return (x.to(torch.float32) @ w.T).to(x.dtype)
+
+
+def attention_rows_ref(q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: float, *,
+                       window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+    """``[H, L]``: softmax attention from the rows ``q [H, R, D]`` (positions ``qpos``) to the keys ``k [Hkv, L, D]``,
+    causal (and windowed), averaged over the rows; the ``R x L`` logits are built in full (the reference)."""
+    q, k = q.float(), k.float()
+    if k.shape[0] != q.shape[0]:
+        k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+    logits = torch.matmul(q, k.transpose(1, 2)) * scale  # [H, R, L]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    kpos = torch.arange(k.shape[1], device=k.device)[None, :]
+    ok = kpos <= qpos.to(k.device)[:, None]
+    if window:
+        ok &= (qpos.to(k.device)[:, None] - kpos) < window
+    logits = logits.masked_fill(~ok[None], float("-inf"))
+    return torch.softmax(logits, dim=-1).mean(dim=1)

@@ -156,3 +156,49 @@ def int4_gemv_kernel(x_ptr, packed_ptr, scales_ptr, zeros_ptr, y_ptr, N, K, n_gr
         w = _int4_tile(packed_ptr, scales_ptr, zeros_ptr, n_offs, k0, k_offs, N, K, n_groups, G)
         acc += tl.sum(w * x[None, :], axis=1)
     tl.store(y_ptr + r.to(tl.int64) * N + n_offs, acc, mask=n_offs < N)
+
+
+# ---- fused ICR attention rows -----------------------------------------------------------------------------------
+
+@triton.jit
+def _scores(q, k_ptr, kvh, l_offs, L, qpos, scale, window, D: tl.constexpr):
+    """Masked logits ``[BLOCK_R, BLOCK_L]`` of the rows ``q`` against keys ``l_offs`` of kv head ``kvh``."""
+    d = tl.arange(0, D)
+    k = tl.load(k_ptr + (kvh.to(tl.int64) * L + l_offs[:, None]) * D + d[None, :], mask=l_offs[:, None] < L,
+                other=0.0).to(tl.float32)
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    ok = (l_offs[None, :] < L) & (l_offs[None, :] <= qpos[:, None])
+    if window > 0:
+        ok = ok & (qpos[:, None] - l_offs[None, :] < window)
+    return tl.where(ok, s, float("-inf"))
+
+
+@triton.jit
+def attention_rows_kernel(q_ptr, k_ptr, qpos_ptr, out_ptr, R, L, group, scale, window,
+                          D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """For head ``h``: ``out[h, j] = mean_r softmax_j(q[h, r] . k[h // group, j] * scale)`` over causal (and
+    windowed) keys, by an online softmax over key blocks (pass 1: row max and normaliser) and a second sweep that
+    sums the normalised probabilities over the rows (pass 2). The ``R x L`` matrix is never stored."""
+    h = tl.program_id(0)
+    kvh = h // group
+    r = tl.arange(0, BLOCK_R)
+    d = tl.arange(0, D)
+    r_ok = r < R
+    q = tl.load(q_ptr + (h.to(tl.int64) * R + r[:, None]) * D + d[None, :], mask=r_ok[:, None], other=0.0
+                ).to(tl.float32)
+    qpos = tl.load(qpos_ptr + r, mask=r_ok, other=0)
+    m = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
+    den = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for l0 in range(0, L, BLOCK_L):
+        s = _scores(q, k_ptr, kvh, l0 + tl.arange(0, BLOCK_L), L, qpos, scale, window, D)
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        den = den * tl.exp(m - safe) + tl.sum(tl.exp(s - safe[:, None]), axis=1)
+        m = m_new
+    m = tl.where(m == float("-inf"), 0.0, m)
+    inv = tl.where(r_ok & (den > 0), 1.0 / den, 0.0) / R
+    for l0 in range(0, L, BLOCK_L):
+        l_offs = l0 + tl.arange(0, BLOCK_L)
+        s = _scores(q, k_ptr, kvh, l_offs, L, qpos, scale, window, D)
+        p = tl.exp(s - m[:, None]) * inv[:, None]
+        tl.store(out_ptr + h.to(tl.int64) * L + l_offs, tl.sum(p, axis=0), mask=l_offs < L)

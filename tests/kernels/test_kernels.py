@@ -189,3 +189,36 @@ def test_int4_matmul_checks_shapes():
         int4_matmul(torch.randn(2, 32), packed, scales, zeros, 32)
     with pytest.raises(BadInput, match="scales/zeros"):
         int4_matmul(torch.randn(2, 64), packed, scales, zeros, 64)
+
+
+# ---- fused ICR attention rows ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("h,hkv,r,length,d,window", [(4, 2, 3, 50, 16, None), (2, 2, 1, 130, 32, None),
+                                                      (6, 3, 17, 97, 16, 40), (2, 1, 5, 5, 16, None)])
+def test_attention_rows_kernel_matches_reference(h, hkv, r, length, d, window):
+    from rankstack.kernels import attention_rows, attention_rows_ref
+
+    torch.manual_seed(length + r)
+    q = torch.randn(h, r, d)
+    k = torch.randn(hkv, length, d)
+    qpos = torch.arange(length - r, length)  # the last r tokens, as ICR's query part
+    qpos[0] = max(0, length - r - 7)  # one row earlier in the sequence: its causal edge cuts the keys after it
+    got = attention_rows(q, k, qpos, d ** -0.5, window=window, triton=True)
+    want = attention_rows_ref(q, k, qpos, d ** -0.5, window=window)
+    assert not torch.isnan(got).any()  # poisoned output, every key written
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got.sum(-1), torch.ones(h), rtol=1e-4, atol=1e-4)  # each row's mass sums to 1
+    assert (got[:, int(qpos.max()) + 1:] == 0).all()  # nothing after the last row (causal edge)
+    spans = [(0, 3), (3, 3), (3, length // 2)]  # an empty span sums to 0
+    csum = torch.nn.functional.pad(got.cumsum(-1), (1, 0))
+    sums = torch.stack([csum[:, e] - csum[:, s] for s, e in spans], -1)
+    assert (sums[:, 1] == 0).all() and torch.allclose(sums[:, 0], want[:, :3].sum(-1), atol=1e-5)
+
+
+def test_attention_rows_checks_shapes():
+    from rankstack.kernels import attention_rows
+
+    with pytest.raises(BadInput, match="Hkv dividing H"):
+        attention_rows(torch.randn(3, 2, 8), torch.randn(2, 10, 8), torch.tensor([8, 9]), 1.0)
+    with pytest.raises(BadInput, match="one position per query row"):
+        attention_rows(torch.randn(2, 2, 8), torch.randn(2, 10, 8), torch.tensor([9]), 1.0)

@@ -163,22 +163,13 @@ class AttentionProbe:
         rel = torch.tensor([p - offset for p in self.query_positions], dtype=torch.long)
         if (rel < 0).any() or (rel >= lq).any():
             return  # the wanted rows are not in this forward chunk
-        q = query[0, :, rel, :].float()  # [H, R, D]
-        k = key[0].float()  # [Hkv, L, D]
-        if k.shape[0] != q.shape[0]:
-            k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
-        logits = torch.matmul(q, k.transpose(1, 2)) * scaling  # [H, R, L]
-        cap = getattr(module, "attn_logit_softcapping", None)
-        if cap:  # Gemma-2 style soft-capping of attention logits
-            logits = torch.tanh(logits / cap) * cap
-        qpos = (rel + offset)[:, None]
-        kpos = torch.arange(lk)[None, :]
-        causal = kpos <= qpos  # [R, L]
-        window = getattr(module, "sliding_window", None)
-        if window:  # local-attention layers (Gemma 3, Mistral) see only the last `window` positions
-            causal &= (qpos - kpos) < window
-        logits = logits.masked_fill(~causal[None], float("-inf"))
-        self.rows[layer] = torch.softmax(logits, dim=-1).mean(dim=1)
+        from rankstack.kernels import attention_rows
+
+        # [H, L]: the kernel module's fused Triton kernel on a GPU (no R x L logits), its torch reference on CPU
+        self.rows[layer] = attention_rows(query[0, :, rel, :], key[0], rel + offset, scaling,
+                                          window=getattr(module, "sliding_window", None),
+                                          softcap=getattr(module, "attn_logit_softcapping", None),
+                                          triton=query.is_cuda).cpu()
 
 
 def _capture_attention(module, query, key, value, attention_mask, **kwargs):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from rankstack.errors import BadInput
 from rankstack.eval.datasets import load_trec_dl
 from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
@@ -53,13 +54,20 @@ def main() -> int:
     qrels = Qrels(judgments={q: dict(j) for q, j in dl.qrels.judgments.items() if q in keep})
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for row in args.rows:
-        kind, weights, kv, order = (row.split(":") + ["fp32", "fp32", ""])[:4]
+        parts = row.split(":")
+        kind, weights, kv, order = (parts + ["fp32", "fp32", ""][len(parts) - 1:])[:4]
         spec = f"{kind}:model={args.model},depth={args.depth},weights={weights},kv={kv}"
         if order:
             spec += f",order={order}"
         models = ModelCache()
         t0 = time.perf_counter()
-        rr = build_reranker(spec, models)
+        try:
+            rr = build_reranker(spec, models)
+        except BadInput as exc:  # e.g. a group size that does not divide the model's dimensions: a row saying so
+            logger.warning("%s: %s", spec, exc)
+            results[f"{args.model}|{row}"] = {"spec": spec, "model": args.model, "reranker": kind, "weights": weights,
+                                              "kv": kv, "order": order or "retriever-last", "error": str(exc)}
+            continue
         load_s = time.perf_counter() - t0
         llm = rr.llm
         stage = Rerank(rr, args.depth)
@@ -89,6 +97,10 @@ def table(results: dict, model: str) -> str:
              "| s/query |", "|---|---|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         if r["model"] != model:
+            continue
+        if "error" in r:
+            lines.append(f"| {r['reranker']}@20 | {r['weights']} | {r['kv']} | {r['order']} | n/a: {r['error'][:90]} "
+                         f"| | | | |")
             continue
         base = results.get(f"{model}|{r['reranker']}:fp32:fp32") or results.get(f"{model}|{r['reranker']}:fp32")
         vs = "-"

@@ -141,3 +141,46 @@ def test_icr_order_and_spec_options():
         RerankerSpec.parse("first:weights=int5")
     with pytest.raises(BadInput, match="KV-cache"):
         RerankerSpec.parse("icr:kv=fp8")
+
+
+def test_passage_block_prefill_equals_each_passage_run_alone():
+    """Under the layout, a passage's keys and values are those of the prefix + that passage run alone at the same
+    positions; FlexAttention (compiled) equals the boolean-mask SDPA reference; the query part sees everything."""
+    from rankstack.rerank.llm.sparse_attention import PassageLayout
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    llm = CausalLM(model, tokenizer=tok)
+    prefix = llm.encode("Here are some paragraphs:")
+    passages = [llm.encode(" [1] the flea life cycle is about weeks"), llm.encode(" [2] cats dogs eggs larva pupa"),
+                llm.encode(" [3] adult")]
+    query = llm.encode(" Query: flea eggs")
+    ids, spans = list(prefix), []
+    for p in passages:
+        spans.append((len(ids), len(ids) + len(p)))
+        ids += p
+    start = len(ids)
+    ids += query
+    outs = {}
+    for impl in ("flex", "sdpa"):
+        layout = PassageLayout.from_spans(len(ids), spans, start, block=16, impl=impl)
+        logits, cache = llm.forward(ids, layout=layout)
+        outs[impl] = (logits, [(lay.keys.clone(), lay.values.clone()) for lay in cache.layers], layout)
+    torch.testing.assert_close(outs["flex"][0], outs["sdpa"][0], rtol=1e-4, atol=1e-4)
+    for (kf, vf), (ks, vs) in zip(outs["flex"][1], outs["sdpa"][1]):
+        torch.testing.assert_close(kf, ks, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(vf, vs, rtol=1e-4, atol=1e-4)
+    s, e = spans[1]
+    alone = prefix + ids[s:e]
+    pos = torch.tensor([list(range(len(prefix))) + list(range(s, e))])
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([alone]), position_ids=pos, use_cache=True)
+    for lay, (k, v) in zip(ref.past_key_values.layers, outs["flex"][1]):
+        torch.testing.assert_close(k[:, :, s:e], lay.keys[:, :, len(prefix):], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(v[:, :, s:e], lay.values[:, :, len(prefix):], rtol=1e-4, atol=1e-5)
+    dense, _ = llm.forward(ids)
+    assert not torch.allclose(dense, outs["flex"][0], atol=1e-4)  # the passages did see each other before
+    layout = outs["flex"][2]
+    assert 0 < layout.computed_blocks <= layout.dense_blocks
+    with pytest.raises(BadInput, match="attention must be"):
+        ICRReranker(llm, attention="sliding")

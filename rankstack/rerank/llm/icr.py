@@ -52,7 +52,9 @@ class ICRReranker(LLMReranker):
     these ``(layer, head)`` pairs only (e.g. chosen on another dataset) instead of every layer and head.
     ``order``: where the first-stage retriever's best candidates sit in the prompt: ``retriever-last`` (default, as
     the authors run ICR with ``--reverse_doc_order``: the best passages last, nearest the query) or
-    ``retriever-first``."""
+    ``retriever-first``. ``attention``: ``dense``, or ``passage-block`` (the prompt's first pass runs with each
+    passage attending only to the instruction prefix and itself, the query part to everything; see
+    :mod:`rankstack.rerank.llm.sparse_attention`)."""
 
     name = "icr"
 
@@ -60,11 +62,15 @@ class ICRReranker(LLMReranker):
                  stride: int | None = None, calibration: str = "masked", query_span: str = "after_docs",
                  prompt_type: str = "IE", layers: list[int] | None = None,
                  heads: list[tuple[int, int]] | None = None, order: str = "retriever-last",
-                 keep_signals: bool = False):
+                 attention: str = "dense", keep_signals: bool = False):
         super().__init__(llm, passage_tokens=passage_tokens)
         if order not in ORDERS:
             raise BadInput(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
-        self.order = order
+        from rankstack.rerank.llm.sparse_attention import ATTENTION_MODES
+
+        if attention not in ATTENTION_MODES:
+            raise BadInput(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
+        self.order, self.attention = order, attention
         if calibration not in CALIBRATIONS:
             raise BadInput(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if query_span not in QUERY_SPANS:
@@ -112,12 +118,17 @@ class ICRReranker(LLMReranker):
     # ---- scoring -------------------------------------------------------------------------------------------
 
     def _pass(self, part: list[int], start: int, q_range: tuple[int, int], q_len: int,
-              cache) -> tuple[AttentionProbe, object]:
+              cache, spans=None) -> tuple[AttentionProbe, object]:
         """Forward ``part``; probe the query part, which starts at absolute position ``start`` and has ``q_len``
-        tokens (``q_range`` is the query text inside it)."""
+        tokens (``q_range`` is the query text inside it). ``spans``: the passages' token spans, for a
+        passage-block prefill of a whole prompt."""
+        from rankstack.rerank.llm.sparse_attention import PassageLayout
+
         lo, hi = q_range if self.query_span == "query" else (0, q_len)
         probe = AttentionProbe(query_positions=list(range(start + lo, start + hi)), layers=self.layers)
-        _, cache = self.llm.forward(part, cache, probe=probe)
+        layout = (PassageLayout.from_spans(len(part), spans, start)
+                  if spans is not None and self.attention == "passage-block" else None)
+        _, cache = self.llm.forward(part, cache, probe=probe, layout=layout)
         return probe, cache
 
     def score_window(self, query: str, cands: list[Candidate], stats: ForwardStats) -> torch.Tensor:
@@ -134,11 +145,11 @@ class ICRReranker(LLMReranker):
         q_part, q_lo, q_hi = self._query_part(query)
         start = len(docs_ids)
         if self.calibration == "none":
-            probe, _ = self._pass(docs_ids + q_part, start, (q_lo, q_hi), len(q_part), None)
+            probe, _ = self._pass(docs_ids + q_part, start, (q_lo, q_hi), len(q_part), None, spans)
             calib = None
         else:
             na_part, na_lo, na_hi = self._query_part("N/A")
-            calib, cache = self._pass(docs_ids + na_part, start, (na_lo, na_hi), len(na_part), None)
+            calib, cache = self._pass(docs_ids + na_part, start, (na_lo, na_hi), len(na_part), None, spans)
             cache.crop(start - cache.get_seq_length())  # drop the N/A part; keep the passages' keys and values
             cache = self.llm.compact(cache)  # held as codes until the query pass under kv=int4|int2
             probe, _ = self._pass(q_part, start, (q_lo, q_hi), len(q_part), cache)

@@ -175,7 +175,15 @@ class AttentionProbe:
 def _capture_attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    from rankstack.rerank.llm.sparse_attention import active_layout
+
+    layout = active_layout()
+    if layout is not None and query.shape[2] == key.shape[2] == len(layout.segments) and not \
+            getattr(module, "attn_logit_softcapping", None):
+        scaling = kwargs.get("scaling") or module.head_dim ** -0.5
+        out = (layout.attend(module, query, key, value, scaling), None)
+    else:
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     probe = getattr(_ACTIVE, "probe", None)
     if probe is not None:
         scaling = kwargs.get("scaling") or module.head_dim ** -0.5
@@ -211,6 +219,8 @@ class ForwardStats:
     seconds: float = 0.0
     truncated_passages: int = 0
     repairs: int = 0
+    attention_blocks: int = 0  # block x block attention tiles computed in sparse-prefill passes
+    dense_blocks: int = 0  # the tiles dense causal attention would have computed in those passes
 
     def add(self, other: ForwardStats) -> None:
         for f in dataclasses.fields(self):
@@ -290,9 +300,10 @@ class CausalLM:
     # -- passes --
     @torch.inference_mode()
     def forward(self, ids: Sequence[int] | torch.Tensor, cache=None, *, probe: AttentionProbe | None = None,
-                all_logits: bool = False):
+                all_logits: bool = False, layout=None):
         """One forward pass over ``ids`` (appended to ``cache``); returns ``(logits, cache)``. Logits are the last
-        position's ``[vocab]`` unless ``all_logits``."""
+        position's ``[vocab]`` unless ``all_logits``. ``layout``: a
+        :class:`~rankstack.rerank.llm.sparse_attention.PassageLayout` for a sparse prefill of exactly these ids."""
         from transformers import DynamicCache
 
         from rankstack.rerank.llm.kvquant import QuantizedKV
@@ -306,9 +317,16 @@ class CausalLM:
         if past + x.shape[1] > self.context:
             raise BadInput(f"{past + x.shape[1]} tokens exceed the model's context of {self.context}; "
                            f"lower the window size or the per-passage token budget")
-        with probing(probe):
+        from rankstack.rerank.llm.sparse_attention import layout_active
+
+        if layout is not None and (len(layout.segments) != x.shape[1] or cache.get_seq_length() != 0):
+            raise BadInput("a passage-block layout covers a whole prompt run from an empty cache")
+        with probing(probe), layout_active(layout):
             out = self.model(input_ids=x, past_key_values=cache, use_cache=True,
                              logits_to_keep=0 if all_logits else 1)
+        if layout is not None:
+            self.stats.attention_blocks += layout.computed_blocks
+            self.stats.dense_blocks += layout.dense_blocks
         self.stats.forward_passes += 1
         self.stats.prompt_tokens += x.shape[1]
         self.stats.seconds += time.perf_counter() - t0

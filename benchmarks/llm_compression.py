@@ -8,7 +8,8 @@ cache), and prefill (forward-pass) seconds per query. ICR's prompt order is the 
 unless a row says otherwise.
 
     python benchmarks/llm_compression.py --queries 43 --rows icr:fp32 icr:int8 first:fp32 first:int8 ...
-    (a row is reranker:weights[:kv[:order]], e.g. icr:int4-g32-outliers:int4)
+    (a row is reranker[@depth]:weights[:kv[:order[:attention]]], e.g. icr:int4-g32-outliers:int4 or
+    icr@100:fp32:fp32::passage-block)
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ def main() -> int:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for row in args.rows:
         parts = row.split(":")
-        kind, weights, kv, order = (parts + ["fp32", "fp32", ""][len(parts) - 1:])[:4]
-        spec = f"{kind}:model={args.model},depth={args.depth},weights={weights},kv={kv}"
+        kind, weights, kv, order, attention = (parts + ["fp32", "fp32", "", ""][len(parts) - 1:])[:5]
+        kind, _, d = kind.partition("@")
+        depth = int(d or args.depth)
+        spec = f"{kind}:model={args.model},depth={depth},weights={weights},kv={kv}"
         if order:
             spec += f",order={order}"
+        if attention:
+            spec += f",attention={attention}"
         models = ModelCache()
         t0 = time.perf_counter()
         try:
@@ -66,21 +71,26 @@ def main() -> int:
         except BadInput as exc:  # e.g. a group size that does not divide the model's dimensions: a row saying so
             logger.warning("%s: %s", spec, exc)
             results[f"{args.model}|{row}"] = {"spec": spec, "model": args.model, "reranker": kind, "weights": weights,
-                                              "kv": kv, "order": order or "retriever-last", "error": str(exc)}
+                                              "kv": kv, "order": order or "retriever-last", "depth": depth,
+                                              "attention": attention or "dense", "error": str(exc)}
             continue
         load_s = time.perf_counter() - t0
         llm = rr.llm
-        stage = Rerank(rr, args.depth)
-        out = []
+        stage = Rerank(rr, depth)
+        out, stats = [], []
         t0 = time.perf_counter()
         for i, r in enumerate(rankings):
             out += Pipeline(Given([r]), [stage]).run([r.query], len(r.candidates)).rankings
+            stats += rr.last_stats
             logger.info("%s query %d/%d", spec, i + 1, len(rankings))
         wall = time.perf_counter() - t0
         res = evaluate(Run.from_rankings(out), qrels, ["nDCG@10"], drop_self=False)
         results[f"{args.model}|{row}"] = {
             "spec": spec, "model": args.model, "reranker": kind, "weights": weights, "kv": kv,
-            "order": order or "retriever-last", "queries": len(rankings), "nDCG@10": res.aggregate["nDCG@10"],
+            "order": order or "retriever-last", "depth": depth, "attention": attention or "dense",
+            "attention_blocks": sum(s.attention_blocks for s in stats), "dense_blocks": sum(s.dense_blocks for s in stats),
+            "prompt_tokens_per_q": sum(s.prompt_tokens for s in stats) / len(stats),
+            "queries": len(rankings), "nDCG@10": res.aggregate["nDCG@10"],
             "per_query": dict(res.per_query["nDCG@10"]), "linear_bytes": llm.weight_stats["linear_bytes"],
             "linear_ratio": llm.weight_stats["ratio"], "kv_bytes_per_token": llm.kv_bytes_per_token(),
             "kv_ratio_bf16": llm.kv_bytes_per_token() / llm.kv_bytes_per_token("bf16"),
@@ -93,21 +103,26 @@ def main() -> int:
 
 
 def table(results: dict, model: str) -> str:
-    lines = ["| reranker | weights | kv | order | nDCG@10 | vs float32 (p) | linear bytes (x fp32) | KV B/token (x bf16) "
-             "| s/query |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| reranker | weights | kv | order | attention (work x dense) | nDCG@10 | vs float32 (p) | linear bytes (x fp32) "
+             "| KV B/token (x bf16) | s/query |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in results.items():
         if r["model"] != model:
             continue
         if "error" in r:
-            lines.append(f"| {r['reranker']}@20 | {r['weights']} | {r['kv']} | {r['order']} | n/a: {r['error'][:90]} "
-                         f"| | | | |")
+            lines.append(f"| {r['reranker']}@{r.get('depth', 20)} | {r['weights']} | {r['kv']} | {r['order']} | | n/a: "
+                         f"{r['error'][:90]} | | | | |")
             continue
-        base = results.get(f"{model}|{r['reranker']}:fp32:fp32") or results.get(f"{model}|{r['reranker']}:fp32")
+        d = r.get("depth", 20)
+        kd = r["reranker"] + (f"@{d}" if d != 20 else "")
+        base = results.get(f"{model}|{kd}:fp32") or results.get(f"{model}|{kd}:fp32:fp32")
         vs = "-"
         if base is not None and base is not r:
             t = compare_per_query(base["per_query"], r["per_query"])
             vs = f"{t.delta:+.4f} (p={t.p_randomization:.3f})"
-        lines.append(f"| {r['reranker']}@20 | {r['weights']} | {r['kv']} | {r['order']} | {r['nDCG@10']:.4f} | {vs} | "
+        att = r.get("attention", "dense")
+        if r.get("dense_blocks"):
+            att += f" ({r['attention_blocks'] / r['dense_blocks']:.3f})"
+        lines.append(f"| {r['reranker']}@{d} | {r['weights']} | {r['kv']} | {r['order']} | {att} | {r['nDCG@10']:.4f} | {vs} | "
                      f"{r['linear_bytes'] / 2**20:.1f} MiB ({r['linear_ratio']:.3f}) | {r['kv_bytes_per_token']:.0f} "
                      f"({r['kv_ratio_bf16']:.3f}) | {r['seconds_per_q']:.2f} |")
     return "\n".join(lines)

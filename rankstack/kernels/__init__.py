@@ -186,18 +186,20 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zer
 
 
 def attention_rows(q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: float, *, window: int | None = None,
-                   softcap: float | None = None, block_l: int = 64, triton: bool | None = None) -> torch.Tensor:
+                   softcap: float | None = None, mask: torch.Tensor | None = None, block_l: int = 64,
+                   triton: bool | None = None) -> torch.Tensor:
     """ICR's attention rows: ``[H, L]`` float32, the softmax attention each head pays from the query rows ``q [H, R,
     D]`` (at absolute positions ``qpos [R]``) to every key ``k [Hkv, L, D]``, averaged over the rows; causal, and
-    limited to the last ``window`` positions when given. The Triton kernel never stores the ``R x L`` logits
-    (soft-capped logits, a Gemma-2 feature, take the reference)."""
+    limited to the last ``window`` positions when given; ``mask [H, R, L]`` (boolean) restricts each head's keys
+    further (sparse heads). The Triton kernel never stores the ``R x L`` logits (soft-capped logits, a Gemma-2
+    feature, and extra masks take the reference)."""
     if q.ndim != 3 or k.ndim != 3 or q.shape[2] != k.shape[2] or q.shape[0] % k.shape[0]:
         raise BadInput(f"q must be [H, R, D] and k [Hkv, L, D] with Hkv dividing H, got {tuple(q.shape)} and "
                        f"{tuple(k.shape)}")
     if qpos.shape != (q.shape[1],):
         raise BadInput(f"qpos must give one position per query row ({q.shape[1]}), got {tuple(qpos.shape)}")
-    if softcap or not (use_triton(k) if triton is None else triton):
-        return attention_rows_ref(q, k, qpos, scale, window=window, softcap=softcap)
+    if softcap or mask is not None or not (use_triton(k) if triton is None else triton):
+        return attention_rows_ref(q, k, qpos, scale, window=window, softcap=softcap, mask=mask)
     tk = _kernels()
     h, r, d = q.shape
     length = k.shape[1]

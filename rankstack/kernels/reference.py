@@ -123,7 +123,8 @@ def int4_matmul_ref(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
 
 
 def attention_rows_ref(q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: float, *,
-                       window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+                       window: int | None = None, softcap: float | None = None,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """``[H, L]``: softmax attention from the rows ``q [H, R, D]`` (positions ``qpos``) to the keys ``k [Hkv, L, D]``,
     causal (and windowed), averaged over the rows; the ``R x L`` logits are built in full (the reference)."""
     q, k = q.float(), k.float()
@@ -136,5 +137,6 @@ def attention_rows_ref(q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, sca
     ok = kpos <= qpos.to(k.device)[:, None]
     if window:
         ok &= (qpos.to(k.device)[:, None] - kpos) < window
-    logits = logits.masked_fill(~ok[None], float("-inf"))
+    ok = ok[None] if mask is None else ok[None] & mask.to(ok.device)
+    logits = logits.masked_fill(~ok, float("-inf"))
     return torch.softmax(logits, dim=-1).mean(dim=1)

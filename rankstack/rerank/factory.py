@@ -74,7 +74,7 @@ def _heads(value: Any, where: str) -> tuple[tuple[int, int], ...]:
 
 
 def _fmt_value(key: str, value: Any) -> str:
-    if key == "heads":
+    if key in ("heads", "full_heads"):
         return ";".join(f"{a}.{b}" for a, b in value)
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -103,7 +103,7 @@ class RerankerSpec:
         for key, value in self.options:
             if key not in allowed:
                 raise unknown_option(where, key, ["model", "depth", *allowed])
-            if key == "heads":
+            if key in ("heads", "full_heads"):
                 value = _heads(value, where) if value is not None else None
             elif key in LLM_RUNTIME_OPTIONS:
                 from rankstack.rerank.llm.kvquant import KVScheme

@@ -164,8 +164,9 @@ def test_passage_block_prefill_equals_each_passage_run_alone():
     outs = {}
     for impl in ("flex", "sdpa"):
         layout = PassageLayout.from_spans(len(ids), spans, start, block=16, impl=impl)
+        llm.reset_stats()
         logits, cache = llm.forward(ids, layout=layout)
-        outs[impl] = (logits, [(lay.keys.clone(), lay.values.clone()) for lay in cache.layers], layout)
+        outs[impl] = (logits, [(lay.keys.clone(), lay.values.clone()) for lay in cache.layers], llm.reset_stats())
     torch.testing.assert_close(outs["flex"][0], outs["sdpa"][0], rtol=1e-4, atol=1e-4)
     for (kf, vf), (ks, vs) in zip(outs["flex"][1], outs["sdpa"][1]):
         torch.testing.assert_close(kf, ks, rtol=1e-4, atol=1e-4)
@@ -180,7 +181,46 @@ def test_passage_block_prefill_equals_each_passage_run_alone():
         torch.testing.assert_close(v[:, :, s:e], lay.values[:, :, len(prefix):], rtol=1e-4, atol=1e-5)
     dense, _ = llm.forward(ids)
     assert not torch.allclose(dense, outs["flex"][0], atol=1e-4)  # the passages did see each other before
-    layout = outs["flex"][2]
-    assert 0 < layout.computed_blocks <= layout.dense_blocks
+    stats = outs["flex"][2]
+    assert 0 < stats.attention_blocks <= stats.dense_blocks
     with pytest.raises(BadInput, match="attention must be"):
         ICRReranker(llm, attention="sliding")
+
+
+def test_duo_heads_flex_equals_masked_reference_and_probe_follows():
+    """Streaming heads see only the sink and the local window, in the prompt pass and in the query pass over the
+    cache; the blocked computation equals the masked SDPA reference, and ICR's probe rows are the heads' own
+    attention."""
+    from rankstack.rerank.llm.runtime import AttentionProbe
+    from rankstack.rerank.llm.sparse_attention import HeadLayout
+
+    tok = tiny_tokenizer()
+    llm = CausalLM(tiny_llama(len(tok)), tokenizer=tok)
+    ids = llm.encode("Here are some paragraphs: [1] the flea life cycle is about weeks [2] cats dogs eggs larva pupa "
+                     "adult [3] output format ranking search relevance passages Query: flea eggs")
+    full = frozenset({(0, 1), (2, 3)})
+    res = {}
+    for impl in ("blocks", "sdpa"):
+        layout = HeadLayout(full, llm.num_heads, sink=2, window=8, block=4, impl=impl)
+        llm.reset_stats()
+        _, cache = llm.forward(ids[:-6], layout=layout)
+        probe = AttentionProbe(query_positions=[len(ids) - 2, len(ids) - 1])
+        logits, _ = llm.forward(ids[-6:], cache, probe=probe, layout=layout)
+        res[impl] = (logits, probe.stacked(), llm.reset_stats())
+    st = res["blocks"][2]
+    assert 0 < st.attention_blocks < 0.6 * st.dense_blocks  # 10 of 12 heads stream: most (row, key) pairs skipped
+    torch.testing.assert_close(res["blocks"][0], res["sdpa"][0], rtol=1e-4, atol=1e-4)
+    rows = res["blocks"][1]  # [layers, heads, L]
+    far = slice(2, len(ids) - 1 - 8)  # past the sink, before the window of the first probed row
+    assert (rows[0, 0, far] == 0).all() and (rows[0, 1, far] > 0).all()  # streaming head 0.0, full head 0.1
+    torch.testing.assert_close(rows.sum(-1), torch.ones(rows.shape[:2]), rtol=1e-5, atol=1e-5)
+    llm.reset_stats()
+    icr = ICRReranker(llm, passage_tokens=8, attention="duo", full_heads=[(0, 1), (2, 3)], window_tokens=8)
+    cands = [Candidate(docid=f"d{i}", score=1.0, document=Document(docid=f"d{i}", text=t))
+             for i, t in enumerate(["cats dogs", "flea eggs larva", "pupa adult weeks"])]
+    icr.score_window("flea eggs", cands, __import__("rankstack.rerank.llm.runtime", fromlist=["x"]).ForwardStats())
+    assert llm.reset_stats().attention_blocks > 0
+    with pytest.raises(BadInput, match="needs full_heads"):
+        ICRReranker(llm, attention="duo")
+    spec = RerankerSpec.parse("icr:attention=duo,full_heads=18.7;18.8,window_tokens=64")
+    assert dict(spec.options)["full_heads"] == ((18, 7), (18, 8))

@@ -54,7 +54,8 @@ class ICRReranker(LLMReranker):
     the authors run ICR with ``--reverse_doc_order``: the best passages last, nearest the query) or
     ``retriever-first``. ``attention``: ``dense``, or ``passage-block`` (the prompt's first pass runs with each
     passage attending only to the instruction prefix and itself, the query part to everything; see
-    :mod:`rankstack.rerank.llm.sparse_attention`)."""
+    :mod:`rankstack.rerank.llm.sparse_attention`), or ``duo``: only ``full_heads`` attend to everything, the other
+    heads to the first ``sink_tokens`` and the last ``window_tokens`` tokens, in every pass."""
 
     name = "icr"
 
@@ -62,7 +63,8 @@ class ICRReranker(LLMReranker):
                  stride: int | None = None, calibration: str = "masked", query_span: str = "after_docs",
                  prompt_type: str = "IE", layers: list[int] | None = None,
                  heads: list[tuple[int, int]] | None = None, order: str = "retriever-last",
-                 attention: str = "dense", keep_signals: bool = False):
+                 attention: str = "dense", full_heads: list[tuple[int, int]] | None = None, window_tokens: int = 128,
+                 sink_tokens: int = 4, keep_signals: bool = False):
         super().__init__(llm, passage_tokens=passage_tokens)
         if order not in ORDERS:
             raise BadInput(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
@@ -71,6 +73,21 @@ class ICRReranker(LLMReranker):
         if attention not in ATTENTION_MODES:
             raise BadInput(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
         self.order, self.attention = order, attention
+        self.head_layout = None
+        if attention == "duo":
+            from rankstack.rerank.llm.sparse_attention import HeadLayout
+
+            if not full_heads:
+                raise BadInput("attention=duo needs full_heads: the layer.head pairs that keep full attention (chosen "
+                               "on other data, e.g. full_heads=18.7;18.8)")
+            bad = [(lay, h) for lay, h in full_heads if not (0 <= lay < llm.num_layers and 0 <= h < llm.num_heads)]
+            if bad:
+                raise BadInput(f"full_heads {bad[:3]} are outside the model's {llm.num_layers} layers x "
+                               f"{llm.num_heads} heads")
+            if window_tokens <= 0 or sink_tokens < 0:
+                raise BadInput("window_tokens must be positive and sink_tokens >= 0")
+            self.head_layout = HeadLayout(frozenset(map(tuple, full_heads)), llm.num_heads, sink=sink_tokens,
+                                          window=window_tokens)
         if calibration not in CALIBRATIONS:
             raise BadInput(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if query_span not in QUERY_SPANS:
@@ -127,7 +144,7 @@ class ICRReranker(LLMReranker):
         lo, hi = q_range if self.query_span == "query" else (0, q_len)
         probe = AttentionProbe(query_positions=list(range(start + lo, start + hi)), layers=self.layers)
         layout = (PassageLayout.from_spans(len(part), spans, start)
-                  if spans is not None and self.attention == "passage-block" else None)
+                  if spans is not None and self.attention == "passage-block" else self.head_layout)
         _, cache = self.llm.forward(part, cache, probe=probe, layout=layout)
         return probe, cache
 

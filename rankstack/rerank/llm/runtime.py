@@ -164,12 +164,16 @@ class AttentionProbe:
         if (rel < 0).any() or (rel >= lq).any():
             return  # the wanted rows are not in this forward chunk
         from rankstack.kernels import attention_rows
+        from rankstack.rerank.llm.sparse_attention import active_layout
 
-        # [H, L]: the kernel module's fused Triton kernel on a GPU (no R x L logits), its torch reference on CPU
+        layout = active_layout()
+        extra = layout.probe_mask(layer, (rel + offset).to(key.device), lk) if layout is not None else None
+        # [H, L]: the kernel module's fused Triton kernel on a GPU (no R x L logits), its torch reference on CPU;
+        # under sparse heads the rows are those heads' own (masked) attention
         self.rows[layer] = attention_rows(query[0, :, rel, :], key[0], rel + offset, scaling,
                                           window=getattr(module, "sliding_window", None),
                                           softcap=getattr(module, "attn_logit_softcapping", None),
-                                          triton=query.is_cuda).cpu()
+                                          mask=extra, triton=query.is_cuda).cpu()
 
 
 def _capture_attention(module, query, key, value, attention_mask, **kwargs):
@@ -178,8 +182,7 @@ def _capture_attention(module, query, key, value, attention_mask, **kwargs):
     from rankstack.rerank.llm.sparse_attention import active_layout
 
     layout = active_layout()
-    if layout is not None and query.shape[2] == key.shape[2] == len(layout.segments) and not \
-            getattr(module, "attn_logit_softcapping", None):
+    if layout is not None and layout.applies(query, key) and not getattr(module, "attn_logit_softcapping", None):
         scaling = kwargs.get("scaling") or module.head_dim ** -0.5
         out = (layout.attend(module, query, key, value, scaling), None)
     else:
@@ -319,14 +322,16 @@ class CausalLM:
                            f"lower the window size or the per-passage token budget")
         from rankstack.rerank.llm.sparse_attention import layout_active
 
-        if layout is not None and (len(layout.segments) != x.shape[1] or cache.get_seq_length() != 0):
+        if layout is not None and hasattr(layout, "segments") and (len(layout.segments) != x.shape[1] or
+                                                                   cache.get_seq_length() != 0):
             raise BadInput("a passage-block layout covers a whole prompt run from an empty cache")
         with probing(probe), layout_active(layout):
             out = self.model(input_ids=x, past_key_values=cache, use_cache=True,
                              logits_to_keep=0 if all_logits else 1)
-        if layout is not None:
+        if layout is not None:  # the layout's counters cover this pass only
             self.stats.attention_blocks += layout.computed_blocks
             self.stats.dense_blocks += layout.dense_blocks
+            layout.computed_blocks = layout.dense_blocks = 0
         self.stats.forward_passes += 1
         self.stats.prompt_tokens += x.shape[1]
         self.stats.seconds += time.perf_counter() - t0

@@ -21,10 +21,10 @@ import torch
 
 from rankstack.errors import BadInput
 
-__all__ = ["PassageLayout", "QUERY", "ATTENTION_MODES", "active_layout", "layout_active"]
+__all__ = ["PassageLayout", "HeadLayout", "QUERY", "ATTENTION_MODES", "active_layout", "layout_active"]
 
 QUERY = -1
-ATTENTION_MODES = ("dense", "passage-block")
+ATTENTION_MODES = ("dense", "passage-block", "duo")
 _ACTIVE = threading.local()
 
 
@@ -85,6 +85,12 @@ class PassageLayout:
             self._masks[key] = (bm, int(bm.kv_num_blocks.sum() + full))
         return self._masks[key]
 
+    def applies(self, query, key) -> bool:
+        return query.shape[2] == key.shape[2] == len(self.segments)
+
+    def probe_mask(self, layer: int, qpos: torch.Tensor, length: int):
+        return None  # the query part attends to everything
+
     def attend(self, module, query, key, value, scaling: float):
         """Attention output ``[B, L, H, D]`` (the layout transformers' attention functions return)."""
         length = query.shape[2]
@@ -125,3 +131,83 @@ class layout_active:
     def __exit__(self, *exc):
         _ACTIVE.layout = self.prev
         return False
+
+
+# ---- DuoAttention-style heads ------------------------------------------------------------------------------------
+
+@dataclass
+class HeadLayout:
+    """DuoAttention-style heads (Xiao et al., 2024): the ``full`` ``(layer, head)`` pairs attend to everything,
+    every other head only to the first ``sink`` tokens and the last ``window`` ones. Applies to every pass (the
+    prompt and the query part over the cache). ``computed_blocks``/``dense_blocks`` count (query row, key) pairs
+    scored, over all heads, against dense causal attention's. (FlexAttention with per-head masks hit an inductor
+    C++ code-generation error on CPU in torch 2.13, so the streaming heads run blocked SDPA over their key ranges.)"""
+
+    full: frozenset
+    num_heads: int
+    sink: int = 4
+    window: int = 128
+    block: int = 64
+    impl: str = "blocks"
+    computed_blocks: int = 0
+    dense_blocks: int = 0
+
+    def full_heads(self, layer: int, device) -> torch.Tensor:
+        return torch.tensor([(layer, h) in self.full for h in range(self.num_heads)], dtype=torch.bool,
+                            device=device)
+
+    def allowed(self, layer: int, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
+        """``[H, R, L]`` boolean: which keys each head's rows may attend to."""
+        full = self.full_heads(layer, qpos.device)[:, None, None]
+        causal = (kpos[None, :] <= qpos[:, None])[None]
+        near = ((kpos[None, :] < self.sink) | (qpos[:, None] - kpos[None, :] < self.window))[None]
+        return causal & (full | near)
+
+    def applies(self, query, key) -> bool:
+        return True
+
+    def attend(self, module, query, key, value, scaling: float):
+        """Full heads: causal SDPA. Streaming heads: per block of ``block`` query rows, SDPA over the sink tokens
+        and the keys from ``window`` before the block to its end only, so their work is ``O(rows x (sink +
+        window + block))`` instead of ``O(rows x keys)``. ``impl="sdpa"``: one masked SDPA over everything (the
+        reference)."""
+        layer = int(module.layer_idx)
+        lq, lk = query.shape[2], key.shape[2]
+        off = lk - lq
+        groups = query.shape[1] // key.shape[1]
+        k_all, v_all = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+        qpos, kpos = torch.arange(off, lk, device=query.device), torch.arange(lk, device=query.device)
+        dense_keys = int((qpos + 1).sum())  # causal (row, key) pairs per head
+        self.dense_blocks += dense_keys * self.num_heads
+        if self.impl == "sdpa":
+            mask = self.allowed(layer, qpos, kpos)
+            out = torch.nn.functional.scaled_dot_product_attention(query, k_all, v_all, attn_mask=mask[None],
+                                                                   scale=scaling)
+            self.computed_blocks += dense_keys * self.num_heads
+            return out.transpose(1, 2).contiguous()
+        full = self.full_heads(layer, query.device)
+        out = torch.empty_like(query)
+        fh = full.nonzero().flatten()
+        sh = (~full).nonzero().flatten()
+        if fh.numel():
+            causal = kpos[None, :] <= qpos[:, None]
+            out[:, fh] = torch.nn.functional.scaled_dot_product_attention(query[:, fh], k_all[:, fh], v_all[:, fh],
+                                                                          attn_mask=causal, scale=scaling)
+            self.computed_blocks += dense_keys * fh.numel()
+        if sh.numel():
+            sink = min(self.sink, lk)
+            for r0 in range(0, lq, self.block):
+                r1 = min(lq, r0 + self.block)
+                lo = max(sink, off + r0 - self.window + 1)
+                keys = torch.cat([kpos[:sink], kpos[lo:off + r1]])
+                rows = qpos[r0:r1]
+                ok = (keys[None, :] <= rows[:, None]) & ((keys[None, :] < self.sink) |
+                                                         (rows[:, None] - keys[None, :] < self.window))
+                out[:, sh, r0:r1] = torch.nn.functional.scaled_dot_product_attention(
+                    query[:, sh, r0:r1], k_all[:, sh][:, :, keys], v_all[:, sh][:, :, keys], attn_mask=ok,
+                    scale=scaling)
+                self.computed_blocks += (r1 - r0) * keys.numel() * sh.numel()
+        return out.transpose(1, 2).contiguous()
+
+    def probe_mask(self, layer: int, qpos: torch.Tensor, length: int) -> torch.Tensor:
+        return self.allowed(layer, qpos, torch.arange(length, device=qpos.device))

@@ -224,3 +224,28 @@ def test_duo_heads_flex_equals_masked_reference_and_probe_follows():
         ICRReranker(llm, attention="duo")
     spec = RerankerSpec.parse("icr:attention=duo,full_heads=18.7;18.8,window_tokens=64")
     assert dict(spec.options)["full_heads"] == ((18, 7), (18, 8))
+
+
+def test_topk_rows_attend_to_their_selected_keys():
+    """With a budget covering every key, top-k equals dense; with a small one, each query row's probe attention
+    lives on at most budget + own-chunk keys and the scores stay finite; three passes per ICR window."""
+    from rankstack.rerank.llm.runtime import ForwardStats
+
+    tok = tiny_tokenizer()
+    llm = CausalLM(tiny_llama(len(tok)), tokenizer=tok)
+    cands = [Candidate(docid=f"d{i}", score=1.0, document=Document(docid=f"d{i}", text=t))
+             for i, t in enumerate(["cats dogs eggs larva", "flea eggs larva pupa", "pupa adult weeks cycle"])]
+    dense = ICRReranker(llm, passage_tokens=8).score_window("flea eggs", cands, ForwardStats())
+    wide = ICRReranker(llm, passage_tokens=8, attention="topk", topk_tokens=10_000, topk_channels=4)
+    torch.testing.assert_close(wide.score_window("flea eggs", cands, ForwardStats()), dense, rtol=1e-4, atol=1e-5)
+    narrow = ICRReranker(llm, passage_tokens=8, attention="topk", topk_tokens=4, topk_channels=2,
+                         keep_signals=True)
+    llm.reset_stats()
+    s = narrow.score_window("flea eggs", cands, ForwardStats())
+    st = llm.reset_stats()
+    assert torch.isfinite(s).all() and st.forward_passes == 3
+    assert 0 < st.attention_blocks < st.dense_blocks
+    sel = narrow.head_layout._selected[0][1]  # [H, R, L] kept keys of layer 0's query rows
+    assert (sel.sum(-1) <= 4 + sel.shape[1]).all()
+    with pytest.raises(BadInput, match="calibrated two-pass"):
+        ICRReranker(llm, attention="topk", calibration="none")

@@ -55,7 +55,9 @@ class ICRReranker(LLMReranker):
     ``retriever-first``. ``attention``: ``dense``, or ``passage-block`` (the prompt's first pass runs with each
     passage attending only to the instruction prefix and itself, the query part to everything; see
     :mod:`rankstack.rerank.llm.sparse_attention`), or ``duo``: only ``full_heads`` attend to everything, the other
-    heads to the first ``sink_tokens`` and the last ``window_tokens`` tokens, in every pass."""
+    heads to the first ``sink_tokens`` and the last ``window_tokens`` tokens, in every pass; or ``topk``: the
+    passages are prefilled densely, then the N/A and the query rows each attend to their ``topk_tokens`` best keys
+    by ``topk_channels`` heavy channels (three passes: passages, N/A part, query part)."""
 
     name = "icr"
 
@@ -64,7 +66,7 @@ class ICRReranker(LLMReranker):
                  prompt_type: str = "IE", layers: list[int] | None = None,
                  heads: list[tuple[int, int]] | None = None, order: str = "retriever-last",
                  attention: str = "dense", full_heads: list[tuple[int, int]] | None = None, window_tokens: int = 128,
-                 sink_tokens: int = 4, keep_signals: bool = False):
+                 sink_tokens: int = 4, topk_tokens: int = 256, topk_channels: int = 8, keep_signals: bool = False):
         super().__init__(llm, passage_tokens=passage_tokens)
         if order not in ORDERS:
             raise BadInput(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
@@ -88,6 +90,15 @@ class ICRReranker(LLMReranker):
                 raise BadInput("window_tokens must be positive and sink_tokens >= 0")
             self.head_layout = HeadLayout(frozenset(map(tuple, full_heads)), llm.num_heads, sink=sink_tokens,
                                           window=window_tokens)
+        elif attention == "topk":
+            from rankstack.rerank.llm.sparse_attention import TopKLayout
+
+            if topk_tokens <= 0 or topk_channels <= 0:
+                raise BadInput("topk_tokens and topk_channels must be positive")
+            if calibration == "none":
+                raise BadInput("attention=topk selects keys for the query rows over the passages' cache; it needs the "
+                               "calibrated two-pass ICR (calibration=masked or plain)")
+            self.head_layout = TopKLayout(tokens=topk_tokens, channels=topk_channels)
         if calibration not in CALIBRATIONS:
             raise BadInput(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if query_span not in QUERY_SPANS:
@@ -166,7 +177,11 @@ class ICRReranker(LLMReranker):
             calib = None
         else:
             na_part, na_lo, na_hi = self._query_part("N/A")
-            calib, cache = self._pass(docs_ids + na_part, start, (na_lo, na_hi), len(na_part), None, spans)
+            if self.attention == "topk":  # the passages densely, then the N/A rows over them with top-k keys
+                _, cache = self.llm.forward(docs_ids)
+                calib, cache = self._pass(na_part, start, (na_lo, na_hi), len(na_part), cache)
+            else:
+                calib, cache = self._pass(docs_ids + na_part, start, (na_lo, na_hi), len(na_part), None, spans)
             cache.crop(start - cache.get_seq_length())  # drop the N/A part; keep the passages' keys and values
             cache = self.llm.compact(cache)  # held as codes until the query pass under kv=int4|int2
             probe, _ = self._pass(q_part, start, (q_lo, q_hi), len(q_part), cache)

@@ -21,10 +21,10 @@ import torch
 
 from rankstack.errors import BadInput
 
-__all__ = ["PassageLayout", "HeadLayout", "QUERY", "ATTENTION_MODES", "active_layout", "layout_active"]
+__all__ = ["PassageLayout", "HeadLayout", "TopKLayout", "QUERY", "ATTENTION_MODES", "active_layout", "layout_active"]
 
 QUERY = -1
-ATTENTION_MODES = ("dense", "passage-block", "duo")
+ATTENTION_MODES = ("dense", "passage-block", "duo", "topk")
 _ACTIVE = threading.local()
 
 
@@ -211,3 +211,61 @@ class HeadLayout:
 
     def probe_mask(self, layer: int, qpos: torch.Tensor, length: int) -> torch.Tensor:
         return self.allowed(layer, qpos, torch.arange(length, device=qpos.device))
+
+
+# ---- top-k token selection for the query rows -------------------------------------------------------------------
+
+@dataclass
+class TopKLayout:
+    """Top-k key selection for rows appended to a cache (Double Sparsity / Quest style): for each head, approximate
+    logits from the ``channels`` heaviest channels (largest mean ``|q_c| * |k_c|`` over this pass's rows and the
+    cached keys: a per-prompt calibration, no offline file), the ``tokens`` best keys per row by them, plus the
+    rows' own chunk, then exact softmax attention over those keys only. Passes that start from an empty cache run
+    dense. ``computed_blocks`` counts exact (row, key) pairs plus the approximate pass's share (channels / head
+    dim of every pair); ``dense_blocks`` the causal pairs."""
+
+    tokens: int = 256
+    channels: int = 8
+    computed_blocks: int = 0
+    dense_blocks: int = 0
+    _selected: dict = field(default_factory=dict, repr=False)
+
+    def applies(self, query, key) -> bool:
+        return query.shape[2] < key.shape[2]
+
+    def attend(self, module, query, key, value, scaling: float):
+        layer = int(module.layer_idx)
+        b, h, lq, d = query.shape
+        lk = key.shape[2]
+        off = lk - lq
+        groups = h // key.shape[1]
+        k_all, v_all = key.repeat_interleave(groups, 1)[0], value.repeat_interleave(groups, 1)[0]  # [H, L, D]
+        q = query[0]  # [H, R, D]
+        kpos, qpos = torch.arange(lk, device=q.device), torch.arange(off, lk, device=q.device)
+        causal = kpos[None, :] <= qpos[:, None]  # [R, L]
+        r = min(self.channels, d)
+        weight = q.abs().mean(1) * k_all[:, :off].abs().mean(1) if off else q.abs().mean(1)  # [H, D]
+        ch = torch.topk(weight, r, dim=-1).indices  # [H, r]
+        approx = torch.einsum("hrc,hlc->hrl", torch.gather(q, 2, ch[:, None, :].expand(h, lq, r)),
+                              torch.gather(k_all, 2, ch[:, None, :].expand(h, lk, r)))
+        approx[:, :, off:] = float("inf")  # the rows' own chunk is always kept
+        approx = approx.masked_fill(~causal[None], float("-inf"))
+        n = min(lk, self.tokens + lq)
+        idx = torch.topk(approx, n, dim=-1).indices  # [H, R, n]
+        keep = torch.zeros(h, lq, lk, dtype=torch.bool, device=q.device).scatter_(2, idx, True) & causal[None]
+        self._selected[layer] = (off, keep)
+        ks = torch.gather(k_all[:, None].expand(h, lq, lk, d), 2, idx[..., None].expand(h, lq, n, d))
+        vs = torch.gather(v_all[:, None].expand(h, lq, lk, d), 2, idx[..., None].expand(h, lq, n, d))
+        logits = torch.einsum("hrd,hrnd->hrn", q, ks) * scaling
+        logits = logits.masked_fill(~torch.gather(keep, 2, idx), float("-inf"))
+        out = torch.einsum("hrn,hrnd->hrd", torch.softmax(logits, dim=-1), vs)
+        pairs = int(causal.sum())
+        self.dense_blocks += pairs * h
+        self.computed_blocks += int(keep.sum()) + int(pairs * h * r / d)
+        return out[None].transpose(1, 2).contiguous()
+
+    def probe_mask(self, layer: int, qpos: torch.Tensor, length: int):
+        if layer not in self._selected:
+            return None
+        off, keep = self._selected[layer]
+        return keep[:, (qpos - off).long().to(keep.device)]

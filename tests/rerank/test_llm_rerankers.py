@@ -95,10 +95,15 @@ def _eager_icr_scores(model, tok, icr, cands, query):
 
 def test_icr_two_passes_and_matches_eager_attention(llm, tok):
     r = ranking(6)
-    icr = ICRReranker(llm, passage_tokens=20)
+    icr = ICRReranker(llm, passage_tokens=20, order="retriever-first")
     got = icr.score_window(r.query.text, list(r.candidates), ForwardStats())
     want = _eager_icr_scores(llm.model, tok, icr, list(r.candidates), r.query.text)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # the default, the authors' order: the prompt holds the candidates reversed (best last), scores map back
+    last = ICRReranker(llm, passage_tokens=20)
+    want_last = _eager_icr_scores(llm.model, tok, last, list(r.candidates)[::-1], r.query.text).flip(0)
+    torch.testing.assert_close(last.score_window(r.query.text, list(r.candidates), ForwardStats()), want_last,
+                               rtol=1e-4, atol=1e-5)
     out = icr.rerank(r)
     assert icr.last_stats[0].forward_passes == 2  # N candidates, one window: exactly two passes
     assert sorted(out.docids) == sorted(r.docids) and r.docids == [f"d{i}" for i in range(6)]  # input untouched
@@ -234,6 +239,8 @@ def test_icr_head_selection_equals_summing_those_heads(llm):
     chosen = [(0, 1), (2, 3)]
     sub = ICRReranker(llm, passage_tokens=15, calibration="none", heads=chosen)
     got = sub.score_window(r.query.text, list(r.candidates), ForwardStats())
-    torch.testing.assert_close(got, spans[0, 1] + spans[2, 3], rtol=1e-5, atol=1e-6)
+    at = {d: i for i, d in enumerate(everything.signals[0].docids)}  # signals are in prompt order (best last)
+    order = torch.tensor([at[c.docid] for c in r.candidates])
+    torch.testing.assert_close(got, (spans[0, 1] + spans[2, 3])[order], rtol=1e-5, atol=1e-6)
     with pytest.raises(BadInput, match="outside the model"):
         ICRReranker(llm, heads=[(99, 0)])

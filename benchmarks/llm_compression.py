@@ -9,7 +9,8 @@ unless a row says otherwise.
 
     python benchmarks/llm_compression.py --queries 43 --rows icr:fp32 icr:int8 first:fp32 first:int8 ...
     (a row is reranker[@depth]:weights[:kv[:order[:attention]]], e.g. icr:int4-g32-outliers:int4 or
-    icr@100:fp32:fp32::passage-block)
+    icr@100:fp32:fp32::passage-block; or spec=<a reranker spec>, e.g.
+    "spec=icr:depth=20,attention=duo,full_heads=18.7;18.8,window_tokens=128")
 """
 
 from __future__ import annotations
@@ -55,15 +56,25 @@ def main() -> int:
     qrels = Qrels(judgments={q: dict(j) for q, j in dl.qrels.judgments.items() if q in keep})
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for row in args.rows:
-        parts = row.split(":")
-        kind, weights, kv, order, attention = (parts + ["fp32", "fp32", "", ""][len(parts) - 1:])[:5]
-        kind, _, d = kind.partition("@")
-        depth = int(d or args.depth)
-        spec = f"{kind}:model={args.model},depth={depth},weights={weights},kv={kv}"
-        if order:
-            spec += f",order={order}"
-        if attention:
-            spec += f",attention={attention}"
+        if row.startswith("spec="):  # a whole reranker spec, for options the short form lacks (full_heads...)
+            from rankstack.rerank.factory import RerankerSpec
+
+            rs = RerankerSpec.parse(row[5:])
+            o = dict(rs.options)
+            kind, depth = rs.kind, rs.depth or args.depth
+            weights, kv, order, attention = (o.get("weights", "fp32"), o.get("kv", "fp32"), o.get("order", ""),
+                                             o.get("attention", ""))
+            spec = f"{row[5:]},model={args.model}" + ("" if rs.depth else f",depth={depth}")
+        else:
+            parts = row.split(":")
+            kind, weights, kv, order, attention = (parts + ["fp32", "fp32", "", ""][len(parts) - 1:])[:5]
+            kind, _, d = kind.partition("@")
+            depth = int(d or args.depth)
+            spec = f"{kind}:model={args.model},depth={depth},weights={weights},kv={kv}"
+            if order:
+                spec += f",order={order}"
+            if attention:
+                spec += f",attention={attention}"
         models = ModelCache()
         t0 = time.perf_counter()
         try:
@@ -122,6 +133,14 @@ def table(results: dict, model: str) -> str:
         att = r.get("attention", "dense")
         if r.get("dense_blocks"):
             att += f" ({r['attention_blocks'] / r['dense_blocks']:.3f})"
+        if key.split("|", 1)[1].startswith("spec="):
+            extra = ",".join(p for p in r["spec"].split(":", 1)[1].split(",")
+                             if p.split("=")[0] in ("full_heads", "window_tokens", "topk_tokens", "topk_channels"))
+            att += f" [{extra}]"
+            base = results.get(f"{model}|{kd}:fp32")
+            if base is not None:
+                t = compare_per_query(base["per_query"], r["per_query"])
+                vs = f"{t.delta:+.4f} (p={t.p_randomization:.3f})"
         lines.append(f"| {r['reranker']}@{d} | {r['weights']} | {r['kv']} | {r['order']} | {att} | {r['nDCG@10']:.4f} | {vs} | "
                      f"{r['linear_bytes'] / 2**20:.1f} MiB ({r['linear_ratio']:.3f}) | {r['kv_bytes_per_token']:.0f} "
                      f"({r['kv_ratio_bf16']:.3f}) | {r['seconds_per_q']:.2f} |")

@@ -7,7 +7,8 @@ the other weights quantize finer).
 
 Every decoder linear layer (attention q/k/v/o and the MLP) is replaced; embeddings, norms and the (tied) output
 head stay as they are. ``linear-weight bytes`` count what the replaced layers store. Matmuls: int8 runs PyTorch's
-weight-only int8 kernel (``torch._weight_int8pack_mm``) on CPU; int4 dequantizes its groups and multiplies (the
+weight-only int8 kernel (``torch._weight_int8pack_mm``) for decoding-size inputs on CPU (it is slow for long
+prefills there, which decode the codes and use the dense GEMM); int4 dequantizes its groups and multiplies (the
 torch reference), or calls the Triton dequantize-and-multiply kernel on CUDA tensors. A compressed model is saved
 once next to the converted checkpoint and reloaded from there (:func:`load_or_compress`).
 """
@@ -157,9 +158,11 @@ class Int8Linear(_Compressed):
     def forward(self, x):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if x2.device.type == "cpu" and x2.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        if x2.device.type == "cpu" and x2.shape[0] <= 16 and x2.dtype in (torch.float32, torch.bfloat16,
+                                                                          torch.float16):
+            # decoding-size batches: PyTorch's weight-only int8 kernel (slow for long prefills on CPU)
             y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale.to(x2.dtype))
-        else:
+        else:  # prefill: decode the codes once per call and use the dense GEMM
             y = x2 @ (self.qweight.to(x2.dtype) * self.scale.to(x2.dtype)[:, None]).T
         y = y.reshape(*shape[:-1], self.out_features)
         return y + self.bias if self.bias is not None else y

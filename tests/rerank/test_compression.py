@@ -98,8 +98,10 @@ def test_quantized_cache_between_passes():
 
     torch.manual_seed(3)
     cache = DynamicCache()
-    k, v = torch.randn(1, 2, 70, 16), torch.randn(1, 2, 70, 16)
+    k, v = torch.randn(1, 2, 90, 16), torch.randn(1, 2, 90, 16)
     cache.update(k.clone(), v.clone(), 0)
+    cache.crop(70)  # as ICR does after its N/A pass: the cache becomes a strided view
+    k, v = k[:, :, :70], v[:, :, :70]
     q = QuantizedKV(cache, KVScheme.parse("int4"))
     assert cache.layers[0].keys.shape[2] == 0
     # keys: 4-bit codes of 70 tokens padded to 2 blocks of 64, fp16 scale+zero per (head, channel, block), 0.5%

@@ -76,7 +76,7 @@ def quantize_tensor(x: torch.Tensor, bits: int, dim: int, block: int | None = No
     kept exactly. Returns a dict of the stored tensors."""
     x = x.float()
     shape = x.shape
-    xm = x.movedim(dim, -1)
+    xm = x.movedim(dim, -1).contiguous()  # a cropped cache is a strided view
     moved = xm.shape
     if block:
         pad = (-moved[-1]) % block
@@ -85,7 +85,8 @@ def quantize_tensor(x: torch.Tensor, bits: int, dim: int, block: int | None = No
         xm = xm.reshape(*moved[:-1], -1, block)
     else:
         xm = xm.unsqueeze(-2)
-    keep = torch.ones_like(xm, dtype=torch.bool)
+    xm = xm.contiguous()
+    keep = torch.ones(xm.shape, dtype=torch.bool, device=xm.device)
     idx = torch.zeros(0, dtype=torch.int64, device=x.device)
     if outliers > 0 and xm.numel() > 0:
         dev = (xm - xm.median(dim=-1, keepdim=True).values).abs()

@@ -100,7 +100,7 @@ def test_quantized_cache_between_passes():
     cache = DynamicCache()
     k, v = torch.randn(1, 2, 90, 16), torch.randn(1, 2, 90, 16)
     cache.update(k.clone(), v.clone(), 0)
-    cache.crop(70)  # as ICR does after its N/A pass: the cache becomes a strided view
+    cache.crop(-20)  # as ICR does after its N/A pass: the cache becomes a strided view
     k, v = k[:, :, :70], v[:, :, :70]
     q = QuantizedKV(cache, KVScheme.parse("int4"))
     assert cache.layers[0].keys.shape[2] == 0

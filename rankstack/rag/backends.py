@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Any, Mapping, Sequence
 
 from rankstack.errors import BadInput, RankStackError
@@ -12,11 +13,11 @@ from rankstack.records import Candidate, Document, Query, Ranking
 __all__ = ["SearchBackend", "LocalPipeline", "ServiceClient", "as_backend", "rerank_texts"]
 
 
-class SearchBackend:
+class SearchBackend(ABC):
     """``search(text, k)`` -> ``(ranking, timings)``; ``asearch`` is its async twin."""
 
-    def search(self, text: str, k: int) -> tuple[Ranking, dict[str, float]]:
-        raise NotImplementedError
+    @abstractmethod
+    def search(self, text: str, k: int) -> tuple[Ranking, dict[str, float]]: ...
 
     async def asearch(self, text: str, k: int) -> tuple[Ranking, dict[str, float]]:
         return await asyncio.to_thread(self.search, text, k)

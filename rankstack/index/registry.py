@@ -25,6 +25,8 @@ INDEX_CLASSES = {
     "dense-compressed": ("rankstack.index.compressed", "CompressedIndex"),
     "lucene-bm25": ("rankstack.index.lucene", "LuceneIndex"),
     "sparse-impact": ("rankstack.index.sparse", "SparseIndex"),
+    "multi-vector": ("rankstack.index.multivector", "MultiVectorIndex"),
+    "multi-vector-plaid": ("rankstack.index.multivector", "PlaidIndex"),
 }
 _VECTOR_KINDS = ("dense-flat-ip", "dense-compressed")
 
@@ -44,10 +46,11 @@ def saved_kind(path: str | os.PathLike) -> str:
 
 def open_index(path: str | os.PathLike):
     """Open whatever index ``path`` holds: a :class:`~rankstack.index.lucene.LuceneIndex`, a
-    :class:`~rankstack.index.base.VectorIndex` or a :class:`~rankstack.index.sparse.SparseIndex`."""
+    :class:`~rankstack.index.base.VectorIndex`, a :class:`~rankstack.index.sparse.SparseIndex` or a multi-vector
+    index (:mod:`rankstack.index.multivector`)."""
     kind = saved_kind(path)
     cls = _class(kind)
-    return cls.load(path) if kind in _VECTOR_KINDS + ("sparse-impact",) else cls(path)
+    return cls(path) if kind == "lucene-bm25" else cls.load(path)
 
 
 def load_vector_index(path: str | os.PathLike, *, dim: int | None = None) -> VectorIndex:

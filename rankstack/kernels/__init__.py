@@ -1,4 +1,4 @@
-"""GPU kernels for compressed-index search and compressed LLM layers, each beside its PyTorch reference.
+"""GPU kernels for compressed-index search, late interaction and compressed LLM layers, each beside its PyTorch reference.
 
 ``hamming_topk``, ``pq_adc_topk`` and ``rescore`` take torch tensors. CUDA tensors (or any tensors when
 ``TRITON_INTERPRET=1``) run the Triton kernels; other CPU tensors run the reference in :mod:`.reference`. The
@@ -13,12 +13,12 @@ import os
 import torch
 
 from rankstack.errors import BadInput
-from rankstack.kernels.reference import (attention_rows_ref, float_order_key, hamming_topk_ref, int4_matmul_ref,
+from rankstack.kernels.reference import (attention_rows_ref, maxsim_ref, float_order_key, hamming_topk_ref, int4_matmul_ref,
                                          key_to_float,
                                          pq_adc_topk_ref, rescore_ref, topk_by_score, unpack_keys)
 
 __all__ = ["hamming_topk", "pq_adc_topk", "rescore", "int4_matmul", "int4_matmul_ref", "attention_rows",
-           "attention_rows_ref", "hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref",
+           "attention_rows_ref", "maxsim", "maxsim_ref", "hamming_topk_ref", "pq_adc_topk_ref", "rescore_ref",
            "use_triton", "float_order_key", "key_to_float", "topk_by_score"]
 
 
@@ -209,4 +209,36 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, scale: 
     tk.attention_rows_kernel[(h,)](q.to(torch.float32).contiguous(), k.to(torch.float32).contiguous(),
                                    qpos.to(device=k.device, dtype=torch.int32).contiguous(), out, r, length, h // k.shape[0], float(scale),
                                    int(window or 0), D=d, BLOCK_R=max(16, _pow2(r)), BLOCK_L=block_l)
+    return out
+
+
+def maxsim(queries: torch.Tensor, weights: torch.Tensor, tokens: torch.Tensor, offsets: torch.Tensor,
+           rows: torch.Tensor, *, block_t: int = 32, triton: bool | None = None) -> torch.Tensor:
+    """Late-interaction (ColBERT MaxSim) scores ``[B, C]`` of queries ``[B, Lq, D]`` (``weights [B, Lq]``: 0 for
+    padding rows, 1 for ordinary ones, other values for weighted expansion tokens) against the documents
+    ``rows [B, C]`` (``-1``: padding), whose tokens are ``tokens[offsets[r]:offsets[r + 1]]`` (float32 or float16,
+    packed). Documents without tokens and ``-1`` rows score ``-inf``."""
+    if queries.ndim != 3 or tokens.ndim != 2 or queries.shape[2] != tokens.shape[1]:
+        raise BadInput(f"query token dimension {tuple(queries.shape)} does not match the document tokens "
+                       f"{tuple(tokens.shape)}; encode both with the same model")
+    if weights.shape != queries.shape[:2]:
+        raise BadInput(f"weights must be [B, Lq] = {tuple(queries.shape[:2])}, got {tuple(weights.shape)}")
+    if rows.ndim != 2 or rows.shape[0] != queries.shape[0]:
+        raise BadInput(f"rows must be [B, C] with B = {queries.shape[0]}, got {tuple(rows.shape)}")
+    if offsets.ndim != 1 or (offsets.numel() and int(offsets[-1]) > tokens.shape[0]):
+        raise BadInput(f"offsets must be [N + 1] ending at most at {tokens.shape[0]} tokens")
+    if rows.numel() and int(rows.max()) >= offsets.numel() - 1:
+        raise BadInput(f"candidate row {int(rows.max())} is out of range for {offsets.numel() - 1} documents")
+    if not (use_triton(tokens) if triton is None else triton):
+        return maxsim_ref(queries, weights, tokens, offsets, rows)
+    tk = _kernels()
+    b, lq, d = queries.shape
+    c = rows.shape[1]
+    out = torch.full((b, c), float("nan"), dtype=torch.float32, device=tokens.device)  # poisoned
+    if b == 0 or c == 0:
+        return out
+    tk.maxsim_kernel[(b, c)](queries.to(torch.float32).contiguous(), weights.to(torch.float32).contiguous(),
+                             tokens.contiguous(), offsets.to(torch.int64).contiguous(),
+                             rows.to(torch.int64).contiguous(), out, c, lq, d, BLOCK_Q=max(16, _pow2(lq)),
+                             BLOCK_T=max(16, _pow2(block_t)), BLOCK_D=max(16, _pow2(d)))
     return out

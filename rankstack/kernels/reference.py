@@ -140,3 +140,43 @@ def attention_rows_ref(q: torch.Tensor, k: torch.Tensor, qpos: torch.Tensor, sca
     ok = ok[None] if mask is None else ok[None] & mask.to(ok.device)
     logits = logits.masked_fill(~ok, float("-inf"))
     return torch.softmax(logits, dim=-1).mean(dim=1)
+
+
+# ---- late interaction (MaxSim) ----------------------------------------------------------------------------------
+
+def segment_max(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[R, sum(lengths)] -> [R, len(lengths)]``: the maximum of each row over each consecutive segment of columns;
+    ``-inf`` for an empty segment."""
+    if scores.shape[1] == 0:
+        return torch.full((scores.shape[0], lengths.shape[0]), float("-inf"), dtype=scores.dtype)
+    lengths = lengths.to(torch.int64)
+    return torch.segment_reduce(scores, "max", lengths=lengths.expand(scores.shape[0], -1).contiguous(), axis=1,
+                                unsafe=True, initial=float("-inf"))
+
+
+def maxsim_ref(queries: torch.Tensor, weights: torch.Tensor, tokens: torch.Tensor, offsets: torch.Tensor,
+               rows: torch.Tensor) -> torch.Tensor:
+    """Late-interaction scores ``[B, C]``: for query ``b`` and candidate document ``rows[b, c]`` (tokens
+    ``offsets[r]:offsets[r+1]`` of ``tokens [T, D]``), ``sum_i weights[b, i] * max_j <queries[b, i], token_j>``.
+    Query rows with weight 0 (padding) are skipped; a ``-1`` row or a document without tokens scores ``-inf``.
+    float32 arithmetic whatever the storage dtype."""
+    b, c = rows.shape
+    out = torch.full((b, c), float("-inf"), dtype=torch.float32)
+    offsets = offsets.to(torch.int64)
+    for i in range(b):
+        live = weights[i] != 0
+        q = queries[i][live].to(torch.float32)
+        w = weights[i][live].to(torch.float32)
+        ok = rows[i] >= 0
+        r = rows[i][ok].to(torch.int64)
+        if r.numel() == 0:
+            continue
+        starts, ends = offsets[r], offsets[r + 1]
+        lengths = ends - starts
+        idx = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths) + torch.arange(
+            int(lengths.sum()))
+        sims = q @ tokens[idx].to(torch.float32).T
+        best = segment_max(sims, lengths)  # [Lq, n]
+        s = (w[:, None] * best).sum(0) if q.shape[0] else torch.zeros(r.numel())
+        out[i, ok] = torch.where(lengths > 0, s, torch.full_like(s, float("-inf")))
+    return out

@@ -202,3 +202,38 @@ def attention_rows_kernel(q_ptr, k_ptr, qpos_ptr, out_ptr, R, L, group, scale, w
         s = _scores(q, k_ptr, kvh, l_offs, L, qpos, scale, window, D)
         p = tl.exp(s - m[:, None]) * inv[:, None]
         tl.store(out_ptr + h.to(tl.int64) * L + l_offs, tl.sum(p, axis=0), mask=l_offs < L)
+
+
+# ---- late interaction (MaxSim) ----------------------------------------------------------------------------------
+
+@triton.jit
+def maxsim_kernel(q_ptr, w_ptr, tok_ptr, off_ptr, rows_ptr, out_ptr, C, LQ, D,
+                  BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One program per (query ``b``, candidate ``c``): ``out[b, c] = sum_i w[b, i] * max_j <q[b, i], tok[j]>`` over
+    the candidate's token span, sweeping it in blocks of ``BLOCK_T`` tokens with a running maximum per query row
+    (the ``LQ x tokens`` matrix is never stored). ``-inf`` for a ``-1`` row or an empty span."""
+    bi = tl.program_id(0)
+    ci = tl.program_id(1)
+    row = tl.load(rows_ptr + bi.to(tl.int64) * C + ci)
+    start = tl.load(off_ptr + tl.maximum(row, 0))
+    end = tl.load(off_ptr + tl.maximum(row, 0) + 1)
+    end = tl.where(row >= 0, end, start)
+    qi = tl.arange(0, BLOCK_Q)
+    d = tl.arange(0, BLOCK_D)
+    q_ok = qi < LQ
+    q = tl.load(q_ptr + (bi.to(tl.int64) * LQ + qi[:, None]) * D + d[None, :],
+                mask=q_ok[:, None] & (d[None, :] < D), other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + bi.to(tl.int64) * LQ + qi, mask=q_ok, other=0.0).to(tl.float32)
+    best = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
+    for t0 in range(start, end, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = t < end
+        tok = tl.load(tok_ptr + t[:, None].to(tl.int64) * D + d[None, :], mask=t_ok[:, None] & (d[None, :] < D),
+                      other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(tok), input_precision="ieee")
+        s = tl.where(t_ok[None, :], s, float("-inf"))
+        best = tl.maximum(best, tl.max(s, axis=1))
+    live = w != 0.0
+    score = tl.sum(tl.where(live, w * tl.where(live, best, 0.0), 0.0), axis=0)
+    score = tl.where(end > start, score, float("-inf"))
+    tl.store(out_ptr + bi.to(tl.int64) * C + ci, score)

@@ -151,8 +151,16 @@ class Resources(ABC):
         key = str(RerankerSpec(spec.kind, spec.model, spec.options))
         with self._lock:
             if key not in self._rerankers:
-                self._rerankers[key] = build_reranker(spec, self.models)
+                reranker = build_reranker(spec, self.models)
+                if getattr(reranker, "wants_token_index", False) and getattr(reranker, "stored", False):
+                    reranker.attach_index(self.token_index_for(reranker.encoder))
+                self._rerankers[key] = reranker
             return self._rerankers[key], spec.stage_depth
+
+    def token_index_for(self, encoder) -> Any:
+        """The corpus's multi-vector index made by ``encoder`` (late-interaction rerankers score stored tokens from
+        it), or None where these resources have none."""
+        return None
 
 
     def relevance_filter(self, item: Item, upstream) -> Any:
@@ -192,9 +200,19 @@ class IndexDirs(Resources):
         self.lucene: LuceneIndex | None = None
         self.vectors: list = []
         self.sparse: list[tuple[Path, SparseIndex]] = []
+        from rankstack.index.multivector import MultiVectorIndex, PlaidIndex
+
+        self.multivector: MultiVectorIndex | None = None
+        self.plaid: PlaidIndex | None = None
+        self._derived: dict[str, Any] = {}
         for p in paths:
             index = open_index(p)
-            if isinstance(index, SparseIndex):
+            if isinstance(index, (MultiVectorIndex, PlaidIndex)):
+                attr = "multivector" if isinstance(index, MultiVectorIndex) else "plaid"
+                if getattr(self, attr) is not None:
+                    raise BadInput(f"two {index.kind} indexes given; give one")
+                setattr(self, attr, index)
+            elif isinstance(index, SparseIndex):
                 self.sparse.append((Path(p), index))
             elif isinstance(index, LuceneIndex):
                 if self.lucene is not None:
@@ -208,7 +226,8 @@ class IndexDirs(Resources):
     def default_spec(self) -> str:
         """The natural pipeline over these folders: the one index's retriever, or RRF of all of them."""
         parts = (["bm25"] if self.lucene is not None else []) + [
-            f"dense:index=({v.spec.build_key()})" for v in self.vectors] + ["splade"] * bool(self.sparse)
+            f"dense:index=({v.spec.build_key()})" for v in self.vectors] + ["splade"] * bool(self.sparse) + [
+            "maxsim"] * (self.multivector is not None) + ["plaid"] * (self.plaid is not None)
         return parts[0] if len(parts) == 1 else "rrf(" + ", ".join(parts) + ")"
 
     def retriever(self, item: Item) -> Retriever:
@@ -260,4 +279,55 @@ class IndexDirs(Resources):
             settings = SparseSettings.of(item, index.meta.get("model"))
             return settings.retriever(self.models, index, lucene_path=path / "lucene-impact",
                                       documents=self.documents)
+        if item.kind in ("maxsim", "muvera", "plaid"):
+            return self._multivector_retriever(item)
         raise BadInput(f"no retriever {item.kind!r} over index folders")
+
+    def _token_settings(self, item: Item, index):
+        from rankstack.retrieval.multivector import MultiVectorSettings
+
+        model = item.get("model") or index.meta.get("model")
+        dl = index.meta.get("document_length")
+        item = item.updated(model=model) if model else item
+        if dl and item.get("document_length") is None:
+            item = item.updated(document_length=str(dl))
+        return MultiVectorSettings.of(item)
+
+    def _multivector_retriever(self, item: Item) -> Retriever:
+        from rankstack.index.multivector import PlaidIndex
+        from rankstack.retrieval.multivector import (MaxSimRetriever, MuveraRetriever, PlaidRetriever,
+                                                     build_fde_index)
+
+        if item.kind == "plaid" and self.plaid is not None:
+            s = self._token_settings(item, self.plaid)
+            return PlaidRetriever(s.encoder(self.models), self.plaid, nprobe=s.params["nprobe"],
+                                  candidates=s.params["candidates"], documents=self.documents)
+        if self.multivector is None:
+            raise BadInput(f"the pipeline uses {item.kind} but none of {self.paths} is a multi-vector index; build one "
+                           f"with `rankstack index --kind maxsim`" + (" (or --kind plaid)" if item.kind == "plaid"
+                                                                       else ""))
+        s = self._token_settings(item, self.multivector)
+        enc = s.encoder(self.models)
+        if s.kind == "maxsim":
+            return MaxSimRetriever(enc, self.multivector, documents=self.documents)
+        if s.kind == "muvera":  # FDEs are derived from the token vectors on first use (seconds), kept in memory
+            key = f"muvera|{s.fde.label()}|{s.fde.seed}|{s.fde_index_spec.build_key()}"
+            with self._lock:
+                if key not in self._derived:
+                    self._derived[key] = build_fde_index(self.multivector, s.fde, s.fde_index_spec)
+            return MuveraRetriever(enc, self.multivector, self._derived[key], s.fde, candidates=s.params["candidates"],
+                                   search_params=s.fde_index_spec.search_params(), documents=self.documents)
+        p = s.params
+        key = f"plaid|{p['nbits']}|{p['ncentroids']}|{p['seed']}"
+        with self._lock:
+            if key not in self._derived:
+                self._derived[key] = PlaidIndex.build(self.multivector, nbits=p["nbits"], ncentroids=p["ncentroids"],
+                                                      seed=p["seed"])
+        return PlaidRetriever(enc, self._derived[key], nprobe=p["nprobe"], candidates=p["candidates"],
+                              documents=self.documents)
+
+    def token_index_for(self, encoder):
+        index = self.multivector
+        if index is None or index.meta.get("model") not in (None, encoder.model_name):
+            return None
+        return index

@@ -14,7 +14,9 @@ Operators, as in Python (``%`` binds tightest, then ``+``, then ``>>``):
 - ``a + b``: reciprocal rank fusion (``a + b + c`` fuses all three at once; ``rrf(...)``/``interp(...)`` take
   options: ``rrf:rrf_k=60(a, b)``, ``interp:alpha=0.3(a, b)``; ``alpha=auto`` is tuned by ``rankstack eval``).
 
-Retrievers: ``bm25`` (k1, b, threads, engine=lucene|matrix), ``dense`` (model, index, batch_size, normalize, max_seq_length,
+Retrievers: ``bm25`` (k1, b, threads, engine=lucene|matrix), the late-interaction ``maxsim`` (exact), ``muvera``
+(k_sim, d_proj, reps, candidates, index) and ``plaid`` (nbits, ncentroids, nprobe, candidates), all with model,
+batch_size, query_length, document_length, device; ``dense`` (model, index, batch_size, normalize, max_seq_length,
 query_prefix, document_prefix, device) and ``splade`` (learned sparse: model, query=model|idf, engine=scipy|lucene|
 seismic, batch_size, max_seq_length, device, threads, and Seismic's n_postings, summary_energy, query_cut,
 heap_factor). Rerankers: the kinds of :mod:`rankstack.rerank.factory` (or, in the
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
 
 from rankstack.errors import BadInput
+from rankstack.retrieval.multivector import MULTIVECTOR_OPTIONS
 from rankstack.spec import Item, Parser, coerce, unknown_option
 
 __all__ = ["PipelineSpec", "RetrieverSpec", "FusionSpec", "RerankSpec", "FilterSpec", "RelevanceSpec", "CutSpec",
@@ -61,6 +64,11 @@ PRESETS = {
     "splade-dense-interp": "interp:alpha=auto(dense % 1000, splade % 1000)",
     "hybrid3-rrf": "rrf(bm25 % 1000, dense % 1000, splade % 1000)",
     "hybrid3-interp": "interp:alpha=auto(interp:alpha=auto(dense % 1000, bm25 % 1000), splade % 1000)",
+    "maxsim": "maxsim",
+    "muvera": "muvera",
+    "plaid": "plaid",
+    "maxsim-prf": "maxsim % 1000 >> colbert-prf:depth=1000",
+    "hybrid-maxsim": "rrf(bm25 % 100, dense % 100) % 100 >> maxsim:depth=100",
 }
 
 # retriever kind -> option -> default value (or type when there is no default)
@@ -71,12 +79,13 @@ RETRIEVER_OPTIONS: dict[str, dict[str, Any]] = {
     "splade": {"model": str, "query": "model", "engine": "scipy", "batch_size": 32, "max_seq_length": 256,
                "device": str, "threads": int, "n_postings": int, "summary_energy": float, "query_cut": int,
                "heap_factor": float},
+    **MULTIVECTOR_OPTIONS,
 }
-_CHOICES = {"query": ("model", "idf"), "engine": ("scipy", "lucene", "seismic", "matrix")}
+_CHOICES = {"query": ("model", "idf"), "engine": ("scipy", "lucene", "seismic", "matrix"), "nbits": (1, 2, 4)}
 FUSION_OPTIONS: dict[str, dict[str, Any]] = {"rrf": {"rrf_k": 60}, "interp": {"alpha": 0.5}}
 RELEVANCE_OPTIONS: dict[str, Any] = {"adapter": str, "min": float}
 
-STRING_HELP = ("a pipeline is a retriever (bm25, dense, splade), a fusion (a + b, rrf(a, b), interp:alpha=0.3(a, b)) or a "
+STRING_HELP = ("a pipeline is a retriever (bm25, dense, splade, maxsim, muvera, plaid), a fusion (a + b, rrf(a, b), interp:alpha=0.3(a, b)) or a "
                "preset (" + ", ".join(PRESETS) + "), then optional stages: >> reranker (e.g. first:depth=20), "
                ">> filter:field=value, >> relevance:adapter=FILE,min=0.5 (or filter(0.5)), % k")
 
@@ -198,9 +207,12 @@ def _typed(item: Item, schema: Mapping[str, Any], where: str) -> Item:
             raise BadInput(f"{where}: {key} must lie in [0, 1], got {v}")
         if key in ("rrf_k",) and v < 0:
             raise BadInput(f"{where}: the RRF constant rrf_k must be >= 0, got {v}")
+        if key in ("candidates", "k_sim") and v < 0:
+            raise BadInput(f"{where}: {key} must be >= 0, got {v}")
         if key in _CHOICES and v not in _CHOICES[key]:
-            raise BadInput(f"{where}: {key} must be one of {', '.join(_CHOICES[key])}, got {v!r}")
-        if key in ("batch_size", "threads", "max_seq_length", "n_postings", "query_cut") and v <= 0:
+            raise BadInput(f"{where}: {key} must be one of {', '.join(map(str, _CHOICES[key]))}, got {v!r}")
+        if key in ("batch_size", "threads", "max_seq_length", "n_postings", "query_cut", "d_proj", "reps", "nprobe",
+                   "ncentroids", "query_length", "document_length") and v <= 0:
             raise BadInput(f"{where}: {key} must be a positive integer, got {v}")
         opts.append((key, v))
     return Item(item.kind, tuple(opts))
@@ -368,7 +380,10 @@ class _PipelineParser(Parser):
     def stage(self) -> StageSpec:
         start = self.pos
         kind = self.name("a reranker or a filter after '>>'")
-        role = self.ctx.role(kind)
+        from rankstack.rerank.factory import RERANKER_KINDS
+
+        # after '>>' a name that is both a retriever and a reranker (maxsim) is the reranker
+        role = "reranker" if kind in RERANKER_KINDS else self.ctx.role(kind)
         if role == "reranker":
             item = self.item(kind)
             try:

@@ -94,7 +94,24 @@ class DatasetWorkspace(Resources):
             s = SparseSettings.of(item)
             return self._cached(f"splade:{s}", lambda: s.retriever(
                 self.models, self.sparse_index(s), lucene_path=self.root / f"splade-{slug(s.vectors_key)}-lucene"))
+        if item.kind in ("maxsim", "muvera", "plaid"):
+            return self._cached(f"mv:{item}", lambda: self.multivector_retriever(item))
         raise BadInput(f"no retriever {item.kind!r} for a dataset workspace")
+
+    def multivector_retriever(self, item: Item) -> Retriever:
+        from rankstack.retrieval.multivector import (MaxSimRetriever, MultiVectorSettings, MuveraRetriever,
+                                                     PlaidRetriever)
+
+        s = MultiVectorSettings.of(item)
+        encoder = s.encoder(self.models)
+        index = self.token_index(s)
+        if s.kind == "maxsim":
+            return MaxSimRetriever(encoder, index)
+        if s.kind == "muvera":
+            return MuveraRetriever(encoder, index, self.fde_index(s), s.fde, candidates=s.params["candidates"],
+                                   search_params=s.fde_index_spec.search_params())
+        return PlaidRetriever(encoder, self.plaid_index(s), nprobe=s.params["nprobe"],
+                              candidates=s.params["candidates"])
 
     # -- indexes --
     def lucene(self):
@@ -172,6 +189,61 @@ class DatasetWorkspace(Resources):
         return self._cached(f"sparse:{s.vectors_key}", lambda: self._encoded(
             "splade", self.root / f"splade-{slug(s.vectors_key)}", s.vectors_key, SparseIndex.load,
             lambda docs, meta: build_sparse_index(s.encoder(self.models), docs, meta=meta)))
+
+    def token_index(self, s):
+        """The token vectors of the corpus under ``s``'s token encoder (encodes the corpus on first use)."""
+        from rankstack.index.multivector import MultiVectorIndex
+        from rankstack.retrieval.multivector import build_token_index
+
+        return self._cached(f"tokens:{s.tokens_key}", lambda: self._encoded(
+            "multivector", self.root / f"multivector-{slug(s.tokens_key)}", s.tokens_key, MultiVectorIndex.load,
+            lambda docs, meta: build_token_index(s.encoder(self.models), docs, meta=meta)))
+
+    def token_index_for(self, encoder):
+        from rankstack.retrieval.multivector import MultiVectorSettings
+
+        opts = {} if encoder.document_length == encoder.model.document_length else {
+            "document_length": encoder.document_length}
+        s = MultiVectorSettings("maxsim", encoder.model_name, opts)
+        return self.token_index(s)
+
+    def _derived(self, label: str, path: Path, key: str, load, build):
+        """An index built from another one (no encoding): reopened when its meta records ``key``."""
+        try:
+            index = load(path)
+            if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get("derived_key") != key:
+                raise IndexCorrupt("corpus or parameters changed")
+            logger.info("reusing %s index %s", label, path)
+            return index
+        except (IndexNotFound, IndexCorrupt):
+            t0 = time.perf_counter()
+            index = build({"corpus_sha1": self.fingerprint, "derived_key": key})
+            index.save(path)
+            self.stats.setdefault(label, {}).update(index_seconds=time.perf_counter() - t0)
+            return load(path)
+
+    def fde_index(self, s):
+        """MUVERA encodings of the corpus's token vectors in the single-vector index ``s`` names."""
+        from rankstack.index.registry import load_vector_index
+        from rankstack.retrieval.multivector import build_fde_index
+
+        tokens = self.token_index(s)
+        key = f"{s.tokens_key}|{s.fde.label()}|seed={s.fde.seed}|{s.fde_index_spec.build_key()}"
+        return self._cached(f"fde:{key}", lambda: self._derived(
+            "muvera", self.root / f"muvera-{slug(key)}", key, load_vector_index,
+            lambda meta: build_fde_index(tokens, s.fde, s.fde_index_spec, meta=meta)))
+
+    def plaid_index(self, s):
+        """The PLAID-compressed form of the corpus's token vectors (``nbits``, ``ncentroids``, ``seed``)."""
+        from rankstack.index.multivector import PlaidIndex
+
+        tokens = self.token_index(s)
+        p = s.params
+        key = f"{s.tokens_key}|nbits={p['nbits']}|ncentroids={p['ncentroids'] or 'auto'}|seed={p['seed']}"
+        return self._cached(f"plaid:{key}", lambda: self._derived(
+            "plaid", self.root / f"plaid-{slug(key)}", key, PlaidIndex.load,
+            lambda meta: PlaidIndex.build(tokens, nbits=p["nbits"], ncentroids=p["ncentroids"], seed=p["seed"],
+                                          meta=meta)))
 
     def vector_index(self, s: DenseSettings):
         """The index ``s`` asks for: the exact one, or a compressed one built from its vectors."""

@@ -20,6 +20,7 @@ from rankstack.errors import BadInput
 from rankstack.rerank.base import Reranker
 from rankstack.rerank.cross_encoder import DEFAULT_CROSS_ENCODER
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
+from rankstack.retrieval.token_encoders import DEFAULT_TOKEN_MODEL
 from rankstack.spec import Item, coerce, parse_item, unknown_option
 
 __all__ = ["RerankerSpec", "ModelCache", "RERANKER_KINDS", "build_reranker", "DEFAULT_RERANK_DEPTH"]
@@ -35,6 +36,8 @@ _KINDS: dict[str, tuple[str, str, str, str]] = {
     "first": ("rankstack.rerank.llm.listwise", "FirstReranker", "llm", "smollm2"),
     "listwise": ("rankstack.rerank.llm.listwise", "ListwiseReranker", "llm", "smollm2"),
     "setwise": ("rankstack.rerank.llm.setwise", "SetwiseReranker", "llm", "smollm2"),
+    "maxsim": ("rankstack.rerank.maxsim", "MaxSimReranker", "token-encoder", DEFAULT_TOKEN_MODEL),
+    "colbert-prf": ("rankstack.rerank.maxsim", "ColbertPRFReranker", "token-encoder", DEFAULT_TOKEN_MODEL),
 }
 RERANKER_KINDS = tuple(_KINDS)
 _INTERNAL = {"self", "llm", "model", "encoder", "keep_signals"}
@@ -205,6 +208,14 @@ class ModelCache:
             return make_encoder(name)
         return make_encoder(name, loaded=self.get("sentence-transformer", name), **options)
 
+    def token_encoder(self, name: str, **options) -> Any:
+        """A token-level (late-interaction) encoder for ``name`` with ``options`` (batch size, query and document
+        lengths, device), sharing one loaded model."""
+        from rankstack.retrieval.token_encoders import TokenEncoder
+
+        opts = {k: v for k, v in options.items() if v is not None}
+        return TokenEncoder(name, loaded=self.get("token-encoder", name), **opts)
+
     def sparse_encoder(self, name: str, **options) -> Any:
         """A sparse (SPLADE-style) encoder for ``name`` with ``options``, sharing one loaded model per
         ``(name, max_seq_length)``."""
@@ -227,6 +238,10 @@ class ModelCache:
 
             model, *opts = name.split("\0")
             return CausalLM(model, **dict(o.split("=", 1) for o in opts))
+        if role == "token-encoder":
+            from rankstack.retrieval.token_encoders import load_token_model
+
+            return load_token_model(name)
         if role == "sentence-transformer":
             from rankstack.retrieval.encoders import load_sentence_transformer
 

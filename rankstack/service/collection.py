@@ -70,9 +70,16 @@ class Collection(Resources):
         return self.indexes.retriever(item)
 
     def reranker(self, item: Item):
-        if self._shared_rerankers is not None:
+        from rankstack.rerank.factory import RerankerSpec
+
+        # late-interaction rerankers read this collection's token index: one per collection (the model is shared)
+        token = RerankerSpec.from_item(item, self.named_rerankers).kind in ("maxsim", "colbert-prf")
+        if self._shared_rerankers is not None and not token:
             return self._shared_rerankers(item)
         return super().reranker(item)
+
+    def token_index_for(self, encoder):
+        return self.indexes.token_index_for(encoder)
 
     # ---- writes ------------------------------------------------------------------------------------------------
 

@@ -107,6 +107,10 @@ def index_key(item, encoder: str) -> str:
         return "bm25"
     if item.kind == "splade":
         return f"splade|{SparseSettings.of(item).vectors_key}"
+    if item.kind in ("maxsim", "muvera", "plaid"):  # one token index serves all three (FDEs, PLAID derived)
+        from rankstack.retrieval.multivector import MultiVectorSettings
+
+        return f"multivector|{MultiVectorSettings.of(item).tokens_key}"
     return DenseSettings.of(item, encoder).index_key
 
 
@@ -115,7 +119,8 @@ class CollectionConfig(_Strict):
     indexes: list[str] = Field(default_factory=lambda: ["bm25"], min_length=1, max_length=8,
                                description="retriever specs whose indexes the collection keeps: bm25, dense, "
                                            "dense:index=(binary:rescore=int8), dense:model=..., sparse "
-                                           "(learned sparse, = splade; splade:model=... for another model)")
+                                           "(learned sparse, = splade; splade:model=... for another model), maxsim "
+                                           "(multi-vector token vectors; serve maxsim, muvera and plaid searches)")
     encoder: str = Field(DEFAULT_DENSE_MODEL,
                          description="model of dense indexes that name none: a sentence-transformers name or path, "
                                      "or hash[:dim] for a model-free encoder")

@@ -92,6 +92,17 @@ class _Sparse:
     retrievers: dict = field(default_factory=dict)  # search settings -> SparseRetriever (engines cached inside)
 
 
+@dataclass
+class _Multi:
+    spec: str
+    settings: object  # MultiVectorSettings
+    path: Path
+    encoder: object
+    index: object = None
+    applied_seq: int = 0
+    derived: dict = field(default_factory=dict)  # (kind, params) -> FDE or PLAID index of the current token index
+
+
 class IndexSet:
     def __init__(self, root: Path, config, models, log):
         self.root = Path(root)
@@ -105,11 +116,19 @@ class IndexSet:
         self.has_bm25 = False
         self.dense: dict[str, _Dense] = {}
         self.sparse: dict[str, _Sparse] = {}
+        self.multi: dict[str, _Multi] = {}
         for key, text in config.index_keys().items():
             if key == "bm25":
                 self.has_bm25 = True
                 continue
             item = parse_pipeline(text).source.item
+            if item.kind in ("maxsim", "muvera", "plaid"):
+                from rankstack.retrieval.multivector import MultiVectorSettings
+
+                ms = MultiVectorSettings.of(item)
+                self.multi[key] = _Multi(spec=text, settings=ms, path=self.root / f"multivector-{slug(ms.tokens_key)}",
+                                         encoder=ms.encoder(models))
+                continue
             if item.kind == "splade":
                 ss = SparseSettings.of(item)
                 self.sparse[key] = _Sparse(spec=text, settings=ss, path=self.root / f"splade-{slug(ss.vectors_key)}",
@@ -129,6 +148,9 @@ class IndexSet:
         for sslot in self.sparse.values():
             self._open_sparse(sslot)
             self._sync_sparse(sslot, None)
+        for mslot in self.multi.values():
+            self._open_multi(mslot)
+            self._sync_multi(mslot, None)
         if self.has_bm25:
             self._open_bm25()
 
@@ -138,6 +160,8 @@ class IndexSet:
             self._sync_dense(slot, changed)
         for sslot in self.sparse.values():
             self._sync_sparse(sslot, changed)
+        for mslot in self.multi.values():
+            self._sync_multi(mslot, changed)
         if self.has_bm25:
             self._set_bm25(self._build_bm25())
 
@@ -274,6 +298,37 @@ class IndexSet:
             index.save(slot.path)
             slot.applied_seq = log.seq
 
+    def _open_multi(self, slot: _Multi) -> None:
+        from rankstack.index.multivector import MultiVectorIndex
+
+        try:
+            index = MultiVectorIndex.load(slot.path, dim=slot.encoder.dim)
+            if index.meta.get("vectors") != slot.settings.tokens_key:
+                raise IndexCorrupt(f"built as {index.meta.get('vectors')!r}, configured as "
+                                   f"{slot.settings.tokens_key!r}")
+        except (IndexNotFound, IndexCorrupt, BadInput) as exc:
+            if slot.path.exists():
+                logger.warning("collection %s: rebuilding %s (%s)", self.config.name, slot.spec, exc)
+            index = MultiVectorIndex.empty(slot.encoder.dim, meta={
+                "model": slot.settings.model, "vectors": slot.settings.tokens_key,
+                "document_length": slot.encoder.document_length, "applied_seq": 0})
+        slot.index, slot.derived = index, {}
+        slot.applied_seq = index.meta.get("applied_seq", 0)
+
+    def _sync_multi(self, slot: _Multi, changed: Sequence[str] | None) -> None:
+        """As :meth:`_sync_dense`; the token matrix is rewritten (atomically) with the changed documents."""
+        log, index = self.log, slot.index
+        stale, todo = self._delta(slot.applied_seq, index.__contains__, lambda: index.docids, changed)
+        if not stale and not todo and slot.applied_seq == log.seq:
+            return
+        encoded = slot.encoder.encode_documents([self.log[d] for d in todo]) if todo else None
+        new = index.replaced(stale, todo, encoded)
+        new.meta["applied_seq"] = log.seq
+        new.save(slot.path)
+        with self.lock.write():
+            slot.index, slot.derived = new, {}
+            slot.applied_seq = log.seq
+
     # ---- retrievers --------------------------------------------------------------------------------------------
 
     def retriever(self, item: Item) -> Retriever:
@@ -303,7 +358,21 @@ class IndexSet:
                 raise BadInput(f"collection {self.config.name!r} keeps no sparse index for {item}; its indexes are "
                                f"{self.config.indexes}")
             return _LiveSparse(self, sslot, SparseSettings.of(item))
+        if item.kind in ("maxsim", "muvera", "plaid"):
+            from rankstack.service.config import index_key
+
+            mslot = self.multi.get(index_key(item, self.config.encoder))
+            if mslot is None:
+                raise BadInput(f"collection {self.config.name!r} keeps no multi-vector index for {item}; add 'maxsim' "
+                               f"to its indexes (they are {self.config.indexes})")
+            return _LiveMulti(self, mslot, item)
         raise BadInput(f"no retriever {item.kind!r} in a collection")
+
+    def token_index_for(self, encoder):
+        for slot in self.multi.values():
+            if slot.settings.model == encoder.model_name and slot.encoder.document_length == encoder.document_length:
+                return _LiveTokens(self, slot)
+        return None
 
     def bm25_retriever(self, k1: float, b: float, threads):
         from rankstack.retrieval.bm25 import BM25Retriever
@@ -374,3 +443,69 @@ class _LiveSparse(Retriever):
                     r = slot.retrievers[key] = self.settings.retriever(
                         self.indexes.models, slot.index, lucene_path=slot.path.with_name(slot.path.name + "-lucene"))
             return r.retrieve(queries, k)
+
+
+class _LiveMulti(Retriever):
+    """Late interaction over a collection's current token index; MUVERA's FDEs and PLAID's compressed form are
+    derived from it on the first search after a write (seconds for FDEs; k-means for PLAID)."""
+
+    def __init__(self, indexes: IndexSet, slot: _Multi, item: Item):
+        from rankstack.retrieval.multivector import MultiVectorSettings
+
+        self.indexes, self.slot = indexes, slot
+        self.settings = MultiVectorSettings.of(item)
+        self.kind = item.kind
+        self.encoder = self.settings.encoder(indexes.models)
+        self.name = f"{item.kind}({self.settings.model.split('/')[-1]})"
+
+    def _derived(self, index):
+        from rankstack.index.multivector import PlaidIndex
+        from rankstack.retrieval.multivector import build_fde_index
+
+        s, p = self.settings, self.settings.params
+        key = (s.kind, tuple(sorted((k, str(v)) for k, v in p.items())))
+        with self.indexes.sparse_lock:
+            if key not in self.slot.derived:
+                self.slot.derived[key] = (build_fde_index(index, s.fde, s.fde_index_spec) if s.kind == "muvera" else
+                                          PlaidIndex.build(index, nbits=p["nbits"], ncentroids=p["ncentroids"],
+                                                           seed=p["seed"]))
+            return self.slot.derived[key]
+
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        from rankstack.retrieval.multivector import MaxSimRetriever, MuveraRetriever, PlaidRetriever
+
+        validate_queries(queries, k)
+        with self.indexes.lock.read():
+            index = self.slot.index
+            if len(index) == 0:
+                return [Ranking(query=q) for q in queries]
+            s, p = self.settings, self.settings.params
+            if s.kind == "maxsim":
+                r = MaxSimRetriever(self.encoder, index)
+            elif s.kind == "muvera":
+                r = MuveraRetriever(self.encoder, index, self._derived(index), s.fde, candidates=p["candidates"],
+                                    search_params=s.fde_index_spec.search_params())
+            else:
+                r = PlaidRetriever(self.encoder, self._derived(index), nprobe=p["nprobe"], candidates=p["candidates"])
+            return r.retrieve(queries, k)
+
+
+class _LiveTokens:
+    """The current token index of a collection, for late-interaction rerankers (reads go to the index of the
+    moment)."""
+
+    def __init__(self, indexes: IndexSet, slot: _Multi):
+        self.indexes, self.slot = indexes, slot
+
+    @property
+    def current(self):
+        return self.slot.index
+
+    def __getattr__(self, name):
+        return getattr(self.slot.index, name)
+
+    def __contains__(self, docid: str) -> bool:
+        return docid in self.slot.index
+
+    def __len__(self) -> int:
+        return len(self.slot.index)

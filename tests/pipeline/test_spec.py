@@ -49,7 +49,7 @@ def test_presets_and_typed_values():
 
 
 @pytest.mark.parametrize("text, fragments", [
-    ("", ["empty pipeline spec", "a pipeline is a retriever (bm25, dense, splade)"]),
+    ("", ["empty pipeline spec", "a pipeline is a retriever (bm25, dense, splade, maxsim, muvera, plaid)"]),
     ("first", ["a pipeline starts with a retriever or a fusion; 'first' is a reranker: put it after '>>'"]),
     ("bm25 >> dense", ["after '>>' comes a reranker, a filter or a cutoff; 'dense' is a retriever"]),
     ("bm25 >> frist", ["unknown component 'frist'", "rerankers: embedding, cross-encoder, icr, first"]),

@@ -1,0 +1,237 @@
+"""Multi-vector retrieval (issue 13) on BEIR SciFact and NFCorpus, with the offline token encoder (MiniLM's
+normalised token vectors: every part of the stack on real text, but not ColBERT's quality).
+
+Per dataset, one run on one machine:
+1. Quality: BM25, dense MiniLM, exact MaxSim over the corpus, MaxSim reranking the BM25 + dense RRF top 100, and
+   ColBERT-PRF (reranking MaxSim's top 1000) against MaxSim with paired p-values. All through pipeline specs.
+2. MaxSim as a reranker at depth 100 (torch path, stored tokens): queries per second.
+3. MUVERA: Recall@100 against exact MaxSim's top 100 for several FDE sizes and numbers of rescored candidates,
+   searched in a flat FDE index; the smallest setting reaching 0.95, its latency and memory, and it under HNSW/PQ.
+4. PLAID-style compression at 1, 2 and 4 bits: bytes per token, nDCG@10 kept against the uncompressed tokens, and
+   Recall@100 against exact MaxSim as a function of the documents decompressed and scored; candidates needed for
+   0.95 recall beside MUVERA's.
+
+    python benchmarks/multivector.py --data ../shared/data/beir [--datasets scifact nfcorpus] [--out runs/multivector]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _table import markdown, save_results
+from rankstack.eval.datasets import load_beir
+from rankstack.eval.metrics import evaluate
+from rankstack.eval.significance import compare_per_query
+from rankstack.index.base import IndexSpec
+from rankstack.index.multivector import PlaidIndex
+from rankstack.index.muvera import FDEConfig, document_fdes, query_fdes
+from rankstack.index.registry import build_vector_index
+from rankstack.pipeline import DatasetWorkspace, compile_pipeline
+from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
+from rankstack.records import Run
+from rankstack.retrieval.multivector import MultiVectorSettings
+
+METRICS = ("nDCG@10", "R@100")
+PIPELINES = {
+    "bm25": "bm25",
+    "dense (MiniLM)": "dense",
+    "maxsim (exact)": "maxsim",
+    "hybrid-rrf top100": "rrf(bm25 % 100, dense % 100) % 100",
+    "hybrid-rrf >> maxsim@100": "rrf(bm25 % 100, dense % 100) % 100 >> maxsim:depth=100",
+    "maxsim >> colbert-prf": "maxsim % 1000 >> colbert-prf:depth=1000",
+}
+FDE_CONFIGS = [FDEConfig(k_sim=3, d_proj=16, reps=10), FDEConfig(k_sim=4, d_proj=16, reps=20),
+               FDEConfig(k_sim=5, d_proj=16, reps=20), FDEConfig(k_sim=5, d_proj=32, reps=20)]
+CANDIDATES = [100, 200, 300, 500, 1000, 2000]
+
+
+def recall_vs(rows: list[np.ndarray], exact: np.ndarray, k: int = 100) -> float:
+    return float(np.mean([len(set(map(int, r[:k])) & set(map(int, e[:k]))) / k for r, e in zip(rows, exact)]))
+
+
+def ndcg(rows, scores, docids, queries, qrels) -> float:
+    run = Run(scores={q.qid: {docids[int(r)]: float(s) for r, s in zip(rr[:100], ss[:100])}
+                      for q, rr, ss in zip(queries, rows, scores)})
+    return evaluate(run, qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+
+
+def quality(ds, ws, out: dict) -> list[dict]:
+    queries = list(ds.queries.values())
+    rows, per = [], {}
+    for name, spec in PIPELINES.items():
+        pipe = compile_pipeline(spec, ws)
+        t0 = time.perf_counter()
+        res = pipe.run(queries, 100, show_progress=False)
+        secs = time.perf_counter() - t0
+        ev = evaluate(res.run(), ds.qrels, list(METRICS))
+        per[name] = ev.per_query
+        row = {"dataset": ds.name, "pipeline": name, **ev.aggregate, "ms/query": secs / len(queries) * 1e3}
+        rerank = {k: v for k, v in res.timings.items() if k.startswith("rerank")}
+        if rerank:
+            row["rerank ms/query"] = sum(rerank.values()) / len(queries) * 1e3
+        rows.append(row)
+        logging.getLogger("bench").warning("%s %s %s", ds.name, name, row)
+    base = per["maxsim (exact)"]
+    for m in METRICS:
+        t = compare_per_query(base[m], per["maxsim >> colbert-prf"][m])
+        out.setdefault("prf", []).append({"dataset": ds.name, "metric": m, "maxsim": t.mean_a, "colbert-prf": t.mean_b,
+                                          "delta": t.delta, "p (t-test)": t.p_ttest,
+                                          "p (randomization)": t.p_randomization})
+    for m in METRICS:
+        t = compare_per_query(per["hybrid-rrf top100"][m], per["hybrid-rrf >> maxsim@100"][m])
+        out.setdefault("rerank", []).append({"dataset": ds.name, "metric": m, "hybrid": t.mean_a,
+                                             "hybrid >> maxsim": t.mean_b, "delta": t.delta, "p (t-test)": t.p_ttest})
+    return rows
+
+
+def reranker_qps(ds, ws) -> dict:
+    """MaxSim over 100 stored candidates per query, timed alone (query encoding included)."""
+    from rankstack.rerank.maxsim import MaxSimReranker
+
+    queries = list(ds.queries.values())
+    cands = compile_pipeline("rrf(bm25 % 100, dense % 100) % 100", ws).run(queries, 100, show_progress=False).rankings
+    reranker, _ = ws.reranker("maxsim")
+    assert isinstance(reranker, MaxSimReranker) and reranker.index is not None
+    t0 = time.perf_counter()
+    reranker.rerank_batch(cands)
+    secs = time.perf_counter() - t0
+    return {"dataset": ds.name, "depth": 100, "queries": len(queries), "QPS": len(queries) / secs,
+            "ms/query": secs / len(queries) * 1e3}
+
+
+def muvera(ds, ws, index, qtok, exact_rows, out: dict) -> tuple[list[dict], dict]:
+    queries = list(ds.queries.values())
+    rows = []
+    best = None
+    for cfg in FDE_CONFIGS:
+        t0 = time.perf_counter()
+        fdes = document_fdes(index.tokens, index.offsets, cfg)
+        build_s = time.perf_counter() - t0
+        flat = build_vector_index(IndexSpec("flat"), index.docids, fdes)
+        t0 = time.perf_counter()
+        qf = query_fdes(qtok, cfg)
+        topk = flat.search(qf, max(CANDIDATES))
+        search_ms = (time.perf_counter() - t0) / len(queries) * 1e3
+        fde_rows = [index.rows([d for d, _ in ps]) for ps in flat.docid_pairs(topk)]
+        row = {"dataset": ds.name, "fde": cfg.label(), "dim": fdes.shape[1], "bytes/doc": fdes.shape[1] * 4,
+               "build s": build_s, "FDE search ms/q": search_ms, "R@100 (no rescoring)": recall_vs(fde_rows,
+                                                                                                     exact_rows)}
+        for c in CANDIDATES:
+            cand = np.stack([r[:c] for r in fde_rows])
+            t0 = time.perf_counter()
+            sc = index.score(qtok, cand)
+            ms = (time.perf_counter() - t0) / len(queries) * 1e3
+            order = np.lexsort((cand, -sc), axis=1)
+            rr = np.take_along_axis(cand, order, 1)
+            rec = recall_vs(list(rr), exact_rows)
+            row[f"R@100 c={c}"] = rec
+            if rec >= 0.95 and (best is None or (c, fdes.shape[1]) < (best["candidates"], best["dim"])):
+                best = {"dataset": ds.name, "fde": cfg.label(), "dim": fdes.shape[1], "candidates": c,
+                        "R@100 vs exact": rec, "nDCG@10": ndcg(rr, np.take_along_axis(sc, order, 1), index.docids,
+                                                               queries, ds.qrels),
+                        "ms/query (FDE search + rescoring)": search_ms + ms, "FDE bytes/doc": fdes.shape[1] * 4}
+        rows.append(row)
+        logging.getLogger("bench").warning("muvera %s", row)
+    # the chosen setting through the pipeline, under three single-vector index kinds
+    if best is not None:
+        cfg = next(c for c in FDE_CONFIGS if c.label() == best["fde"])
+        for kind in ("flat", "hnsw", f"pq:m={min(256, best['dim'] // 8)},nbits=8"):
+            spec = (f"muvera:k_sim={cfg.k_sim},d_proj={cfg.d_proj},reps={cfg.reps},candidates={best['candidates']},"
+                    f"index=({kind})")
+            pipe = compile_pipeline(spec, ws)
+            t0 = time.perf_counter()
+            res = pipe.run(queries, 100, show_progress=False)
+            secs = time.perf_counter() - t0
+            row_of = ws.token_index(MultiVectorSettings.of("maxsim")).row_of
+            rr = [np.array([row_of[d] for d in r.docids]) for r in res.rankings]
+            fde_index = ws.fde_index(MultiVectorSettings.of(spec))
+            out.setdefault("muvera_indexes", []).append({
+                "dataset": ds.name, "spec": spec, "R@100 vs exact": recall_vs(rr, exact_rows),
+                "nDCG@10": evaluate(res.run(), ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
+                "ms/query (pipeline)": secs / len(queries) * 1e3, "FDE index MB": fde_index.memory_bytes() / 2**20})
+    return rows, best
+
+
+def plaid(ds, ws, index, qtok, exact_rows, exact_ndcg, out: dict) -> list[dict]:
+    queries = list(ds.queries.values())
+    base = ws.plaid_index(MultiVectorSettings.of("plaid:nbits=2"))  # cached: k-means once
+    rows = []
+    for nbits in (1, 2, 4):
+        p = base if nbits == 2 else PlaidIndex.build(index, nbits=nbits, like=base)
+        # exhaustive: every document decompressed and scored -> the loss of compression alone
+        s_all, r_all, _ = p.search(qtok, 100, nprobe=len(p.centroids), candidates=len(p))
+        row = {"dataset": ds.name, "nbits": nbits, "bytes/token": p.bytes_per_token(),
+               "vs fp16": p.bytes_per_token() / index.bytes_per_token(), "centroids": len(p.centroids),
+               "nDCG@10 exhaustive": ndcg(r_all, s_all, p.docids, queries, ds.qrels), "nDCG@10 exact": exact_ndcg,
+               "R@100 exhaustive": recall_vs(r_all, exact_rows)}
+        row["nDCG@10 kept"] = row["nDCG@10 exhaustive"] - exact_ndcg
+        need = None
+        for c in CANDIDATES:
+            t0 = time.perf_counter()
+            s, r, st = p.search(qtok, 100, nprobe=4, candidates=c)
+            ms = (time.perf_counter() - t0) / len(queries) * 1e3
+            rec = recall_vs(r, exact_rows)
+            row[f"R@100 c={c}"] = rec
+            if need is None and rec >= 0.95:
+                need = c
+                row["ms/query at 0.95"] = ms
+                row["generated/query"] = st["generated"] / len(queries)
+        row["candidates for 0.95"] = need
+        rows.append(row)
+        logging.getLogger("bench").warning("plaid %s", row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/beir")
+    ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
+    ap.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
+    ap.add_argument("--out", default="runs/multivector")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["quality", "muvera", "plaid", "qps"])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    out: dict = {}
+    for name in args.datasets:
+        ds = load_beir(Path(args.data) / name)
+        ws = DatasetWorkspace(ds, args.index_root)
+        s = MultiVectorSettings.of("maxsim")
+        index = ws.token_index(s)
+        encoder = s.encoder(ws.models)
+        queries = list(ds.queries.values())
+        qtok = encoder.encode_queries([q.text for q in queries])
+        t0 = time.perf_counter()
+        exact_s, exact_r = index.search(qtok, 100)
+        exact_ms = (time.perf_counter() - t0) / len(queries) * 1e3
+        exact_rows = list(exact_r)
+        exact_ndcg = ndcg(exact_r, exact_s, index.docids, queries, ds.qrels)
+        out.setdefault("corpus", []).append({
+            "dataset": name, "docs": len(index), "tokens": index.n_tokens, "tokens/doc": index.n_tokens / len(index),
+            "truncated docs": index.meta.get("truncated_documents"), "fp16 bytes/token": index.bytes_per_token(),
+            "token store MB": index.n_tokens * index.bytes_per_token() / 2**20, "exact MaxSim ms/query": exact_ms,
+            "encode docs/s": ws.stats.get("multivector", {}).get("encode_docs_per_s")})
+        if "quality" not in args.skip:
+            out.setdefault("quality", []).extend(quality(ds, ws, out))
+        if "qps" not in args.skip:
+            out.setdefault("qps", []).append(reranker_qps(ds, ws))
+        if "muvera" not in args.skip:
+            rows, best = muvera(ds, ws, index, qtok, exact_rows, out)
+            out.setdefault("muvera", []).extend(rows)
+            out.setdefault("muvera_best", []).append(best or {"dataset": name, "fde": "none reached 0.95"})
+        if "plaid" not in args.skip:
+            out.setdefault("plaid", []).extend(plaid(ds, ws, index, qtok, exact_rows, exact_ndcg, out))
+        save_results(args.out, out)
+    for key, rows in out.items():
+        if rows:
+            cols = list(dict.fromkeys(c for r in rows for c in r))
+            print(f"\n### {key}\n")
+            print(markdown(rows, cols))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+"""Multi-vector (late-interaction) indexes: every document is a bag of token vectors.
+
+- :class:`MultiVectorIndex` (``multi-vector``): the token vectors as they are (float16 on disk, memory-mapped), the
+  tokens' vocabulary ids (ColBERT-PRF's IDF) and per-document offsets. Exact MaxSim over any candidates, or over the
+  whole corpus (:meth:`MultiVectorIndex.search`, chunked so memory stays bounded).
+- :class:`PlaidIndex` (``multi-vector-plaid``): ColBERTv2/PLAID-style compression. FAISS k-means centroids; each
+  token stored as its centroid id plus its residual quantized to ``nbits`` (1, 2 or 4) per dimension with bucket
+  cutoffs and values taken from the residual distribution; decompressed only for candidates. Candidates come from
+  centroid postings (the documents holding a token in one of each query token's ``nprobe`` nearest centroids), are
+  ranked by centroid interaction (MaxSim with every token replaced by its centroid), and the best ``candidates`` are
+  decompressed and scored exactly.
+
+Both are written atomically (a failed write leaves the previous index) and checked at load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rankstack._atomic import atomic_dir, write_json
+from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
+from rankstack.index.base import PARAMS_FILE, read_params
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MultiVectorIndex", "PlaidIndex", "maxsim_scores", "pad_queries", "QUERY_BATCH"]
+
+FORMAT_VERSION = 1
+QUERY_BATCH = 16  # queries per corpus sweep: their token rows times a chunk of tokens stay ~ a few hundred MB
+_CHUNK_TOKENS = 131_072
+
+
+def pad_queries(queries: Sequence[np.ndarray], weights: Sequence[np.ndarray] | None = None):
+    """Ragged query token arrays as ``(float32 [B, Lmax, D], weights [B, Lmax])`` torch tensors (weight 0 pads)."""
+    import torch
+
+    if not queries:
+        raise BadInput("no queries to score")
+    dim = queries[0].shape[1]
+    width = max(1, max(q.shape[0] for q in queries))
+    out = torch.zeros((len(queries), width, dim), dtype=torch.float32)
+    w = torch.zeros((len(queries), width), dtype=torch.float32)
+    for i, q in enumerate(queries):
+        if q.ndim != 2 or q.shape[1] != dim:
+            raise DimensionMismatch(f"query {i} has token vectors of shape {q.shape}; expected [n, {dim}]")
+        out[i, :q.shape[0]] = torch.from_numpy(np.asarray(q, np.float32))
+        w[i, :q.shape[0]] = torch.from_numpy(np.asarray(weights[i], np.float32)) if weights is not None else 1.0
+    return out, w
+
+
+def maxsim_scores(queries: Sequence[np.ndarray], tokens, offsets: np.ndarray, rows: np.ndarray,
+                  weights: Sequence[np.ndarray] | None = None, *, device: str | None = None) -> np.ndarray:
+    """MaxSim ``[B, C]`` of query token arrays against document rows ``rows [B, C]`` (``-1`` pads) whose tokens are
+    ``tokens[offsets[r]:offsets[r + 1]]``; on ``device`` (a GPU runs the Triton kernel) or the CPU reference."""
+    import torch
+
+    from rankstack.kernels import maxsim
+
+    q, w = pad_queries(queries, weights)
+    t = torch.from_numpy(np.asarray(tokens)) if not isinstance(tokens, torch.Tensor) else tokens
+    off = torch.from_numpy(np.asarray(offsets, np.int64))
+    r = torch.from_numpy(np.asarray(rows, np.int64))
+    if device and device != "cpu":
+        q, w, t, off, r = (x.to(device) for x in (q, w, t, off, r))
+    return maxsim(q, w, t, off, r).cpu().numpy()
+
+
+def _check_dim(queries: Sequence[np.ndarray], dim: int) -> None:
+    for q in queries:
+        if q.ndim != 2 or q.shape[1] != dim:
+            raise DimensionMismatch(f"query token vectors of shape {tuple(q.shape)} do not match the index's "
+                                    f"{dim}-d tokens; encode queries with the model the index was built with")
+
+
+class MultiVectorIndex:
+    """Token vectors of a corpus. ``tokens [T, D]`` float16, ``offsets [N + 1]``, ``token_ids [T]`` int32."""
+
+    kind = "multi-vector"
+
+    def __init__(self, docids: Sequence[str], tokens: np.ndarray, offsets: np.ndarray, token_ids: np.ndarray, *,
+                 meta: dict | None = None):
+        self._docids = list(docids)
+        self.tokens = tokens
+        self.offsets = np.asarray(offsets, np.int64)
+        self.token_ids = token_ids
+        self.meta = dict(meta or {})
+        if self.offsets.shape != (len(self._docids) + 1,) or self.offsets[-1] != tokens.shape[0]:
+            raise IndexCorrupt(f"multi-vector index: offsets ({self.offsets.shape}) do not match {len(self._docids)} "
+                               f"documents and {tokens.shape[0]} tokens; rebuild the index")
+        if token_ids.shape[0] != tokens.shape[0]:
+            raise IndexCorrupt("multi-vector index: token ids and token vectors differ in number; rebuild the index")
+        self.row_of = {d: i for i, d in enumerate(self._docids)}
+        if len(self.row_of) != len(self._docids):
+            raise BadInput("duplicate docids in a multi-vector index")
+        self._idf = None
+
+    # -- building --
+    @classmethod
+    def build(cls, docids: Sequence[str], encoded, *, meta: dict | None = None) -> MultiVectorIndex:
+        """From :class:`~rankstack.retrieval.token_encoders.EncodedDocuments` (one entry per docid)."""
+        if len(docids) == 0:
+            raise BadInput("cannot build a multi-vector index of an empty corpus; give it some documents")
+        if len(encoded.lengths) != len(docids):
+            raise BadInput(f"{len(docids)} docids but {len(encoded.lengths)} encoded documents")
+        empty = [docids[i] for i in np.flatnonzero(encoded.lengths == 0)[:3]]
+        if empty:
+            raise BadInput(f"documents {empty} have no tokens after encoding; drop them or give them text")
+        info = {**(meta or {}), "truncated_documents": int(encoded.truncated)}
+        return cls(docids, np.asarray(encoded.vectors, np.float16), encoded.offsets,
+                   np.asarray(encoded.token_ids, np.int32), meta=info)
+
+    def __len__(self) -> int:
+        return len(self._docids)
+
+    def __contains__(self, docid: str) -> bool:
+        return docid in self.row_of
+
+    @property
+    def docids(self) -> list[str]:
+        return list(self._docids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def bytes_per_token(self) -> float:
+        return float(self.tokens.dtype.itemsize * self.dim)
+
+    def rows(self, docids: Sequence[str]) -> np.ndarray:
+        try:
+            return np.array([self.row_of[d] for d in docids], np.int64)
+        except KeyError as exc:
+            raise UnknownDocid(f"docid {exc.args[0]!r} is not in the multi-vector index") from None
+
+    def doc_tokens(self, row: int) -> np.ndarray:
+        return np.asarray(self.tokens[self.offsets[row]:self.offsets[row + 1]], np.float32)
+
+    def idf(self) -> np.ndarray:
+        """Inverse document frequency per vocabulary id, ``log((N + 1) / (df + 1))``, over the stored tokens."""
+        if self._idf is None:
+            doc_of = np.repeat(np.arange(len(self)), np.diff(self.offsets))
+            pairs = np.unique(doc_of.astype(np.int64) << 32 | self.token_ids.astype(np.int64))
+            df = np.bincount((pairs & 0xFFFFFFFF).astype(np.int64), minlength=int(self.token_ids.max()) + 1)
+            self._idf = np.log((len(self) + 1) / (df + 1.0))
+        return self._idf
+
+    # -- scoring --
+    def score(self, queries: Sequence[np.ndarray], rows: np.ndarray, weights=None, *, device=None) -> np.ndarray:
+        """Exact MaxSim of each query against its candidate rows ``[B, C]`` (``-1`` pads score ``-inf``)."""
+        _check_dim(queries, self.dim)
+        return maxsim_scores(queries, self.tokens, self.offsets, rows, weights, device=device)
+
+    def search(self, queries: Sequence[np.ndarray], k: int, weights=None, *, show_progress: bool | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact MaxSim over the whole corpus: ``(scores [B, k], rows [B, k])`` best first (ties by ascending row).
+        Sweeps the corpus in token chunks, :data:`QUERY_BATCH` queries at a time."""
+        import torch
+
+        from rankstack.kernels.reference import segment_max
+
+        _check_dim(queries, self.dim)
+        k = min(int(k), len(self))
+        n = len(self)
+        scores = np.empty((len(queries), n), np.float32)
+        # chunks end on document boundaries
+        bounds = [0]
+        while bounds[-1] < n:
+            start_tok = self.offsets[bounds[-1]]
+            end = int(np.searchsorted(self.offsets, start_tok + _CHUNK_TOKENS, side="right")) - 1
+            bounds.append(max(end, bounds[-1] + 1) if end < n else n)
+        lengths = torch.from_numpy(np.diff(self.offsets))
+        for b0 in range(0, len(queries), QUERY_BATCH):
+            batch = queries[b0:b0 + QUERY_BATCH]
+            w = weights[b0:b0 + QUERY_BATCH] if weights is not None else [np.ones(len(q), np.float32) for q in batch]
+            qcat = torch.from_numpy(np.concatenate([np.asarray(q, np.float32) for q in batch]))
+            wcat = torch.from_numpy(np.concatenate([np.asarray(x, np.float32) for x in w]))
+            owner = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(q) for q in batch]))
+            for d0, d1 in zip(bounds[:-1], bounds[1:]):
+                t = torch.from_numpy(np.asarray(self.tokens[self.offsets[d0]:self.offsets[d1]], np.float32))
+                best = segment_max(qcat @ t.T, lengths[d0:d1])  # [sum Lq, docs]
+                per = torch.zeros((len(batch), d1 - d0), dtype=torch.float32)
+                per.index_add_(0, owner, wcat[:, None] * best)
+                scores[b0:b0 + len(batch), d0:d1] = per.numpy()
+        return _topk(scores, k)
+
+    @classmethod
+    def empty(cls, dim: int, *, meta: dict | None = None) -> MultiVectorIndex:
+        return cls([], np.zeros((0, dim), np.float16), np.zeros(1, np.int64), np.zeros(0, np.int32), meta=meta)
+
+    def replaced(self, remove: Sequence[str], docids: Sequence[str], encoded) -> MultiVectorIndex:
+        """A new index without the documents ``remove`` and with ``docids`` (encoded as ``encoded``) appended."""
+        drop = set(remove) | set(docids)
+        keep = np.array([i for i, d in enumerate(self._docids) if d not in drop], np.int64)
+        lens = np.diff(self.offsets)
+        spans = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in keep]
+        idx = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        if not len(docids):
+            from rankstack.retrieval.token_encoders import EncodedDocuments
+
+            encoded = EncodedDocuments(np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64),
+                                       np.zeros(0, np.int32))
+        if (encoded.lengths == 0).any():
+            raise BadInput("a document has no tokens after encoding; give it some text")
+        new_lens = np.concatenate([lens[keep], np.asarray(encoded.lengths, np.int64)])
+        tokens = np.concatenate([np.asarray(self.tokens[idx], np.float16),
+                                 np.asarray(encoded.vectors, np.float16).reshape(-1, self.dim)])
+        ids = np.concatenate([np.asarray(self.token_ids[idx], np.int32), np.asarray(encoded.token_ids, np.int32)])
+        offsets = np.concatenate([[0], np.cumsum(new_lens)]).astype(np.int64)
+        return MultiVectorIndex([self._docids[i] for i in keep] + list(docids), tokens, offsets, ids,
+                                meta=dict(self.meta))
+
+    # -- persistence --
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            np.save(tmp / "tokens.npy", np.asarray(self.tokens, np.float16))
+            np.save(tmp / "offsets.npy", self.offsets)
+            np.save(tmp / "token_ids.npy", np.asarray(self.token_ids, np.int32))
+            (tmp / "docids.json").write_text(json.dumps(self._docids), encoding="utf-8")
+            write_json(tmp / PARAMS_FILE, {"kind": self.kind, "format_version": FORMAT_VERSION, "dim": self.dim,
+                                           "n_docs": len(self), "n_tokens": self.n_tokens, "meta": self.meta})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> MultiVectorIndex:
+        path = Path(path)
+        params = read_params(path, cls.kind, FORMAT_VERSION)
+        try:
+            tokens = np.load(path / "tokens.npy", mmap_mode="r")
+            offsets = np.load(path / "offsets.npy")
+            token_ids = np.load(path / "token_ids.npy", mmap_mode="r")
+            docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IndexCorrupt(f"{path}: multi-vector index files are missing or corrupt ({exc}); rebuild it with "
+                               f"`rankstack index --kind multivector`") from None
+        if tokens.ndim != 2 or tokens.shape[0] != params.get("n_tokens") or len(docids) != params.get("n_docs"):
+            raise IndexCorrupt(f"{path}: token matrix {tokens.shape} does not match params.json; rebuild the index")
+        if dim is not None and tokens.shape[1] != dim:
+            raise DimensionMismatch(f"{path} holds {tokens.shape[1]}-d token vectors, not {dim}-d; use the encoder "
+                                    f"it was built with")
+        return cls(docids, tokens, offsets, token_ids, meta=params.get("meta", {}))
+
+
+def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per row, by descending score then ascending row."""
+    n = scores.shape[1]
+    k = min(k, n)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
+    out_s = np.take_along_axis(scores, part, 1)
+    order = np.lexsort((part, -out_s), axis=1)
+    rows = np.take_along_axis(part, order, 1)
+    return np.take_along_axis(out_s, order, 1), rows
+
+
+# ---- PLAID-style compression ----------------------------------------------------------------------------------
+
+def _pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
+    """``[T, D]`` integer codes in ``[0, 2**nbits)`` -> ``[T, D * nbits / 8]`` uint8 (first value in the high bits)."""
+    per = 8 // nbits
+    t, d = codes.shape
+    c = codes.reshape(t, d // per, per).astype(np.uint8)
+    out = np.zeros((t, d // per), np.uint8)
+    for j in range(per):
+        out |= c[:, :, j] << (8 - nbits * (j + 1))
+    return out
+
+
+def _unpack_codes(packed: np.ndarray, nbits: int, dim: int) -> np.ndarray:
+    per = 8 // nbits
+    mask = (1 << nbits) - 1
+    parts = [(packed >> (8 - nbits * (j + 1))) & mask for j in range(per)]
+    return np.stack(parts, axis=2).reshape(packed.shape[0], dim)
+
+
+class PlaidIndex:
+    """Centroid ids + ``nbits`` residual codes per token; see the module docstring."""
+
+    kind = "multi-vector-plaid"
+
+    def __init__(self, docids, offsets, centroids, codes, residuals, cutoffs, values, token_ids, *, nbits: int,
+                 meta: dict | None = None):
+        self._docids = list(docids)
+        self.offsets = np.asarray(offsets, np.int64)
+        self.centroids = np.asarray(centroids, np.float32)
+        self.codes = codes
+        self.residuals = residuals
+        self.cutoffs = np.asarray(cutoffs, np.float32)
+        self.values = np.asarray(values, np.float32)
+        self.token_ids = token_ids
+        self.nbits = int(nbits)
+        self.meta = dict(meta or {})
+        self.row_of = {d: i for i, d in enumerate(self._docids)}
+        if self.offsets[-1] != codes.shape[0] or residuals.shape[0] != codes.shape[0]:
+            raise IndexCorrupt("PLAID index: offsets, centroid ids and residual codes disagree; rebuild the index")
+        self._postings = None
+        self._doc_of = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    def __len__(self) -> int:
+        return len(self._docids)
+
+    @property
+    def docids(self) -> list[str]:
+        return list(self._docids)
+
+    def bytes_per_token(self) -> float:
+        return float(self.dim * self.nbits / 8 + self.codes.dtype.itemsize)
+
+    @classmethod
+    def build(cls, index: MultiVectorIndex, *, nbits: int = 2, ncentroids: int | None = None, seed: int = 0,
+              sample: int = 262_144, niter: int = 10, meta: dict | None = None,
+              like: PlaidIndex | None = None) -> PlaidIndex:
+        """Compress ``index``'s tokens. ``ncentroids`` defaults to PLAID's rule, ``2 ** floor(log2(16 sqrt(T)))``,
+        capped by the sample size / 32; k-means runs on a random sample of ``sample`` tokens. ``like``: reuse the
+        centroids and assignments of another compression of the same tokens (only the residual bits change)."""
+        import faiss
+
+        if nbits not in (1, 2, 4):
+            raise BadInput(f"PLAID residuals take nbits 1, 2 or 4, got {nbits}")
+        t, d = index.tokens.shape
+        if d % (8 // nbits):
+            raise BadInput(f"token dimension {d} is not a multiple of {8 // nbits} ({nbits}-bit codes pack per byte)")
+        rng = np.random.default_rng(seed)
+        step = 262_144
+        if like is not None:
+            if like.codes.shape[0] != t or like.dim != d:
+                raise BadInput("like= must be a compression of the same token vectors")
+            centroids, codes, ncentroids = like.centroids, np.asarray(like.codes), len(like.centroids)
+            rng.choice(t, size=min(sample, t), replace=False)  # keep the random stream as without like=
+        else:
+            take = np.sort(rng.choice(t, size=min(sample, t), replace=False))
+            train = np.asarray(index.tokens[take], np.float32)
+            if ncentroids is None:
+                ncentroids = 2 ** int(np.floor(np.log2(16 * np.sqrt(t))))
+                ncentroids = max(1, min(ncentroids, len(train) // 32))
+            if ncentroids > len(train):
+                raise BadInput(f"ncentroids={ncentroids} exceeds the {len(train)} tokens available to train them")
+            km = faiss.Kmeans(d, int(ncentroids), niter=niter, seed=seed, spherical=True, verbose=False,
+                              max_points_per_centroid=1 << 30)
+            km.train(train)
+            centroids = km.centroids.astype(np.float32)
+            flat = faiss.IndexFlatIP(d)
+            flat.add(centroids)
+            codes = np.empty(t, np.int32)
+            for s in range(0, t, step):
+                _, a = flat.search(np.asarray(index.tokens[s:s + step], np.float32), 1)
+                codes[s:s + step] = a[:, 0]
+        # residual buckets from a held-out sample, as ColBERTv2 does: cutoffs at quantiles, values at mid-quantiles
+        held = rng.choice(t, size=min(65_536, t), replace=False)
+        res = np.asarray(index.tokens[held], np.float32) - centroids[codes[held]]
+        nb = 1 << nbits
+        cutoffs = np.quantile(res, np.arange(1, nb) / nb).astype(np.float32)
+        values = np.quantile(res, (np.arange(nb) + 0.5) / nb).astype(np.float32)
+        packed = np.empty((t, d * nbits // 8), np.uint8)
+        for s in range(0, t, step):
+            r = np.asarray(index.tokens[s:s + step], np.float32) - centroids[codes[s:s + step]]
+            packed[s:s + step] = _pack_codes(np.searchsorted(cutoffs, r), nbits)
+        info = {**index.meta, **(meta or {}), "ncentroids": int(ncentroids), "seed": seed}
+        return cls(index.docids, index.offsets, centroids, codes, packed, cutoffs, values, index.token_ids,
+                   nbits=nbits, meta=info)
+
+    def decompress(self, start: int, end: int) -> np.ndarray:
+        """Tokens ``start:end`` rebuilt: centroid + bucket values, L2-normalised (as ColBERTv2 does)."""
+        v = self.centroids[self.codes[start:end]] + self.values[_unpack_codes(
+            np.asarray(self.residuals[start:end]), self.nbits, self.dim)]
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    def _ivf(self):
+        if self._postings is None:
+            doc_of = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.offsets))
+            pairs = np.unique(np.asarray(self.codes, np.int64) << 32 | doc_of)
+            cent = pairs >> 32
+            self._postings = (np.searchsorted(cent, np.arange(len(self.centroids) + 1)), pairs & 0xFFFFFFFF)
+            self._doc_of = doc_of
+        return self._postings
+
+    def candidates(self, query: np.ndarray, nprobe: int) -> np.ndarray:
+        """Document rows holding a token in one of each query token's ``nprobe`` nearest centroids."""
+        bounds, docs = self._ivf()
+        sims = query @ self.centroids.T
+        near = np.unique(np.argpartition(-sims, min(nprobe, sims.shape[1]) - 1, axis=1)[:, :nprobe])
+        return np.unique(np.concatenate([docs[bounds[c]:bounds[c + 1]] for c in near]))
+
+    def search(self, queries: Sequence[np.ndarray], k: int, *, nprobe: int = 4, candidates: int = 1000
+               ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
+        """Per query: ``(scores, rows)`` best first, and counts: documents generated from postings and documents
+        decompressed and scored exactly."""
+        import torch
+
+        from rankstack.kernels.reference import segment_max
+
+        _check_dim(queries, self.dim)
+        out_s, out_r = [], []
+        stats = {"generated": 0, "scored": 0}
+        lengths_all = np.diff(self.offsets)
+        for q in queries:
+            q = np.asarray(q, np.float32)
+            cand = self.candidates(q, nprobe)
+            stats["generated"] += len(cand)
+            # centroid interaction: every token replaced by its centroid
+            csims = torch.from_numpy(q @ self.centroids.T)
+            lens = lengths_all[cand]
+            idx = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in cand])
+            approx = segment_max(csims[:, torch.from_numpy(np.asarray(self.codes[idx], np.int64))],
+                                 torch.from_numpy(lens)).sum(0).numpy()
+            keep = cand[np.argsort(-approx, kind="stable")[:candidates]]
+            stats["scored"] += len(keep)
+            sub_off = np.concatenate([[0], np.cumsum(lengths_all[keep])])
+            toks = np.concatenate([self.decompress(self.offsets[r], self.offsets[r + 1]) for r in keep])
+            s = maxsim_scores([q], toks.astype(np.float32), sub_off, np.arange(len(keep))[None])[0]
+            order = np.lexsort((keep, -s))[:k]
+            out_s.append(s[order])
+            out_r.append(keep[order])
+        return out_s, out_r, stats
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            for name, arr in (("offsets", self.offsets), ("centroids", self.centroids), ("codes", self.codes),
+                              ("residuals", self.residuals), ("cutoffs", self.cutoffs), ("values", self.values),
+                              ("token_ids", self.token_ids)):
+                np.save(tmp / f"{name}.npy", np.asarray(arr))
+            (tmp / "docids.json").write_text(json.dumps(self._docids), encoding="utf-8")
+            write_json(tmp / PARAMS_FILE, {"kind": self.kind, "format_version": FORMAT_VERSION, "dim": self.dim,
+                                           "nbits": self.nbits, "n_docs": len(self),
+                                           "n_tokens": int(self.codes.shape[0]), "meta": self.meta})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> PlaidIndex:
+        path = Path(path)
+        params = read_params(path, cls.kind, FORMAT_VERSION)
+        try:
+            arrs = {n: np.load(path / f"{n}.npy", mmap_mode="r" if n in ("codes", "residuals", "token_ids") else None)
+                    for n in ("offsets", "centroids", "codes", "residuals", "cutoffs", "values", "token_ids")}
+            docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IndexCorrupt(f"{path}: PLAID index files are missing or corrupt ({exc}); rebuild it") from None
+        if len(docids) != params.get("n_docs") or arrs["codes"].shape[0] != params.get("n_tokens"):
+            raise IndexCorrupt(f"{path}: stored arrays do not match params.json; rebuild the index")
+        if dim is not None and arrs["centroids"].shape[1] != dim:
+            raise DimensionMismatch(f"{path} holds {arrs['centroids'].shape[1]}-d tokens, not {dim}-d")
+        return cls(docids, arrs["offsets"], arrs["centroids"], arrs["codes"], arrs["residuals"], arrs["cutoffs"],
+                   arrs["values"], arrs["token_ids"], nbits=params["nbits"], meta=params.get("meta", {}))

@@ -104,9 +104,13 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
 
             sm = set_metrics({r.query.qid: r.docids for r in output.rankings}, ds.qrels)
             stats.update(set_P=sm["P"], set_R=sm["R"], set_F1=sm["F1"], empty=sm["empty"], kept=sm["mean_kept"])
-        for kind in ("bm25", "dense"):
+        labels = {"bm25": ("bm25",), "dense": ("dense",), "splade": ("splade",), "maxsim": ("multivector",),
+                  "muvera": ("multivector", "muvera"), "plaid": ("multivector", "plaid")}
+        for kind, keys in labels.items():
             if any(r.item.kind == kind for r in spec.retrievers()):
-                stats.update(ws.stats.get(kind, {}))
+                stats.update(ws.stats.get(keys[0], {}))
+                for key in keys[1:]:  # derived indexes (MUVERA encodings, PLAID codes): their own build time
+                    stats.update({f"{key}_{k}": v for k, v in ws.stats.get(key, {}).items()})
         if reranks and output.inputs:
             label, before = next(iter(output.inputs.items()))
             iname = f"{name} [{label} input]"

@@ -158,21 +158,32 @@ class MultiVectorIndex:
     def score(self, queries: Sequence[np.ndarray], rows: np.ndarray, weights=None, *, device=None) -> np.ndarray:
         """Exact MaxSim of each query against its candidate rows ``[B, C]`` (``-1`` pads score ``-inf``)."""
         _check_dim(queries, self.dim)
-        return maxsim_scores(queries, self.tokens, self.offsets, rows, weights, device=device)
+        rows = np.asarray(rows, np.int64)
+        if rows.size and int(rows.max()) >= len(self):
+            raise BadInput(f"candidate row {int(rows.max())} is out of range for {len(self)} documents")
+        # gather only the candidates' tokens (a copy: the store is a read-only memory map)
+        uniq = np.unique(rows[rows >= 0])
+        lens = np.diff(self.offsets)[uniq]
+        idx = (np.repeat(self.offsets[uniq] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+               if len(uniq) else np.zeros(0, np.int64))
+        sub = np.ascontiguousarray(self.tokens[idx])
+        local = np.where(rows >= 0, np.searchsorted(uniq, np.maximum(rows, 0)), -1)
+        return maxsim_scores(queries, sub, np.concatenate([[0], np.cumsum(lens)]), local, weights, device=device)
 
-    def search(self, queries: Sequence[np.ndarray], k: int, weights=None, *, show_progress: bool | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact MaxSim over the whole corpus: ``(scores [B, k], rows [B, k])`` best first (ties by ascending row).
-        Sweeps the corpus in token chunks, :data:`QUERY_BATCH` queries at a time."""
+    def search(self, queries: Sequence[np.ndarray], k: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact MaxSim over the whole corpus: ``(scores [B, k], rows [B, k])`` best first (ties by ascending row)."""
+        return _topk(self.score_all(queries, weights), min(int(k), len(self)))
+
+    def score_all(self, queries: Sequence[np.ndarray], weights=None) -> np.ndarray:
+        """MaxSim of every query against every document, ``[B, N]``: the corpus swept in chunks of whole
+        documents, :data:`QUERY_BATCH` queries at a time, so memory stays bounded."""
         import torch
 
         from rankstack.kernels.reference import segment_max
 
         _check_dim(queries, self.dim)
-        k = min(int(k), len(self))
         n = len(self)
         scores = np.empty((len(queries), n), np.float32)
-        # chunks end on document boundaries
         bounds = [0]
         while bounds[-1] < n:
             start_tok = self.offsets[bounds[-1]]
@@ -191,7 +202,7 @@ class MultiVectorIndex:
                 per = torch.zeros((len(batch), d1 - d0), dtype=torch.float32)
                 per.index_add_(0, owner, wcat[:, None] * best)
                 scores[b0:b0 + len(batch), d0:d1] = per.numpy()
-        return _topk(scores, k)
+        return scores
 
     @classmethod
     def empty(cls, dim: int, *, meta: dict | None = None) -> MultiVectorIndex:
@@ -221,34 +232,48 @@ class MultiVectorIndex:
 
     # -- persistence --
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            np.save(tmp / "tokens.npy", np.asarray(self.tokens, np.float16))
-            np.save(tmp / "offsets.npy", self.offsets)
-            np.save(tmp / "token_ids.npy", np.asarray(self.token_ids, np.int32))
-            (tmp / "docids.json").write_text(json.dumps(self._docids), encoding="utf-8")
-            write_json(tmp / PARAMS_FILE, {"kind": self.kind, "format_version": FORMAT_VERSION, "dim": self.dim,
-                                           "n_docs": len(self), "n_tokens": self.n_tokens, "meta": self.meta})
-        return path
+        return _write(path, self.kind, {"tokens": np.asarray(self.tokens, np.float16), "offsets": self.offsets,
+                                        "token_ids": np.asarray(self.token_ids, np.int32)}, self._docids,
+                      {"dim": self.dim, "n_docs": len(self), "n_tokens": self.n_tokens, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> MultiVectorIndex:
-        path = Path(path)
-        params = read_params(path, cls.kind, FORMAT_VERSION)
-        try:
-            tokens = np.load(path / "tokens.npy", mmap_mode="r")
-            offsets = np.load(path / "offsets.npy")
-            token_ids = np.load(path / "token_ids.npy", mmap_mode="r")
-            docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexCorrupt(f"{path}: multi-vector index files are missing or corrupt ({exc}); rebuild it with "
-                               f"`rankstack index --kind multivector`") from None
-        if tokens.ndim != 2 or tokens.shape[0] != params.get("n_tokens") or len(docids) != params.get("n_docs"):
-            raise IndexCorrupt(f"{path}: token matrix {tokens.shape} does not match params.json; rebuild the index")
-        if dim is not None and tokens.shape[1] != dim:
-            raise DimensionMismatch(f"{path} holds {tokens.shape[1]}-d token vectors, not {dim}-d; use the encoder "
-                                    f"it was built with")
-        return cls(docids, tokens, offsets, token_ids, meta=params.get("meta", {}))
+        params, a, docids = _read(path, cls.kind, ("tokens", "offsets", "token_ids"), "tokens", dim)
+        return cls(docids, a["tokens"], a["offsets"], a["token_ids"], meta=params.get("meta", {}))
+
+
+def _write(path, kind: str, arrays: dict, docids: list[str], params: dict) -> Path:
+    """One index folder, atomically: ``<name>.npy`` per array, ``docids.json`` and ``params.json``."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", np.asarray(arr))
+        (tmp / "docids.json").write_text(json.dumps(docids), encoding="utf-8")
+        write_json(tmp / PARAMS_FILE, {"kind": kind, "format_version": FORMAT_VERSION, **params})
+    return path
+
+
+def _read(path, kind: str, names: Sequence[str], token_array: str, dim: int | None):
+    """``(params, arrays, docids)`` of a folder :func:`_write` made (large arrays memory-mapped), checked against
+    ``params.json`` and the expected token dimension."""
+    path = Path(path)
+    params = read_params(path, kind, FORMAT_VERSION)
+    try:
+        arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r" if n in _MAPPED else None) for n in names}
+        docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexCorrupt(f"{path}: {kind} index files are missing or corrupt ({exc}); rebuild it with `rankstack "
+                           f"index --kind {'plaid' if 'plaid' in kind else 'maxsim'}`") from None
+    n_tokens = arrays[token_array].shape[0] if token_array != "centroids" else arrays["codes"].shape[0]
+    if len(docids) != params.get("n_docs") or n_tokens != params.get("n_tokens"):
+        raise IndexCorrupt(f"{path}: stored arrays do not match params.json; rebuild the index")
+    have = int(params.get("dim", -1))
+    if dim is not None and have != dim:
+        raise DimensionMismatch(f"{path} holds {have}-d token vectors, not {dim}-d; use the encoder it was built with")
+    return params, arrays, docids
+
+
+_MAPPED = ("tokens", "codes", "residuals", "token_ids")
 
 
 def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -427,31 +452,14 @@ class PlaidIndex:
         return out_s, out_r, stats
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            for name, arr in (("offsets", self.offsets), ("centroids", self.centroids), ("codes", self.codes),
-                              ("residuals", self.residuals), ("cutoffs", self.cutoffs), ("values", self.values),
-                              ("token_ids", self.token_ids)):
-                np.save(tmp / f"{name}.npy", np.asarray(arr))
-            (tmp / "docids.json").write_text(json.dumps(self._docids), encoding="utf-8")
-            write_json(tmp / PARAMS_FILE, {"kind": self.kind, "format_version": FORMAT_VERSION, "dim": self.dim,
-                                           "nbits": self.nbits, "n_docs": len(self),
-                                           "n_tokens": int(self.codes.shape[0]), "meta": self.meta})
-        return path
+        names = ("offsets", "centroids", "codes", "residuals", "cutoffs", "values", "token_ids")
+        return _write(path, self.kind, {n: getattr(self, n) for n in names}, self._docids,
+                      {"dim": self.dim, "nbits": self.nbits, "n_docs": len(self),
+                       "n_tokens": int(self.codes.shape[0]), "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> PlaidIndex:
-        path = Path(path)
-        params = read_params(path, cls.kind, FORMAT_VERSION)
-        try:
-            arrs = {n: np.load(path / f"{n}.npy", mmap_mode="r" if n in ("codes", "residuals", "token_ids") else None)
-                    for n in ("offsets", "centroids", "codes", "residuals", "cutoffs", "values", "token_ids")}
-            docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexCorrupt(f"{path}: PLAID index files are missing or corrupt ({exc}); rebuild it") from None
-        if len(docids) != params.get("n_docs") or arrs["codes"].shape[0] != params.get("n_tokens"):
-            raise IndexCorrupt(f"{path}: stored arrays do not match params.json; rebuild the index")
-        if dim is not None and arrs["centroids"].shape[1] != dim:
-            raise DimensionMismatch(f"{path} holds {arrs['centroids'].shape[1]}-d tokens, not {dim}-d")
-        return cls(docids, arrs["offsets"], arrs["centroids"], arrs["codes"], arrs["residuals"], arrs["cutoffs"],
-                   arrs["values"], arrs["token_ids"], nbits=params["nbits"], meta=params.get("meta", {}))
+        params, a, docids = _read(path, cls.kind, ("offsets", "centroids", "codes", "residuals", "cutoffs", "values",
+                                                   "token_ids"), "centroids", dim)
+        return cls(docids, a["offsets"], a["centroids"], a["codes"], a["residuals"], a["cutoffs"], a["values"],
+                   a["token_ids"], nbits=params["nbits"], meta=params.get("meta", {}))

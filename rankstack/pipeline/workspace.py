@@ -157,20 +157,16 @@ class DatasetWorkspace(Resources):
     def _encoded(self, label: str, path: Path, vectors_key: str, load, build):
         """Reopen the index at ``path`` if it holds this corpus under ``vectors_key``; else encode the corpus with
         ``build(docs, meta)``, save, and record the build time and encoding throughput under ``label``."""
-        try:
-            index = load(path)
-            if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get("vectors") != vectors_key:
-                raise IndexCorrupt("corpus or encoder changed")
-            logger.info("reusing %s index %s", label, path)
+        index = self._reopen(label, path, load, "vectors", vectors_key)
+        if index is not None:
             return index
-        except (IndexNotFound, IndexCorrupt):
-            docs = list(self.dataset.corpus.values())
-            t0 = time.perf_counter()
-            index = build(docs, {"corpus_sha1": self.fingerprint, "vectors": vectors_key})
-            secs = time.perf_counter() - t0
-            index.save(path)
-            self.stats.setdefault(label, {}).update(index_seconds=secs, encode_docs_per_s=len(docs) / secs)
-            return index
+        docs = list(self.dataset.corpus.values())
+        t0 = time.perf_counter()
+        index = build(docs, {"corpus_sha1": self.fingerprint, "vectors": vectors_key})
+        secs = time.perf_counter() - t0
+        index.save(path)
+        self.stats.setdefault(label, {}).update(index_seconds=secs, encode_docs_per_s=len(docs) / secs)
+        return index
 
     def flat_index(self, s: DenseSettings):
         """The exact index of ``s``'s document vectors (encodes the corpus on first use)."""
@@ -209,18 +205,24 @@ class DatasetWorkspace(Resources):
 
     def _derived(self, label: str, path: Path, key: str, load, build):
         """An index built from another one (no encoding): reopened when its meta records ``key``."""
+        index = self._reopen(label, path, load, "derived_key", key)
+        if index is not None:
+            return index
+        t0 = time.perf_counter()
+        build({"corpus_sha1": self.fingerprint, "derived_key": key}).save(path)
+        self.stats.setdefault(label, {}).update(index_seconds=time.perf_counter() - t0)
+        return load(path)
+
+    def _reopen(self, label: str, path: Path, load, field: str, key: str):
+        """The index at ``path`` if it holds this corpus with ``meta[field] == key``; else None (to rebuild)."""
         try:
             index = load(path)
-            if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get("derived_key") != key:
-                raise IndexCorrupt("corpus or parameters changed")
-            logger.info("reusing %s index %s", label, path)
-            return index
         except (IndexNotFound, IndexCorrupt):
-            t0 = time.perf_counter()
-            index = build({"corpus_sha1": self.fingerprint, "derived_key": key})
-            index.save(path)
-            self.stats.setdefault(label, {}).update(index_seconds=time.perf_counter() - t0)
-            return load(path)
+            return None
+        if index.meta.get("corpus_sha1") != self.fingerprint or index.meta.get(field) != key:
+            return None
+        logger.info("reusing %s index %s", label, path)
+        return index
 
     def fde_index(self, s):
         """MUVERA encodings of the corpus's token vectors in the single-vector index ``s`` names."""

@@ -89,10 +89,9 @@ def load_token_model(name: str, device: str = "cpu") -> TokenModel:
     from rankstack.retrieval.encoders import resolve_model
 
     try:
-        import torch
         from transformers import AutoModel, AutoTokenizer
-    except ImportError as exc:  # pragma: no cover - torch and transformers are core dependencies
-        raise MissingExtra(f"token encoders need torch and transformers: {exc}") from exc
+    except ImportError as exc:  # pragma: no cover - transformers is a core dependency
+        raise MissingExtra(f"token encoders need transformers: {exc}") from exc
     path = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

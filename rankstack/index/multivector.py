@@ -156,19 +156,27 @@ class MultiVectorIndex:
 
     # -- scoring --
     def score(self, queries: Sequence[np.ndarray], rows: np.ndarray, weights=None, *, device=None) -> np.ndarray:
-        """Exact MaxSim of each query against its candidate rows ``[B, C]`` (``-1`` pads score ``-inf``)."""
+        """Exact MaxSim of each query against its candidate rows ``[B, C]`` (``-1`` pads score ``-inf``); each
+        query's candidate tokens are gathered once and scored by :func:`rankstack.kernels.maxsim` (the Triton kernel
+        on a GPU ``device``, the reference on CPU)."""
         _check_dim(queries, self.dim)
         rows = np.asarray(rows, np.int64)
         if rows.size and int(rows.max()) >= len(self):
             raise BadInput(f"candidate row {int(rows.max())} is out of range for {len(self)} documents")
-        # gather only the candidates' tokens (a copy: the store is a read-only memory map)
-        uniq = np.unique(rows[rows >= 0])
-        lens = np.diff(self.offsets)[uniq]
-        idx = (np.repeat(self.offsets[uniq] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-               if len(uniq) else np.zeros(0, np.int64))
-        sub = np.ascontiguousarray(self.tokens[idx])
-        local = np.where(rows >= 0, np.searchsorted(uniq, np.maximum(rows, 0)), -1)
-        return maxsim_scores(queries, sub, np.concatenate([[0], np.cumsum(lens)]), local, weights, device=device)
+        out = np.full(rows.shape, -np.inf, np.float32)
+        lens_all = np.diff(self.offsets)
+        for b, q in enumerate(queries):
+            ok = rows[b] >= 0
+            r = rows[b][ok]
+            if not len(r):
+                continue
+            # one copy of the candidates' spans (the store is a read-only memory map), in candidate order
+            sub = np.concatenate([self.tokens[self.offsets[i]:self.offsets[i + 1]] for i in r],
+                                 dtype=np.float32)  # gathered and widened in one pass
+            sub_off = np.concatenate([[0], np.cumsum(lens_all[r])])
+            w = None if weights is None else [weights[b]]
+            out[b, ok] = maxsim_scores([q], sub, sub_off, np.arange(len(r))[None], w, device=device)[0]
+        return out
 
     def search(self, queries: Sequence[np.ndarray], k: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
         """Exact MaxSim over the whole corpus: ``(scores [B, k], rows [B, k])`` best first (ties by ascending row)."""
@@ -198,7 +206,7 @@ class MultiVectorIndex:
             owner = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(q) for q in batch]))
             for d0, d1 in zip(bounds[:-1], bounds[1:]):
                 t = torch.from_numpy(np.asarray(self.tokens[self.offsets[d0]:self.offsets[d1]], np.float32))
-                best = segment_max(qcat @ t.T, lengths[d0:d1])  # [sum Lq, docs]
+                best = segment_max((t @ qcat.T).T.contiguous(), lengths[d0:d1])  # [sum Lq, docs]
                 per = torch.zeros((len(batch), d1 - d0), dtype=torch.float32)
                 per.index_add_(0, owner, wcat[:, None] * best)
                 scores[b0:b0 + len(batch), d0:d1] = per.numpy()
@@ -288,6 +296,14 @@ def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- PLAID-style compression ----------------------------------------------------------------------------------
+
+def _spans(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Token positions of documents ``rows`` (in that order), concatenated."""
+    lens = offsets[rows + 1] - offsets[rows]
+    if not len(rows):
+        return np.zeros(0, np.int64)
+    return np.repeat(offsets[rows] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+
 
 def _pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
     """``[T, D]`` integer codes in ``[0, 2**nbits)`` -> ``[T, D * nbits / 8]`` uint8 (first value in the high bits)."""
@@ -399,9 +415,14 @@ class PlaidIndex:
 
     def decompress(self, start: int, end: int) -> np.ndarray:
         """Tokens ``start:end`` rebuilt: centroid + bucket values, L2-normalised (as ColBERTv2 does)."""
-        v = self.centroids[self.codes[start:end]] + self.values[_unpack_codes(
-            np.asarray(self.residuals[start:end]), self.nbits, self.dim)]
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return self.decompress_rows(np.arange(start, end))
+
+    def decompress_rows(self, idx: np.ndarray) -> np.ndarray:
+        """The tokens at positions ``idx``, rebuilt (float32)."""
+        v = self.centroids[np.asarray(self.codes[idx])]
+        v += self.values[_unpack_codes(np.asarray(self.residuals[idx]), self.nbits, self.dim)]
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return v
 
     def _ivf(self):
         if self._postings is None:
@@ -436,16 +457,15 @@ class PlaidIndex:
             cand = self.candidates(q, nprobe)
             stats["generated"] += len(cand)
             # centroid interaction: every token replaced by its centroid
-            csims = torch.from_numpy(q @ self.centroids.T)
+            csims = torch.from_numpy(np.ascontiguousarray((self.centroids @ q.T).T))
             lens = lengths_all[cand]
-            idx = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in cand])
-            approx = segment_max(csims[:, torch.from_numpy(np.asarray(self.codes[idx], np.int64))],
-                                 torch.from_numpy(lens)).sum(0).numpy()
+            codes = torch.from_numpy(np.asarray(self.codes[_spans(self.offsets, cand)], np.int64))
+            approx = segment_max(csims[:, codes], torch.from_numpy(lens)).sum(0).numpy()
             keep = cand[np.argsort(-approx, kind="stable")[:candidates]]
             stats["scored"] += len(keep)
+            toks = self.decompress_rows(_spans(self.offsets, keep))
             sub_off = np.concatenate([[0], np.cumsum(lengths_all[keep])])
-            toks = np.concatenate([self.decompress(self.offsets[r], self.offsets[r + 1]) for r in keep])
-            s = maxsim_scores([q], toks.astype(np.float32), sub_off, np.arange(len(keep))[None])[0]
+            s = maxsim_scores([q], toks, sub_off, np.arange(len(keep))[None])[0]
             order = np.lexsort((keep, -s))[:k]
             out_s.append(s[order])
             out_r.append(keep[order])

@@ -164,7 +164,7 @@ def muvera(ds, ws, index, qtok, exact_all, exact_rows, out: dict) -> tuple[list[
             secs = time.perf_counter() - t0
             res = pipe.run(queries, 100, show_progress=False)
             rr = [np.array([row_of[d] for d in r.docids]) for r in res.rankings]
-            fde_index = ws.fde_index(MultiVectorSettings.of(spec))
+            fde_index = ws.derived_index(MultiVectorSettings.of(spec))
             out.setdefault("muvera_indexes", []).append({
                 "dataset": ds.name, "spec": spec, "R@100 vs exact": recall_vs(rr, exact_rows),
                 "nDCG@10": evaluate(res.run(), ds.qrels, ["nDCG@10"]).aggregate["nDCG@10"],
@@ -180,7 +180,7 @@ def plaid(ds, ws, index, qtok, exact_rows, exact_ndcg, out: dict) -> list[dict]:
     from rankstack.index.multivector import MultiVectorIndex
 
     queries = list(ds.queries.values())
-    base = ws.plaid_index(MultiVectorSettings.of("plaid:nbits=2"))  # cached: k-means once
+    base = ws.derived_index(MultiVectorSettings.of("plaid:nbits=2"))  # cached: k-means once
     rows = []
     for nbits in (1, 2, 4):
         p = base if nbits == 2 else PlaidIndex.build(index, nbits=nbits, like=base)

@@ -71,6 +71,19 @@ def maxsim_scores(queries: Sequence[np.ndarray], tokens, offsets: np.ndarray, ro
     return maxsim(q, w, t, off, r).cpu().numpy()
 
 
+def _spans(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Token positions of documents ``rows`` (in that order), concatenated."""
+    lens = offsets[rows + 1] - offsets[rows]
+    if not len(rows):
+        return np.zeros(0, np.int64)
+    return np.repeat(offsets[rows] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+
+
+def _owners(offsets: np.ndarray) -> np.ndarray:
+    """The document row of every token."""
+    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+
+
 def _check_dim(queries: Sequence[np.ndarray], dim: int) -> None:
     for q in queries:
         if q.ndim != 2 or q.shape[1] != dim:
@@ -148,8 +161,7 @@ class MultiVectorIndex:
     def idf(self) -> np.ndarray:
         """Inverse document frequency per vocabulary id, ``log((N + 1) / (df + 1))``, over the stored tokens."""
         if self._idf is None:
-            doc_of = np.repeat(np.arange(len(self)), np.diff(self.offsets))
-            pairs = np.unique(doc_of.astype(np.int64) << 32 | self.token_ids.astype(np.int64))
+            pairs = np.unique(_owners(self.offsets) << 32 | self.token_ids.astype(np.int64))
             df = np.bincount((pairs & 0xFFFFFFFF).astype(np.int64), minlength=int(self.token_ids.max()) + 1)
             self._idf = np.log((len(self) + 1) / (df + 1.0))
         return self._idf
@@ -221,8 +233,7 @@ class MultiVectorIndex:
         drop = set(remove) | set(docids)
         keep = np.array([i for i, d in enumerate(self._docids) if d not in drop], np.int64)
         lens = np.diff(self.offsets)
-        spans = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in keep]
-        idx = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        idx = _spans(self.offsets, keep)
         if not len(docids):
             from rankstack.retrieval.token_encoders import EncodedDocuments
 
@@ -261,9 +272,9 @@ def _write(path, kind: str, arrays: dict, docids: list[str], params: dict) -> Pa
     return path
 
 
-def _read(path, kind: str, names: Sequence[str], token_array: str, dim: int | None):
+def _read(path, kind: str, names: Sequence[str], per_token: str, dim: int | None):
     """``(params, arrays, docids)`` of a folder :func:`_write` made (large arrays memory-mapped), checked against
-    ``params.json`` and the expected token dimension."""
+    ``params.json`` (``per_token``: the array with one row per token) and the expected token dimension."""
     path = Path(path)
     params = read_params(path, kind, FORMAT_VERSION)
     try:
@@ -272,8 +283,7 @@ def _read(path, kind: str, names: Sequence[str], token_array: str, dim: int | No
     except (OSError, ValueError) as exc:
         raise IndexCorrupt(f"{path}: {kind} index files are missing or corrupt ({exc}); rebuild it with `rankstack "
                            f"index --kind {'plaid' if 'plaid' in kind else 'maxsim'}`") from None
-    n_tokens = arrays[token_array].shape[0] if token_array != "centroids" else arrays["codes"].shape[0]
-    if len(docids) != params.get("n_docs") or n_tokens != params.get("n_tokens"):
+    if len(docids) != params.get("n_docs") or arrays[per_token].shape[0] != params.get("n_tokens"):
         raise IndexCorrupt(f"{path}: stored arrays do not match params.json; rebuild the index")
     have = int(params.get("dim", -1))
     if dim is not None and have != dim:
@@ -296,14 +306,6 @@ def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- PLAID-style compression ----------------------------------------------------------------------------------
-
-def _spans(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Token positions of documents ``rows`` (in that order), concatenated."""
-    lens = offsets[rows + 1] - offsets[rows]
-    if not len(rows):
-        return np.zeros(0, np.int64)
-    return np.repeat(offsets[rows] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-
 
 def _pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
     """``[T, D]`` integer codes in ``[0, 2**nbits)`` -> ``[T, D * nbits / 8]`` uint8 (first value in the high bits)."""
@@ -340,11 +342,9 @@ class PlaidIndex:
         self.token_ids = token_ids
         self.nbits = int(nbits)
         self.meta = dict(meta or {})
-        self.row_of = {d: i for i, d in enumerate(self._docids)}
         if self.offsets[-1] != codes.shape[0] or residuals.shape[0] != codes.shape[0]:
             raise IndexCorrupt("PLAID index: offsets, centroid ids and residual codes disagree; rebuild the index")
         self._postings = None
-        self._doc_of = None
 
     @property
     def dim(self) -> int:
@@ -426,11 +426,9 @@ class PlaidIndex:
 
     def _ivf(self):
         if self._postings is None:
-            doc_of = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.offsets))
-            pairs = np.unique(np.asarray(self.codes, np.int64) << 32 | doc_of)
+            pairs = np.unique(np.asarray(self.codes, np.int64) << 32 | _owners(self.offsets))
             cent = pairs >> 32
             self._postings = (np.searchsorted(cent, np.arange(len(self.centroids) + 1)), pairs & 0xFFFFFFFF)
-            self._doc_of = doc_of
         return self._postings
 
     def candidates(self, query: np.ndarray, nprobe: int) -> np.ndarray:
@@ -480,6 +478,6 @@ class PlaidIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> PlaidIndex:
         params, a, docids = _read(path, cls.kind, ("offsets", "centroids", "codes", "residuals", "cutoffs", "values",
-                                                   "token_ids"), "centroids", dim)
+                                                   "token_ids"), "codes", dim)
         return cls(docids, a["offsets"], a["centroids"], a["codes"], a["residuals"], a["cutoffs"], a["values"],
                    a["token_ids"], nbits=params["nbits"], meta=params.get("meta", {}))

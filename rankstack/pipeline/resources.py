@@ -294,37 +294,21 @@ class IndexDirs(Resources):
         return MultiVectorSettings.of(item)
 
     def _multivector_retriever(self, item: Item) -> Retriever:
-        from rankstack.index.multivector import PlaidIndex
-        from rankstack.retrieval.multivector import (MaxSimRetriever, MuveraRetriever, PlaidRetriever,
-                                                     build_fde_index)
-
         if item.kind == "plaid" and self.plaid is not None:
             s = self._token_settings(item, self.plaid)
-            return PlaidRetriever(s.encoder(self.models), self.plaid, nprobe=s.params["nprobe"],
-                                  candidates=s.params["candidates"], documents=self.documents)
+            return s.retriever(s.encoder(self.models), None, self.plaid, documents=self.documents)
         if self.multivector is None:
             raise BadInput(f"the pipeline uses {item.kind} but none of {self.paths} is a multi-vector index; build one "
                            f"with `rankstack index --kind maxsim`" + (" (or --kind plaid)" if item.kind == "plaid"
                                                                        else ""))
         s = self._token_settings(item, self.multivector)
-        enc = s.encoder(self.models)
-        if s.kind == "maxsim":
-            return MaxSimRetriever(enc, self.multivector, documents=self.documents)
-        if s.kind == "muvera":  # FDEs are derived from the token vectors on first use (seconds), kept in memory
-            key = f"muvera|{s.fde.label()}|{s.fde.seed}|{s.fde_index_spec.build_key()}"
+        derived = None
+        if s.derived_key:  # MUVERA's FDEs (seconds) or PLAID's codes (k-means), built on first use, kept in memory
             with self._lock:
-                if key not in self._derived:
-                    self._derived[key] = build_fde_index(self.multivector, s.fde, s.fde_index_spec)
-            return MuveraRetriever(enc, self.multivector, self._derived[key], s.fde, candidates=s.params["candidates"],
-                                   search_params=s.fde_index_spec.search_params(), documents=self.documents)
-        p = s.params
-        key = f"plaid|{p['nbits']}|{p['ncentroids']}|{p['seed']}"
-        with self._lock:
-            if key not in self._derived:
-                self._derived[key] = PlaidIndex.build(self.multivector, nbits=p["nbits"], ncentroids=p["ncentroids"],
-                                                      seed=p["seed"])
-        return PlaidRetriever(enc, self._derived[key], nprobe=p["nprobe"], candidates=p["candidates"],
-                              documents=self.documents)
+                if s.derived_key not in self._derived:
+                    self._derived[s.derived_key] = s.derive(self.multivector)
+                derived = self._derived[s.derived_key]
+        return s.retriever(s.encoder(self.models), self.multivector, derived, documents=self.documents)
 
     def token_index_for(self, encoder):
         index = self.multivector

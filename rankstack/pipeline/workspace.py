@@ -99,19 +99,11 @@ class DatasetWorkspace(Resources):
         raise BadInput(f"no retriever {item.kind!r} for a dataset workspace")
 
     def multivector_retriever(self, item: Item) -> Retriever:
-        from rankstack.retrieval.multivector import (MaxSimRetriever, MultiVectorSettings, MuveraRetriever,
-                                                     PlaidRetriever)
+        from rankstack.retrieval.multivector import MultiVectorSettings
 
         s = MultiVectorSettings.of(item)
-        encoder = s.encoder(self.models)
-        index = self.token_index(s)
-        if s.kind == "maxsim":
-            return MaxSimRetriever(encoder, index)
-        if s.kind == "muvera":
-            return MuveraRetriever(encoder, index, self.fde_index(s), s.fde, candidates=s.params["candidates"],
-                                   search_params=s.fde_index_spec.search_params())
-        return PlaidRetriever(encoder, self.plaid_index(s), nprobe=s.params["nprobe"],
-                              candidates=s.params["candidates"])
+        return s.retriever(s.encoder(self.models), self.token_index(s),
+                           self.derived_index(s) if s.derived_key else None)
 
     # -- indexes --
     def lucene(self):
@@ -224,28 +216,17 @@ class DatasetWorkspace(Resources):
         logger.info("reusing %s index %s", label, path)
         return index
 
-    def fde_index(self, s):
-        """MUVERA encodings of the corpus's token vectors in the single-vector index ``s`` names."""
-        from rankstack.index.registry import load_vector_index
-        from rankstack.retrieval.multivector import build_fde_index
-
-        tokens = self.token_index(s)
-        key = f"{s.tokens_key}|{s.fde.label()}|seed={s.fde.seed}|{s.fde_index_spec.build_key()}"
-        return self._cached(f"fde:{key}", lambda: self._derived(
-            "muvera", self.root / f"muvera-{slug(key)}", key, load_vector_index,
-            lambda meta: build_fde_index(tokens, s.fde, s.fde_index_spec, meta=meta)))
-
-    def plaid_index(self, s):
-        """The PLAID-compressed form of the corpus's token vectors (``nbits``, ``ncentroids``, ``seed``)."""
+    def derived_index(self, s):
+        """The index a ``muvera`` or ``plaid`` item searches besides the token vectors (MUVERA's FDEs in the
+        single-vector index it names; PLAID's codes), built from the corpus's token index and cached on disk."""
         from rankstack.index.multivector import PlaidIndex
+        from rankstack.index.registry import load_vector_index
 
         tokens = self.token_index(s)
-        p = s.params
-        key = f"{s.tokens_key}|nbits={p['nbits']}|ncentroids={p['ncentroids'] or 'auto'}|seed={p['seed']}"
-        return self._cached(f"plaid:{key}", lambda: self._derived(
-            "plaid", self.root / f"plaid-{slug(key)}", key, PlaidIndex.load,
-            lambda meta: PlaidIndex.build(tokens, nbits=p["nbits"], ncentroids=p["ncentroids"], seed=p["seed"],
-                                          meta=meta)))
+        key = f"{s.tokens_key}|{s.derived_key}"
+        return self._cached(f"{s.kind}:{key}", lambda: self._derived(
+            s.kind, self.root / f"{s.kind}-{slug(key)}", key,
+            load_vector_index if s.kind == "muvera" else PlaidIndex.load, lambda meta: s.derive(tokens, meta=meta)))
 
     def vector_index(self, s: DenseSettings):
         """The index ``s`` asks for: the exact one, or a compressed one built from its vectors."""

@@ -203,3 +203,34 @@ class MultiVectorSettings:
     @property
     def fde_index_spec(self) -> IndexSpec:
         return IndexSpec.parse(self.params["index"]) if self.params.get("index") is not None else IndexSpec("flat")
+
+    @property
+    def derived_key(self) -> str | None:
+        """What this kind's second index (built from the token vectors) depends on; None for ``maxsim``."""
+        if self.kind == "muvera":
+            return f"{self.fde.label()}|seed={self.fde.seed}|{self.fde_index_spec.build_key()}"
+        if self.kind == "plaid":
+            p = self.params
+            return f"nbits={p['nbits']}|ncentroids={p['ncentroids'] or 'auto'}|seed={p['seed']}"
+        return None
+
+    def derive(self, tokens: MultiVectorIndex, *, meta: dict | None = None):
+        """This kind's second index, built from ``tokens``: MUVERA's FDE index or PLAID's codes."""
+        if self.kind == "muvera":
+            return build_fde_index(tokens, self.fde, self.fde_index_spec, meta=meta)
+        if self.kind == "plaid":
+            p = self.params
+            return PlaidIndex.build(tokens, nbits=p["nbits"], ncentroids=p["ncentroids"], seed=p["seed"], meta=meta)
+        raise BadInput("maxsim searches the token vectors themselves; it derives no index")
+
+    def retriever(self, encoder: TokenEncoder, tokens: MultiVectorIndex | None, derived=None, *,
+                  documents: Mapping[str, Document] | None = None) -> Retriever:
+        """The retriever of this kind over ``tokens`` and, for muvera/plaid, the ``derived`` index
+        (:meth:`derive`; PLAID searches its codes alone, so ``tokens`` may be None there)."""
+        p = self.params
+        if self.kind == "maxsim":
+            return MaxSimRetriever(encoder, tokens, documents=documents)
+        if self.kind == "muvera":
+            return MuveraRetriever(encoder, tokens, derived, self.fde, candidates=p["candidates"],
+                                   search_params=self.fde_index_spec.search_params(), documents=documents)
+        return PlaidRetriever(encoder, derived, nprobe=p["nprobe"], candidates=p["candidates"], documents=documents)

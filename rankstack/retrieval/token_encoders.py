@@ -200,6 +200,7 @@ class TokenEncoder:
         ids = enc["input_ids"]
         if marker is not None:
             ids = [x[:1] + [marker] + x[1:] for x in ids]
+        n_real = [len(x) for x in ids]  # before query expansion
         if query and m.expansion:
             mask_id = tok.mask_token_id if tok.mask_token_id is not None else tok.pad_token_id
             ids = [x + [mask_id] * (limit - len(x)) for x in ids]
@@ -213,7 +214,6 @@ class TokenEncoder:
             attn[i, :len(x)] = 1
             keep[i, :len(x)] = True
         if query and m.expansion and not m.attend_to_expansion_tokens:
-            n_real = [len(e) + (1 if marker is not None else 0) for e in enc["input_ids"]]
             for i, n in enumerate(n_real):
                 attn[i, n:] = 0  # expansion tokens are not attended to, but their outputs are kept
         if not query and m.skiplist_ids:

@@ -459,35 +459,21 @@ class _LiveMulti(Retriever):
         self.name = f"{item.kind}({self.settings.model.split('/')[-1]})"
 
     def _derived(self, index):
-        from rankstack.index.multivector import PlaidIndex
-        from rankstack.retrieval.multivector import build_fde_index
-
-        s, p = self.settings, self.settings.params
-        key = (s.kind, tuple(sorted((k, str(v)) for k, v in p.items())))
+        key = self.settings.derived_key
         with self.indexes.sparse_lock:
             if key not in self.slot.derived:
-                self.slot.derived[key] = (build_fde_index(index, s.fde, s.fde_index_spec) if s.kind == "muvera" else
-                                          PlaidIndex.build(index, nbits=p["nbits"], ncentroids=p["ncentroids"],
-                                                           seed=p["seed"]))
+                self.slot.derived[key] = self.settings.derive(index)
             return self.slot.derived[key]
 
     def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
-        from rankstack.retrieval.multivector import MaxSimRetriever, MuveraRetriever, PlaidRetriever
-
         validate_queries(queries, k)
         with self.indexes.lock.read():
             index = self.slot.index
             if len(index) == 0:
                 return [Ranking(query=q) for q in queries]
-            s, p = self.settings, self.settings.params
-            if s.kind == "maxsim":
-                r = MaxSimRetriever(self.encoder, index)
-            elif s.kind == "muvera":
-                r = MuveraRetriever(self.encoder, index, self._derived(index), s.fde, candidates=p["candidates"],
-                                    search_params=s.fde_index_spec.search_params())
-            else:
-                r = PlaidRetriever(self.encoder, self._derived(index), nprobe=p["nprobe"], candidates=p["candidates"])
-            return r.retrieve(queries, k)
+            s = self.settings
+            return s.retriever(self.encoder, index, self._derived(index) if s.derived_key else None).retrieve(
+                queries, k)
 
 
 class _LiveTokens:

@@ -22,6 +22,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "langchain_core": ("rag", "langchain-core"),
     "llama_index": ("rag", "llama-index-core"),
     "playwright": ("browser", "playwright (and Debian's chromium)"),
+    "ray": ("ray", "ray[data]"),
 }
 
 

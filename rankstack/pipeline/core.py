@@ -52,6 +52,8 @@ class PipelineOutput:
     inputs: dict[str, list[Ranking]] = field(default_factory=dict)
     """With ``run(..., keep_inputs=True)``: what each rerank stage received (its top ``k``), by stage label, so a
     reranker can be compared with its own input."""
+    partial: dict[str, str] = field(default_factory=dict)
+    """Shards left out of these results (name -> error), when a sharded collection allows partial answers."""
 
     def run(self, name: str = "rankstack") -> Run:
         return Run.from_rankings(self.rankings, name=name)

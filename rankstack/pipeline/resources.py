@@ -207,6 +207,9 @@ class IndexDirs(Resources):
         self._derived: dict[str, Any] = {}
         for p in paths:
             index = open_index(p)
+            if getattr(index, "KIND", None) == "sharded":
+                raise BadInput(f"{p} is a sharded collection: search it on its own (--index {p}), through "
+                               f"rankstack.retrieval.sharded.ShardedResources")
             if isinstance(index, (MultiVectorIndex, PlaidIndex)):
                 attr = "multivector" if isinstance(index, MultiVectorIndex) else "plaid"
                 if getattr(self, attr) is not None:

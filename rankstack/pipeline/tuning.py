@@ -137,19 +137,26 @@ class Tuning:
 def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k: int, *,
               tune_queries: list[Query] | None = None, tune_qrels: Qrels | None = None, tuned_on: str = "dev",
               eval_qrels: Qrels | None = None, folds: int = 2, seed: int = 0,
-              show_progress: bool | None = None, keep_inputs: bool = False) -> tuple[PipelineOutput, Tuning | None]:
+              show_progress: bool | None = None, keep_inputs: bool = False,
+              pool=None) -> tuple[PipelineOutput, Tuning | None]:
     """Run ``spec`` on ``queries``, resolving every ``alpha=auto`` first: on ``tune_queries``/``tune_qrels`` when
-    given, else by ``folds``-fold cross-validation over ``queries`` judged in ``eval_qrels``."""
+    given, else by ``folds``-fold cross-validation over ``queries`` judged in ``eval_qrels``. ``pool``: a
+    :class:`~rankstack.distributed.queries.QueryPool` that runs the reported queries on Ray workers (tuning runs
+    here)."""
     nodes = auto_fusions(spec)
+
+    def execute(s: PipelineSpec, qs: list[Query]) -> PipelineOutput:
+        if pool is not None:
+            return pool.run(str(s), qs, k, keep_inputs=keep_inputs, show_progress=show_progress)
+        return compile_pipeline(s, resources).run(qs, k, show_progress=show_progress, keep_inputs=keep_inputs)
+
     if not nodes:
-        return compile_pipeline(spec, resources).run(queries, k, show_progress=show_progress,
-                                                     keep_inputs=keep_inputs), None
+        return execute(spec, queries), None
     if tune_queries is not None:
         alphas = _Runs(nodes, resources, tune_queries, k).tune(nodes, tune_qrels)
         for node in nodes:
             logger.info("alpha of %s tuned on %s: %.2f", node, tuned_on, alphas[_key(node)])
-        out = compile_pipeline(_with_alphas(spec, alphas), resources).run(queries, k, show_progress=show_progress,
-                                                                           keep_inputs=keep_inputs)
+        out = execute(_with_alphas(spec, alphas), queries)
         return out, Tuning(alphas=[_value(alphas, nodes)], tuned_on=tuned_on)
     if eval_qrels is None:
         raise BadInput("alpha=auto needs labelled queries: a dev split, or qrels for cross-validation")
@@ -180,12 +187,10 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
         fold_queries = [q for q in queries if q.qid in part]
         if not fold_queries:
             continue
-        collect(compile_pipeline(_with_alphas(spec, alphas), resources).run(
-            fold_queries, k, show_progress=show_progress, keep_inputs=keep_inputs))
+        collect(execute(_with_alphas(spec, alphas), fold_queries))
     rest = [q for q in queries if q.qid not in by_qid]  # unjudged queries: any fold's alpha, here the first
     if rest:
-        collect(compile_pipeline(_with_alphas(spec, fold_alphas[0][1]), resources).run(
-            rest, k, show_progress=show_progress, keep_inputs=keep_inputs))
+        collect(execute(_with_alphas(spec, fold_alphas[0][1]), rest))
     fold_alphas = [_value(a, nodes) for _, a in fold_alphas]
     logger.info("alpha by %d-fold cross-validation: %s", folds, fold_alphas)
     return (PipelineOutput(rankings=[by_qid[q.qid] for q in queries], timings=timings, stats=stats,

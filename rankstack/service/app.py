@@ -175,6 +175,13 @@ class ServiceState:
     def _open(self, config: CollectionConfig):
         from rankstack.service.collection import Collection
 
+        if config.sharded is not None:  # read-only, nothing in data_dir: the shards' folder is its home
+            from rankstack.service.sharded import ShardedCollection
+
+            col = ShardedCollection(config, models=self.models, settings=self.settings,
+                                    rerankers=self.stage_reranker)
+            col.pipeline()
+            return col
         root = self.settings.data_dir / config.name
         root.mkdir(parents=True, exist_ok=True)
         (root / "collection.json").write_text(config.model_dump_json(indent=2))
@@ -256,8 +263,10 @@ def create_app(settings: Settings):
 
     @app.exception_handler(RankStackError)
     async def _library_error(request: Request, exc: RankStackError):
+        from rankstack.distributed.router import ShardUnavailable
+
         status = {CollectionNotFound: 404, UnknownDocid: 404, Overloaded: 429, StageTimeout: 504,
-                  IndexNotFound: 503, IndexCorrupt: 503, MissingExtra: 503}.get(type(exc))
+                  IndexNotFound: 503, IndexCorrupt: 503, MissingExtra: 503, ShardUnavailable: 503}.get(type(exc))
         if status is None:
             status = 422 if isinstance(exc, BadInput) else 500
         return state.error(status, str(exc), request)

@@ -28,46 +28,26 @@ from rankstack.spec import Item
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Collection"]
+__all__ = ["Collection", "SearchableCollection"]
 
 _COMPILED_CACHE = 64
 
 
-class Collection(Resources):
-    """``rerankers``: the service's shared reranker registry (item -> (reranker, depth)); without it the collection
-    builds its own. ``settings``: for named rerankers and pipeline checks (defaults when None)."""
+class SearchableCollection(Resources):
+    """What every served collection shares: its config, the named rerankers, and the compiled pipelines (the
+    collection's own, or a request's override) that searching runs. Subclasses say where retrievers come from."""
 
-    def __init__(self, root: str | os.PathLike, config: CollectionConfig, *, models: ModelCache | None = None,
-                 settings: Settings | None = None,
+    def __init__(self, config: CollectionConfig, *, models: ModelCache | None = None, settings: Settings | None = None,
                  rerankers: Callable[[Item], tuple[object, int]] | None = None):
         super().__init__(models)
-        self.root = Path(root)
         self.config = config
         self.name = config.name
         self.settings = settings or Settings()
         self.named_rerankers = self.settings.reranker_specs()
         self._shared_rerankers = rerankers
-        self._write_lock = threading.RLock()
         self._compiled: collections.OrderedDict[str, object] = collections.OrderedDict()
         self._compiled_lock = threading.Lock()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.log = DocumentLog(self.root / "log.jsonl")
-        self.documents = self.log
-        self.indexes = IndexSet(self.root, config, self.models, self.log)
-        self.indexes.open()
         self.relevance_adapter = config.relevance_adapter  # checked by the config
-
-    @property
-    def seq(self) -> int:
-        return self.log.seq
-
-    def __len__(self) -> int:
-        return len(self.log)
-
-    # ---- Resources ---------------------------------------------------------------------------------------------
-
-    def retriever(self, item: Item):
-        return self.indexes.retriever(item)
 
     def reranker(self, item: Item):
         from rankstack.rerank.factory import RerankerSpec
@@ -77,40 +57,6 @@ class Collection(Resources):
         if self._shared_rerankers is not None and not token:
             return self._shared_rerankers(item)
         return super().reranker(item)
-
-    def token_index_for(self, encoder):
-        return self.indexes.token_index_for(encoder)
-
-    # ---- writes ------------------------------------------------------------------------------------------------
-
-    def upsert(self, documents: Sequence[Document]) -> int:
-        """Add or replace documents; returns the log sequence number once durable and searchable. Documents equal
-        to the stored ones are not written again."""
-        if not documents:
-            raise BadInput("no documents given")
-        ids = [d.docid for d in documents]
-        if len(set(ids)) != len(ids):
-            raise BadInput("duplicate docids in one request")
-        with self._write_lock:
-            changed = [d for d in documents if d.docid not in self.log or self.log[d.docid] != d]
-            if not changed:
-                return self.log.seq
-            self.log.write(puts=changed)
-            self.indexes.apply([d.docid for d in changed])
-            return self.log.seq
-
-    def delete(self, docid: str) -> int:
-        with self._write_lock:
-            if docid not in self.log:
-                raise UnknownDocid(f"unknown docid {docid!r} in collection {self.name!r}")
-            self.log.write(deletes=[docid])
-            self.indexes.apply([docid])
-            return self.log.seq
-
-    def get(self, docid: str) -> Document:
-        if docid not in self.log:
-            raise UnknownDocid(f"unknown docid {docid!r} in collection {self.name!r}")
-        return self.log[docid]
 
     # ---- search ------------------------------------------------------------------------------------------------
 
@@ -152,3 +98,69 @@ class Collection(Resources):
         """Run the collection's pipeline (or the override); returns rankings and seconds per stage."""
         out = self.run(queries, k, pipeline=pipeline, filters=filters)
         return out.rankings, out.timings
+
+    def health(self) -> dict:
+        return {"ok": True}
+
+
+class Collection(SearchableCollection):
+    """``rerankers``: the service's shared reranker registry (item -> (reranker, depth)); without it the collection
+    builds its own. ``settings``: for named rerankers and pipeline checks (defaults when None)."""
+
+    def __init__(self, root: str | os.PathLike, config: CollectionConfig, *, models: ModelCache | None = None,
+                 settings: Settings | None = None,
+                 rerankers: Callable[[Item], tuple[object, int]] | None = None):
+        super().__init__(config, models=models, settings=settings, rerankers=rerankers)
+        self.root = Path(root)
+        self._write_lock = threading.RLock()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log = DocumentLog(self.root / "log.jsonl")
+        self.documents = self.log
+        self.indexes = IndexSet(self.root, config, self.models, self.log)
+        self.indexes.open()
+
+    @property
+    def seq(self) -> int:
+        return self.log.seq
+
+    def __len__(self) -> int:
+        return len(self.log)
+
+    # ---- Resources ---------------------------------------------------------------------------------------------
+
+    def retriever(self, item: Item):
+        return self.indexes.retriever(item)
+
+    def token_index_for(self, encoder):
+        return self.indexes.token_index_for(encoder)
+
+    # ---- writes ------------------------------------------------------------------------------------------------
+
+    def upsert(self, documents: Sequence[Document]) -> int:
+        """Add or replace documents; returns the log sequence number once durable and searchable. Documents equal
+        to the stored ones are not written again."""
+        if not documents:
+            raise BadInput("no documents given")
+        ids = [d.docid for d in documents]
+        if len(set(ids)) != len(ids):
+            raise BadInput("duplicate docids in one request")
+        with self._write_lock:
+            changed = [d for d in documents if d.docid not in self.log or self.log[d.docid] != d]
+            if not changed:
+                return self.log.seq
+            self.log.write(puts=changed)
+            self.indexes.apply([d.docid for d in changed])
+            return self.log.seq
+
+    def delete(self, docid: str) -> int:
+        with self._write_lock:
+            if docid not in self.log:
+                raise UnknownDocid(f"unknown docid {docid!r} in collection {self.name!r}")
+            self.log.write(deletes=[docid])
+            self.indexes.apply([docid])
+            return self.log.seq
+
+    def get(self, docid: str) -> Document:
+        if docid not in self.log:
+            raise UnknownDocid(f"unknown docid {docid!r} in collection {self.name!r}")
+        return self.log[docid]

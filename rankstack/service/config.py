@@ -114,6 +114,19 @@ def index_key(item, encoder: str) -> str:
     return DenseSettings.of(item, encoder).index_key
 
 
+class ShardedConfig(_Strict):
+    """A sharded collection served read-only: built by ``rankstack index --shards N``, rebuilt (not written) to
+    change."""
+
+    path: str = Field(description="the sharded collection's folder (reachable by every Ray worker)")
+    ray_address: str | None = Field(None, description="serve shards from Ray actors at this address (local, auto, "
+                                                      "HOST:PORT); none: every shard in the service's process")
+    replicas: int = Field(1, ge=1, le=16, description="Ray actors per shard; a dead one's queries go to another")
+    allow_partial: bool = Field(False, description="answer from the surviving shards when one fails, flagging the "
+                                                   "response partial (default: the request fails with 503)")
+    timeout_s: float = Field(30.0, gt=0, description="how long a shard may take to answer before a retry")
+
+
 class CollectionConfig(_Strict):
     name: str = Field(pattern=COLLECTION_NAME_PATTERN)
     indexes: list[str] = Field(default_factory=lambda: ["bm25"], min_length=1, max_length=8,
@@ -128,6 +141,8 @@ class CollectionConfig(_Strict):
     relevance_adapter: str | None = Field(None, description="a relevance adapter file (`rankstack relevance fit`) "
                                                             "fitted on this collection's pipeline: requests may then "
                                                             "ask for min_relevance, and specs use filter(0.5)")
+    sharded: ShardedConfig | None = Field(None, description="front a sharded collection (read-only); its indexes "
+                                                            "must be among the shards' (bm25, dense)")
 
     @model_validator(mode="before")
     @classmethod

@@ -25,6 +25,11 @@ def _override(pipeline) -> PipelineConfig | None:
         raise BadInput(f"invalid pipeline override: {exc}") from None
 
 
+def _partial(out) -> dict:
+    """The response's partial flag: set only when shards were left out."""
+    return {"partial": True, "failed_shards": sorted(out.partial)} if out.partial else {}
+
+
 def _pipeline_choices(config) -> list[str]:
     """Pipelines a search page offers for a collection: each index's retriever alone, and RRF over all of them."""
     one = [str(i) for i in config.indexes]
@@ -57,7 +62,7 @@ def build_router(state, schemas):
         out = await state.work(col.run, [Query(qid="q", text=req.query)], req.k, pipeline=_override(req.pipeline),
                                filters=req.filters, min_relevance=req.min_relevance)
         return S.SearchResponse(collection=name, query=req.query, results=hits(out.rankings[0], req.return_documents),
-                                timings=state.observe(out.timings))
+                                timings=state.observe(out.timings), **_partial(out))
 
     @router.post("/v1/collections/{name}/search/batch", response_model=S.BatchSearchResponse,
                  response_model_exclude_none=True)
@@ -71,7 +76,7 @@ def build_router(state, schemas):
         timings = state.observe(out.timings)
         return S.BatchSearchResponse(collection=name, results=[
             S.SearchResponse(collection=name, query=r.query.text, results=hits(r, req.return_documents),
-                             timings=timings) for r in out.rankings])
+                             timings=timings, **_partial(out)) for r in out.rankings], **_partial(out))
 
     @router.post("/v1/rerank", response_model=S.RerankResponse, response_model_exclude_none=True)
     async def rerank(req: S.RerankRequest):
@@ -115,6 +120,12 @@ def build_router(state, schemas):
                                  "pipeline": str(state.settings.pipeline_spec(c.config)),
                                  "pipelines": _pipeline_choices(c.config)}
                                 for n, c in state.collections.items()]}
+
+    @router.get("/v1/collections/{name}/health")
+    async def collection_health(name: S.Name) -> dict[str, Any]:
+        """A collection's state; for a sharded one, each shard and each of its replicas."""
+        col = state.get(name)
+        return {"collection": name, **(await state.work(col.health))}
 
     @router.get("/v1/rerankers")
     async def list_rerankers() -> dict[str, Any]:

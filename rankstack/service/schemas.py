@@ -54,11 +54,16 @@ class SearchResponse(BaseModel):
     query: str
     results: list[Hit]
     timings: dict[str, float] = Field(description="milliseconds per pipeline stage")
+    partial: bool | None = Field(None, description="true when shards were left out (a sharded collection that "
+                                                   "allows partial answers); failed_shards names them")
+    failed_shards: list[str] | None = None
 
 
 class BatchSearchResponse(BaseModel):
     collection: str
     results: list[SearchResponse]
+    partial: bool | None = None
+    failed_shards: list[str] | None = None
 
 
 class IngestResponse(BaseModel):

@@ -72,6 +72,15 @@ def beir_subset(source: Path, folder: Path, queries: int, docs: int) -> Path:
                       {q: dict(full.qrels.judgments[q]) for q in qids})
 
 
+def same_lucene_run(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> bool:
+    """Equal to a Pyserini run: equal scores at every rank, equal (docid, score) pairs above the lowest score
+    (documents tied at the cut aside: Lucene keeps the ones earliest in its index order)."""
+    if [s for _, s in sorted(got, key=lambda p: -p[1])] != [s for _, s in sorted(want, key=lambda p: -p[1])]:
+        return False
+    cut = min(s for _, s in want) if want else 0.0
+    return {p for p in got if p[1] > cut + 1e-4} == {p for p in want if p[1] > cut + 1e-4}
+
+
 @pytest.fixture()
 def tiny_beir(tmp_path: Path) -> Path:
     docs = [

@@ -12,14 +12,7 @@ from rankstack.errors import BadInput, IndexCorrupt  # noqa: E402
 from rankstack.eval.datasets import load_beir  # noqa: E402
 from rankstack.index.bm25_matrix import BM25Matrix, encode_length, lucene_length_table  # noqa: E402
 from rankstack.pipeline import DatasetWorkspace  # noqa: E402
-
-
-def same_run(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> bool:
-    """Equal scores at every rank, equal (docid, score) pairs above the lowest score (ties at the cut aside)."""
-    if [s for _, s in sorted(got, key=lambda p: -p[1])] != [s for _, s in sorted(want, key=lambda p: -p[1])]:
-        return False
-    cut = min(s for _, s in want) if want else 0.0
-    return {p for p in got if p[1] > cut + 1e-4} == {p for p in want if p[1] > cut + 1e-4}
+from tests.conftest import same_lucene_run as same_run  # noqa: E402
 
 
 def test_length_codes_are_lucenes():

@@ -41,10 +41,12 @@ def same_run(got, want, tol: float = 0.0) -> bool:
 def cluster():
     from ray.cluster_utils import Cluster
 
+    from rankstack.distributed.cluster import init
+
     try:
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
         nodes = [c.add_node(num_cpus=1), c.add_node(num_cpus=1)]
-        ray.init(address=c.address, logging_level="WARNING")
+        init(address=c.address, logging_level="WARNING")  # keeps the JVM's signal handlers (see init)
     except Exception as exc:  # noqa: BLE001 - any failure to start Ray here is a reason to skip, said aloud
         pytest.skip(f"a local Ray cluster could not start on this machine: {exc}")
     c.worker_nodes_ = nodes

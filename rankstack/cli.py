@@ -91,31 +91,37 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _index_sharded(args: argparse.Namespace, kinds: list[str]) -> int:
-    """``rankstack index --shards N --kind bm25 --kind dense``: one sharded collection, built on Ray."""
+    """``rankstack index --shards N --kind bm25 --kind dense --kind splade``: one sharded collection, built on Ray."""
     from rankstack.distributed.build import build_sharded
     from rankstack.eval.datasets import load_beir
     from rankstack.index.base import INDEX_KINDS
-    from rankstack.pipeline.resources import DenseSettings
+    from rankstack.index.sharded import SHARD_INDEXES
+    from rankstack.pipeline.resources import DenseSettings, SparseSettings
     from rankstack.spec import Item, parse_item
 
-    indexes, dense = [], None
+    indexes, dense, sparse = [], None, None
     for text in kinds:
         item = parse_item(text.strip(), "index kind")
         if item.kind in INDEX_KINDS:
             item = Item("dense", (("index", item),))
-        if item.kind not in ("bm25", "dense"):
-            raise BadInput(f"a sharded collection holds bm25 and/or dense indexes; got --kind {text!r}")
+        if item.kind not in SHARD_INDEXES:
+            raise BadInput(f"a sharded collection holds {', '.join(SHARD_INDEXES)} indexes; got --kind {text!r}")
         if item.kind == "dense":
             if args.model and item.get("model") is None:
                 item = item.updated(model=args.model)
             dense = DenseSettings.of(item)
+        if item.kind == "splade":
+            sparse = SparseSettings.of(item)
         indexes.append(item.kind)
     ds = load_beir(args.dataset, args.split)
     index = build_sharded(list(ds.corpus.values()), args.output, shards=args.shards, indexes=indexes,
                           model=dense.model if dense else None,
                           encoder_options=dense.encoder_options if dense else None,
-                          dense_spec=dense.index.build_key() if dense else "flat", address=args.ray_address,
-                          workers=args.workers or 2)
+                          dense_spec=dense.index.build_key() if dense else "flat",
+                          sparse_model=sparse.model if sparse else None,
+                          sparse_options={"max_seq_length": sparse.max_seq_length,
+                                          "batch_size": sparse.batch_size} if sparse else None,
+                          address=args.ray_address, workers=args.workers or 2)
     b = index.params["build"]
     print(f"wrote {len(index.shards)} shards ({'+'.join(index.indexes)}) of {len(index)} documents to {args.output} "
           f"in {b['seconds']:.1f} s on {b['workers']} Ray workers ({b['docs_per_s']:.1f} documents/s)")
@@ -477,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   f"splade (default splade-tiny, offline)")
     ix.add_argument("--threads", type=int, default=None)
     ix.add_argument("--shards", type=int, default=None,
-                    help="build a sharded collection of N shards on Ray (--kind bm25 --kind dense, repeatable)")
+                    help="build a sharded collection of N shards on Ray (--kind bm25 --kind dense --kind splade, "
+                         "repeatable)")
     _ray_args(ix, workers_help="Ray workers that encode and write shards (default 2)")
     ix.set_defaults(func=_cmd_index)
 

@@ -115,7 +115,9 @@ class QueryPool:
                             show_progress)
 
     def rerank(self, spec: str, rankings: Sequence[Ranking], k: int, *, show_progress=None):
-        rs = [_bare(r) for r in rankings]
+        """Rerank given candidates; they travel with their passage texts (workers hold no documents), the
+        reranked rankings come back as ids and scores."""
+        rs = list(rankings)
         return self._spread("rerank", lambda part: (str(spec), part, k), rs, [r.query.qid for r in rs],
                             show_progress)
 

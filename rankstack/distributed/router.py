@@ -2,7 +2,7 @@
 
 Shards are served in-process (``address=None``: every shard opened here) or by Ray actors, ``replicas`` per shard,
 spread over the cluster's nodes. The router sends each shard the batch once (BM25 queries already analysed, dense
-queries already encoded, so shard servers hold only arrays), merges the shards' top-k lists, and leaves fusion and
+and sparse queries already encoded, so shard servers hold only arrays), merges the shards' top-k lists, and leaves fusion and
 reranking to the pipeline, which runs once, after the merge.
 
 Failures are never silent. A shard call that fails (its process died, its node went away, or it did not answer
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ShardRouter", "ShardUnavailable", "ShardServer"]
 
 
-_LOCAL = {"bm25": "bm25_search", "dense": "dense_search"}
+_LOCAL = {"bm25": "bm25_search", "dense": "dense_search", "sparse": "sparse_search"}
 
 
 class ShardUnavailable(RankStackError):
@@ -48,6 +48,9 @@ class ShardServer:
 
     def dense(self, vectors, k, params):
         return self.shard.dense_search(vectors, k, params)
+
+    def sparse(self, impacts, k):
+        return self.shard.sparse_search(impacts, k)
 
     def documents(self, positions):
         return self.shard.documents(positions)
@@ -163,6 +166,11 @@ class ShardRouter:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         return self._merge(self._scatter("dense", (vectors, k, dict(params or {})), f"{len(vectors)} dense queries"),
                            len(vectors), k)
+
+    def sparse(self, impacts, k: int):
+        """Per query (int CSR impacts): the collection's top ``k`` (positions, integer impact scores)."""
+        return self._merge(self._scatter("sparse", (impacts, k), f"{impacts.shape[0]} sparse queries"),
+                           impacts.shape[0], k)
 
     def health(self) -> list[dict]:
         """One entry per shard: ``ok`` when at least one replica answers, with each replica's state."""

@@ -8,6 +8,8 @@ Layout of ``<root>`` (written atomically: a failed build leaves the previous col
     shard-000/docs/      the shard's documents (DocStore)
     shard-000/bm25/      its BM25 postings (BM25Matrix, Lucene's analyser and length norms)
     shard-000/dense/     its vectors (any VectorIndex kind: flat, or compressed as the dense spec says)
+    shard-000/splade/    its learned-sparse impacts (SparseIndex)
+    splade-stats/        collection-wide document frequencies of the sparse vocabulary (IDF queries)
 
 Shards hold contiguous runs of the corpus in its order, so a document's *position* (shard start + row) is its
 place in the single-index build. That is what makes a sharded run equal the single-index run exactly:
@@ -15,8 +17,9 @@ place in the single-index build. That is what makes a sharded run equal the sing
 - BM25 scores each shard's postings with the collection's statistics (``bm25-stats``), so every document gets the
   score one index over the whole corpus would give; shard top-k lists are merged by (score, position), which is
   Lucene's own order, and Pyserini's rounding is applied once, after the merge.
-- dense scores are inner products of one document vector and the query: shard-independent; the merge keeps the
-  best ``k`` over all shards.
+- dense scores are inner products of one document vector and the query, learned-sparse scores integer impact
+  dot products: shard-independent; the merge keeps the best ``k`` over all shards. Inference-free sparse queries
+  (``query=idf``) are weighted by the collection's document frequencies (``splade-stats``), as in one index.
 
 :class:`Shard` is what one shard server holds (no JVM: queries arrive analysed); :class:`ShardedIndex` opens the
 manifest; searching across shards, locally or on Ray, is :mod:`rankstack.distributed.router`.
@@ -41,11 +44,11 @@ from rankstack.records import Document
 logger = logging.getLogger(__name__)
 
 __all__ = ["ShardedIndex", "Shard", "ShardedDocuments", "shard_ranges", "write_shard", "write_manifest",
-           "merge_topk", "SHARD_INDEXES", "KIND", "FORMAT_VERSION"]
+           "merge_topk", "read_sparse_stats", "SHARD_INDEXES", "KIND", "FORMAT_VERSION"]
 
 KIND = "sharded"
 FORMAT_VERSION = 1
-SHARD_INDEXES = ("bm25", "dense")
+SHARD_INDEXES = ("bm25", "dense", "splade")
 
 
 def shard_ranges(num_docs: int, shards: int) -> list[tuple[int, int]]:
@@ -77,7 +80,7 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[
 
 def write_shard(folder: str | os.PathLike, documents: Sequence[Document], *, indexes: Sequence[str],
                 vectors: np.ndarray | None = None, dense_spec: str = "flat", dense_meta: dict | None = None,
-                show_progress: bool | None = False) -> dict:
+                sparse=None, sparse_meta: dict | None = None, show_progress: bool | None = False) -> dict:
     """Write one shard's folder (documents in collection order); returns its summary for the manifest. Runs on
     whichever worker holds the shard's documents (:mod:`rankstack.distributed.build`) or in-process."""
     from rankstack.index.docstore import DocStore
@@ -103,13 +106,24 @@ def write_shard(folder: str | os.PathLike, documents: Sequence[Document], *, ind
                                    np.asarray(vectors, np.float32), meta=dict(dense_meta or {}))
         index.save(folder / "dense")
         out["dense"] = {"bytes": int(index.memory_bytes())}
+    if "splade" in indexes:
+        from rankstack.index.sparse import SparseIndex
+
+        if sparse is None or sparse[0].shape[0] != len(documents):
+            raise BadInput("a splade shard needs one sparse vector per document (weights, tokens)")
+        m = dict(sparse_meta or {})
+        index = SparseIndex(m.pop("vocab"), fingerprint=m.pop("fingerprint"), scale=m.pop("scale"), meta=m)
+        index.add([d.docid for d in documents], sparse[0], sparse[1])
+        index.save(folder / "splade")
+        out["splade"] = {"bytes_per_doc": round(index.bytes_per_doc(), 1)}
     out["seconds"] = round(time.perf_counter() - t0, 3)
     out["pid"] = os.getpid()
     return out
 
 
 def write_manifest(root: Path, docids: Sequence[str], ranges: Sequence[tuple[int, int]], summaries: Sequence[dict],
-                   *, indexes: Sequence[str], dense: dict | None, corpus_sha1: str, build: dict) -> None:
+                   *, indexes: Sequence[str], dense: dict | None, corpus_sha1: str, build: dict,
+                   splade: dict | None = None) -> None:
     """Write ``params.json``, ``docids.json`` and, for BM25, the collection-wide statistics gathered from the
     shards' postings (``root`` is the build's temporary folder)."""
     shards = []
@@ -117,12 +131,15 @@ def write_manifest(root: Path, docids: Sequence[str], ranges: Sequence[tuple[int
         if s.get("num_docs") != end - start:
             raise IndexCorrupt(f"{shard_name(i)} holds {s.get('num_docs')} documents, expected {end - start}")
         shards.append({"name": shard_name(i), "start": start, "num_docs": end - start,
-                       **{k: v for k, v in s.items() if k in ("bm25", "dense", "seconds")}})
+                       **{k: v for k, v in s.items() if k in ("bm25", "dense", "splade", "seconds")}})
     if "bm25" in indexes:
         _write_bm25_stats(root, [root / shard_name(i) / "bm25" for i in range(len(ranges))])
+    if "splade" in indexes:
+        _write_sparse_stats(root, [root / shard_name(i) / "splade" for i in range(len(ranges))])
     (root / "docids.json").write_text(json.dumps(list(docids)), encoding="utf-8")
     write_json(root / "params.json", {"kind": KIND, "format_version": FORMAT_VERSION, "num_docs": len(docids),
-                                      "indexes": list(indexes), "dense": dense, "shards": shards,
+                                      "indexes": list(indexes), "dense": dense, "splade": splade,
+                                      "shards": shards,
                                       "corpus_sha1": corpus_sha1, "build": build})
 
 
@@ -145,11 +162,35 @@ def _write_bm25_stats(root: Path, shard_dirs: Sequence[Path]) -> None:
     write_json(folder / "stats.json", {"doc_count": doc_count, "sum_total_term_freq": sum_ttf, "terms": len(terms)})
 
 
+def _write_sparse_stats(root: Path, shard_dirs: Sequence[Path]) -> None:
+    from rankstack.index.sparse import SparseIndex
+
+    df, n = None, 0
+    for p in shard_dirs:
+        ix = SparseIndex.load(p)
+        df = ix.document_frequencies if df is None else df + ix.document_frequencies
+        n += len(ix)
+    folder = root / "splade-stats"
+    folder.mkdir()
+    np.save(folder / "df.npy", df)
+    write_json(folder / "stats.json", {"doc_count": n, "vocab_size": int(df.size)})
+
+
+def read_sparse_stats(root: Path) -> tuple[np.ndarray, int]:
+    """The collection's sparse document frequencies and document count."""
+    try:
+        df = np.load(root / "splade-stats" / "df.npy")
+        n = int(json.loads((root / "splade-stats" / "stats.json").read_text(encoding="utf-8"))["doc_count"])
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise IndexCorrupt(f"{root}/splade-stats is missing or corrupt ({exc}); rebuild the sharded index") from None
+    return df, n
+
+
 # ---- reading ----------------------------------------------------------------------------------------------------
 
 class Shard:
     """One shard opened in this process: what a shard server holds. Queries arrive analysed (BM25 terms) or
-    encoded (dense vectors), so a shard server needs neither a JVM nor an encoder."""
+    encoded (dense vectors, sparse impacts), so a shard server needs neither a JVM nor an encoder."""
 
     def __init__(self, root: str | os.PathLike, number: int, params: dict | None = None):
         from rankstack.index.docstore import DocStore
@@ -167,7 +208,7 @@ class Shard:
             raise IndexCorrupt(f"{self.path}: {len(self.docs)} documents, the manifest says {entry['num_docs']}; "
                                f"rebuild the sharded index")
         self._row = {d: i for i, d in enumerate(self.docs.docids)}
-        self.bm25 = self.dense = None
+        self.bm25 = self.dense = self.splade = None
         if "bm25" in params["indexes"]:
             from rankstack.index.bm25_matrix import BM25Matrix
 
@@ -184,6 +225,10 @@ class Shard:
             from rankstack.index.registry import load_vector_index
 
             self.dense = load_vector_index(self.path / "dense")
+        if "splade" in params["indexes"]:
+            from rankstack.index.sparse import SparseIndex
+
+            self.splade = SparseIndex.load(self.path / "splade")
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -209,6 +254,18 @@ class Shard:
         return [(np.array([self._row[d] + self.start for d, _ in ps], np.int64),
                  np.array([s for _, s in ps], np.float32)) for ps in pairs]
 
+    def sparse_search(self, impacts, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query (int CSR impacts over the collection's vocabulary): (collection positions, integer scores),
+        best first; documents sharing no term with the query are not returned."""
+        if self.splade is None:
+            raise BadInput(f"{self.root} has no splade shards; build it with --kind splade")
+        top = self.splade.search(impacts, min(k, len(self.splade)))
+        out = []
+        for ids, scores in zip(top.ids, top.scores):
+            hit = ids >= 0
+            out.append((ids[hit].astype(np.int64) + self.start, scores[hit].astype(np.float32)))
+        return out
+
     def documents(self, positions: Sequence[int]) -> list[dict]:
         """The documents at these collection positions (plain dicts: they cross process boundaries)."""
         out = []
@@ -219,7 +276,7 @@ class Shard:
 
     def health(self) -> dict:
         return {"shard": self.number, "name": self.name, "documents": len(self), "pid": os.getpid(),
-                "indexes": [k for k in ("bm25", "dense") if getattr(self, k) is not None]}
+                "indexes": [k for k in SHARD_INDEXES if getattr(self, k) is not None]}
 
 
 def _read_stats(root: Path) -> tuple[list[str], np.ndarray, dict]:
@@ -247,6 +304,7 @@ class ShardedIndex:
         self.shards = params["shards"]
         self.indexes = tuple(params["indexes"])
         self.dense = params.get("dense") or {}
+        self.splade = params.get("splade") or {}
         self._starts = np.array([s["start"] for s in self.shards], np.int64)
         self._position: dict[str, int] | None = None
 

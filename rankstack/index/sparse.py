@@ -28,7 +28,7 @@ from rankstack.records import TopK
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SparseIndex", "quantize", "DEFAULT_SCALE"]
+__all__ = ["SparseIndex", "quantize", "idf_impacts", "idf_table", "DEFAULT_SCALE"]
 
 DEFAULT_SCALE = 100.0
 
@@ -45,6 +45,33 @@ def quantize(weights, scale: float):
     m.eliminate_zeros()
     m.sort_indices()
     return m
+
+
+def idf_table(df: np.ndarray, n: int) -> np.ndarray:
+    """BM25-style IDF of every vocabulary id: ln(1 + (N - df + .5) / (df + .5))."""
+    return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
+def idf_impacts(token_ids: Sequence[np.ndarray], df: np.ndarray, n: int, scale: float):
+    """Inference-free query impacts: each distinct token weighted by its IDF under document frequencies ``df`` of
+    ``n`` documents (quantized with ``scale``); tokens no document contains are dropped. A sharded collection passes
+    its collection-wide ``df``, so every shard sees the query one index would."""
+    import scipy.sparse as sp
+
+    idf = idf_table(df, n)
+    dim = df.size
+    rows, cols, vals = [], [], []
+    for r, ids in enumerate(token_ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        ids = ids[(ids >= 0) & (ids < dim)]
+        ids = ids[df[ids] > 0]
+        rows.append(np.full(ids.size, r))
+        cols.append(ids)
+        vals.append(idf[ids])
+    m = sp.csr_matrix((np.concatenate(vals) if vals else [], (np.concatenate(rows) if rows else [],
+                                                             np.concatenate(cols) if cols else [])),
+                      shape=(len(token_ids), dim), dtype=np.float32)
+    return quantize(m, scale)
 
 
 class SparseIndex:
@@ -189,10 +216,14 @@ class SparseIndex:
         s, e = m.indptr[r], m.indptr[r + 1]
         return {self.vocab[i]: int(v) for i, v in zip(m.indices[s:e], m.data[s:e])}
 
+    @property
+    def document_frequencies(self) -> np.ndarray:
+        """Per vocabulary id, how many live documents contain it in their text."""
+        return self._df.copy()
+
     def idf(self) -> np.ndarray:
         """BM25-style IDF of every vocabulary id over the live documents' text: ln(1 + (N - df + .5) / (df + .5))."""
-        n = len(self)
-        return np.log1p((n - self._df + 0.5) / (self._df + 0.5)).astype(np.float32)
+        return idf_table(self._df, len(self))
 
     def quantize_queries(self, weights):
         import scipy.sparse as sp
@@ -204,23 +235,8 @@ class SparseIndex:
         return quantize(w, self.scale)
 
     def idf_queries(self, token_ids: Sequence[np.ndarray]):
-        """Inference-free query impacts: each distinct token weighted by its IDF (quantized with the index's scale);
-        tokens no live document contains are dropped."""
-        import scipy.sparse as sp
-
-        idf = self.idf()
-        rows, cols, vals = [], [], []
-        for r, ids in enumerate(token_ids):
-            ids = np.asarray(ids, dtype=np.int64)
-            ids = ids[(ids >= 0) & (ids < self.dim)]
-            ids = ids[self._df[ids] > 0]
-            rows.append(np.full(ids.size, r))
-            cols.append(ids)
-            vals.append(idf[ids])
-        m = sp.csr_matrix((np.concatenate(vals) if vals else [], (np.concatenate(rows) if rows else [],
-                                                                 np.concatenate(cols) if cols else [])),
-                          shape=(len(token_ids), self.dim), dtype=np.float32)
-        return quantize(m, self.scale)
+        """Inference-free query impacts (see :func:`idf_impacts`) under this index's document frequencies."""
+        return idf_impacts(token_ids, self._df, len(self), self.scale)
 
     def search(self, queries, k: int, *, batch: int = 64) -> TopK:
         """Exact top-``k`` by integer dot product. ``queries``: int CSR ``[nq, vocab]`` (see

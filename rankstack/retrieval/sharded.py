@@ -1,8 +1,9 @@
 """Retrievers over a sharded collection (:mod:`rankstack.index.sharded`), and the pipeline resources that name them.
 
-``bm25`` and ``dense`` items resolve as they do over one index; the pipeline (fusion, filters, rerankers) runs
-unchanged over the merged rankings. Runs equal the single-index runs: BM25 gives Pyserini's docids and scores
-(Lucene's statistics taken collection-wide), dense the exact inner products.
+``bm25``, ``dense`` and ``splade`` items resolve as they do over one index; the pipeline (fusion, filters,
+rerankers) runs unchanged over the merged rankings. Runs equal the single-index runs: BM25 gives Pyserini's docids
+and scores (Lucene's statistics taken collection-wide), dense the exact inner products, splade the exact integer
+impact scores (``engine=scipy``; IDF queries weighted by the collection's document frequencies).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rankstack.errors import BadInput
-from rankstack.index.base import IndexSpec
+from rankstack.index.base import IndexSpec, sort_pairs
 from rankstack.index.sharded import ShardedDocuments, ShardedIndex
 from rankstack.pipeline.resources import DenseSettings, Resources
 from rankstack.records import Candidate, Query, Ranking
@@ -23,7 +24,7 @@ from rankstack.spec import Item
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ShardedBM25Retriever", "ShardedDenseRetriever", "ShardedResources"]
+__all__ = ["ShardedBM25Retriever", "ShardedDenseRetriever", "ShardedSparseRetriever", "ShardedResources"]
 
 
 class ShardedBM25Retriever(Retriever):
@@ -49,8 +50,7 @@ class ShardedBM25Retriever(Retriever):
         docids = self.router.index.docids
         out = []
         for q, (pos, scores) in zip(queries, self.router.bm25(analysed, k, self.k1, self.b)):
-            pairs = tiebreak([(docids[p], s) for p, s in zip(pos.tolist(), scores)])
-            pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
+            pairs = sort_pairs(tiebreak([(docids[p], s) for p, s in zip(pos.tolist(), scores)]))
             out.append(Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in pairs)))
         return out
 
@@ -85,6 +85,47 @@ class ShardedDenseRetriever(Retriever):
                 for q, (pos, scores) in zip(queries, self.router.dense(qv, k, self.search_params))]
 
 
+class ShardedSparseRetriever(Retriever):
+    """Queries sparse-encoded here (or weighted by the collection's IDF), once; every shard scores its impacts."""
+
+    kind = "splade"
+
+    def __init__(self, encoder, router, *, query: str = "model", documents=None):
+        from rankstack.index.sharded import read_sparse_stats
+        from rankstack.retrieval.sparse_encoders import QUERY_MODES
+
+        built = router.index.splade
+        if encoder.fingerprint != built.get("vocab_fingerprint"):
+            raise BadInput(f"vocabulary mismatch: the shards were built with {built.get('model')!r} (vocabulary "
+                           f"{built.get('vocab_fingerprint')}) but the encoder {encoder.model_name!r} has "
+                           f"{encoder.fingerprint}; query with the model the shards were built with")
+        if query not in QUERY_MODES:
+            raise BadInput(f"query must be one of {', '.join(QUERY_MODES)}, got {query!r}")
+        self.encoder, self.router, self.query_mode, self.scale = encoder, router, query, float(built["scale"])
+        self.df, self.doc_count = read_sparse_stats(router.index.path) if query == "idf" else (None, 0)
+        self.documents = documents
+        short = encoder.model_name.rstrip("/").split("/")[-1]
+        self.name = f"splade({short},{query} queries,{len(router.index.shards)} shards)"
+
+    def encode(self, texts: Sequence[str]):
+        from rankstack.index.sparse import idf_impacts, quantize
+
+        if self.query_mode == "idf":
+            return idf_impacts(self.encoder.query_tokens(texts), self.df, self.doc_count, self.scale)
+        return quantize(self.encoder.encode_queries(texts), self.scale)
+
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        validate_queries(queries, k)
+        if not queries:
+            return []
+        docids = self.router.index.docids
+        out = []
+        for q, (pos, scores) in zip(queries, self.router.sparse(self.encode([x.text for x in queries]), k)):
+            pairs = sort_pairs([(docids[p], float(s)) for p, s in zip(pos.tolist(), scores.tolist())])
+            out.append(Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in pairs)))
+        return out
+
+
 class ShardedResources(Resources):
     """A sharded collection as pipeline resources: ``bm25`` and ``dense`` items over its shards, documents from
     the shards' stores. ``address``: None serves every shard in this process; a Ray address serves each shard
@@ -105,7 +146,7 @@ class ShardedResources(Resources):
         self._cache: dict[str, Retriever] = {}
 
     def default_spec(self) -> str:
-        parts = [i for i in ("bm25", "dense") if i in self.index.indexes]
+        parts = list(self.index.indexes)
         return parts[0] if len(parts) == 1 else "rrf(" + ", ".join(parts) + ")"
 
     def retriever(self, item: Item | str) -> Retriever:
@@ -127,6 +168,8 @@ class ShardedResources(Resources):
                 raise BadInput(f"bm25 engine {item.get('engine')!r}: choose lucene or matrix")
             return ShardedBM25Retriever(self.router, k1=item.get("k1", 0.9), b=item.get("b", 0.4),
                                         documents=self.documents)
+        if item.kind == "splade":
+            return self._sparse(item)
         built = self.index.dense
         model = item.get("model") or built.get("model")
         s = DenseSettings.of(item.updated(model=model))
@@ -142,6 +185,20 @@ class ShardedResources(Resources):
         opts.update(s.encoder_options)
         encoder = self.models.encoder(model, **opts)
         return ShardedDenseRetriever(encoder, self.router, search_params=s.search_params, documents=self.documents)
+
+    def _sparse(self, item: Item) -> Retriever:
+        from rankstack.pipeline.resources import SparseSettings
+
+        built = self.index.splade
+        s = SparseSettings.of(item, built.get("model"))
+        if s.engine != "scipy":
+            raise BadInput(f"splade engine {s.engine!r} is not served over shards; each shard scores its impacts "
+                           f"exactly (engine=scipy): drop engine=")
+        if s.model != built.get("model") or s.max_seq_length != built.get("max_seq_length"):
+            raise BadInput(f"the shards were sparse-encoded with {built.get('model')!r} at max_seq_length "
+                           f"{built.get('max_seq_length')}, not {s.model!r} at {s.max_seq_length}; drop model= and "
+                           f"max_seq_length= or rebuild the collection")
+        return ShardedSparseRetriever(s.encoder(self.models), self.router, query=s.query, documents=self.documents)
 
     def health(self) -> list[dict]:
         return self.router.health()

@@ -117,8 +117,9 @@ def test_dense_over_shards_on_ray_equals_exact_search(cluster, sharded, scifact,
     assert len(health) == 4 and all(h["ok"] and len(h["replicas"]) == 2 for h in health)
 
 
-def test_hybrid_minilm_subset_equals_single_node(cluster, scifact_dir, tmp_path):
-    """The whole pipeline (BM25 + MiniLM fused by RRF) over 4 shards built on Ray = over one index."""
+def test_hybrid_minilm_and_splade_subset_equals_single_node(cluster, scifact_dir, tmp_path):
+    """The whole pipeline (BM25 + MiniLM fused by RRF) over 4 shards built on Ray = over one index; learned-sparse
+    shards (SPLADE-tiny impacts) too, with model queries and with IDF queries (collection-wide frequencies)."""
     from rankstack.distributed.build import build_sharded
     from rankstack.pipeline import DatasetWorkspace, compile_pipeline
     from rankstack.retrieval.sharded import ShardedResources
@@ -126,14 +127,26 @@ def test_hybrid_minilm_subset_equals_single_node(cluster, scifact_dir, tmp_path)
     ds = load_beir(beir_subset(scifact_dir, tmp_path / "sub", 10, 120))
     queries = list(ds.queries.values())
     index = build_sharded(list(ds.corpus.values()), tmp_path / "sharded", shards=4, address=cluster.address,
-                          workers=2, batch_size=16)
-    got = compile_pipeline("hybrid-rrf", ShardedResources(index)).run(queries, 50).rankings
-    want = compile_pipeline("hybrid-rrf", DatasetWorkspace(ds, tmp_path / "ws")).run(queries, 50).rankings
-    bad = [q.qid for q, a, b in zip(queries, got, want) if not same_run(a, b, tol=1e-6)]
-    assert not bad, f"hybrid runs differ on {bad}"
+                          indexes=("bm25", "dense", "splade"), workers=2, batch_size=16)
+    ws = DatasetWorkspace(ds, tmp_path / "ws")
+    for spec in ("hybrid-rrf", "splade", "splade:query=idf", "rrf(bm25, dense, splade)"):
+        got = compile_pipeline(spec, ShardedResources(index)).run(queries, 50).rankings
+        want = compile_pipeline(spec, ws).run(queries, 50).rankings
+        bad = [q.qid for q, a, b in zip(queries, got, want) if not same_run(a, b, tol=1e-6)]
+        assert not bad, f"{spec} runs differ on {bad}"
+        assert sum(len(r.candidates) for r in got) > 10 * len(queries)
     d_got = ShardedResources(index).retriever("dense").retrieve(queries, 120)
-    d_want = DatasetWorkspace(ds, tmp_path / "ws").retriever("dense").retrieve(queries, 120)
+    d_want = ws.retriever("dense").retrieve(queries, 120)
     assert all(same_run(a, b, tol=1e-5) for a, b in zip(d_got, d_want))
+    # IDF queries weigh tokens by the collection's frequencies; one shard's own would give other impacts
+    from rankstack.index.sparse import SparseIndex
+
+    sq = ShardedResources(index).retriever("splade:query=idf").encode([queries[0].text])
+    own = SparseIndex.load(index.path / "shard-000" / "splade").idf_queries(
+        ws.retriever("splade").encoder.query_tokens([queries[0].text]))
+    assert sq.nnz and (sq != own).nnz
+    with pytest.raises(BadInput, match="engine=scipy"):
+        ShardedResources(index).retriever("splade:engine=seismic")
 
 
 def _kill_soon(pid: int, delay: float) -> threading.Thread:
@@ -230,6 +243,31 @@ def test_query_workers_give_the_local_runs_even_when_one_dies(cluster, scifact_d
                for a, b in zip(out.rankings, want))
 
 
+def test_rerank_on_query_workers_equals_local(cluster):
+    """rankstack rerank --workers: candidates travel with their passages (workers hold no documents); the reranked
+    run is the local one (the CLI's run files on DL19 with MiniLM: same docids at every rank, scores within 1.2e-7)."""
+    from rankstack.distributed.queries import QueryPool
+    from rankstack.eval.datasets import load_trec_dl
+    from rankstack.pipeline import Given, Pipeline, Rerank
+    from rankstack.rerank.factory import RerankerSpec, build_reranker
+    from tests.conftest import shared_path
+
+    rankings = load_trec_dl(shared_path("trec-dl", "dl19")).candidates[:6]
+    spec = RerankerSpec.parse("embedding:model=hash:256")
+    want = Pipeline(Given(rankings), [Rerank(build_reranker(spec), spec.stage_depth)]).run(
+        [r.query for r in rankings], 30).rankings
+    pool = QueryPool({}, address=cluster.address, workers=2, chunk=2)
+    try:
+        got = pool.rerank(str(spec), rankings, 30).rankings
+    finally:
+        pool.close()
+    assert [r.query.qid for r in got] == [r.query.qid for r in rankings]
+    assert all(len(r.candidates) == 30 for r in got)
+    # same docids at every rank; scores up to float rounding (a worker's batches and BLAS threads differ)
+    assert all(same_run(a, b, tol=1e-6) for a, b in zip(got, want))
+    assert [[c.docid for c in r.candidates] for r in got] != [[c.docid for c in r.candidates[:30]] for r in rankings]
+
+
 def test_service_fronts_a_sharded_collection(sharded, scifact):
     pytest.importorskip("fastapi", reason="needs rankstack[service]")
     from fastapi.testclient import TestClient
@@ -264,8 +302,8 @@ def test_bad_input(sharded, tmp_path):
 
     with pytest.raises(BadInput, match="at least one document"):
         shard_ranges(3, 4)
-    with pytest.raises(BadInput, match="bm25 and/or dense"):
-        build_sharded([Document(docid="a", text="x")], tmp_path / "x", shards=1, indexes=("splade",))
+    with pytest.raises(BadInput, match="bm25, dense, splade"):
+        build_sharded([Document(docid="a", text="x")], tmp_path / "x", shards=1, indexes=("maxsim",))
     with pytest.raises(BadInput, match="twice"):
         build_sharded([Document(docid="a", text="x")] * 2, tmp_path / "x", shards=1)
     res = ShardedResources(sharded)

@@ -23,6 +23,7 @@ import numpy as np
 
 from rankstack._atomic import atomic_dir
 from rankstack.errors import BadInput
+from rankstack.index.base import checked_corpus
 from rankstack.index.sharded import SHARD_INDEXES, ShardedIndex, shard_name, shard_ranges, write_manifest, write_shard
 from rankstack.records import Document
 
@@ -119,18 +120,11 @@ def build_sharded(documents: Sequence[Document], output: str | os.PathLike, *, s
                        f"got {list(indexes)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0:
         raise BadInput(f"workers must be a positive integer, got {workers!r}")
-    documents = list(documents)
-    if not documents:
-        raise BadInput("cannot build a sharded collection from an empty corpus")
-    seen: set[str] = set()
-    for d in documents:
-        if d.docid in seen:
-            raise BadInput(f"docid {d.docid!r} appears twice in the corpus; docids must be unique")
-        seen.add(d.docid)
+    documents = checked_corpus(documents, "a sharded collection")
     ranges = shard_ranges(len(documents), shards)
     model = model or DEFAULT_DENSE_MODEL
     options = dict(encoder_options or {})
-    ray = connect(address, num_cpus=workers)
+    connect(address, num_cpus=workers)
     import ray.data
 
     t0 = time.perf_counter()

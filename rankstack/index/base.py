@@ -22,7 +22,7 @@ from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, IndexNot
 from rankstack.records import TopK
 from rankstack.spec import Item, as_item, coerce, parse_item, unknown_option
 
-__all__ = ["read_params", "PARAMS_FILE", "IndexSpec", "VectorIndex", "INDEX_KINDS", "as_matrix", "check_k"]
+__all__ = ["read_params", "PARAMS_FILE", "IndexSpec", "VectorIndex", "INDEX_KINDS", "as_matrix", "check_k", "checked_corpus"]
 
 PARAMS_FILE = "params.json"
 
@@ -150,6 +150,19 @@ class IndexSpec:
 
 
 # ---- shared checks --------------------------------------------------------------------------------------------
+
+def checked_corpus(documents, what: str) -> list:
+    """``documents`` as a list, refused when empty or when a docid repeats (``what``: the thing being built)."""
+    docs = list(documents)
+    if not docs:
+        raise BadInput(f"cannot build {what} from an empty corpus")
+    seen: set[str] = set()
+    for d in docs:
+        if d.docid in seen:
+            raise BadInput(f"duplicate docid {d.docid!r} in the corpus; docids must be unique")
+        seen.add(d.docid)
+    return docs
+
 
 def check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:

@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 
 from rankstack._atomic import atomic_dir, write_json
 from rankstack._progress import progress_enabled
-from rankstack.errors import BadInput, IndexCorrupt
-from rankstack.index.base import read_params
+from rankstack.errors import IndexCorrupt
+from rankstack.index.base import checked_corpus, read_params
 from rankstack.index.docstore import DocStore
 from rankstack.index.jvm import import_pyserini
 from rankstack.records import Document
@@ -65,14 +65,7 @@ class LuceneIndex:
               store_documents: bool = True) -> LuceneIndex:
         """Index ``documents`` into ``path`` atomically (an existing index there is replaced only on success)."""
         lucene = import_pyserini("pyserini.index.lucene")
-        docs = list(documents)
-        if not docs:
-            raise BadInput("cannot build an index from an empty corpus")
-        seen: set[str] = set()
-        for d in docs:
-            if d.docid in seen:
-                raise BadInput(f"duplicate docid {d.docid!r} in the corpus")
-            seen.add(d.docid)
+        docs = checked_corpus(documents, "an index")
         t0 = time.perf_counter()
         with atomic_dir(path) as tmp:
             writer = lucene.LuceneIndexer(str(tmp / "lucene"), threads=threads)

@@ -304,7 +304,7 @@ def test_bad_input(sharded, tmp_path):
         shard_ranges(3, 4)
     with pytest.raises(BadInput, match="bm25, dense, splade"):
         build_sharded([Document(docid="a", text="x")], tmp_path / "x", shards=1, indexes=("maxsim",))
-    with pytest.raises(BadInput, match="twice"):
+    with pytest.raises(BadInput, match="duplicate docid"):
         build_sharded([Document(docid="a", text="x")] * 2, tmp_path / "x", shards=1)
     res = ShardedResources(sharded)
     with pytest.raises(BadInput, match="encoded with"):

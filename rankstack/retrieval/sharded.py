@@ -80,8 +80,9 @@ class ShardedDenseRetriever(Retriever):
             return []
         qv = self.encoder.encode_queries([q.text for q in queries])
         docids = self.router.index.docids
-        return [Ranking(query=q, candidates=tuple(Candidate(docid=docids[p], score=float(s))
-                                                  for p, s in zip(pos.tolist(), scores.tolist())))
+        # ties in trec_eval order (score, then docid, descending), as one vector index returns them
+        return [Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in sort_pairs(
+                    [(docids[p], float(s)) for p, s in zip(pos.tolist(), scores.tolist())])))
                 for q, (pos, scores) in zip(queries, self.router.dense(qv, k, self.search_params))]
 
 

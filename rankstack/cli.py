@@ -128,7 +128,7 @@ def _index_sharded(args: argparse.Namespace, kinds: list[str]) -> int:
     return 0
 
 
-def _sharded_resources(args: argparse.Namespace, path: str):
+def _sharded_resources(args: argparse.Namespace, path):
     from rankstack.retrieval.sharded import ShardedResources
 
     return ShardedResources(path, address=args.ray_address, replicas=args.replicas,
@@ -223,12 +223,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not _is_sharded([args.index]):
             raise BadInput(f"eval --index takes a sharded collection (rankstack index --shards N); {args.index} is "
                            f"not one. Without --index, eval builds and caches the dataset's own indexes")
-        workspace = _sharded_resources(args, args.index) if not args.workers else None
         from rankstack.index.sharded import ShardedIndex
 
-        if ShardedIndex.load(args.index).params.get("corpus_sha1") != corpus_fingerprint(ds.corpus):
+        sharded = ShardedIndex.load(args.index)  # its docids are read once, here
+        if sharded.params.get("corpus_sha1") != corpus_fingerprint(ds.corpus):
             raise BadInput(f"{args.index} was built from another corpus than {args.dataset}; rebuild it from this "
                            f"dataset")
+        workspace = _sharded_resources(args, sharded) if not args.workers else None
         recipe = {"sharded": str(Path(args.index).resolve())}
     if args.workers:
         from rankstack.distributed.queries import QueryPool
@@ -243,7 +244,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.index:
             from rankstack.retrieval.sharded import ShardedResources
 
-            workspace = ShardedResources(args.index)  # the driver's view: checks specs, tunes alpha=auto
+            workspace = ShardedResources(sharded)  # the driver's view: checks specs, tunes alpha=auto
     ds, results, ws = run_pipelines(ds, args.pipeline, split=args.split, index_root=args.index_root,
                                     k=args.k, metrics=metrics, model=args.model, k1=args.k1, b=args.b,
                                     threads=args.threads, tune_split=args.tune_split, workspace=workspace,

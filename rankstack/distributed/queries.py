@@ -57,7 +57,6 @@ class _Worker:
     """A Ray actor: resources built once, specs compiled once, chunks run on request."""
 
     def __init__(self, recipe: dict, relevance_adapter: str | None = None):
-        self.recipe = recipe
         self.resources = make_resources(recipe)
         if self.resources is not None:
             self.resources.relevance_adapter = relevance_adapter
@@ -83,9 +82,9 @@ class _Worker:
         from rankstack.rerank.factory import RerankerSpec, build_reranker
 
         if spec not in self.rerankers:
-            self.rerankers[spec] = build_reranker(RerankerSpec.parse(spec))
-        rs = RerankerSpec.parse(spec)
-        pipe = Pipeline(Given(rankings, name="input"), [Rerank(self.rerankers[spec], rs.stage_depth)])
+            parsed = RerankerSpec.parse(spec)
+            self.rerankers[spec] = Rerank(build_reranker(parsed), parsed.stage_depth)
+        pipe = Pipeline(Given(rankings, name="input"), [self.rerankers[spec]])
         out = pipe.run([r.query for r in rankings], k, show_progress=False)
         return [_bare(r) for r in out.rankings], out.timings, out.stats, {}
 

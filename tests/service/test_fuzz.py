@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-import threading
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,46 +15,50 @@ uvicorn = pytest.importorskip("uvicorn", reason="needs rankstack[service]")
 
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from svc_helpers import DOCS, make_settings
+from svc_helpers import DOCS
 
+from rankstack.service.process import free_port
+
+# The server runs in a child process, not in a thread of this one: CPython 3.11 before 3.11.8 shares one AST
+# recursion counter between threads, so an `ast.parse` in a server thread (anyio parses its own source on lazy
+# imports) racing pytest's assertion rewriting of schemathesis' modules here raised "SystemError: AST
+# constructor recursion depth mismatch" in CI.
+_SERVER = """
+import sys
+from pathlib import Path
+import uvicorn
+sys.path.insert(0, {helpers!r})
+from svc_helpers import make_settings
 from rankstack.service.app import create_app
-
-_server = {}
-
-
-def _serve(tmp_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(make_settings(tmp_dir, limits={"max_k": 50, "max_documents_per_request": 20}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    httpx.post(f"http://127.0.0.1:{port}/v1/collections/demo/documents", json={"documents": DOCS}, timeout=60)
-    return server, thread, port
-
-
-def _schema():
-    import tempfile
-    from pathlib import Path
-
-    server, thread, port = _serve(Path(tempfile.mkdtemp(prefix="rankstack-fuzz-")))
-    _server.update(server=server, thread=thread)
-    return schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
+app = create_app(make_settings(Path({tmp!r}), limits={{"max_k": 50, "max_documents_per_request": 20}}))
+uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning")
+"""
 
 
 @pytest.fixture(scope="module")
-def api_schema():
-    s = _schema()
-    yield s
-    _server["server"].should_exit = True
-    _server["thread"].join(10)
+def api_schema(tmp_path_factory):
+    port = free_port()
+    script = _SERVER.format(helpers=str(Path(__file__).parent), tmp=str(tmp_path_factory.mktemp("fuzz")), port=port)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                pytest.fail(f"the service process exited with code {proc.returncode} before it was ready")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/collections/demo/documents", json={"documents": DOCS},
+                       timeout=60)
+        assert r.status_code < 300, r.text
+        yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def test_no_input_causes_a_server_error(api_schema):

@@ -38,6 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--table"]:  # print the table of what is saved, e.g. --table runs/llm_sparse.json smollm2
+        path, model = Path(sys.argv[2]), (sys.argv[3] if len(sys.argv) > 3 else "smollm2")
+        print(table(json.loads(path.read_text()), model))
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--model", default="smollm2")
@@ -84,6 +88,7 @@ def main() -> int:
             results[f"{args.model}|{row}"] = {"spec": spec, "model": args.model, "reranker": kind, "weights": weights,
                                               "kv": kv, "order": order or "retriever-last", "depth": depth,
                                               "attention": attention or "dense", "error": str(exc)}
+            save(args.out, results, f"{args.model}|{row}")
             continue
         load_s = time.perf_counter() - t0
         llm = rr.llm
@@ -106,26 +111,57 @@ def main() -> int:
             "linear_ratio": llm.weight_stats["ratio"], "kv_bytes_per_token": llm.kv_bytes_per_token(),
             "kv_ratio_bf16": llm.kv_bytes_per_token() / llm.kv_bytes_per_token("bf16"),
             "seconds_per_q": wall / len(rankings), "load_seconds": load_s}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        save(args.out, results, f"{args.model}|{row}")
         logger.info("%s: nDCG@10 %.4f, %.1f s/q", spec, res.aggregate["nDCG@10"], wall / len(rankings))
-    print(table(results, args.model))
+    print(table(json.loads(args.out.read_text()) if args.out.exists() else results, args.model))
     return 0
+
+
+def save(path: Path, results: dict, key: str) -> None:
+    """Write ``results[key]`` into the JSON at ``path``, re-read first: two benchmark processes may share the file
+    (one row each at a time), and neither may drop the other's rows. The write is atomic (temp file, rename)."""
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged[key] = results[key]
+    results.update({k: v for k, v in merged.items() if k not in results})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(merged, indent=1))
+    tmp.replace(path)
+
+
+_NOT_IN_BASELINE = ("model", "weights", "kv", "attention", "full_heads", "window_tokens", "sink_tokens", "topk_tokens",
+                    "topk_channels")
+
+
+def baseline_key(spec: str) -> tuple:
+    """What a row is compared against: the same reranker, depth, windows and prompt order on the float32 model
+    with dense attention and a float32 cache (the options that compress or sparsify are dropped)."""
+    kind, _, rest = spec.partition(":")
+    opts = dict(o.split("=", 1) for o in rest.split(",") if o)
+    if opts.get("order") == "retriever-last":
+        del opts["order"]  # the default
+    return kind, tuple(sorted((k, v) for k, v in opts.items() if k not in _NOT_IN_BASELINE))
+
+
+def _is_baseline(r: dict) -> bool:
+    return r.get("weights") == "fp32" and r.get("kv") == "fp32" and r.get("attention", "dense") == "dense"
 
 
 def table(results: dict, model: str) -> str:
     lines = ["| reranker | weights | kv | order | attention (work x dense) | nDCG@10 | vs float32 (p) | linear bytes (x fp32) "
              "| KV B/token (x bf16) | s/query |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for key, r in results.items():
-        if r["model"] != model:
-            continue
-        if "error" in r:
-            lines.append(f"| {r['reranker']}@{r.get('depth', 20)} | {r['weights']} | {r['kv']} | {r['order']} | | n/a: "
-                         f"{r['error'][:90]} | | | | |")
-            continue
+    rows = {k: r for k, r in results.items() if r["model"] == model}
+    bases = {baseline_key(r["spec"]): r for r in rows.values() if "error" not in r and _is_baseline(r)}
+    for key, r in rows.items():
         d = r.get("depth", 20)
-        kd = r["reranker"] + (f"@{d}" if d != 20 else "")
-        base = results.get(f"{model}|{kd}:fp32") or results.get(f"{model}|{kd}:fp32:fp32")
+        label = f"{r['reranker']}@{d}"
+        opts = dict(o.split("=", 1) for o in r["spec"].partition(":")[2].split(",") if o)
+        if "window" in opts:
+            label += f" windows {opts['window']}/{opts.get('stride', opts['window'])}"
+        if "error" in r:
+            lines.append(f"| {label} | {r['weights']} | {r['kv']} | {r['order']} | | n/a: {r['error'][:90]} | | | | |")
+            continue
+        base = bases.get(baseline_key(r["spec"]))
         vs = "-"
         if base is not None and base is not r:
             t = compare_per_query(base["per_query"], r["per_query"])
@@ -133,11 +169,11 @@ def table(results: dict, model: str) -> str:
         att = r.get("attention", "dense")
         if r.get("dense_blocks"):
             att += f" ({r['attention_blocks'] / r['dense_blocks']:.3f})"
-        if key.split("|", 1)[1].startswith("spec="):
-            extra = ",".join(p for p in r["spec"].split(":", 1)[1].split(",")
-                             if p.split("=")[0] in ("full_heads", "window_tokens", "topk_tokens", "topk_channels"))
-            att += f" [{extra}]"  # the comparison with the float32 row was made above, as for every row
-        lines.append(f"| {r['reranker']}@{d} | {r['weights']} | {r['kv']} | {r['order']} | {att} | {r['nDCG@10']:.4f} | {vs} | "
+        extra = ",".join(f"{k}={v}" for k, v in opts.items()
+                         if k in ("full_heads", "window_tokens", "topk_tokens", "topk_channels"))
+        if extra:
+            att += f" [{extra}]"
+        lines.append(f"| {label} | {r['weights']} | {r['kv']} | {r['order']} | {att} | {r['nDCG@10']:.4f} | {vs} | "
                      f"{r['linear_bytes'] / 2**20:.1f} MiB ({r['linear_ratio']:.3f}) | {r['kv_bytes_per_token']:.0f} "
                      f"({r['kv_ratio_bf16']:.3f}) | {r['seconds_per_q']:.2f} |")
     return "\n".join(lines)

@@ -251,3 +251,38 @@ def test_topk_rows_attend_to_their_selected_keys():
     assert (sel.sum(-1) <= 4 + sel.shape[1]).all()
     with pytest.raises(BadInput, match="calibrated two-pass"):
         ICRReranker(llm, attention="topk", calibration="none")
+
+
+def test_torchao_schemes_compute_with_their_own_codes_and_stay_near_float32(monkeypatch):
+    pytest.importorskip("torchao", reason="needs rankstack[torchao]")
+    from rankstack.rerank.llm.quant import TorchaoLinear
+
+    torch.manual_seed(2)
+    src = torch.nn.Linear(128, 64)
+    x = torch.randn(7, 128)
+    exact = src(x).detach()
+    t8, q8 = TorchaoLinear(src, 8), Int8Linear(src)
+    # the same per-channel symmetric int8 scheme as RankStack's own: outputs agree to rounding of a few codes
+    torch.testing.assert_close(t8(x), q8(x), rtol=0, atol=2e-2 * exact.abs().max().item())
+    assert t8.stored_bytes() <= 64 * 128 + 64 * 6  # codes + per-channel scale (and torchao's bookkeeping)
+    for group in (32, 64):
+        t4, q4 = TorchaoLinear(src, 4, group), Int4Linear(src, group)
+        decoded = (t4(torch.eye(128)) - src.bias).T.detach()  # torchao's weights as its kernel decodes them
+        w = src.weight.detach().reshape(64, -1, group)
+        step = (w.amax(-1) - w.amin(-1)) / 15  # every decoded weight within half a 4-bit step (+ bf16 rounding)
+        assert ((decoded.reshape(64, -1, group) - w).abs() <= step[..., None] / 2 + 4e-3).all()
+        torch.testing.assert_close(t4(x), x.bfloat16().float() @ decoded.T + src.bias, rtol=0, atol=0.05)
+        err_ao, err_ours = (t4(x) - exact).abs().mean(), (q4(x) - exact).abs().mean()
+        assert err_ao < 2 * err_ours + 1e-3, (group, float(err_ao), float(err_ours))
+        assert t4.stored_bytes() < 0.2 * 64 * 128 * 4
+    tok = tiny_tokenizer()
+    model, ref = tiny_llama(len(tok)), tiny_llama(len(tok))
+    stats = compress_model(model, "int4-g32-torchao")
+    assert stats["layers"] == 3 * 7 and stats["ratio"] < 0.2
+    ids = torch.tensor([tok.encode("the flea life cycle")])
+    with torch.no_grad():
+        a, b = model(ids).logits.flatten(), ref(ids).logits.flatten()
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.98
+    monkeypatch.setitem(__import__("sys").modules, "torchao.quantization", None)  # as if the extra were missing
+    with pytest.raises(ImportError, match=r"rankstack\[torchao\]"):
+        compress_model(tiny_llama(len(tok)), "int8-torchao")

@@ -11,6 +11,12 @@ weight-only int8 kernel (``torch._weight_int8pack_mm``) for decoding-size inputs
 prefills there, which decode the codes and use the dense GEMM); int4 dequantizes its groups and multiplies (the
 torch reference), or calls the Triton dequantize-and-multiply kernel on CUDA tensors. A compressed model is saved
 once next to the converted checkpoint and reloaded from there (:func:`load_or_compress`).
+
+``int8-torchao`` and ``int4-g32``/``g64``/``g128-torchao`` hand the same layers to torchao (``rankstack[torchao]``):
+its int8 weight-only tensor, and its int4 group-wise formats with their kernels (tinygemm's CPU layout with
+bfloat16 activations on CPU, the tile-packed CUDA layout on a GPU). They are quantized at every load (torchao's
+packed layouts are device-specific, so nothing is cached) and use torchao's own rounding (its int4 zero points
+live in the float domain), so their codes differ from the schemes above.
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankstack.errors import BadInput
+from rankstack.errors import BadInput, MissingExtra
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WEIGHT_SCHEMES", "WeightScheme", "Int8Linear", "Int4Linear", "BF16Linear", "compress_model",
+__all__ = ["WEIGHT_SCHEMES", "WeightScheme", "Int8Linear", "Int4Linear", "BF16Linear", "TorchaoLinear", "compress_model",
            "linear_weight_bytes", "quantize_int4", "dequantize_int4", "load_or_compress", "model_fingerprint"]
 
-WEIGHT_SCHEMES = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-outliers")
+WEIGHT_SCHEMES = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-outliers", "int8-torchao",
+                  "int4-g32-torchao", "int4-g64-torchao", "int4-g128-torchao")
 OUTLIER_FRACTION = 0.005
 
 
@@ -43,18 +50,20 @@ class WeightScheme:
     bits: int
     group: int | None = None
     outliers: float = 0.0
+    torchao: bool = False
 
     @classmethod
     def parse(cls, name: str) -> WeightScheme:
-        m = re.fullmatch(r"int4-g(\d+)(-outliers)?", name or "")
+        m = re.fullmatch(r"int4-g(\d+)(-outliers|-torchao)?", name or "")
         if name == "fp32":
             return cls("fp32", 32)
         if name == "bf16":
             return cls("bf16", 16)
-        if name == "int8":
-            return cls("int8", 8)
+        if name in ("int8", "int8-torchao"):
+            return cls(name, 8, torchao=name.endswith("-torchao"))
         if m and name in WEIGHT_SCHEMES:
-            return cls(name, 4, int(m.group(1)), OUTLIER_FRACTION if m.group(2) else 0.0)
+            return cls(name, 4, int(m.group(1)), OUTLIER_FRACTION if m.group(2) == "-outliers" else 0.0,
+                       torchao=m.group(2) == "-torchao")
         raise BadInput(f"unknown weight compression {name!r}; choose one of {', '.join(WEIGHT_SCHEMES)}")
 
 
@@ -196,6 +205,50 @@ class Int4Linear(_Compressed):
         return y + self.bias if self.bias is not None else y
 
 
+def _torchao():
+    try:
+        import torchao.quantization as tq
+    except ImportError:
+        raise MissingExtra("the *-torchao weight schemes need torchao: `pip install 'rankstack[torchao]'` (or use "
+                           "int8 / int4-g32, RankStack's own kernels)") from None
+    return tq
+
+
+class TorchaoLinear(_Compressed):
+    """A decoder linear layer quantized by torchao: ``bits=8`` its int8 weight-only tensor (per output channel), or
+    ``bits=4`` its group-wise int4 (CPU: tinygemm's packed layout, run with bfloat16 activations; CUDA: the
+    tile-packed layout). The layout follows the device of ``src``'s weight, so move the model first."""
+
+    def __init__(self, src: nn.Linear, bits: int, group: int | None = None):
+        super().__init__(src)
+        tq = _torchao()
+        w = src.weight.detach()
+        self.act_dtype = None if bits == 8 else torch.bfloat16
+        inner = nn.Linear(self.in_features, self.out_features, bias=False, device=w.device,
+                          dtype=self.act_dtype or w.dtype)
+        with torch.no_grad():
+            inner.weight.copy_(w)
+        if bits == 8:
+            config = tq.Int8WeightOnlyConfig()
+        elif w.is_cuda:
+            config = tq.Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+        else:
+            from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+
+            config = PrototypeInt4WeightOnlyConfig(group_size=group)
+        tq.quantize_(inner, config)
+        self.inner = inner
+
+    def stored_bytes(self) -> int:
+        t = self.inner.weight
+        names, _ = t.__tensor_flatten__()
+        return sum(getattr(t, n).numel() * getattr(t, n).element_size() for n in names)
+
+    def forward(self, x):
+        y = self.inner(x.to(self.act_dtype) if self.act_dtype else x).to(x.dtype)
+        return y + self.bias if self.bias is not None else y
+
+
 def _outlier_matmul(x, idx, vals, out_f, in_f):
     """``x @ S.T`` for the sparse outlier matrix ``S`` (COO from flat indices)."""
     rows, cols = idx.long() // in_f, idx.long() % in_f
@@ -207,8 +260,13 @@ def _outlier_matmul(x, idx, vals, out_f, in_f):
 
 def _decoder_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
     head = getattr(model, "lm_head", None)
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, _Compressed)) and m is not head and ".layers." in f".{n}"]
+    out: list[tuple[str, nn.Module]] = []
+    for n, m in model.named_modules():
+        if out and isinstance(out[-1][1], _Compressed) and n.startswith(out[-1][0] + "."):
+            continue  # inside a compressed layer (torchao's quantized nn.Linear): counted by its owner
+        if isinstance(m, (nn.Linear, _Compressed)) and m is not head and ".layers." in f".{n}":
+            out.append((n, m))
+    return out
 
 
 def linear_weight_bytes(model: nn.Module) -> int:
@@ -237,12 +295,14 @@ def compress_model(model: nn.Module, scheme: str | WeightScheme) -> dict:
         if bad:
             raise BadInput(f"{s.name}: group size {s.group} does not divide the input dimension(s) {bad} of this "
                            f"model's layers; use a group size that divides them (e.g. int4-g32)")
+    if s.torchao:
+        _torchao()  # a missing extra fails before any layer changes
     if s.name != "fp32":
         for name, m in layers:
             if isinstance(m, _Compressed):
                 raise BadInput("the model is already compressed")
-            new = (BF16Linear(m) if s.bits == 16 else Int8Linear(m) if s.bits == 8
-                   else Int4Linear(m, s.group, s.outliers))
+            new = (TorchaoLinear(m, s.bits, s.group) if s.torchao else BF16Linear(m) if s.bits == 16
+                   else Int8Linear(m) if s.bits == 8 else Int4Linear(m, s.group, s.outliers))
             _set(model, name, new)
     got = linear_weight_bytes(model)
     return {"scheme": s.name, "linear_bytes": got, "fp32_linear_bytes": fp32, "ratio": got / fp32,
@@ -266,7 +326,7 @@ def load_or_compress(model: nn.Module, scheme: str, cache_dir: Path | None) -> d
     from safetensors.torch import save_file
 
     s = WeightScheme.parse(scheme)
-    if s.name == "fp32" or cache_dir is None:
+    if s.name == "fp32" or s.torchao or cache_dir is None:  # torchao's packed layouts are quantized at each load
         return compress_model(model, s)
     path = Path(cache_dir) / f"weights-{s.name}.safetensors"
     fp = model_fingerprint(model)

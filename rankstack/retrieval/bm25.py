@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import numpy as np
+
 from rankstack.index.jvm import import_pyserini, lift_clause_limit
 from rankstack.index.lucene import LuceneIndex
 from rankstack.records import Candidate, Query, Ranking
@@ -69,9 +71,14 @@ class BM25MatrixRetriever(Retriever):
         validate_queries(queries, k)
         if not queries:
             return []
-        hits = self.matrix.search([q.text for q in queries], k, k1=self.k1, b=self.b, threads=self.threads)
+        m = self.matrix
+        hits = m.search_arrays([m.analyze(q.text) for q in queries], k, k1=self.k1, b=self.b, threads=self.threads)
+        docids, rank = m.docids, m._docid_rank()
         out = []
-        for q, pairs in zip(queries, hits):
-            pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
-            out.append(Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in pairs)))
+        for q, (idx, scores) in zip(queries, hits):
+            if scores.size > 1 and not (scores[:-1] > scores[1:]).all():  # equal scores: trec_eval's docid order
+                order = np.lexsort((-rank[idx], -scores))
+                idx, scores = idx[order], scores[order]
+            out.append(Ranking(query=q, candidates=Candidate.many([docids[i] for i in idx.tolist()],
+                                                                  scores.tolist())))
         return out

@@ -33,10 +33,10 @@ class ShardedBM25Retriever(Retriever):
     kind = "bm25"
 
     def __init__(self, router, *, k1: float = 0.9, b: float = 0.4, documents=None):
-        from rankstack.index.bm25_matrix import _analyzer
+        from rankstack.index.bm25_matrix import QueryAnalyzer
 
         self.router, self.k1, self.b = router, float(k1), float(b)
-        self._analyzer = _analyzer()
+        self._analyzer = QueryAnalyzer()
         self.documents = documents
         self.name = f"bm25(k1={k1},b={b},{len(router.index.shards)} shards)"
 
@@ -46,7 +46,7 @@ class ShardedBM25Retriever(Retriever):
         validate_queries(queries, k)
         if not queries:
             return []
-        analysed = [self._analyzer.analyze(q.text) for q in queries]
+        analysed = [self._analyzer(q.text) for q in queries]
         docids = self.router.index.docids
         out = []
         for q, (pos, scores) in zip(queries, self.router.bm25(analysed, k, self.k1, self.b)):

@@ -158,6 +158,8 @@ def table(results: dict, model: str) -> str:
         opts = dict(o.split("=", 1) for o in r["spec"].partition(":")[2].split(",") if o)
         if "window" in opts:
             label += f" windows {opts['window']}/{opts.get('stride', opts['window'])}"
+        if r.get("queries", 43) < 43:  # compared with float32 on these same queries
+            label += f" ({r['queries']} q)"
         if "error" in r:
             lines.append(f"| {label} | {r['weights']} | {r['kv']} | {r['order']} | | n/a: {r['error'][:90]} | | | | |")
             continue

@@ -14,12 +14,15 @@ the ``block x block`` tiles of attention work against dense causal attention's, 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from dataclasses import dataclass, field
 
 import torch
 
 from rankstack.errors import BadInput
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PassageLayout", "HeadLayout", "TopKLayout", "QUERY", "ATTENTION_MODES", "active_layout", "layout_active"]
 
@@ -35,6 +38,21 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _static_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+PAD = 256  # the padded path compiles one kernel per multiple of this length
+_DYNAMIC_FAILED: list[str] = []  # set once the dynamic-shape kernel failed to compile in this process
+
+
+def _compile_error(exc: Exception) -> bool:
+    return type(exc).__module__.startswith(("torch._inductor", "torch._dynamo"))
+
+
 @dataclass
 class PassageLayout:
     segments: torch.Tensor  # [L] int32
@@ -45,8 +63,8 @@ class PassageLayout:
     _masks: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if self.impl not in ("flex", "sdpa"):
-            raise BadInput(f"passage-block impl must be flex or sdpa, got {self.impl!r}")
+        if self.impl not in ("flex", "flex-padded", "sdpa"):
+            raise BadInput(f"passage-block impl must be flex, flex-padded or sdpa, got {self.impl!r}")
         self.segments = torch.as_tensor(self.segments, dtype=torch.int32)
 
     @classmethod
@@ -69,18 +87,27 @@ class PassageLayout:
             ok = ok & (q_idx - kv_idx < window)
         return ok
 
-    def _block_mask(self, length: int, device, window):
+    def _block_mask(self, length: int, device, window, padded: int | None = None):
+        """The block mask for ``length`` tokens; with ``padded``, for that many, the rows past ``length`` seeing
+        only the first key (padding: their output is dropped) and no row seeing a padded key."""
         from torch.nn.attention.flex_attention import create_block_mask
 
-        key = (length, str(device), window)
+        key = (length, str(device), window, padded)
         if key not in self._masks:
-            seg = self.segments.to(device)
+            size = padded or length
+            seg = torch.full((size,), -2, dtype=torch.int32)
+            seg[:length] = self.segments
+            seg = seg.to(device)
 
             def mask_mod(b, h, q, kv):
                 ok = (kv <= q) & ((seg[kv] == 0) | (seg[q] == seg[kv]) | (seg[q] == QUERY))
-                return ok & (q - kv < window) if window else ok
+                if window:
+                    ok = ok & (q - kv < window)
+                if padded:
+                    ok = (ok & (kv < length)) | ((q >= length) & (kv == 0))
+                return ok
 
-            bm = create_block_mask(mask_mod, None, None, length, length, device=device, BLOCK_SIZE=self.block)
+            bm = create_block_mask(mask_mod, None, None, size, size, device=device, BLOCK_SIZE=self.block)
             full = bm.full_kv_num_blocks.sum() if bm.full_kv_num_blocks is not None else 0
             self._masks[key] = (bm, int(bm.kv_num_blocks.sum() + full))
         return self._masks[key]
@@ -106,10 +133,28 @@ class PassageLayout:
                 scale=scaling)
             self.computed_blocks += n * (n + 1) // 2
         else:
-            bm, blocks = self._block_mask(length, query.device, window)
-            self.computed_blocks += blocks
-            out = _compiled_flex()(query, key, value, block_mask=bm, scale=scaling,
-                                   enable_gqa=query.shape[1] != key.shape[1])
+            gqa = query.shape[1] != key.shape[1]
+            out = None
+            if self.impl == "flex" and not _DYNAMIC_FAILED:
+                bm, blocks = self._block_mask(length, query.device, window)
+                try:
+                    out = _compiled_flex()(query, key, value, block_mask=bm, scale=scaling, enable_gqa=gqa)
+                    self.computed_blocks += blocks
+                except Exception as exc:  # noqa: BLE001 - only compiler failures are caught (re-raised otherwise)
+                    if not _compile_error(exc):
+                        raise
+                    # seen with Gemma-3 (head size 256, one key/value head) on CPU: Inductor's dynamic-shape
+                    # FlexAttention kernel does not compile; fixed-size kernels on padded lengths do
+                    _DYNAMIC_FAILED.append(str(exc).splitlines()[0][:200])
+                    logger.warning("FlexAttention with dynamic shapes failed to compile (%s); using fixed-size "
+                                   "kernels on lengths padded to a multiple of %d", _DYNAMIC_FAILED[0], PAD)
+            if out is None:
+                size = -(-length // PAD) * PAD
+                bm, blocks = self._block_mask(length, query.device, window, padded=size)
+                self.computed_blocks += blocks
+                pad = (0, 0, 0, size - length)
+                out = _static_flex()(*(torch.nn.functional.pad(t, pad) for t in (query, key, value)), block_mask=bm,
+                                     scale=scaling, enable_gqa=gqa)[:, :, :length]
         return out.transpose(1, 2).contiguous()
 
 

@@ -18,9 +18,10 @@ $(BIN)/rankstack: pyproject.toml
 setup: $(BIN)/rankstack
 
 # The main job: the search service on 127.0.0.1:$(PORT), serving BEIR SciFact (BM25 + dense MiniLM, fused with RRF)
-# from ./data. The first run ingests and encodes the corpus (about 3 minutes on 2 cores).
+# from ./data. The first run ingests and encodes the corpus (about 3 minutes on 2 cores); a run stopped during the
+# ingest is resumed by the next one (stored documents are skipped), never served half-built.
 serve: setup
-	test -f data/scifact/collection.json || $(BIN)/rankstack ingest --name scifact --source $(DATA)/beir/scifact --data-dir data
+	test -f data/scifact/ingest-complete.json || $(BIN)/rankstack ingest --name scifact --source $(DATA)/beir/scifact --data-dir data
 	$(BIN)/rankstack serve --data-dir data --port $(PORT)
 
 # BM25, dense MiniLM and both hybrids on BEIR SciFact, with a metrics table and significance vs BM25.

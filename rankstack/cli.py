@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -412,6 +413,9 @@ def _read_documents(path: str):
     return list(read_corpus(p / "corpus.jsonl" if p.is_dir() else p).values())
 
 
+INGEST_MARKER = "ingest-complete.json"  # written when `rankstack ingest` has stored its whole source (make serve)
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -430,9 +434,16 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         cfg = {"name": args.name, "indexes": args.indexes, "encoder": args.encoder,
                "pipeline": {"retrievers": args.indexes}}
         col = state._open(CollectionConfig.model_validate(cfg))
+    marker = settings.data_dir / args.name / INGEST_MARKER
+    marker.unlink(missing_ok=True)  # until this source is in whole, the collection is not complete
+    # documents already stored unchanged are skipped by upsert: an interrupted ingest, run again, goes on from there
     for i in tqdm(range(0, len(docs), args.batch_size), desc=f"ingest {args.name}", unit=" batches",
                   disable=args.quiet):
         col.upsert(docs[i:i + args.batch_size])
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(json.dumps({"source": str(args.source), "documents": len(docs), "collection_documents": len(col),
+                               "log_seq": col.seq}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, marker)
     print(f"collection {args.name!r} in {settings.data_dir}: {len(col)} documents (log seq {col.seq})")
     return 0
 

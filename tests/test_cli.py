@@ -118,3 +118,36 @@ def test_every_help_page_prints(command, capsys):
     assert "usage: rankstack" in out
     if command == "eval":
         assert "% k" in out and "hybrid3-interp" in out
+
+
+def test_an_interrupted_ingest_is_not_complete_and_the_next_one_resumes(tmp_path, monkeypatch):
+    """`make serve` serves a collection only once `rankstack ingest` wrote its completion marker; a run stopped
+    part-way leaves no marker, and the next run skips the stored documents and finishes."""
+    import json as _json
+
+    from rankstack.cli import INGEST_MARKER, main
+    from rankstack.service.collection import Collection
+
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(_json.dumps({"_id": f"d{i}", "title": "", "text": f"document number {i} about cats"}) + "\n"
+                           for i in range(6)), encoding="utf-8")
+    args = ["-q", "ingest", "--name", "c", "--source", str(src), "--data-dir", str(tmp_path / "data"),
+            "--indexes", "dense", "--encoder", "hash:32", "--batch-size", "2"]
+    real, calls = Collection.upsert, []
+
+    def dies_on_second_batch(self, docs):
+        calls.append(len(docs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is stopped during the second batch
+        return real(self, docs)
+
+    monkeypatch.setattr(Collection, "upsert", dies_on_second_batch)
+    assert main(args) == 130  # interrupted
+    marker = tmp_path / "data" / "c" / INGEST_MARKER
+    assert not marker.exists() and (tmp_path / "data" / "c" / "collection.json").exists()
+    monkeypatch.setattr(Collection, "upsert", real)
+    assert main(args) == 0
+    done = _json.loads(marker.read_text())
+    assert done["documents"] == done["collection_documents"] == 6
+    assert main(args) == 0  # nothing left to write: the log does not move
+    assert _json.loads(marker.read_text())["log_seq"] == done["log_seq"]

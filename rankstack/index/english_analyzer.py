@@ -81,31 +81,9 @@ class _Word:
         return True
 
     def m(self) -> int:
-        """The number of vowel-consonant sequences in b[0..j]."""
-        n, i, j = 0, 0, self.j
-        while True:
-            if i > j:
-                return n
-            if not self.cons(i):
-                break
-            i += 1
-        i += 1
-        while True:
-            while True:
-                if i > j:
-                    return n
-                if self.cons(i):
-                    break
-                i += 1
-            i += 1
-            n += 1
-            while True:
-                if i > j:
-                    return n
-                if not self.cons(i):
-                    break
-                i += 1
-            i += 1
+        """Porter's measure of b[0..j], the m in [C](VC)^m[V]: how many vowel runs are followed by a consonant."""
+        kinds = [self.cons(i) for i in range(self.j + 1)]
+        return sum(1 for a, b in zip(kinds, kinds[1:]) if b and not a)
 
     def vowel_in_stem(self) -> bool:
         return any(not self.cons(i) for i in range(self.j + 1))

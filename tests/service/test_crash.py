@@ -30,6 +30,7 @@ def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path, other):
     log = open(tmp_path / "server.log", "wb")
     proc = start_server(data, cfg, port, stdout=log, timeout=120)
     acked: list[str] = []
+    timeouts: list[int] = []  # batches re-sent after a client time-out while the server was alive
     stop = threading.Event()
 
     def writer():
@@ -38,10 +39,18 @@ def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path, other):
                 if stop.is_set():
                     return
                 docs = [{"docid": f"b{b}-{i}", "text": f"common batch {b} item {i} " * 5} for i in range(40)]
-                try:
-                    r = c.post(f"{base}/documents", json={"documents": docs})
-                except httpx.HTTPError:
-                    return  # the server died mid-request: this batch was never acknowledged
+                while True:
+                    try:
+                        r = c.post(f"{base}/documents", json={"documents": docs})
+                        break
+                    except httpx.TimeoutException:
+                        # no answer within the client's time-out: a busy machine, or a dead server? Only the
+                        # process can tell. Alive: send the same batch again (upserts are idempotent).
+                        if proc.poll() is not None or stop.is_set():
+                            return
+                        timeouts.append(b)
+                    except httpx.TransportError:
+                        return  # the connection broke: the server died mid-request, this batch was never acknowledged
                 assert r.status_code == 200, r.text
                 acked.extend(d["docid"] for d in docs)
 

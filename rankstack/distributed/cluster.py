@@ -56,10 +56,9 @@ def connect(address: str | None, *, num_cpus: int | None = None):
                        "here) or HOST:PORT / ray://HOST:10001")
     # rankstack must import in every worker; a checkout that is not installed travels with the job
     kw: dict = {"logging_level": logging.WARNING, "include_dashboard": False}
+    kw["address"] = address  # "local": always a new cluster here, even when `ray start` left one recorded
     if address == "local":
         kw["num_cpus"] = num_cpus or os.cpu_count()
-    else:
-        kw["address"] = address
     try:
         init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     LuceneIndex.build(docs[:50], sys.argv[2] + "/first")  # the JVM is up before Ray
     from rankstack.distributed.cluster import init
     import ray
-    init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
     ray.shutdown()
     for i in range({rounds}):
         LuceneIndex.build(docs, sys.argv[2] + f"/all-{{i}}")

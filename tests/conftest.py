@@ -13,6 +13,12 @@ from rankstack.records import Document
 if os.environ.get("RANKSTACK_GPU") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Ray Data's usage collector polls Prometheus from a driver thread and logs each failed query with its traceback;
+# on CPython 3.11.7 formatting that traceback parses source (caret anchors) and shares one AST recursion counter
+# with pytest rewriting a module in the main thread, which raised "SystemError: AST constructor recursion depth
+# mismatch" in CI (tests/service/test_fuzz.py, after the Ray tests). Tests need no usage telemetry.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 

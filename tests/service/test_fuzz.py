@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="needs rankstack[dev]")
 uvicorn = pytest.importorskip("uvicorn", reason="needs rankstack[service]")
+importlib.import_module("schemathesis.specs.openapi.schemas")  # imported, and so rewritten by pytest, at collection
 
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -19,10 +21,11 @@ from svc_helpers import DOCS
 
 from rankstack.service.process import free_port
 
-# The server runs in a child process, not in a thread of this one: CPython 3.11 before 3.11.8 shares one AST
-# recursion counter between threads, so an `ast.parse` in a server thread (anyio parses its own source on lazy
-# imports) racing pytest's assertion rewriting of schemathesis' modules here raised "SystemError: AST
-# constructor recursion depth mismatch" in CI.
+# The server runs in a child process, not in a thread of this one, and schemathesis' OpenAPI modules are imported
+# at collection, when no other thread runs: CPython 3.11 before 3.11.8 shares one AST recursion counter between
+# threads, so any `ast.parse` in another thread (a server thread's lazy import, a traceback being formatted)
+# racing pytest's assertion rewriting of a schemathesis module here raised "SystemError: AST constructor
+# recursion depth mismatch" in CI.
 _SERVER = """
 import sys
 from pathlib import Path

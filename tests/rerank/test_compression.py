@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from rankstack.errors import BadInput  # noqa: E402
+from rankstack.errors import BadInput, RankStackError  # noqa: E402
 from rankstack.rerank.factory import RerankerSpec  # noqa: E402
 from rankstack.rerank.llm.icr import ICRReranker  # noqa: E402
 from rankstack.rerank.llm.kvquant import KVScheme, QuantizedKV, dequantize_tensor, quantize_tensor  # noqa: E402
@@ -36,6 +36,26 @@ def test_int4_codes_are_within_half_a_step(group):
     assert i2.numel() == round(0.005 * w.numel()) and 3 * 128 + 7 in i2.tolist()
     d2 = dequantize_int4(p2, s2, z2, i2, v2, group=group, shape=w.shape)
     assert d2[3, 7] == pytest.approx(40.0) and (d2 - w).abs()[3].max() < (d - w).abs()[3].max()
+
+
+def test_constant_and_all_outlier_groups_decode_exactly():
+    """A group whose kept weights are all equal has a zero range; its fp16 step once rounded to zero and the zero
+    point became 0/0, so the layer decoded to NaN (SmolLM2's layer-1 down projection at 0.5% outliers)."""
+    w = torch.randn(4, 64) * 0.01
+    w[0, :32] = 0.25  # a constant group
+    w[1, :32] = 0.0
+    w[2, 32:] = torch.tensor([5.0] * 16 + [-5.0] * 16)  # the +5s go to outliers, leaving a constant group
+    for outliers in (0.0, 0.13):
+        packed, scales, zeros, idx, vals = quantize_int4(w, 32, outliers)
+        d = dequantize_int4(packed, scales, zeros, idx, vals, group=32, shape=w.shape)
+        assert torch.isfinite(d).all() and (scales.float() > 0).all()
+        assert torch.equal(d[1, :32], w[1, :32]) and (d[0, :32] - 0.25).abs().max() < 1e-3
+    assert set(range(2 * 64 + 32, 2 * 64 + 48)) <= set(idx.tolist())  # the +5s kept exactly
+    assert (d[2, 32:] - w[2, 32:]).abs().max() < 2e-3
+    kv = torch.zeros(1, 1, 64, 8)  # a constant KV block
+    for bits in (4, 2):
+        s = quantize_tensor(kv + 0.5, bits, dim=2, block=64)
+        assert torch.equal(dequantize_tensor(s), kv + 0.5) and (s["scale"].float() > 0).all()
 
 
 def test_group_must_divide():
@@ -68,6 +88,12 @@ def test_model_bytes_reload_and_foreign_checkpoint(tmp_path):
     ids = torch.tensor([tok.encode("the flea life cycle")])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, again(ids).logits)
+    # a checkpoint of an older format is compressed again, not trusted
+    from safetensors.torch import load_file, save_file
+    path = tmp_path / "weights-int4-g32-outliers.safetensors"
+    save_file(load_file(str(path)), str(path), metadata={"fingerprint": "x", "scheme": "int4-g32-outliers"})
+    assert "loaded_from" not in load_or_compress(tiny_llama(len(tok)), "int4-g32-outliers", tmp_path)
+    assert "loaded_from" in load_or_compress(tiny_llama(len(tok)), "int4-g32-outliers", tmp_path)
     other = tiny_llama(len(tok), seed=5)
     with pytest.raises(BadInput, match="another model"):
         load_or_compress(other, "int4-g32-outliers", tmp_path)
@@ -288,3 +314,15 @@ def test_torchao_schemes_compute_with_their_own_codes_and_stay_near_float32(monk
     monkeypatch.setitem(__import__("sys").modules, "torchao.quantization", None)  # as if the extra were missing
     with pytest.raises(ImportError, match=r"rankstack\[torchao\]"):
         compress_model(tiny_llama(len(tok)), "int8-torchao")
+
+
+def test_non_finite_logits_are_an_error_not_the_retriever_order():
+    """A NaN weight made every ICR score NaN, and sorting NaNs kept the first-stage order without a word."""
+    tok = tiny_tokenizer()
+    llm = CausalLM(tiny_llama(len(tok)), tokenizer=tok)
+    ids = tok.encode("the flea life cycle")
+    assert torch.isfinite(llm.forward(ids)[0]).all()
+    with torch.no_grad():
+        llm.model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(RankStackError, match="non-finite logits"):
+        llm.forward(ids)

@@ -98,7 +98,7 @@ def quantize_tensor(x: torch.Tensor, bits: int, dim: int, block: int | None = No
     hi = torch.where(keep, xm, torch.full_like(xm, -big)).amax(-1, keepdim=True)
     lo, hi = torch.where(lo > hi, 0.0, lo), torch.where(lo > hi, 0.0, hi)
     levels = (1 << bits) - 1
-    scale = ((hi - lo) / levels).clamp_min(1e-8).half()
+    scale = ((hi - lo) / levels).half().clamp_min(torch.finfo(torch.float16).tiny)  # never an fp16 zero step
     zero = lo.half()
     q = ((xm - zero.float()) / scale.float()).round().clamp(0, levels).to(torch.uint8)
     return {"codes": _pack(q, bits), "scale": scale, "zero": zero, "outlier_idx": idx.to(torch.int32),

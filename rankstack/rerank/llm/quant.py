@@ -42,6 +42,8 @@ __all__ = ["WEIGHT_SCHEMES", "WeightScheme", "Int8Linear", "Int4Linear", "BF16Li
 WEIGHT_SCHEMES = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-outliers", "int8-torchao",
                   "int4-g32-torchao", "int4-g64-torchao", "int4-g128-torchao")
 OUTLIER_FRACTION = 0.005
+# the layout of a saved compressed checkpoint; a file of another format is compressed again (2: no zero fp16 steps)
+CACHE_FORMAT = "2"
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,13 @@ def _codes(w: torch.Tensor, group: int, keep: torch.Tensor):
     lo = torch.where(k, g, torch.full_like(g, big)).amin(-1)
     hi = torch.where(k, g, torch.full_like(g, -big)).amax(-1)
     empty = lo > hi  # a group made only of outliers
-    lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 0.0, hi)
-    scale = ((hi - lo) / 15).clamp_min(1e-8).half().float()
+    # the range always holds 0 (as GPTQ's does), so the zero point is a code in 0..15: a group of only positive (or
+    # only negative) weights, common once the outliers are out, would otherwise have its zero point clamped away
+    lo, hi = torch.where(empty, 0.0, lo).clamp_max(0.0), torch.where(empty, 0.0, hi).clamp_min(0.0)
+    # the step is stored in fp16: floored at its smallest normal (6.1e-5), since a group whose kept weights are all
+    # equal (or that holds only outliers) has a zero range, and a step that rounds to fp16 zero made zero = 0/0
+    # and the whole layer NaN (SmolLM2's layer-1 down projection has such a group at 0.5% outliers)
+    scale = ((hi - lo) / 15).half().float().clamp_min(torch.finfo(torch.float16).tiny)
     zero = (-lo / scale).round().clamp(0, 15).half().float()
     q = (g / scale[..., None] + zero[..., None]).round().clamp(0, 15).to(torch.uint8).reshape(w.shape)
     packed = q[:, 0::2] | (q[:, 1::2] << 4)
@@ -332,6 +339,11 @@ def load_or_compress(model: nn.Module, scheme: str, cache_dir: Path | None) -> d
     fp = model_fingerprint(model)
     if path.exists():
         with safe_open(str(path), "pt") as f:
+            stale = (f.metadata() or {}).get("format") != CACHE_FORMAT
+        if stale:  # written by an older RankStack whose codes may differ: compress again
+            logger.warning("%s was written in an older format; compressing the model again", path)
+    if path.exists() and not stale:
+        with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             if meta.get("fingerprint") != fp or meta.get("scheme") != s.name:
                 raise BadInput(f"{path} is a compressed checkpoint of another model or scheme "
@@ -354,7 +366,7 @@ def load_or_compress(model: nn.Module, scheme: str, cache_dir: Path | None) -> d
              for b, t in m.named_buffers() if b != "bias"}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata={"fingerprint": fp, "scheme": s.name,
+    save_file(state, str(tmp), metadata={"fingerprint": fp, "scheme": s.name, "format": CACHE_FORMAT,
                                          "model": str(getattr(model.config, "_name_or_path", ""))})
     os.replace(tmp, path)
     return stats

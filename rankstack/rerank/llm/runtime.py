@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from rankstack.errors import BadInput, MissingExtra
+from rankstack.errors import BadInput, MissingExtra, RankStackError
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +270,7 @@ class CausalLM:
         if WeightScheme.parse(weights).torchao:  # torchao packs for the device the weights are on
             self.model.to(device)
         self.weight_stats = load_or_compress(self.model, weights, cache_dir)
+        self.cache_dir = cache_dir
         self.model.to(device).eval()
         self.device = device
         cfg = self.model.config
@@ -338,6 +339,10 @@ class CausalLM:
         self.stats.prompt_tokens += x.shape[1]
         self.stats.seconds += time.perf_counter() - t0
         logits = out.logits[0] if all_logits else out.logits[0, -1]
+        if not torch.isfinite(logits).all():  # else every reranker would silently keep the retriever's order
+            raise RankStackError(f"the model produced non-finite logits (weights={self.weights}, kv={self.kv.name}); "
+                                 f"a compressed checkpoint may be at fault: delete its weights-*.safetensors in "
+                                 f"{self.cache_dir or 'the cache'} to compress again, or use weights=fp32")
         return logits.float(), out.past_key_values
 
     def compact(self, cache):

@@ -12,9 +12,13 @@ Scores against a float query ``q`` (asymmetric) are ``q.mean + sum_b alpha_b q.s
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from rankstack.errors import BadInput
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ResidualBinaryCodec", "SUPPORTED_BITS"]
 
@@ -99,3 +103,54 @@ class ResidualBinaryCodec:
                     acc += qs[:, a, None] * xs[None, :, b] * (qsig[:, a] @ s[:, b].T)
             out[:, sl] = acc
         return out
+
+    def topk(self, q: np.ndarray, planes: np.ndarray, scales: np.ndarray, k: int, mode: str = "asymmetric", *,
+             scan: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """The best ``min(k, n)`` codes per query, ``(scores, positions)`` best first, ties by position.
+
+        ``scan="lut"``: the compiled byte-lookup-table scan (:mod:`rankstack.index.lut_scan`, needs
+        ``rankstack[fastscan]``); ``"numpy"``: the reference above (unpacks every sign to float32); ``"auto"``: the
+        table scan when numba is installed."""
+        from rankstack.index import lut_scan
+
+        if scan not in ("auto", "lut", "numpy"):
+            raise BadInput(f"unknown binary scan {scan!r}; choose auto, lut or numpy")
+        if scan == "lut" and not lut_scan.available():
+            from rankstack.errors import MissingExtra
+
+            raise MissingExtra("the lookup-table scan needs numba: `pip install 'rankstack[fastscan]'` (or scan=numpy)")
+        q = np.asarray(q, np.float32)
+        if scan == "numpy" or not lut_scan.available():
+            if scan == "auto":
+                _warn_no_numba()
+            fn = self.asymmetric_scores if mode == "asymmetric" else self.symmetric_scores
+            full = fn(q, planes, scales)
+            n = full.shape[1]
+            kk = min(k, n)
+            pos = np.argpartition(-full, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (q.shape[0], 1))
+            part = np.take_along_axis(full, pos, axis=1)
+            order = np.lexsort((pos, -part), axis=1)
+            return np.take_along_axis(part, order, axis=1), np.take_along_axis(pos, order, axis=1)
+        if mode == "asymmetric":  # one set of tables from q: q.x_hat = q.mean + sum_b alpha_b (2 q.bits_b - sum q)
+            luts = lut_scan.byte_luts(q)[:, None]
+            qw = np.ones((q.shape[0], 1), np.float32)
+            qsum = q.sum(axis=1, keepdims=True)
+            base = q @ self.mean
+        else:  # one set per query plane a, from its +-1 signs, weighted by its scale beta_a; no mean terms
+            qp, qs = self.encode(q)
+            qsig = self.signs(qp)  # [nq, bits, dim]
+            luts = lut_scan.byte_luts(qsig.reshape(-1, self.dim)).reshape(q.shape[0], self.bits, self.dim // 8, 256)
+            qw = qs.astype(np.float32)
+            qsum = qsig.sum(axis=2)
+            base = np.zeros(q.shape[0], np.float32)
+        return lut_scan.scan_topk(luts, qw, qsum, base, planes, scales, k)
+
+
+_warned = []
+
+
+def _warn_no_numba() -> None:
+    if not _warned:
+        _warned.append(True)
+        logger.warning("multi-bit binary codes are scanned with numpy (slow at large sizes); "
+                       "`pip install 'rankstack[fastscan]'` for the compiled lookup-table scan")

@@ -411,13 +411,8 @@ class CompressedIndex(VectorIndex):
             dist, pos = faiss.knn_hamming(np.ascontiguousarray(qp[:, 0]), np.ascontiguousarray(self._planes[:, 0]), kk)
             scores = (self.dim - 2 * dist).astype(np.float32)  # +-1 agreement: higher is better
         else:
-            fn = self._codec.asymmetric_scores if mode == "asymmetric" else self._codec.symmetric_scores
-            full = fn(q, self._planes, self._scales)
-            pos = np.argpartition(-full, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (q.shape[0], 1))
-            part = np.take_along_axis(full, pos, axis=1)
-            order = np.lexsort((pos, -part), axis=1)
-            pos = np.take_along_axis(pos, order, axis=1)
-            scores = np.take_along_axis(part, order, axis=1)
+            # the compiled byte-lookup-table scan with rankstack[fastscan], else the numpy reference
+            scores, pos = self._codec.topk(q, self._planes, self._scales, kk, mode)
         slots = self._pos_slot[pos]
         if kk < k:
             pad = k - kk

@@ -58,6 +58,24 @@ def test_constant_and_all_outlier_groups_decode_exactly():
         assert torch.equal(dequantize_tensor(s), kv + 0.5) and (s["scale"].float() > 0).all()
 
 
+def test_weights_already_on_a_4bit_grid_come_back_unchanged():
+    """A model converted from a 4-bit file (SmolLM2's Q4_1 GGUF: per 32 weights an fp16 step and minimum) re-finds
+    its grid: the zero point is real-valued, and trimming outliers cannot move a group off a grid it already fits.
+    With integer zero points (format 2) every such group moved by up to half a step."""
+    torch.manual_seed(3)
+    out, inp = 16, 128
+    d = (torch.rand(out, inp // 32) * 0.01 + 0.001).half().float()
+    m = (-torch.rand(out, inp // 32) * 0.1).half().float()
+    q = torch.randint(0, 16, (out, inp // 32, 32)).float()
+    q[..., 0], q[..., 1] = 0, 15  # each block spans its grid, as Q4_1's do
+    w = (q * d[..., None] + m[..., None]).reshape(out, inp)
+    for outliers in (0.0, 0.005):
+        packed, scales, zeros, idx, vals = quantize_int4(w, 32, outliers)
+        back = dequantize_int4(packed, scales, zeros, idx, vals, group=32, shape=w.shape)
+        step = d.repeat_interleave(32, dim=1)
+        assert ((back - w).abs() / step).max() < 0.02
+
+
 def test_group_must_divide():
     with pytest.raises(BadInput, match="does not divide"):
         quantize_int4(torch.randn(4, 96), 64)

@@ -1,9 +1,9 @@
 """Weight compression of a reranker LLM's linear layers, one interface for every scheme (``weights=`` in reranker
 specs): ``fp32`` (unchanged), ``bf16``, ``int8`` (per-output-channel symmetric, weight-only), ``int4-g32``/``g64``/
-``g128`` (group-wise asymmetric 4-bit, weight-only: two codes per byte, a 16-bit scale and zero point per group), and
-``int4-g32-outliers`` (after SpQR: the 0.5% of weights farthest from their group's median, the ones that stretch the
-4-bit ranges, kept exactly as a sparse 16-bit matrix beside the dense codes and left out of their groups' ranges, so
-the other weights quantize finer).
+``g128`` (group-wise asymmetric 4-bit, weight-only: two codes per byte, a 16-bit scale and real-valued zero point per
+group), and ``int4-g32-outliers`` (after SpQR: the 0.5% of weights farthest from their group's median, the ones that
+stretch the 4-bit ranges, kept as a sparse 16-bit matrix beside the dense codes and left out of their groups' ranges
+wherever that lowers the group's error, so the other weights quantize finer).
 
 Every decoder linear layer (attention q/k/v/o and the MLP) is replaced; embeddings, norms and the (tied) output
 head stay as they are. ``linear-weight bytes`` count what the replaced layers store. Matmuls: int8 runs PyTorch's
@@ -42,8 +42,9 @@ __all__ = ["WEIGHT_SCHEMES", "WeightScheme", "Int8Linear", "Int4Linear", "BF16Li
 WEIGHT_SCHEMES = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-outliers", "int8-torchao",
                   "int4-g32-torchao", "int4-g64-torchao", "int4-g128-torchao")
 OUTLIER_FRACTION = 0.005
-# the layout of a saved compressed checkpoint; a file of another format is compressed again (2: no zero fp16 steps)
-CACHE_FORMAT = "2"
+# the layout of a saved compressed checkpoint; a file of another format is compressed again (2: no zero fp16 steps;
+# 3: real-valued int4 zero points, per-group choice of the trimmed or full range)
+CACHE_FORMAT = "3"
 
 
 @dataclass(frozen=True)
@@ -79,46 +80,62 @@ def _groups(w: torch.Tensor, group: int) -> torch.Tensor:
 def quantize_int4(w: torch.Tensor, group: int, outliers: float = 0.0):
     """``(packed uint8 [out, in/2], scales fp16 [out, in/group], zeros fp16 [out, in/group], outlier index int32
     [n], outlier value fp16 [n])``: ``w ~ (code - zero) * scale`` per group, codes in 0..15, two per byte (low
-    nibble first); with ``outliers`` > 0 that fraction of weights (those farthest from their group's median) is
-    kept exactly and excluded from its group's min/max."""
+    nibble first). The zero point is a real number (as GGUF's Q4_1 minimum and HQQ's), so the grid spans exactly
+    the group's range. With ``outliers`` > 0 that fraction of weights (those farthest from their group's median) is
+    kept exactly, and each group takes the grid, over its full range or over its kept weights only, with the smaller
+    squared error on the kept weights."""
     w = w.detach().float()
     out, inp = w.shape
     if inp % group:
         raise BadInput(f"int4 group size {group} does not divide the layer's input dimension {inp}; use a group "
                        f"size that divides it (e.g. int4-g32)")
-    keep = torch.ones_like(w, dtype=torch.bool)
+    g = _groups(w, group)
+    q, scale, zero, err = _grid(g, torch.ones_like(g, dtype=torch.bool))
     idx = torch.zeros(0, dtype=torch.int32)
     if outliers > 0:
         # the weights that stretch their group's range most (farthest from the group median): kept exactly, they
-        # no longer set the range, and the group's other weights get a finer step
-        g = _groups(w, group)
-        dev = (g - g.median(dim=-1, keepdim=True).values).abs().reshape(w.shape)
+        # no longer need to set the range, and the group's other weights may get a finer step
+        dev = (g - g.median(dim=-1, keepdim=True).values).abs()
         n = max(1, int(round(outliers * w.numel())))
         idx = torch.topk(dev.flatten(), n).indices
-        keep.view(-1)[idx] = False
+        keep = torch.ones(w.numel(), dtype=torch.bool)
+        keep[idx] = False
+        keep = keep.reshape(g.shape)
+        err = ((_dequant(q, scale, zero) - g).square() * keep).sum(-1)
+        q2, scale2, zero2, err2 = _grid(g, keep)
+        # a group already on a 4-bit grid (a model converted from a 4-bit file) keeps it: trimming would move it
+        trim = err2 < err
+        q = torch.where(trim[..., None], q2, q)
+        scale, zero = torch.where(trim, scale2, scale), torch.where(trim, zero2, zero)
         idx = idx.to(torch.int32).sort().values
-    packed, scales, zeros = _codes(w, group, keep)
-    return packed, scales, zeros, idx, w.flatten()[idx.long()].half()
-
-
-def _codes(w: torch.Tensor, group: int, keep: torch.Tensor):
-    g = _groups(w, group)
-    k = _groups(keep, group)
-    big = torch.finfo(torch.float32).max
-    lo = torch.where(k, g, torch.full_like(g, big)).amin(-1)
-    hi = torch.where(k, g, torch.full_like(g, -big)).amax(-1)
-    empty = lo > hi  # a group made only of outliers
-    # the range always holds 0 (as GPTQ's does), so the zero point is a code in 0..15: a group of only positive (or
-    # only negative) weights, common once the outliers are out, would otherwise have its zero point clamped away
-    lo, hi = torch.where(empty, 0.0, lo).clamp_max(0.0), torch.where(empty, 0.0, hi).clamp_min(0.0)
-    # the step is stored in fp16: floored at its smallest normal (6.1e-5), since a group whose kept weights are all
-    # equal (or that holds only outliers) has a zero range, and a step that rounds to fp16 zero made zero = 0/0
-    # and the whole layer NaN (SmolLM2's layer-1 down projection has such a group at 0.5% outliers)
-    scale = ((hi - lo) / 15).half().float().clamp_min(torch.finfo(torch.float16).tiny)
-    zero = (-lo / scale).round().clamp(0, 15).half().float()
-    q = (g / scale[..., None] + zero[..., None]).round().clamp(0, 15).to(torch.uint8).reshape(w.shape)
+    q = q.to(torch.uint8).reshape(w.shape)
     packed = q[:, 0::2] | (q[:, 1::2] << 4)
-    return packed, scale.half(), zero.half()
+    return packed, scale.half(), zero.half(), idx, w.flatten()[idx.long()].half()
+
+
+def _dequant(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return (q - zero[..., None]) * scale[..., None]
+
+
+def _grid(g: torch.Tensor, keep: torch.Tensor):
+    """Codes, fp16-exact step and zero point over the kept weights' range per group, and the kept weights' squared
+    error."""
+    big = torch.finfo(torch.float32).max
+    lo = torch.where(keep, g, torch.full_like(g, big)).amin(-1)
+    hi = torch.where(keep, g, torch.full_like(g, -big)).amax(-1)
+    empty = lo > hi  # a group made only of outliers
+    lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 0.0, hi)
+    # the step is stored in fp16: floored at its smallest normal (6.1e-5), since a group whose kept weights are all
+    # equal has a zero range, and a step that rounds to fp16 zero made zero = 0/0 and the whole layer NaN (SmolLM2's
+    # layer-1 down projection has such a group at 0.5% outliers); and at |range end| / 30000, so that the zero point
+    # -lo / step stays inside fp16
+    fp16 = torch.finfo(torch.float16)
+    floor = torch.maximum(lo.abs(), hi.abs()).div(30000).clamp_min(fp16.tiny)
+    scale = torch.maximum((hi - lo) / 15, floor).half().float()
+    zero = (-lo / scale).half().float()
+    q = (g / scale[..., None] + zero[..., None]).round().clamp(0, 15)
+    err = ((_dequant(q, scale, zero) - g).square() * keep).sum(-1)
+    return q, scale, zero, err
 
 
 def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, idx: torch.Tensor | None = None,

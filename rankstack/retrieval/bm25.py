@@ -27,7 +27,8 @@ class BM25Retriever(Retriever):
 
     def __init__(self, index: LuceneIndex | str | os.PathLike, *, k1: float = 0.9, b: float = 0.4,
                  threads: int | None = None):
-        self.index = index if isinstance(index, LuceneIndex) else LuceneIndex(index)
+        # a LuceneIndex, or a LiveLuceneIndex (searched on its latest commit)
+        self.index = index if hasattr(index, "lucene_dir") else LuceneIndex(index)
         searcher_mod = import_pyserini("pyserini.search.lucene")
         lift_clause_limit()
         self._searcher = searcher_mod.LuceneSearcher(str(self.index.lucene_dir))
@@ -36,6 +37,10 @@ class BM25Retriever(Retriever):
         self.threads = threads or os.cpu_count() or 1
         self.documents = self.index.docstore
         self.name = f"bm25(k1={k1},b={b})"
+
+    def close(self) -> None:
+        """Close the Lucene reader (searching afterwards fails)."""
+        self._searcher.close()
 
     def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
         validate_queries(queries, k)

@@ -203,6 +203,15 @@ class ServiceState:
             logger.info("collection %s: %d documents, opened in %.1f s", name, len(self.collections[name]),
                         time.perf_counter() - t0)
 
+    def close_all(self) -> None:
+        for name, col in self.collections.items():
+            close = getattr(col, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - shutting down: log and go on with the others
+                    logger.exception("collection %s: close failed", name)
+
     def get(self, name: str):
         col = self.collections.get(name)
         if col is None:
@@ -240,6 +249,7 @@ def create_app(settings: Settings):
         yield
         state.ready = False
         state.executor.shutdown(wait=False)
+        await run_in_threadpool(state.close_all)
 
     app = FastAPI(title="RankStack", version="0.1.0", lifespan=lifespan,
                   description=(f"Search and rerank. Limits: k <= {lim.max_k}, queries <= {lim.max_query_chars} "

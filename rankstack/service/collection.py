@@ -123,6 +123,12 @@ class Collection(SearchableCollection):
     def seq(self) -> int:
         return self.log.seq
 
+    def close(self) -> None:
+        """Release the collection's files (the live Lucene writer's lock, the log)."""
+        with self._write_lock:
+            self.indexes.close()
+            self.log.close()
+
     def __len__(self) -> int:
         return len(self.log)
 

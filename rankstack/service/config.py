@@ -138,6 +138,11 @@ class CollectionConfig(_Strict):
                          description="model of dense indexes that name none: a sentence-transformers name or path, "
                                      "or hash[:dim] for a model-free encoder")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    bm25_updates: Literal["incremental", "rebuild"] = Field(
+        "incremental", description="incremental: a write adds a Lucene segment and marks replaced or deleted "
+                                   "versions deleted (merged away in the background; until then they count in BM25's "
+                                   "statistics, as in Elasticsearch); rebuild: every write rebuilds the index (exact "
+                                   "statistics, at a cost that grows with the collection)")
     relevance_adapter: str | None = Field(None, description="a relevance adapter file (`rankstack relevance fit`) "
                                                             "fitted on this collection's pipeline: requests may then "
                                                             "ask for min_relevance, and specs use filter(0.5)")

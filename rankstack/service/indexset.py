@@ -3,8 +3,10 @@
 Each configured index (``bm25``, ``dense``, ``dense:index=(binary:rescore=int8)``...) lives in its own folder and
 records the last log sequence it includes (``applied_seq``); it is written atomically after every change. At open,
 each one catches up with the log (a crash between the log write and the index write loses nothing: the log is the
-source of truth). Lucene is rebuilt on a change (without a copy of the documents); vector indexes remove and add
-only what changed, and the encoding happens before they are locked, so searches wait only for the swap.
+source of truth). BM25 is a :class:`~rankstack.index.lucene_live.LiveLuceneIndex` that writes only what changed
+(``bm25_updates: incremental``; ``rebuild`` rebuilds Lucene on every change, without a copy of the documents); vector
+indexes remove and add only what changed, and the encoding happens before they are locked, so searches wait only
+for the swap.
 
 Retrievers handed to pipelines look up the current index at each call, so a compiled pipeline never goes stale.
 """
@@ -111,8 +113,10 @@ class IndexSet:
         self.log = log
         self.lock = RWLock()
         self.sparse_lock = threading.Lock()
-        self._bm25 = None  # LuceneIndex or None (no documents yet)
+        self._bm25 = None  # LuceneIndex, LiveLuceneIndex or None (no documents yet)
+        self._live = None  # the LiveLuceneIndex of bm25_updates: incremental
         self._bm25_retrievers: dict = {}
+        self._bm25_lock = threading.Lock()
         self.has_bm25 = False
         self.dense: dict[str, _Dense] = {}
         self.sparse: dict[str, _Sparse] = {}
@@ -163,9 +167,27 @@ class IndexSet:
         for mslot in self.multi.values():
             self._sync_multi(mslot, changed)
         if self.has_bm25:
-            self._set_bm25(self._build_bm25())
+            self._sync_bm25(changed)
 
     def _open_bm25(self) -> None:
+        from rankstack.index.jvm import import_pyserini
+
+        # Pyserini's search module imports its encoders (torch, transformers, onnxruntime): seconds, paid here
+        # before the service reports ready, not by the first search
+        import_pyserini("pyserini.search.lucene")
+        if self.config.bm25_updates == "incremental":
+            from rankstack.index.lucene_live import LiveLuceneIndex
+
+            try:
+                self._live = LiveLuceneIndex(self.root / "bm25")
+            except IndexCorrupt as exc:
+                logger.warning("collection %s: rebuilding bm25 (%s)", self.config.name, exc)
+                import shutil
+
+                shutil.rmtree(self.root / "bm25", ignore_errors=True)
+                self._live = LiveLuceneIndex(self.root / "bm25")
+            self._sync_live(None)
+            return
         from rankstack.index.lucene import LuceneIndex
 
         try:
@@ -176,6 +198,32 @@ class IndexSet:
             index = self._build_bm25()
         self._set_bm25(index)
 
+    def close(self) -> None:
+        self._set_bm25(None)
+        if self._live is not None:
+            self._live.close()
+
+    def _sync_bm25(self, changed: Sequence[str]) -> None:
+        if self._live is not None:
+            self._sync_live(changed)
+        else:
+            self._set_bm25(self._build_bm25())
+
+    def _sync_live(self, changed: Sequence[str] | None) -> None:
+        """Apply a write to the live Lucene index in place (only ``changed``) when it held the log up to the
+        previous write; else (first open, a crash between the log's commit and Lucene's) rewrite it from the log."""
+        live, log = self._live, self.log
+        if live.applied_seq == log.seq and changed is None:
+            pass
+        elif changed is not None and live.applied_seq == log.seq - 1:
+            live.write([log[d] for d in changed if d in log], [d for d in changed if d not in log], log.seq)
+        else:
+            if live.applied_seq is not None:
+                logger.warning("collection %s: bm25 holds seq %s, the log %d: rewriting it from the log",
+                               self.config.name, live.applied_seq, log.seq)
+            live.rebuild((log[d] for d in log), log.seq)
+        self._set_bm25(live if len(log) else None)
+
     def _build_bm25(self):
         from rankstack.index.lucene import LuceneIndex
 
@@ -185,7 +233,13 @@ class IndexSet:
                                  meta={"applied_seq": self.log.seq}, show_progress=False, store_documents=False)
 
     def _set_bm25(self, index) -> None:
-        self._bm25, self._bm25_retrievers = index, {}
+        """Swap in the searchers of ``index`` (searches in flight finish on the old ones, which are then closed:
+        each holds a Lucene reader on segments a merge may have replaced)."""
+        with self.lock.write(), self._bm25_lock:
+            old = self._bm25_retrievers
+            self._bm25, self._bm25_retrievers = index, {}
+        for r in old.values():
+            r.close()
 
     def _new_index(self, slot: _Dense):
         from rankstack.index.registry import new_vector_index
@@ -377,13 +431,14 @@ class IndexSet:
     def bm25_retriever(self, k1: float, b: float, threads):
         from rankstack.retrieval.bm25 import BM25Retriever
 
-        index, cache = self._bm25, self._bm25_retrievers
-        if index is None:
-            return None
-        key = (k1, b, threads)
-        if key not in cache:
-            cache[key] = BM25Retriever(index, k1=k1, b=b, threads=threads)
-        return cache[key]
+        with self._bm25_lock:
+            index, cache = self._bm25, self._bm25_retrievers
+            if index is None:
+                return None
+            key = (k1, b, threads)
+            if key not in cache:
+                cache[key] = BM25Retriever(index, k1=k1, b=b, threads=threads)
+            return cache[key]
 
 
 class _LiveBM25(Retriever):
@@ -395,8 +450,9 @@ class _LiveBM25(Retriever):
 
     def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
         validate_queries(queries, k)
-        r = self.indexes.bm25_retriever(self.k1, self.b, self.threads)
-        return r.retrieve(queries, k) if r is not None else [Ranking(query=q) for q in queries]
+        with self.indexes.lock.read():  # a write swaps the searcher under the write lock, then closes the old one
+            r = self.indexes.bm25_retriever(self.k1, self.b, self.threads)
+            return r.retrieve(queries, k) if r is not None else [Ranking(query=q) for q in queries]
 
 
 class _LiveDense(Retriever):

@@ -122,6 +122,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("runs/service_upserts"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     from rankstack.eval.datasets import load_beir
 
     queries = [q.text for q in load_beir(DATA / "scifact").queries.values()]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from rankstack._atomic import write_json
-from rankstack.errors import IndexCorrupt
+from rankstack.errors import IndexCorrupt, RankStackError
 from rankstack.index.jvm import import_pyserini
 from rankstack.records import Document
 
@@ -112,8 +112,11 @@ class LiveLuceneIndex:
         try:
             self._writer = j["IndexWriter"](self._dir, config)
         except Exception as exc:  # a Java exception (corrupt or locked index) surfaces as JavaException
-            raise IndexCorrupt(f"{self.lucene_dir}: cannot open the Lucene index for writing ({exc}); if another "
-                               f"process serves this collection stop it, else delete the folder to rebuild it") from exc
+            if "LockObtainFailed" in str(exc):  # another process writes here: its index must not be rebuilt
+                raise RankStackError(f"{self.lucene_dir} is locked by another writer ({exc}); stop the process "
+                                     f"that serves this collection, or serve it from another data directory") from exc
+            raise IndexCorrupt(f"{self.lucene_dir}: cannot open the Lucene index for writing ({exc}); delete the "
+                               f"folder to rebuild it from the collection's log") from exc
         self._seq = self._read_seq()
 
     # ---- state -------------------------------------------------------------------------------------------------

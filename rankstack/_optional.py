@@ -23,6 +23,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "llama_index": ("rag", "llama-index-core"),
     "playwright": ("browser", "playwright (and Debian's chromium)"),
     "ray": ("ray", "ray[data]"),
+    "onnxruntime": ("onnx", "onnxruntime"),
+    "onnx": ("onnx", "onnx"),
 }
 
 

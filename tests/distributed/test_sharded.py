@@ -156,24 +156,25 @@ def test_hybrid_minilm_and_splade_subset_equals_single_node(cluster, scifact_dir
     index = build_sharded(list(ds.corpus.values()), tmp_path / "sharded", shards=4, address=cluster.address,
                           indexes=("bm25", "dense", "splade"), workers=2, batch_size=16)
     ws = DatasetWorkspace(ds, tmp_path / "ws")
+    res = ShardedResources(index, models=ws.models)  # one set of shard searchers and loaded models for every spec
     for spec in ("hybrid-rrf", "splade", "splade:query=idf", "rrf(bm25, dense, splade)"):
-        got = compile_pipeline(spec, ShardedResources(index)).run(queries, 50).rankings
+        got = compile_pipeline(spec, res).run(queries, 50).rankings
         want = compile_pipeline(spec, ws).run(queries, 50).rankings
         bad = [q.qid for q, a, b in zip(queries, got, want) if not same_run(a, b, tol=1e-6)]
         assert not bad, f"{spec} runs differ on {bad}"
         assert sum(len(r.candidates) for r in got) > 10 * len(queries)
-    d_got = ShardedResources(index).retriever("dense").retrieve(queries, 120)
+    d_got = res.retriever("dense").retrieve(queries, 120)
     d_want = ws.retriever("dense").retrieve(queries, 120)
     assert all(same_run(a, b, tol=1e-5) for a, b in zip(d_got, d_want))
     # IDF queries weigh tokens by the collection's frequencies; one shard's own would give other impacts
     from rankstack.index.sparse import SparseIndex
 
-    sq = ShardedResources(index).retriever("splade:query=idf").encode([queries[0].text])
+    sq = res.retriever("splade:query=idf").encode([queries[0].text])
     own = SparseIndex.load(index.path / "shard-000" / "splade").idf_queries(
         ws.retriever("splade").encoder.query_tokens([queries[0].text]))
     assert sq.nnz and (sq != own).nnz
     with pytest.raises(BadInput, match="engine=scipy"):
-        ShardedResources(index).retriever("splade:engine=seismic")
+        res.retriever("splade:engine=seismic")
 
 
 def _kill_soon(pid: int, delay: float) -> threading.Thread:

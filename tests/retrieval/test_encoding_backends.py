@@ -114,7 +114,7 @@ def test_onnx_int8_is_close_and_keeps_neighbours(onnx_env):
     ref_q = Encoder(batch_size=4, show_progress=False).encode_queries(queries)
     top = (enc.encode_queries(queries) @ got.T).argmax(1)
     assert top.tolist() == (ref_q @ ref_docs.T).argmax(1).tolist() == [0, 2, 4]
-    assert "int8-ffn" in enc.onnx.path.name
+    assert "int8-all" in enc.onnx.path.name
 
 
 def test_cache_in_the_encoder_returns_the_encoders_vectors(onnx_env, tmp_path):

@@ -144,3 +144,23 @@ def test_backend_is_part_of_the_index_identity():
     assert onnx.vectors_key != plain.vectors_key  # other vectors: another index
     assert cached.vectors_key == plain.vectors_key  # the cache returns the same vectors: same index
     assert onnx.encoder_options["backend"] == "onnx-int8" and cached.encoder_options["cache"] is True
+
+
+def test_a_pipeline_spec_runs_the_onnx_encoder(onnx_env, tmp_path):
+    """`rankstack eval/search` and the service compile this spec: the dense retriever must really use ONNX Runtime
+    and rank as PyTorch does on these texts."""
+    pytest.importorskip("faiss", reason="needs rankstack[cpu]")
+    from rankstack.eval.datasets import BeirDataset
+    from rankstack.pipeline import DatasetWorkspace, compile_pipeline
+    from rankstack.records import Qrels, Query
+
+    _, docs, _, _ = onnx_env
+    queries = {"q1": Query(qid="q1", text="does aspirin prevent heart attacks"),
+               "q2": Query(qid="q2", text="gene editing of T cells")}
+    ds = BeirDataset(name="tiny", split="test", corpus={d.docid: d for d in docs}, queries=queries,
+                     qrels=Qrels(judgments={"q1": {"0": 1}, "q2": {"4": 1}}))
+    ws = DatasetWorkspace(ds, tmp_path / "ws")
+    onnx = compile_pipeline("dense:backend=onnx", ws).run(list(queries.values()), 3).rankings
+    plain = compile_pipeline("dense", ws).run(list(queries.values()), 3).rankings
+    assert [r.docids for r in onnx] == [r.docids for r in plain] and [r.docids[0] for r in onnx] == ["0", "4"]
+    assert ws.retriever("dense:backend=onnx").encoder.onnx is not None

@@ -227,18 +227,17 @@ class OnnxSentenceModel:
     def encode(self, texts: Sequence[str], *, batch_size: int, normalize: bool,
                show_progress: bool | None = None, max_seq_length: int | None = None) -> np.ndarray:
         import torch
-
-        limit = max_seq_length or self.st.max_seq_length
-        ids = self.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        out: np.ndarray | None = None
         from tqdm.auto import tqdm
 
+        limit = max_seq_length or self.st.max_seq_length
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=limit)  # once; batches are padded below
+        order = np.argsort([-len(x) for x in encoded["input_ids"]], kind="stable")
+        out: np.ndarray | None = None
         starts = range(0, len(texts), batch_size)
         for start in tqdm(starts, desc=f"encode ({self.backend})", disable=not progress_enabled(show_progress)):
             idx = order[start:start + batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=limit,
-                                   return_tensors="np")
+            batch = self.tokenizer.pad({n: [encoded[n][i] for i in idx] for n in self.input_names},
+                                       return_tensors="np")
             tokens = self.session.run(None, {n: batch[n].astype(np.int64) for n in self.input_names})[0]
             feats = {"token_embeddings": torch.from_numpy(tokens),
                      "attention_mask": torch.from_numpy(batch["attention_mask"].astype(np.int64))}

@@ -74,42 +74,33 @@ class RWLock:
 
 
 @dataclass
-class _Dense:
+class _Slot:
+    """One vector index of the collection: its spec, settings, folder, encoder, the index in memory, the log
+    sequence it includes, and what changed since its last checkpoint (see :meth:`IndexSet._checkpoint`)."""
+
     spec: str
-    settings: DenseSettings
+    settings: object  # DenseSettings, SparseSettings or MultiVectorSettings
     path: Path
     encoder: object
     index: object = None
+    applied_seq: int = 0
+    unsaved: int = 0  # documents changed in memory since the last checkpoint
+    saved_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Dense(_Slot):
     pending: dict = field(default_factory=dict)  # docid -> vector, while a compressed index waits for training
-    applied_seq: int = 0
-    unsaved: int = 0  # documents changed in memory since the last checkpoint (see IndexSet._checkpoint)
-    saved_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
-class _Sparse:
-    spec: str
-    settings: SparseSettings
-    path: Path
-    encoder: object
-    index: object = None
-    applied_seq: int = 0
+class _Sparse(_Slot):
     retrievers: dict = field(default_factory=dict)  # search settings -> SparseRetriever (engines cached inside)
-    unsaved: int = 0
-    saved_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
-class _Multi:
-    spec: str
-    settings: object  # MultiVectorSettings
-    path: Path
-    encoder: object
-    index: object = None
-    applied_seq: int = 0
+class _Multi(_Slot):
     derived: dict = field(default_factory=dict)  # (kind, params) -> FDE or PLAID index of the current token index
-    unsaved: int = 0
-    saved_at: float = field(default_factory=time.monotonic)
 
 
 class IndexSet:
@@ -213,7 +204,7 @@ class IndexSet:
         if self._live is not None:
             self._live.close()
 
-    def _checkpoint(self, slot, changed: int, *, force: bool = False) -> None:
+    def _checkpoint(self, slot: _Slot, changed: int, *, force: bool = False) -> None:
         """Save ``slot``'s index when enough has changed since the last save.
 
         The document log is the source of truth and is fsynced before a write is acknowledged; an index file is a

@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from rankstack._atomic import fsync_dir
 from rankstack.errors import UnknownDocid
 from rankstack.records import Document
 
@@ -57,7 +58,8 @@ class DocumentLog(Mapping[str, Document]):
         self.seq = 0
         self.compact_bytes = compact_bytes
         self.compactions = 0
-        self._where: dict[str, tuple[int, int, int]] = {}  # docid -> (offset, length, seq) of its latest put
+        # (descriptor, docid -> (offset, length, seq) of its latest put), read together: a compaction swaps both
+        self._view: tuple[int, dict[str, tuple[int, int, int]]] = (-1, {})
         self._lock = threading.Lock()
         self._old_fds: list[int] = []
         leftover = self._compacting_path()
@@ -70,8 +72,11 @@ class DocumentLog(Mapping[str, Document]):
             self.path.touch()
         self._size = self.path.stat().st_size
         self._live = sum(length for _, length, _ in self._where.values())
-        # (descriptor, positions) read together: a compaction swaps both at once
         self._view = (os.open(self.path, os.O_RDONLY), self._where)
+
+    @property
+    def _where(self) -> dict[str, tuple[int, int, int]]:
+        return self._view[1]
 
     def _compacting_path(self) -> Path:
         return self.path.with_name(self.path.name + ".compacting")
@@ -153,15 +158,10 @@ class DocumentLog(Mapping[str, Document]):
             os.fsync(out.fileno())
         before = self._size
         os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.path.parent)
         for old in self._old_fds:  # readers of the compaction before last are long done
             os.close(old)
         self._old_fds = [fd]
-        self._where = where
         self._view = (os.open(self.path, os.O_RDONLY), where)
         self._size, self.compactions = offset, self.compactions + 1
         logger.info("%s: compacted from %d to %d bytes (%d live documents)", self.path, before, offset, len(where))

@@ -39,18 +39,32 @@ class DenseFlatIndex(VectorIndex):
         self.meta = dict(meta or {})
         self.spec = IndexSpec("flat")
         self._index = faiss.IndexFlatIP(dim)
-        self._docids: list[str] = []
-        self._row: dict[str, int] = {}
+        self._docids: list[str | None] = []  # by FAISS row; None: a removed row (tombstone) until compaction
+        self._row: dict[str, int] = {}  # live docid -> row
+        self._dead: set[int] = set()
+        self._dead_rows: np.ndarray | None = None  # sorted array of ``_dead``, made at the next search
+
+    # Removing a row from FAISS's flat array moves every later row (O(n)), which made an upsert's cost grow with
+    # the collection. A removal is a tombstone instead: searches fetch ``k`` plus the number of tombstones and drop
+    # them, and the array is compacted once the tombstones pass ``COMPACT_FRACTION`` of it (at least
+    # ``COMPACT_MIN``), so each removal pays O(1) amortised and a search at most that many extra candidates.
+    COMPACT_MIN = 256
+    COMPACT_FRACTION = 1 / 32
 
     def __len__(self) -> int:
-        return self._index.ntotal
+        return self._index.ntotal - len(self._dead)
 
     @property
     def docids(self) -> list[str]:
-        return list(self._docids)
+        return [d for d in self._docids if d is not None] if self._dead else list(self._docids)
 
     def __contains__(self, docid: str) -> bool:
         return docid in self._row
+
+    @property
+    def tombstones(self) -> int:
+        """Removed rows still held in the FAISS array (dropped by the next compaction or save)."""
+        return len(self._dead)
 
     def _add(self, docids: list[str], vectors: np.ndarray) -> None:
         self._index.add(vectors)
@@ -59,34 +73,69 @@ class DenseFlatIndex(VectorIndex):
             self._docids.append(d)
 
     def _remove(self, docids: list[str]) -> None:
+        for d in docids:
+            row = self._row.pop(d)
+            self._docids[row] = None
+            self._dead.add(row)
+        self._dead_rows = None
+        if len(self._dead) > max(self.COMPACT_MIN, self.COMPACT_FRACTION * self._index.ntotal):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop the tombstoned rows from the FAISS array (O(n); other rows keep their order)."""
+        if not self._dead:
+            return
         faiss = require("faiss")
-        rows = np.array(sorted({self._row[d] for d in docids}), dtype=np.int64)
-        removed = self._index.remove_ids(faiss.IDSelectorArray(rows.size, faiss.swig_ptr(rows)))
+        rows = np.array(sorted(self._dead), dtype=np.int64)
+        removed = self._index.remove_ids(faiss.IDSelectorBatch(rows.size, faiss.swig_ptr(rows)))
         if removed != rows.size:
             raise IndexCorrupt(f"FAISS removed {removed} of {rows.size} vectors; the index is inconsistent")
-        drop = set(rows.tolist())
-        self._docids = [d for i, d in enumerate(self._docids) if i not in drop]  # FAISS keeps the others' order
+        self._docids = [d for d in self._docids if d is not None]
         self._row = {d: i for i, d in enumerate(self._docids)}
+        self._dead, self._dead_rows = set(), None
 
     def reconstruct(self, docid: str) -> np.ndarray:
         if docid not in self._row:
             raise UnknownDocid(f"unknown docid {docid!r}: not in this index")
         return self._index.reconstruct(self._row[docid])
 
+    def _live_rows(self) -> np.ndarray | None:
+        """Row numbers of the live documents in row order, or None when there is no tombstone."""
+        if not self._dead:
+            return None
+        return np.flatnonzero(np.fromiter((d is not None for d in self._docids), bool, len(self._docids)))
+
     def vectors(self) -> np.ndarray:
         """All vectors ``[n, dim]`` in :attr:`docids` order (e.g. to build a compressed index without re-encoding)."""
-        return self._index.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, self.dim), np.float32)
+        if not len(self):
+            return np.zeros((0, self.dim), np.float32)
+        everything = self._index.reconstruct_n(0, self._index.ntotal)
+        live = self._live_rows()
+        return everything if live is None else everything[live]
 
     def _search(self, queries: np.ndarray, k: int, **params) -> TopK:
-        scores, ids = self._index.search(queries, k)
-        return TopK(scores=scores, ids=ids)
+        if not self._dead:
+            scores, ids = self._index.search(queries, k)
+            return TopK(scores=scores, ids=ids)
+        if self._dead_rows is None:
+            self._dead_rows = np.array(sorted(self._dead), dtype=np.int64)
+        scores, ids = self._index.search(queries, min(k + len(self._dead), self._index.ntotal))
+        keep = (ids >= 0) & ~np.isin(ids, self._dead_rows)
+        first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # live hits first, in FAISS's order
+        out_ids = np.full((ids.shape[0], k), -1, np.int64)
+        out_scores = np.full((ids.shape[0], k), -np.inf, np.float32)
+        take = np.take_along_axis(keep, first, axis=1)
+        width = first.shape[1]
+        out_ids[:, :width] = np.where(take, np.take_along_axis(ids, first, axis=1), -1)
+        out_scores[:, :width] = np.where(take, np.take_along_axis(scores, first, axis=1), -np.inf)
+        return TopK(scores=out_scores, ids=out_ids)
 
     def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
         return [sort_pairs([(self._docids[i], float(s)) for s, i in zip(srow, irow) if i >= 0])
                 for srow, irow in zip(topk.scores, topk.ids)]
 
     def memory_bytes(self) -> int:
-        return len(self) * self.dim * 4 + sum(len(d) for d in self._docids)
+        return self._index.ntotal * self.dim * 4 + sum(len(d) for d in self._row)
 
     def code_bytes(self) -> int:
         """Bytes per document's vector (float32)."""
@@ -96,10 +145,15 @@ class DenseFlatIndex(VectorIndex):
 
     def save(self, path: str | os.PathLike) -> Path:
         faiss = require("faiss")
+        index, docids = self._index, self._docids
+        if self._dead:  # a checkpoint runs beside searches (read lock): write a compacted copy, leave this one be
+            index = faiss.IndexFlatIP(self.dim)
+            index.add(self.vectors())
+            docids = self.docids
         with atomic_dir(path) as tmp:
-            faiss.write_index(self._index, str(tmp / "faiss.index"))
+            faiss.write_index(index, str(tmp / "faiss.index"))
             with open(tmp / "docids.json", "w", encoding="utf-8") as fh:
-                json.dump(self._docids, fh)
+                json.dump(docids, fh)
             write_json(tmp / "params.json", {"kind": self.KIND, "format_version": self.FORMAT_VERSION,
                                              "dim": self.dim, "num_docs": len(self), "meta": self.meta})
         return Path(path)

@@ -125,3 +125,33 @@ def test_crash_during_save_keeps_the_previous_index(tmp_path, monkeypatch):
         new.save(path)
     assert DenseFlatIndex.load(path).docids == docids[:10]
     assert [p.name for p in tmp_path.iterdir()] == ["ix"]
+
+
+def test_removals_are_tombstones_until_compaction_and_match_a_fresh_index(tmp_path):
+    """Removing rows keeps FAISS's array (tombstones) until they pass the compaction threshold; at every stage
+    search equals brute force over the live documents, and a save writes only the live rows."""
+    docids, x, q = _data(n=600)
+    index = DenseFlatIndex(24)
+    index.add(docids, x)
+    live = list(range(600))
+    rng = np.random.default_rng(1)
+    for step in range(6):
+        gone = sorted(rng.choice(live, 60, replace=False).tolist())
+        index.remove([docids[i] for i in gone])
+        live = [i for i in live if i not in set(gone)]
+        assert len(index) == len(live) and index.docids == [docids[i] for i in live]
+        for k in (1, 10, 700):  # 700: past the live size, never a removed row or -1
+            got = [[d for d, _ in r] for r in index.docid_pairs(index.search(q, k))]
+            assert got == _brute([docids[i] for i in live], x[live], q, k)
+        np.testing.assert_array_equal(index.vectors(), x[live])
+        if step == 2:
+            assert 0 < index.tombstones <= DenseFlatIndex.COMPACT_MIN  # 180 removed: below the threshold
+            back = DenseFlatIndex.load(index.save(tmp_path / "ix"))
+            assert back.tombstones == 0 and back.docids == index.docids
+            assert back.docid_pairs(back.search(q, 10)) == index.docid_pairs(index.search(q, 10))
+    assert index.tombstones < 360  # compacted once it passed 256
+    removed = next(d for i, d in enumerate(docids) if i not in set(live))
+    index.add([removed], x[:1] * 100)  # a removed docid comes back as a new row
+    assert index.docid_pairs(index.search(x[:1], 1))[0][0][0] == removed
+    index.compact()
+    assert index.tombstones == 0 and len(index) == len(live) + 1

@@ -92,9 +92,18 @@ def _check_dim(queries: Sequence[np.ndarray], dim: int) -> None:
 
 
 class MultiVectorIndex:
-    """Token vectors of a corpus. ``tokens [T, D]`` float16, ``offsets [N + 1]``, ``token_ids [T]`` int32."""
+    """Token vectors of a corpus. ``tokens [T, D]`` float16, ``offsets [N + 1]``, ``token_ids [T]`` int32.
+
+    :meth:`update` writes in place (a service's upserts): a removed document's row stays in the arrays as a
+    tombstone (its entry in :attr:`row_docids` is None and it is never scored) and new documents are appended into
+    buffers with spare capacity, so a write costs O(its own tokens) amortised instead of copying the corpus; the
+    arrays are compacted once tombstones hold ``COMPACT_FRACTION`` of the tokens. Rows therefore number
+    :attr:`n_rows`, live documents ``len(index)``; :meth:`compacted` gives an index without tombstones (what
+    :meth:`save` writes and the derived FDE and PLAID indexes are built from).
+    """
 
     kind = "multi-vector"
+    COMPACT_FRACTION = 1 / 8
 
     def __init__(self, docids: Sequence[str], tokens: np.ndarray, offsets: np.ndarray, token_ids: np.ndarray, *,
                  meta: dict | None = None):
@@ -112,6 +121,9 @@ class MultiVectorIndex:
         if len(self.row_of) != len(self._docids):
             raise BadInput("duplicate docids in a multi-vector index")
         self._idf = None
+        self._dead: set[int] = set()  # tombstoned rows
+        self._dead_tokens = 0
+        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # tokens, ids, offsets with room
 
     # -- building --
     @classmethod
@@ -129,14 +141,28 @@ class MultiVectorIndex:
                    np.asarray(encoded.token_ids, np.int32), meta=info)
 
     def __len__(self) -> int:
-        return len(self._docids)
+        return len(self.row_of)
 
     def __contains__(self, docid: str) -> bool:
         return docid in self.row_of
 
     @property
     def docids(self) -> list[str]:
-        return list(self._docids)
+        """The live documents, in row order."""
+        return [d for d in self._docids if d is not None] if self._dead else list(self._docids)
+
+    @property
+    def row_docids(self) -> list[str | None]:
+        """The docid of every row (None: a tombstone), to map the rows :meth:`search` returns."""
+        return self._docids
+
+    @property
+    def n_rows(self) -> int:
+        return len(self._docids)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._dead)
 
     @property
     def dim(self) -> int:
@@ -161,7 +187,11 @@ class MultiVectorIndex:
     def idf(self) -> np.ndarray:
         """Inverse document frequency per vocabulary id, ``log((N + 1) / (df + 1))``, over the stored tokens."""
         if self._idf is None:
-            pairs = np.unique(_owners(self.offsets) << 32 | self.token_ids.astype(np.int64))
+            owners, ids = _owners(self.offsets), np.asarray(self.token_ids)
+            if self._dead:  # removed documents no longer count (a fresh build of the live ones gives the same)
+                live = ~np.isin(owners, np.fromiter(self._dead, np.int64, len(self._dead)))
+                owners, ids = owners[live], ids[live]
+            pairs = np.unique(owners << 32 | ids.astype(np.int64))
             df = np.bincount((pairs & 0xFFFFFFFF).astype(np.int64), minlength=int(self.token_ids.max()) + 1)
             self._idf = np.log((len(self) + 1) / (df + 1.0))
         return self._idf
@@ -173,8 +203,8 @@ class MultiVectorIndex:
         on a GPU ``device``, the reference on CPU)."""
         _check_dim(queries, self.dim)
         rows = np.asarray(rows, np.int64)
-        if rows.size and int(rows.max()) >= len(self):
-            raise BadInput(f"candidate row {int(rows.max())} is out of range for {len(self)} documents")
+        if rows.size and int(rows.max()) >= self.n_rows:
+            raise BadInput(f"candidate row {int(rows.max())} is out of range for {self.n_rows} documents")
         out = np.full(rows.shape, -np.inf, np.float32)
         lens_all = np.diff(self.offsets)
         for b, q in enumerate(queries):
@@ -191,8 +221,9 @@ class MultiVectorIndex:
         return out
 
     def search(self, queries: Sequence[np.ndarray], k: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact MaxSim over the whole corpus: ``(scores [B, k], rows [B, k])`` best first (ties by ascending row)."""
-        return _topk(self.score_all(queries, weights), min(int(k), len(self)))
+        """Exact MaxSim over the whole corpus: ``(scores [B, k], rows [B, k])`` best first (ties by ascending row;
+        tombstoned rows score ``-inf`` and come last)."""
+        return _topk(self.score_all(queries, weights), min(int(k), self.n_rows))
 
     def score_all(self, queries: Sequence[np.ndarray], weights=None) -> np.ndarray:
         """MaxSim of every query against every document, ``[B, N]``: the corpus swept in chunks of whole
@@ -202,7 +233,7 @@ class MultiVectorIndex:
         from rankstack.kernels.reference import segment_max
 
         _check_dim(queries, self.dim)
-        n = len(self)
+        n = self.n_rows
         scores = np.empty((len(queries), n), np.float32)
         bounds = [0]
         while bounds[-1] < n:
@@ -222,6 +253,8 @@ class MultiVectorIndex:
                 per = torch.zeros((len(batch), d1 - d0), dtype=torch.float32)
                 per.index_add_(0, owner, wcat[:, None] * best)
                 scores[b0:b0 + len(batch), d0:d1] = per.numpy()
+        if self._dead:
+            scores[:, sorted(self._dead)] = -np.inf
         return scores
 
     @classmethod
@@ -229,31 +262,96 @@ class MultiVectorIndex:
         return cls([], np.zeros((0, dim), np.float16), np.zeros(1, np.int64), np.zeros(0, np.int32), meta=meta)
 
     def replaced(self, remove: Sequence[str], docids: Sequence[str], encoded) -> MultiVectorIndex:
-        """A new index without the documents ``remove`` and with ``docids`` (encoded as ``encoded``) appended."""
-        drop = set(remove) | set(docids)
-        keep = np.array([i for i, d in enumerate(self._docids) if d not in drop], np.int64)
-        lens = np.diff(self.offsets)
-        idx = _spans(self.offsets, keep)
-        if not len(docids):
-            from rankstack.retrieval.token_encoders import EncodedDocuments
+        """A new compact index without the documents ``remove`` and with ``docids`` (encoded as ``encoded``)
+        appended; this one is left as it is."""
+        new = MultiVectorIndex(self._docids, self.tokens, self.offsets, self.token_ids, meta=self.meta) \
+            if not self._dead else self.compacted()
+        new.update(remove, docids, encoded)
+        return new.compacted()
 
-            encoded = EncodedDocuments(np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64),
-                                       np.zeros(0, np.int32))
-        if (encoded.lengths == 0).any():
-            raise BadInput("a document has no tokens after encoding; give it some text")
-        new_lens = np.concatenate([lens[keep], np.asarray(encoded.lengths, np.int64)])
-        tokens = np.concatenate([np.asarray(self.tokens[idx], np.float16),
-                                 np.asarray(encoded.vectors, np.float16).reshape(-1, self.dim)])
-        ids = np.concatenate([np.asarray(self.token_ids[idx], np.int32), np.asarray(encoded.token_ids, np.int32)])
-        offsets = np.concatenate([[0], np.cumsum(new_lens)]).astype(np.int64)
-        return MultiVectorIndex([self._docids[i] for i in keep] + list(docids), tokens, offsets, ids,
-                                meta=dict(self.meta))
+    def update(self, remove: Sequence[str], docids: Sequence[str], encoded=None) -> None:
+        """In place: tombstone ``remove`` and any earlier version of ``docids``, then append ``docids`` (encoded as
+        ``encoded``, :class:`~rankstack.retrieval.token_encoders.EncodedDocuments`). Unknown ``remove`` docids are
+        ignored. Callers that search concurrently hold a lock (the service's collection write lock)."""
+        docids = [str(d) for d in docids]
+        if len(set(docids)) != len(docids):
+            raise BadInput("duplicate docids in one update of a multi-vector index")
+        if docids:
+            if encoded is None or len(encoded.lengths) != len(docids):
+                raise BadInput(f"{len(docids)} docids but {0 if encoded is None else len(encoded.lengths)} encoded "
+                               f"documents")
+            lens = np.asarray(encoded.lengths, np.int64)
+            if (lens == 0).any():
+                raise BadInput("a document has no tokens after encoding; give it some text")
+            vecs = np.asarray(encoded.vectors, np.float16).reshape(-1, self.dim)
+            ids = np.asarray(encoded.token_ids, np.int32)
+            if vecs.shape[0] != int(lens.sum()) or ids.shape[0] != vecs.shape[0]:
+                raise BadInput(f"encoded documents hold {vecs.shape[0]} vectors and {ids.shape[0]} token ids for "
+                               f"{int(lens.sum())} tokens")
+        for d in dict.fromkeys([*map(str, remove), *docids]):
+            row = self.row_of.pop(d, None)
+            if row is not None:
+                self._docids[row] = None
+                self._dead.add(row)
+                self._dead_tokens += int(self.offsets[row + 1] - self.offsets[row])
+        if docids:
+            t0, n0 = self.n_tokens, self.n_rows
+            tok, tid, off = self._reserve(t0 + vecs.shape[0], n0 + len(docids))
+            tok[t0:t0 + vecs.shape[0]] = vecs
+            tid[t0:t0 + vecs.shape[0]] = ids
+            off[n0 + 1:n0 + 1 + len(docids)] = t0 + np.cumsum(lens)
+            self.tokens, self.token_ids = tok[:t0 + vecs.shape[0]], tid[:t0 + vecs.shape[0]]
+            self.offsets = off[:n0 + len(docids) + 1]
+            for i, d in enumerate(docids):
+                self.row_of[d] = n0 + i
+            self._docids.extend(docids)
+        self._idf = None
+        if self._dead_tokens > self.COMPACT_FRACTION * max(self.n_tokens, 1):
+            self._compact()
+
+    def _reserve(self, tokens: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Buffers holding the current arrays with room for ``tokens`` and ``rows`` (grown by doubling, so appends
+        cost O(1) amortised; a loaded index's memory-mapped arrays are copied into memory at its first write)."""
+        b = self._buffers
+        if b is not None and b[0].shape[0] >= tokens and b[2].shape[0] >= rows + 1:
+            return b
+        cap_t = max(tokens, 2 * (b[0].shape[0] if b else self.n_tokens), 1024)
+        cap_r = max(rows + 1, 2 * (b[2].shape[0] if b else self.n_rows + 1), 64)
+        tok = np.empty((cap_t, self.dim), np.float16)
+        tid = np.empty(cap_t, np.int32)
+        off = np.empty(cap_r, np.int64)
+        t, n = self.n_tokens, self.n_rows
+        tok[:t], tid[:t], off[:n + 1] = self.tokens, self.token_ids, self.offsets
+        self._buffers = (tok, tid, off)
+        return self._buffers
+
+    def _live_arrays(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        keep = np.array([i for i, d in enumerate(self._docids) if d is not None], np.int64)
+        idx = _spans(self.offsets, keep)
+        lens = np.diff(self.offsets)[keep]
+        return ([self._docids[i] for i in keep], np.asarray(self.tokens[idx], np.float16),
+                np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), np.asarray(self.token_ids[idx], np.int32))
+
+    def _compact(self) -> None:
+        """Drop the tombstoned rows from the arrays (O(T); live rows keep their order)."""
+        docids, tokens, offsets, ids = self._live_arrays()
+        self._docids, self.tokens, self.offsets, self.token_ids = docids, tokens, offsets, ids
+        self.row_of = {d: i for i, d in enumerate(docids)}
+        self._dead, self._dead_tokens, self._buffers, self._idf = set(), 0, None, None
+
+    def compacted(self) -> MultiVectorIndex:
+        """This index without tombstones: itself when it has none, else a compact copy (this one unchanged)."""
+        if not self._dead:
+            return self
+        docids, tokens, offsets, ids = self._live_arrays()
+        return MultiVectorIndex(docids, tokens, offsets, ids, meta=dict(self.meta))
 
     # -- persistence --
     def save(self, path: str | os.PathLike) -> Path:
-        return _write(path, self.kind, {"tokens": np.asarray(self.tokens, np.float16), "offsets": self.offsets,
-                                        "token_ids": np.asarray(self.token_ids, np.int32)}, self._docids,
-                      {"dim": self.dim, "n_docs": len(self), "n_tokens": self.n_tokens, "meta": self.meta})
+        src = self.compacted()  # a copy when there are tombstones: a checkpoint runs beside searches
+        return _write(path, self.kind, {"tokens": np.asarray(src.tokens, np.float16), "offsets": src.offsets,
+                                        "token_ids": np.asarray(src.token_ids, np.int32)}, src._docids,
+                      {"dim": src.dim, "n_docs": len(src), "n_tokens": src.n_tokens, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> MultiVectorIndex:
@@ -371,6 +469,7 @@ class PlaidIndex:
 
         if nbits not in (1, 2, 4):
             raise BadInput(f"PLAID residuals take nbits 1, 2 or 4, got {nbits}")
+        index = index.compacted()
         t, d = index.tokens.shape
         if d % (8 // nbits):
             raise BadInput(f"token dimension {d} is not a multiple of {8 // nbits} ({nbits}-bit codes pack per byte)")

@@ -60,6 +60,7 @@ def build_fde_index(index: MultiVectorIndex, cfg: FDEConfig, spec: IndexSpec, *,
     """MUVERA document encodings of ``index`` in a single-vector index of the kind ``spec`` names."""
     from rankstack.index.registry import build_vector_index
 
+    index = index.compacted()
     fdes = document_fdes(index.tokens, index.offsets, cfg)
     return build_vector_index(spec, index.docids, fdes, meta={"fde": cfg.label(), **(meta or {})})
 
@@ -101,7 +102,7 @@ class MaxSimRetriever(_TokenRetriever):
         if not q:
             return []
         scores, rows = self.index.search(q, k)
-        return _rankings(queries, scores, rows, self.index.docids)
+        return _rankings(queries, scores, rows, self.index.row_docids)
 
 
 class MuveraRetriever(_TokenRetriever):
@@ -140,7 +141,7 @@ class MuveraRetriever(_TokenRetriever):
         scores = self.index.score(q, rows)
         order = np.lexsort((rows, -scores), axis=1)[:, :k]
         return _rankings(queries, np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1),
-                         self.index.docids)
+                         self.index.row_docids)
 
 
 class PlaidRetriever(_TokenRetriever):
@@ -222,6 +223,11 @@ class MultiVectorSettings:
             p = self.params
             return PlaidIndex.build(tokens, nbits=p["nbits"], ncentroids=p["ncentroids"], seed=p["seed"], meta=meta)
         raise BadInput("maxsim searches the token vectors themselves; it derives no index")
+
+    def document_fdes(self, encoded) -> np.ndarray:
+        """MUVERA FDEs of newly encoded documents, from their tokens rounded to the token index's float16 (what
+        :meth:`derive` reads), so an FDE index updated with them equals one derived afresh."""
+        return document_fdes(np.asarray(encoded.vectors, np.float16), encoded.offsets, self.fde)
 
     def retriever(self, encoder: TokenEncoder, tokens: MultiVectorIndex | None, derived=None, *,
                   documents: Mapping[str, Document] | None = None) -> Retriever:

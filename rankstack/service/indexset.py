@@ -100,7 +100,7 @@ class _Sparse(_Slot):
 
 @dataclass
 class _Multi(_Slot):
-    derived: dict = field(default_factory=dict)  # (kind, params) -> FDE or PLAID index of the current token index
+    derived: dict = field(default_factory=dict)  # derived key -> (settings, FDE or PLAID index of the token index)
 
 
 class IndexSet:
@@ -391,15 +391,27 @@ class IndexSet:
         slot.applied_seq = index.meta.get("applied_seq", 0)
 
     def _sync_multi(self, slot: _Multi, changed: Sequence[str] | None) -> None:
-        """As :meth:`_sync_dense`; the token matrix is rebuilt in memory with the changed documents."""
+        """As :meth:`_sync_dense`: the token index takes the write in place (tombstones and appends, O(the changed
+        documents)); MUVERA's FDE indexes drop and add the same documents (an FDE depends on its document alone);
+        PLAID's codes, whose centroids come from the whole corpus, are derived again at the next PLAID search."""
         log, index = self.log, slot.index
         stale, todo = self._delta(slot.applied_seq, index.__contains__, lambda: index.docids, changed)
         if not stale and not todo and slot.applied_seq == log.seq:
             return
         encoded = slot.encoder.encode_documents([self.log[d] for d in todo]) if todo else None
-        new = index.replaced(stale, todo, encoded)
+        fdes = {key: settings.document_fdes(encoded) for key, (settings, _) in slot.derived.items()
+                if settings.kind == "muvera" and todo}  # the slow parts, before taking the lock
         with self.lock.write():
-            slot.index, slot.derived = new, {}
+            index.update(stale, todo, encoded)
+            for key, (settings, derived) in list(slot.derived.items()):
+                if settings.kind != "muvera":
+                    del slot.derived[key]
+                    continue
+                gone = [d for d in dict.fromkeys([*stale, *todo]) if d in derived]
+                if gone:
+                    derived.remove(gone)
+                if todo:  # (a search may have derived this one since the FDEs above were made)
+                    derived.add(todo, fdes[key] if key in fdes else settings.document_fdes(encoded))
             slot.applied_seq = log.seq
         self._checkpoint(slot, len(stale) + len(todo))
 
@@ -522,8 +534,9 @@ class _LiveSparse(Retriever):
 
 
 class _LiveMulti(Retriever):
-    """Late interaction over a collection's current token index; MUVERA's FDEs and PLAID's compressed form are
-    derived from it on the first search after a write (seconds for FDEs; k-means for PLAID)."""
+    """Late interaction over a collection's current token index; MUVERA's FDE index is derived from it at the first
+    MUVERA search and then follows each write; PLAID's compressed form is derived at the first PLAID search after a
+    write (k-means over the corpus)."""
 
     def __init__(self, indexes: IndexSet, slot: _Multi, item: Item):
         from rankstack.retrieval.multivector import MultiVectorSettings
@@ -538,8 +551,8 @@ class _LiveMulti(Retriever):
         key = self.settings.derived_key
         with self.indexes.sparse_lock:
             if key not in self.slot.derived:
-                self.slot.derived[key] = self.settings.derive(index)
-            return self.slot.derived[key]
+                self.slot.derived[key] = (self.settings, self.settings.derive(index))
+            return self.slot.derived[key][1]
 
     def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
         validate_queries(queries, k)

@@ -67,6 +67,58 @@ def test_replaced_drops_and_appends_documents():
     np.testing.assert_array_equal(new.doc_tokens(0), index.doc_tokens(0))
 
 
+def _sub(enc, rows):
+    """The documents ``rows`` of ``enc`` as their own EncodedDocuments."""
+    off = enc.offsets
+    idx = np.concatenate([np.arange(off[r], off[r + 1]) for r in rows])
+    return EncodedDocuments(enc.vectors[idx], enc.lengths[rows], enc.token_ids[idx])
+
+
+def test_in_place_updates_tombstone_and_append_and_equal_a_fresh_build(tmp_path):
+    """Writes in place: after every round of removals, replacements and appends (below and past the compaction
+    threshold) search, candidate scoring, idf and a save equal an index built afresh from the live documents."""
+    docids, enc, queries = _corpus(n=120)
+    index = MultiVectorIndex.build(docids[:80], _sub(enc, np.arange(80)))
+    live = {d: i for i, d in enumerate(docids[:80])}  # docid -> row of enc holding its tokens
+    rng = np.random.default_rng(3)
+    nxt = 80
+    for step in range(8):
+        gone = rng.choice(sorted(live), 4, replace=False).tolist()
+        again = [d for d in sorted(live) if d not in gone][:2]  # replaced with other tokens
+        new = [docids[nxt], docids[nxt + 1]] if nxt < 118 else []
+        nxt += 2
+        rows = [int(rng.integers(0, 120)) for _ in again] + [docids.index(d) for d in new]
+        for d in gone:
+            del live[d]
+        live.update(zip(again + new, rows))
+        index.update(gone, again + new, _sub(enc, np.array(rows)) if rows else None)
+        order = sorted(live, key=lambda d: index.row_of[d])
+        fresh = MultiVectorIndex.build(order, _sub(enc, np.array([live[d] for d in order])))
+        assert len(index) == len(fresh) and index.docids == order
+        for k in (5, 200):  # 200: past the live size, never a removed row
+            s1, r1 = index.search(queries, k)
+            s2, r2 = fresh.search(queries, k)
+            got = [[(index.row_docids[r], round(float(x), 4)) for x, r in zip(ss, rr) if np.isfinite(x)]
+                   for ss, rr in zip(s1, r1)]
+            want = [[(fresh.docids[r], round(float(x), 4)) for x, r in zip(ss, rr) if np.isfinite(x)]
+                    for ss, rr in zip(s2, r2)]
+            assert got == want
+        cand = index.rows(order[:7])
+        np.testing.assert_allclose(index.score(queries, np.tile(cand, (len(queries), 1))),
+                                   fresh.score(queries, np.tile(np.arange(7), (len(queries), 1))), rtol=1e-6)
+        np.testing.assert_array_equal(index.idf()[: len(fresh.idf())], fresh.idf())
+        if step == 0:
+            assert index.tombstones > 0  # below the threshold: rows kept as tombstones
+            back = MultiVectorIndex.load(index.save(tmp_path / "ix"))
+            assert back.tombstones == 0 and back.docids == order
+            np.testing.assert_array_equal(np.asarray(back.tokens), np.asarray(fresh.tokens))
+    assert index.tombstones < 8 * 6  # compacted along the way (a tombstone per removal or replacement)
+    with pytest.raises(BadInput, match="no tokens"):
+        index.update([], ["empty"], EncodedDocuments(enc.vectors[:0], np.array([0]), enc.token_ids[:0]))
+    with pytest.raises(UnknownDocid):
+        index.rows([gone[0]])
+
+
 def test_idf_counts_documents_not_occurrences():
     vec = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]
     enc = EncodedDocuments(vec, np.array([2, 2, 1]), np.array([7, 7, 7, 9, 8], np.int32))

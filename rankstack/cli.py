@@ -177,13 +177,24 @@ def _cmd_search(args: argparse.Namespace) -> int:
         spec = args.pipeline or resources.default_spec()
     resources.relevance_adapter = args.relevance_adapter
     pipe = compile_pipeline(spec, resources)
-    out = pipe.run(queries, args.k, with_documents=args.format == "text", show_progress=not args.quiet)
+    contexts = args.context_tokens is not None
+    if contexts and args.format == "trec":
+        raise BadInput("--context-tokens prints packed contexts with --format text or json, not trec")
+    if contexts:
+        from rankstack.rag.packing import DEFAULT_CONTEXT_TOKENIZER, pack_context, token_counter
+
+        count = token_counter(args.context_tokenizer or DEFAULT_CONTEXT_TOKENIZER)
+    out = pipe.run(queries, args.k, with_documents=args.format == "text" or contexts, show_progress=not args.quiet)
+    packed = {r.query.qid: pack_context(r, args.context_tokens, count, dedup=args.context_dedup)
+              for r in out.rankings} if contexts else {}
     if args.output:
         write_run(out.run(args.tag), args.output)
     if args.format == "json":
         print(json.dumps([{"qid": r.query.qid, "query": r.query.text, "timings": out.timings,
                            "results": [{"rank": i, "docid": c.docid, "score": c.score}
-                                       for i, c in enumerate(r.candidates, 1)]} for r in out.rankings]))
+                                       for i, c in enumerate(r.candidates, 1)],
+                           **({"context": packed[r.query.qid].to_dict()} if contexts else {})}
+                          for r in out.rankings]))
     elif args.format == "trec":
         for r in out.rankings:
             for i, c in enumerate(r.candidates, 1):
@@ -194,6 +205,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
             for rank, c in enumerate(ranking.candidates, 1):
                 title = c.document.title[:70] if c.document is not None else ""
                 print(f"{rank:>3}  {c.score:9.4f}  {c.docid}  {title}")
+            if contexts:
+                ctx = packed[ranking.query.qid]
+                cited = ", ".join(f"[{c.number}] {c.docid}" for c in ctx.citations)
+                print(f"## context: {ctx.tokens} of {ctx.budget} tokens; {cited}; left out: "
+                      f"{', '.join(f'{d} ({why})' for d, why in ctx.dropped.items()) or 'none'}")
+                print(ctx.text)
         print("# " + pipe.describe() + "  |  " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in out.timings.items()))
     return 0
 
@@ -517,6 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--model", default=DEFAULT_DENSE_MODEL, help="encoder of dense items that name none (--dataset)")
     se.add_argument("--index-root", default=DEFAULT_INDEX_ROOT, help="where --dataset indexes are cached")
     se.add_argument("--relevance-adapter", default=None, help="adapter file that filter(0.5) stages use")
+    se.add_argument("--context-tokens", type=int, default=None,
+                    help="also pack each query's passages, in rank order, into at most this many tokens for a "
+                         "generator (near-duplicates dropped, citations [n]); printed after the results")
+    se.add_argument("--context-tokenizer", default=None,
+                    help="tokenizer that counts --context-tokens (a Hugging Face name or folder; default "
+                         "all-MiniLM-L6-v2's, offline): give your generator's")
+    se.add_argument("--context-dedup", type=float, default=0.8,
+                    help="word 3-gram Jaccard at which a passage counts as a near-duplicate of one already packed")
     _ray_args(se, workers=False)
     se.set_defaults(func=_cmd_search)
 

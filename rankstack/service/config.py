@@ -225,6 +225,7 @@ class Limits(_Strict):
     max_documents_per_request: int = Field(1000, ge=1)
     max_document_chars: int = Field(100_000, ge=1)
     max_rerank_documents: int = Field(1000, ge=1)
+    max_context_tokens: int = Field(32_768, ge=1, description="largest context_tokens budget a search may ask for")
     max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     stage_timeout_s: float = Field(30.0, gt=0, description="search/rerank timeout (504)")
     ingest_timeout_s: float = Field(900.0, gt=0, description="ingest timeout; encoding is slow on CPU")
@@ -244,6 +245,9 @@ class Settings(_Strict):
         default_factory=dict, description="named rerankers: a spec string ('icr:model=smollm2,depth=20') or a table "
                                           "{kind, model, options...}; 'embedding' is built in")
     default_reranker: str = Field("embedding", description="the reranker /v1/rerank uses when a request names none")
+    context_tokenizer: str = Field("sentence-transformers/all-MiniLM-L6-v2",
+                                   description="tokenizer that counts a search's packed context (context_tokens): a "
+                                               "Hugging Face name or folder; give your generator's")
 
     def reranker_specs(self) -> dict:
         """Every named reranker as a :class:`~rankstack.rerank.factory.RerankerSpec`, the built-in one included."""

@@ -61,8 +61,12 @@ def build_router(state, schemas):
         col = state.get(name)
         out = await state.work(col.run, [Query(qid="q", text=req.query)], req.k, pipeline=_override(req.pipeline),
                                filters=req.filters, min_relevance=req.min_relevance)
+        context = None
+        if req.context_tokens is not None:
+            packed = await state.work(state.pack_context, out.rankings[0], req.context_tokens, req.context_dedup)
+            context = packed.to_dict()
         return S.SearchResponse(collection=name, query=req.query, results=hits(out.rankings[0], req.return_documents),
-                                timings=state.observe(out.timings), **_partial(out))
+                                context=context, timings=state.observe(out.timings), **_partial(out))
 
     @router.post("/v1/collections/{name}/search/batch", response_model=S.BatchSearchResponse,
                  response_model_exclude_none=True)

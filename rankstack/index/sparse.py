@@ -74,6 +74,43 @@ def idf_impacts(token_ids: Sequence[np.ndarray], df: np.ndarray, n: int, scale: 
     return quantize(m, scale)
 
 
+class _Rows:
+    """A CSR matrix that grows by appended rows in O(their entries) amortised (data, column and row-pointer buffers
+    grown by doubling; scipy's ``vstack`` copies every earlier row). :meth:`matrix` is a scipy CSR view, no copy."""
+
+    def __init__(self, m):
+        n, nnz = m.shape[0], m.nnz
+        self.cols, self.dtype = m.shape[1], m.dtype
+        self.data = np.empty(max(nnz, 1024), m.dtype)
+        self.indices = np.empty(max(nnz, 1024), np.int32)
+        self.indptr = np.empty(max(n + 1, 64), np.int64)
+        self.data[:nnz], self.indices[:nnz], self.indptr[:n + 1] = m.data, m.indices, m.indptr
+        self.n, self.nnz = n, nnz
+        self._view = None
+
+    def append(self, m) -> None:
+        n, nnz = m.shape[0], m.nnz
+        if self.nnz + nnz > self.data.size:
+            size = max(2 * self.data.size, self.nnz + nnz)
+            self.data = np.concatenate([self.data[:self.nnz], np.empty(size - self.nnz, self.dtype)])
+            self.indices = np.concatenate([self.indices[:self.nnz], np.empty(size - self.nnz, np.int32)])
+        if self.n + n + 1 > self.indptr.size:
+            size = max(2 * self.indptr.size, self.n + n + 1)
+            self.indptr = np.concatenate([self.indptr[:self.n + 1], np.empty(size - self.n - 1, np.int64)])
+        self.data[self.nnz:self.nnz + nnz] = m.data
+        self.indices[self.nnz:self.nnz + nnz] = m.indices
+        self.indptr[self.n + 1:self.n + n + 1] = self.nnz + m.indptr[1:]
+        self.n, self.nnz, self._view = self.n + n, self.nnz + nnz, None
+
+    def matrix(self):
+        import scipy.sparse as sp
+
+        if self._view is None:
+            self._view = sp.csr_matrix((self.data[:self.nnz], self.indices[:self.nnz], self.indptr[:self.n + 1]),
+                                       shape=(self.n, self.cols), copy=False)
+        return self._view
+
+
 class SparseIndex:
     """Integer impacts ``[n, vocab]`` with string docids, tombstoned removals, and document-frequency counts.
 
@@ -98,10 +135,38 @@ class SparseIndex:
         self.meta = dict(meta or {})
         self._impacts = sp.csr_matrix((0, self.dim), dtype=np.int32)
         self._tokens = sp.csr_matrix((0, self.dim), dtype=np.uint8)
+        self._dead = np.zeros(64, bool)  # per row (buffer grown by doubling): True for a tombstone
         self._rows: list[str | None] = []  # None: a removed row (tombstone) until compaction
         self._row: dict[str, int] = {}
         self._df = np.zeros(self.dim, dtype=np.int64)
         self.version = 0  # bumps on every write; engines built from the impacts compare it
+
+    # Writes append rows and tombstone old ones in O(the documents written): the impacts and the text tokens are
+    # growable CSR buffers, and search keeps the transposed impacts of the rows it last indexed in full plus the
+    # rows added since (transposed at each search while they stay under an eighth of the index), so neither an
+    # upsert nor the search after it copies the collection.
+    @property
+    def _impacts(self):
+        return self._impacts_rows.matrix()
+
+    @_impacts.setter
+    def _impacts(self, m) -> None:
+        self._impacts_rows = _Rows(m.tocsr().astype(np.int32))
+
+    @property
+    def _tokens(self):
+        return self._tokens_rows.matrix()
+
+    @_tokens.setter
+    def _tokens(self, m) -> None:
+        self._tokens_rows = _Rows(m.tocsr().astype(np.uint8))
+        self._epoch = getattr(self, "_epoch", 0) + 1  # row numbers were reassigned (build, load, compaction)
+
+    def _mark_rows(self) -> None:
+        """Grow the tombstone mask to cover every row (after appends)."""
+        n = len(self._rows)
+        if self._dead.size < n:
+            self._dead = np.concatenate([self._dead, np.zeros(max(n, 2 * self._dead.size) - self._dead.size, bool)])
 
     # ---- shape ---------------------------------------------------------------------------------------------
 
@@ -118,6 +183,11 @@ class SparseIndex:
     @property
     def docids(self) -> list[str]:
         return [d for d in self._rows if d is not None]
+
+    @property
+    def tombstones(self) -> int:
+        """Removed rows still held (dropped by the next compaction or save)."""
+        return len(self._rows) - len(self._row)
 
     def check_encoder(self, encoder) -> None:
         if encoder.fingerprint != self.fingerprint:
@@ -154,11 +224,12 @@ class SparseIndex:
         t = t.astype(np.uint8)
         t.data[:] = 1
         t.eliminate_zeros()
-        self._impacts = sp.vstack([self._impacts, q], format="csr")
-        self._tokens = sp.vstack([self._tokens, t], format="csr")
+        self._impacts_rows.append(q.astype(np.int32))
+        self._tokens_rows.append(t)
         for d in docids:
             self._row[d] = len(self._rows)
             self._rows.append(d)
+        self._mark_rows()
         np.add.at(self._df, t.indices, 1)
         self.version += 1
 
@@ -170,6 +241,7 @@ class SparseIndex:
         for d in docids:
             r = self._row.pop(d)
             self._rows[r] = None
+            self._dead[r] = True
             t = self._tokens
             np.subtract.at(self._df, t.indices[t.indptr[r]:t.indptr[r + 1]], 1)
         self.version += 1
@@ -186,6 +258,7 @@ class SparseIndex:
         self._tokens = self._tokens[keep]
         self._rows = [self._rows[i] for i in keep]
         self._row = {d: i for i, d in enumerate(self._rows)}
+        self._dead = np.zeros(max(64, len(self._rows)), bool)
 
     # ---- reads ---------------------------------------------------------------------------------------------
 
@@ -249,12 +322,15 @@ class SparseIndex:
         q = sp.csr_matrix(queries)
         if q.shape[1] != self.dim:
             raise BadInput(f"query vectors have {q.shape[1]} columns but this index's vocabulary has {self.dim}")
-        dt, dead = self._search_matrix()
+        base, fresh, dead = self._search_matrix()
         kk = min(k, len(self._rows))
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
         ids = np.full((q.shape[0], k), -1, dtype=np.int64)
         for s in range(0, q.shape[0], batch):
-            block = (q[s:s + batch].astype(np.int64) @ dt).toarray()  # exact integer sums
+            qb = q[s:s + batch].astype(np.int64)
+            block = (qb @ base).toarray()  # exact integer sums
+            if fresh is not None:
+                block = np.concatenate([block, (qb @ fresh).toarray()], axis=1)
             block[:, dead] = 0
             top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < block.shape[1] else \
                 np.tile(np.arange(block.shape[1]), (block.shape[0], 1))
@@ -267,14 +343,17 @@ class SparseIndex:
         return TopK(scores=scores, ids=ids)
 
     def _search_matrix(self):
-        """The impacts transposed to ``[vocab, rows]`` (int64: exact sums) and the tombstone mask, rebuilt only
-        after a write."""
+        """``(base, fresh, dead)``: the impacts transposed to ``[vocab, rows]`` (int64: exact sums) for the rows
+        indexed in full at the last rebuild, the same for the rows appended since (None when there are none), and the
+        tombstone mask over all rows. The base is rebuilt after a compaction or once the appended rows pass an eighth
+        of it, so a search after a write transposes only what was written."""
+        n = len(self._rows)
         cached = getattr(self, "_search_cache", None)
-        if cached is None or cached[0] != self.version:
-            dt = self._impacts.T.tocsr().astype(np.int64)
-            dead = np.array([d is None for d in self._rows], dtype=bool)
-            cached = self._search_cache = (self.version, dt, dead)
-        return cached[1], cached[2]
+        if cached is None or cached[0] != self._epoch or n - cached[1] > max(1024, cached[1] // 8):
+            cached = self._search_cache = (self._epoch, n, self._impacts.T.tocsr().astype(np.int64))
+        _, n0, base = cached
+        fresh = self._impacts[n0:n].T.tocsr().astype(np.int64) if n > n0 else None
+        return base, fresh, self._dead[:n]
 
     def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
         return [sort_pairs([(self._rows[i], float(s)) for s, i in zip(srow, irow) if i >= 0])
@@ -337,5 +416,6 @@ class SparseIndex:
                                       arrays["tok_indptr"]), shape=(n, v))
         self._rows = list(docids)
         self._row = {d: i for i, d in enumerate(docids)}
+        self._dead = np.zeros(max(64, n), bool)
         np.add.at(self._df, self._tokens.indices, 1)
         return self

@@ -1,0 +1,106 @@
+"""What a single-document upsert, and the search right after it, cost the sparse impact index (a service's `splade`
+index, engine `scipy`) at two collection sizes.
+
+    python benchmarks/sparse_upserts.py [--sizes 5000 50000] [--upserts 200] [--out DIR]
+    PYTHONPATH=<checkout of an older commit> python benchmarks/sparse_upserts.py --label old ...
+
+The index work only, through the calls `IndexSet._sync_sparse` and a search make (`SparseIndex.add(upsert=True)`,
+then `SparseIndex.search` of one query, k=10); the SPLADE encoder is left out (it costs the same either way).
+Vectors are synthetic, SPLADE-like: 120 terms per document and 20 per query out of BERT's 30,522, Zipf-distributed
+term ids, weights quantized at scale 100 as the index does. Run it once per checkout (`--label`) to compare
+implementations on the same machine; each run checks its searches against brute force on a sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _table import markdown, save_results  # noqa: E402
+
+logger = logging.getLogger("benchmarks.sparse_upserts")
+VOCAB = 30522
+
+
+def vectors(rng, n: int, terms: int):
+    import scipy.sparse as sp
+
+    cols = np.minimum(rng.zipf(1.2, (n, terms * 2)) - 1, VOCAB - 1)
+    data, indices, indptr = [], [], [0]
+    for r in range(n):
+        c = np.unique(cols[r])[:terms]
+        indices.append(c)
+        data.append(rng.gamma(2.0, 0.4, c.size).astype(np.float32) + 0.01)
+        indptr.append(indptr[-1] + c.size)
+    w = sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)), shape=(n, VOCAB))
+    t = w.copy()
+    t.data[:] = 1
+    return w, t
+
+
+def run(n: int, upserts: int, label: str) -> dict:
+    from rankstack.index.sparse import SparseIndex
+
+    rng = np.random.default_rng(n)
+    index = SparseIndex([f"t{i}" for i in range(VOCAB)], fingerprint="synthetic")
+    for s in range(0, n, 5000):
+        w, t = vectors(rng, min(5000, n - s), 120)
+        index.add([f"d{i}" for i in range(s, min(n, s + 5000))], w, t)
+    queries = index.quantize_queries(vectors(rng, 50, 20)[0])
+    index.search(queries[:1], 10)
+    up, se = [], []
+    for j in range(upserts):
+        w, t = vectors(rng, 1, 120)
+        t0 = time.perf_counter()
+        index.add([f"d{int(rng.integers(0, n))}"], w, t, upsert=True)
+        t1 = time.perf_counter()
+        index.search(queries[j % 50:j % 50 + 1], 10)
+        t2 = time.perf_counter()
+        up.append((t1 - t0) * 1000)
+        se.append((t2 - t1) * 1000)
+    # brute force on the live rows for a few queries (the order of documents tied at the cut aside)
+    m = index.impacts()
+    dense = (queries[:5].astype(np.int64) @ m.T.astype(np.int64)).toarray()
+    got = index.search(queries[:5], 10).scores
+    assert np.array_equal(np.sort(dense, axis=1)[:, ::-1][:, :10].astype(np.float32), got), "search != brute force"
+    row = {"code": label, "docs": n, "upserts": upserts, "upsert_ms_p50": float(np.percentile(up, 50)),
+           "upsert_ms_p95": float(np.percentile(up, 95)), "search_after_write_ms_p50": float(np.percentile(se, 50)),
+           "search_after_write_ms_p95": float(np.percentile(se, 95))}
+    idle = []
+    for j in range(50):
+        t0 = time.perf_counter()
+        index.search(queries[j:j + 1], 10)
+        idle.append((time.perf_counter() - t0) * 1000)
+    row["idle_search_ms_p50"] = float(np.percentile(idle, 50))
+    logger.info("%s", row)
+    return row
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000])
+    p.add_argument("--upserts", type=int, default=200)
+    p.add_argument("--label", default="this checkout")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    import rankstack
+
+    logger.info("rankstack from %s", Path(rankstack.__file__).parent)
+    rows = [run(n, args.upserts, args.label) for n in args.sizes]
+    table = markdown(rows, ["code", "docs", "upserts", "upsert_ms_p50", "upsert_ms_p95", "search_after_write_ms_p50",
+                            "search_after_write_ms_p95", "idle_search_ms_p50"])
+    print(table)
+    save_results(args.out, {"machine": platform.machine(), "rows": rows, "table": table})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

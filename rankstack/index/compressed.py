@@ -246,7 +246,7 @@ class CompressedIndex(VectorIndex):
         self._ids = _DocidTable()
         self._next_slot = 0
         self._faiss = None  # FAISS kinds: an index whose ids are slots
-        self._tombstones: set[int] = set()  # HNSW cannot remove: removed slots are filtered at search
+        self._tombstones: set[int] = set()  # removed slots still in the FAISS index, filtered at search
         self._codec: ResidualBinaryCodec | None = None
         self._planes = np.empty((0, spec.bits, dim // 8), np.uint8)
         self._scales = np.empty((0, spec.bits), np.float16)
@@ -334,19 +334,29 @@ class CompressedIndex(VectorIndex):
         self._device.clear()
 
     def _remove(self, docids: list[str]) -> None:
-        faiss = require("faiss")
         slots = np.array(sorted({self._ids.slot_of(d) for d in docids}), dtype=np.int64)
         if self._codec is not None:
             keep = ~np.isin(self._pos_slot, slots)
             self._planes, self._scales, self._pos_slot = self._planes[keep], self._scales[keep], self._pos_slot[keep]
-        elif self.spec.kind == "hnsw":
-            self._tombstones.update(slots.tolist())
         else:
-            removed = self._faiss.remove_ids(faiss.IDSelectorBatch(slots.size, faiss.swig_ptr(slots)))
-            if removed != slots.size:
-                raise IndexCorrupt(f"FAISS removed {removed} of {slots.size} vectors; the index is inconsistent")
+            # FAISS's remove_ids rewrites the code array or scans every inverted list (O(n) per write): a removal is
+            # a tombstone that search filters; HNSW cannot remove at all, other kinds drop their tombstones in one
+            # remove_ids once they pass 1/32 of the index (at least 256), O(1) amortised per removal
+            self._tombstones.update(slots.tolist())
+            if self.spec.kind != "hnsw" and len(self._tombstones) > max(256, self._faiss.ntotal / 32):
+                self._purge_tombstones()
         for s in slots.tolist():
             self._ids.remove_slot(s)
+        self._device.clear()
+
+    def _purge_tombstones(self) -> None:
+        """Remove the tombstoned slots from the FAISS index (not HNSW's, which cannot)."""
+        faiss = require("faiss")
+        dead = np.array(sorted(self._tombstones), dtype=np.int64)
+        removed = self._faiss.remove_ids(faiss.IDSelectorBatch(dead.size, faiss.swig_ptr(dead)))
+        if removed != dead.size:
+            raise IndexCorrupt(f"FAISS removed {removed} of {dead.size} vectors; the index is inconsistent")
+        self._tombstones = set()
         self._device.clear()
 
     # ---- search ------------------------------------------------------------------------------------------
@@ -611,7 +621,7 @@ class CompressedIndex(VectorIndex):
                                    f"rebuild the index") from None
             if self._faiss.d != pdim:
                 raise IndexCorrupt(f"{path}: faiss.index holds {self._faiss.d}-d vectors but params.json says {pdim}")
-            if self._faiss.ntotal != len(slots) + len(tomb):  # HNSW keeps removed vectors as tombstones
+            if self._faiss.ntotal != len(slots) + len(tomb):  # removed vectors kept as tombstones
                 raise IndexCorrupt(f"{path}: faiss.index has {self._faiss.ntotal} vectors for {len(slots)} docids; "
                                    f"rebuild the index")
             code = int(getattr(faiss_base(self._faiss), "code_size", 0))

@@ -281,3 +281,21 @@ def test_tensor_queries_on_kinds_without_a_kernel_take_the_cpu_path(small):
     index = build_vector_index(IndexSpec.parse("sq8"), ids, x)
     a, b = index.search(q[:3], 5), index.search(torch.from_numpy(q[:3]), 5)
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("text", ["ivf-flat:nlist=16,nprobe=4", "sq8", "pq:m=16,nbits=6",
+                                  "ivf-pq:nlist=8,m=16,nbits=6,nprobe=4"])
+def test_removals_are_tombstones_that_search_like_faiss_removal(text, data):
+    """A removal is a tombstone filtered at search: the results equal those after FAISS's own removal of the same
+    vectors; past 1/32 of the index (at least 256) the tombstones are removed from FAISS in one go."""
+    x, q, ids, _ = data
+    index = build_vector_index(IndexSpec.parse(text), ids, x)
+    index.remove(ids[:200])
+    assert len(index._tombstones) == 200 and index._faiss.ntotal == 2000 and len(index) == 1800
+    filtered = index.docid_pairs(index.search(q, 30))
+    index._purge_tombstones()
+    assert index._faiss.ntotal == 1800 and not index._tombstones
+    assert index.docid_pairs(index.search(q, 30)) == filtered
+    assert not {d for row in filtered for d, _ in row} & set(ids[:200])
+    index.remove(ids[200:500])  # 300 > 256: removed from FAISS on the spot
+    assert not index._tombstones and index._faiss.ntotal == 1500 and len(index) == 1500

@@ -306,3 +306,16 @@ def _is_tensor(x) -> bool:
 def sort_pairs(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
     pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
     return pairs
+
+
+def drop_dead(scores: np.ndarray, ids: np.ndarray, dead: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` hits per row that are neither ``dead`` (tombstoned, a mask like ``ids``) nor ``-1``, in their
+    order; rows with fewer are padded with ``-inf`` / ``-1``. Indexes that tombstone removals search ``k`` plus the
+    tombstones and keep what this returns."""
+    out_s = np.full((scores.shape[0], k), -np.inf, np.float32)
+    out_i = np.full((scores.shape[0], k), -1, np.int64)
+    for r in range(scores.shape[0]):
+        keep = ~dead[r] & (ids[r] >= 0)
+        s, i = scores[r][keep][:k], ids[r][keep][:k]
+        out_s[r, :s.size], out_i[r, :i.size] = s, i
+    return out_s, out_i

@@ -26,7 +26,7 @@ import numpy as np
 from rankstack._atomic import atomic_dir, write_json
 from rankstack._optional import require
 from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt
-from rankstack.index.base import IndexSpec, VectorIndex, as_matrix, read_params, sort_pairs
+from rankstack.index.base import IndexSpec, VectorIndex, as_matrix, drop_dead, read_params, sort_pairs
 from rankstack.index.binary import ResidualBinaryCodec
 from rankstack.records import TopK
 
@@ -409,7 +409,7 @@ class CompressedIndex(VectorIndex):
         scores, slots = self._faiss.search(q, k + extra)
         if extra:
             dead = np.isin(slots, np.fromiter(self._tombstones, np.int64, extra))
-            scores, slots = _compact(scores, slots, dead, k)
+            scores, slots = drop_dead(scores, slots, dead, k)
         return scores[:, :k], slots[:, :k]
 
     def _binary_candidates(self, q: np.ndarray, k: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -666,11 +666,3 @@ def faiss_base(index):
         index = faiss.downcast_index(inner)
 
 
-def _compact(scores: np.ndarray, slots: np.ndarray, dead: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    out_s = np.full((scores.shape[0], k), -np.inf, np.float32)
-    out_i = np.full((scores.shape[0], k), -1, np.int64)
-    for r in range(scores.shape[0]):
-        keep = ~dead[r] & (slots[r] >= 0)
-        s, i = scores[r][keep][:k], slots[r][keep][:k]
-        out_s[r, :s.size], out_i[r, :i.size] = s, i
-    return out_s, out_i

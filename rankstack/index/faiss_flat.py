@@ -12,7 +12,7 @@ import numpy as np
 from rankstack._atomic import atomic_dir, write_json
 from rankstack._optional import require
 from rankstack.errors import BadInput, IndexCorrupt, UnknownDocid
-from rankstack.index.base import IndexSpec, VectorIndex, read_params, sort_pairs
+from rankstack.index.base import IndexSpec, VectorIndex, drop_dead, read_params, sort_pairs
 from rankstack.records import TopK
 
 logger = logging.getLogger(__name__)
@@ -120,15 +120,8 @@ class DenseFlatIndex(VectorIndex):
         if self._dead_rows is None:
             self._dead_rows = np.array(sorted(self._dead), dtype=np.int64)
         scores, ids = self._index.search(queries, min(k + len(self._dead), self._index.ntotal))
-        keep = (ids >= 0) & ~np.isin(ids, self._dead_rows)
-        first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # live hits first, in FAISS's order
-        out_ids = np.full((ids.shape[0], k), -1, np.int64)
-        out_scores = np.full((ids.shape[0], k), -np.inf, np.float32)
-        take = np.take_along_axis(keep, first, axis=1)
-        width = first.shape[1]
-        out_ids[:, :width] = np.where(take, np.take_along_axis(ids, first, axis=1), -1)
-        out_scores[:, :width] = np.where(take, np.take_along_axis(scores, first, axis=1), -np.inf)
-        return TopK(scores=out_scores, ids=out_ids)
+        scores, ids = drop_dead(scores, ids, np.isin(ids, self._dead_rows), k)
+        return TopK(scores=scores, ids=ids)
 
     def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
         return [sort_pairs([(self._docids[i], float(s)) for s, i in zip(srow, irow) if i >= 0])

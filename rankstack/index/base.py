@@ -319,3 +319,36 @@ def drop_dead(scores: np.ndarray, ids: np.ndarray, dead: np.ndarray, k: int) -> 
         s, i = scores[r][keep][:k], ids[r][keep][:k]
         out_s[r, :s.size], out_i[r, :i.size] = s, i
     return out_s, out_i
+
+
+class GrowingRows:
+    """Arrays sharing their first axis that grow by appended rows in O(those rows) amortised: the buffers double
+    when full, where ``np.concatenate`` per write copies every earlier row. ``arrays`` are views of the rows held
+    (no copy); arrays given at construction (a loaded index's, perhaps memory-mapped) are copied at the first
+    append only."""
+
+    def __init__(self, *arrays: np.ndarray):
+        self._bufs = list(arrays)
+        self.n = int(arrays[0].shape[0])
+        self._owned = False
+
+    def __len__(self) -> int:
+        return self.n
+
+    def append(self, *rows: np.ndarray) -> None:
+        m = int(rows[0].shape[0])
+        if not self._owned or self.n + m > self._bufs[0].shape[0]:
+            cap = max(self.n + m, 2 * self.n, 1024)
+            grown = []
+            for b in self._bufs:
+                g = np.empty((cap,) + b.shape[1:], b.dtype)
+                g[:self.n] = b[:self.n]
+                grown.append(g)
+            self._bufs, self._owned = grown, True
+        for b, r in zip(self._bufs, rows):
+            b[self.n:self.n + m] = r
+        self.n += m
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return tuple(b[:self.n] for b in self._bufs)

@@ -26,7 +26,7 @@ import numpy as np
 from rankstack._atomic import atomic_dir, write_json
 from rankstack._optional import require
 from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt
-from rankstack.index.base import IndexSpec, VectorIndex, as_matrix, drop_dead, read_params, sort_pairs
+from rankstack.index.base import GrowingRows, IndexSpec, VectorIndex, as_matrix, drop_dead, read_params, sort_pairs
 from rankstack.index.binary import ResidualBinaryCodec
 from rankstack.records import TopK
 
@@ -246,11 +246,11 @@ class CompressedIndex(VectorIndex):
         self._ids = _DocidTable()
         self._next_slot = 0
         self._faiss = None  # FAISS kinds: an index whose ids are slots
-        self._tombstones: set[int] = set()  # removed slots still in the FAISS index, filtered at search
+        self._tombstones: set[int] = set()  # removed slots still in the codes (FAISS's or binary), filtered at search
         self._codec: ResidualBinaryCodec | None = None
-        self._planes = np.empty((0, spec.bits, dim // 8), np.uint8)
-        self._scales = np.empty((0, spec.bits), np.float16)
-        self._pos_slot = np.empty(0, np.int64)
+        # binary kinds: bit-planes, their scales and each row's slot, grown in place by writes
+        self._codes = GrowingRows(np.empty((0, spec.bits, dim // 8), np.uint8), np.empty((0, spec.bits), np.float16),
+                                  np.empty(0, np.int64))
         self._store = _VectorStore(dim, spec.rescore) if spec.rescore != "none" else None
         self._device: dict[str, dict] = {}  # device -> codes/tables/rescoring tier copied there for the kernels
         self.trained = False
@@ -300,6 +300,18 @@ class CompressedIndex(VectorIndex):
             self._faiss = base if self.spec.kind.startswith("ivf") else faiss.IndexIDMap(base)
         self.trained = True
 
+    @property
+    def _planes(self) -> np.ndarray:
+        return self._codes.arrays[0]
+
+    @property
+    def _scales(self) -> np.ndarray:
+        return self._codes.arrays[1]
+
+    @property
+    def _pos_slot(self) -> np.ndarray:
+        return self._codes.arrays[2]
+
     # ---- docids ------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -321,9 +333,7 @@ class CompressedIndex(VectorIndex):
         slots = np.arange(self._next_slot, self._next_slot + len(docids), dtype=np.int64)
         if self._codec is not None:
             planes, scales = self._codec.encode(v)
-            self._planes = np.concatenate([self._planes, planes])
-            self._scales = np.concatenate([self._scales, scales])
-            self._pos_slot = np.concatenate([self._pos_slot, slots])
+            self._codes.append(planes, scales, slots)
         else:
             self._faiss.add_with_ids(v, slots)
         if self._store is not None:
@@ -335,29 +345,40 @@ class CompressedIndex(VectorIndex):
 
     def _remove(self, docids: list[str]) -> None:
         slots = np.array(sorted({self._ids.slot_of(d) for d in docids}), dtype=np.int64)
-        if self._codec is not None:
-            keep = ~np.isin(self._pos_slot, slots)
-            self._planes, self._scales, self._pos_slot = self._planes[keep], self._scales[keep], self._pos_slot[keep]
-        else:
-            # FAISS's remove_ids rewrites the code array or scans every inverted list (O(n) per write): a removal is
-            # a tombstone that search filters; HNSW cannot remove at all, other kinds drop their tombstones in one
-            # remove_ids once they pass 1/32 of the index (at least 256), O(1) amortised per removal
-            self._tombstones.update(slots.tolist())
-            if self.spec.kind != "hnsw" and len(self._tombstones) > max(256, self._faiss.ntotal / 32):
-                self._purge_tombstones()
+        # dropping rows from the codes (FAISS's remove_ids, or filtering the binary arrays) rewrites the code array or
+        # scans every inverted list, O(n) per write: a removal is a tombstone that search filters; HNSW cannot remove
+        # at all, other kinds drop their tombstones in one go once they pass 1/32 of the index (at least 256), O(1)
+        # amortised per removal
+        self._tombstones.update(slots.tolist())
+        held = len(self._codes) if self._codec is not None else self._faiss.ntotal
+        if self.spec.kind != "hnsw" and len(self._tombstones) > max(256, held / 32):
+            self._purge_tombstones()
         for s in slots.tolist():
             self._ids.remove_slot(s)
         self._device.clear()
 
     def _purge_tombstones(self) -> None:
-        """Remove the tombstoned slots from the FAISS index (not HNSW's, which cannot)."""
-        faiss = require("faiss")
+        """Remove the tombstoned slots from the codes (not from HNSW's graph, which cannot)."""
         dead = np.array(sorted(self._tombstones), dtype=np.int64)
+        if self._codec is not None:
+            self._codes = GrowingRows(*self._live_codes())
+            self._tombstones = set()
+            self._device.clear()
+            return
+        faiss = require("faiss")
         removed = self._faiss.remove_ids(faiss.IDSelectorBatch(dead.size, faiss.swig_ptr(dead)))
         if removed != dead.size:
             raise IndexCorrupt(f"FAISS removed {removed} of {dead.size} vectors; the index is inconsistent")
         self._tombstones = set()
         self._device.clear()
+
+    def _live_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The binary planes, scales and slots of the rows not tombstoned (copies)."""
+        planes, scales, pos = self._codes.arrays
+        if not self._tombstones:
+            return planes.copy(), scales.copy(), pos.copy()
+        keep = ~np.isin(pos, np.fromiter(self._tombstones, np.int64, len(self._tombstones)))
+        return planes[keep], scales[keep], pos[keep]
 
     # ---- search ------------------------------------------------------------------------------------------
 
@@ -391,10 +412,14 @@ class CompressedIndex(VectorIndex):
         """Top-``k`` slots per query (``-1`` when fewer exist). With a rescoring tier (and ``rescore`` not False)
         the codes fetch ``k * rescore_multiplier`` candidates and exact inner products re-rank them."""
         do_rescore, fetch = self._plan(k, rescore, rescore_multiplier)
+        extra = len(self._tombstones)  # fetch past the removed rows, then drop them
         if self._codec is not None:
-            scores, slots = self._binary_candidates(q, fetch, self._binary_mode(binary_search))
+            scores, slots = self._binary_candidates(q, fetch + extra, self._binary_mode(binary_search))
         else:
-            scores, slots = self._faiss_candidates(q, fetch, nprobe, ef_search)
+            scores, slots = self._faiss_candidates(q, fetch + extra, nprobe, ef_search)
+        if extra:
+            dead = np.isin(slots, np.fromiter(self._tombstones, np.int64, extra))
+            scores, slots = drop_dead(scores, slots, dead, fetch)
         if do_rescore:
             scores, slots = self._rescore(q, slots, k)
         return TopK(scores=scores[:, :k], ids=slots[:, :k])
@@ -405,12 +430,7 @@ class CompressedIndex(VectorIndex):
             faiss.extract_index_ivf(self._faiss).nprobe = nprobe or self.spec.nprobe
         elif self.spec.kind == "hnsw":
             faiss.downcast_index(self._faiss.index).hnsw.efSearch = ef_search or self.spec.ef_search
-        extra = len(self._tombstones)
-        scores, slots = self._faiss.search(q, k + extra)
-        if extra:
-            dead = np.isin(slots, np.fromiter(self._tombstones, np.int64, extra))
-            scores, slots = drop_dead(scores, slots, dead, k)
-        return scores[:, :k], slots[:, :k]
+        return self._faiss.search(q, k)
 
     def _binary_candidates(self, q: np.ndarray, k: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
         faiss = require("faiss")
@@ -463,14 +483,21 @@ class CompressedIndex(VectorIndex):
             raise BadInput("query vectors contain NaN or infinite values")
         dev = self._device_state(q.device)
         block = min(1024, 1 << max(6, (int(dev["codes"].shape[0]) - 1).bit_length()))  # no wider than the codes
+        extra = int(dev["dead"].numel())  # tombstoned rows are still in the codes: fetch past them
         if mode == "hamming":
             codes = _pack_signs(q - dev["mean"])
-            dist, pos = kernels.hamming_topk(codes, dev["codes"], fetch, block_n=block)
+            dist, pos = kernels.hamming_topk(codes, dev["codes"], fetch + extra, block_n=block)
             scores = torch.where(pos >= 0, (self.dim - 2 * dist).to(torch.float32),
                                  torch.full_like(dist, float("-inf"), dtype=torch.float32))
         else:
-            scores, pos = kernels.pq_adc_topk(self._pq_lut(q, dev), dev["codes"], fetch, block_n=block)
+            scores, pos = kernels.pq_adc_topk(self._pq_lut(q, dev), dev["codes"], fetch + extra, block_n=block)
         slots = torch.where(pos >= 0, dev["slots"][pos.clamp(min=0)], torch.full_like(pos, -1))
+        if extra:
+            dead = torch.isin(slots, dev["dead"])
+            scores = scores.masked_fill(dead, float("-inf"))
+            slots = slots.masked_fill(dead, -1)
+            keep = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :fetch]
+            scores, slots = scores.gather(1, keep), slots.gather(1, keep)
         if do_rescore:
             exact = kernels.rescore(q, dev["vectors"], slots, scales=dev.get("vector_scales"))
             scores, slots = kernels.topk_by_score(exact, slots, k)
@@ -494,7 +521,7 @@ class CompressedIndex(VectorIndex):
         import torch
 
         faiss = require("faiss")
-        st: dict = {}
+        st: dict = {"dead": torch.tensor(sorted(self._tombstones), dtype=torch.int64, device=device)}
         if self._codec is not None:
             st["codes"] = torch.from_numpy(np.ascontiguousarray(self._planes[:, 0])).to(device)
             st["slots"] = torch.from_numpy(self._pos_slot).to(device)
@@ -535,10 +562,11 @@ class CompressedIndex(VectorIndex):
         if not self.trained:
             raise BadInput("cannot save an untrained index")
         with atomic_dir(path) as tmp:
-            if self._codec is not None:
-                np.save(tmp / "planes.npy", self._planes)
-                np.save(tmp / "scales.npy", self._scales)
-                np.save(tmp / "code_slots.npy", self._pos_slot)
+            if self._codec is not None:  # the live rows only: a load sees no tombstones
+                planes, scales, pos = self._live_codes()
+                np.save(tmp / "planes.npy", planes)
+                np.save(tmp / "scales.npy", scales)
+                np.save(tmp / "code_slots.npy", pos)
                 np.save(tmp / "mean.npy", self._codec.mean)
             else:
                 faiss.write_index(self._faiss, str(tmp / "faiss.index"))
@@ -549,7 +577,8 @@ class CompressedIndex(VectorIndex):
             np.save(tmp / "slots.npy", slots)
             np.save(tmp / "docid_offsets.npy", offsets)
             (tmp / "docids.bin").write_bytes(blob)
-            np.save(tmp / "tombstones.npy", np.array(sorted(self._tombstones), dtype=np.int64))
+            tomb = sorted(self._tombstones) if self._codec is None else []
+            np.save(tmp / "tombstones.npy", np.array(tomb, dtype=np.int64))
             write_json(tmp / "params.json", {
                 "kind": self.KIND, "format_version": self.FORMAT_VERSION, "dim": self.dim,
                 "spec": self.spec.to_dict(), "num_docs": len(self), "next_slot": self._next_slot,
@@ -610,7 +639,7 @@ class CompressedIndex(VectorIndex):
             if scales.shape != (len(slots), spec.bits) or pos.shape != (len(slots),) or mean.shape != (pdim,):
                 raise IndexCorrupt(f"{path}: scales/slots/mean do not match the codes; rebuild the index")
             self._codec = ResidualBinaryCodec(pdim, spec.bits, mean)
-            self._planes, self._scales, self._pos_slot = planes, scales, pos.astype(np.int64)
+            self._codes = GrowingRows(planes, scales, pos.astype(np.int64))
             if not np.array_equal(np.sort(self._pos_slot), slots):
                 raise IndexCorrupt(f"{path}: code slots disagree with slots.npy; rebuild the index")
         else:

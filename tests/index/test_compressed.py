@@ -257,21 +257,28 @@ def test_tensor_queries_run_the_kernels_and_agree_with_the_cpu_path(text, small,
     for name in ("hamming_topk", "pq_adc_topk", "rescore"):
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
-    cpu = index.search(q, 15)
-    dev = index.search(torch.from_numpy(q), 15)
-    assert calls and ("rescore" in calls) == ("rescore=" in text)
-    np.testing.assert_allclose(dev.scores, cpu.scores, rtol=1e-5, atol=1e-5)
-    exact = 0
-    for sc_c, sc_d, a, b in zip(cpu.scores, dev.scores, cpu.ids, dev.ids):
-        # scores equal within float rounding form a group whose members may come out in another order (FAISS
-        # breaks ties its own way); a group cut by k may hold different members, but as many
-        for s in np.unique(sc_c):
-            in_c, in_d = set(a[np.isclose(sc_c, s, atol=2e-5)]), set(b[np.isclose(sc_d, s, atol=2e-5)])
-            assert len(in_c) == len(in_d)
-            if not np.isclose(s, sc_c[-1], atol=2e-5):
-                assert in_c == in_d
-        exact += int(np.array_equal(a, b))
-    assert exact >= 1  # not everything is a tie: most rows come out identical
+    for removed in (False, True):
+        if removed:  # tombstoned rows stay in the codes the kernels scan: both paths must drop them
+            index.remove([d for d, _ in index.docid_pairs(index.search(q[:1], 4))[0]])
+            assert index._tombstones
+        cpu = index.search(q, 15)
+        dev = index.search(torch.from_numpy(q), 15)
+        assert calls and ("rescore" in calls) == ("rescore=" in text)
+        np.testing.assert_allclose(dev.scores, cpu.scores, rtol=1e-5, atol=1e-5)
+        exact = 0
+        for sc_c, sc_d, a, b in zip(cpu.scores, dev.scores, cpu.ids, dev.ids):
+            assert (a >= 0).all() and (b >= 0).all()  # 15 live hits, none of them removed
+            # scores equal within float rounding form a group whose members may come out in another order (FAISS
+            # breaks ties its own way); a group cut by k may hold different members, but as many
+            for s in np.unique(sc_c):
+                in_c, in_d = set(a[np.isclose(sc_c, s, atol=2e-5)]), set(b[np.isclose(sc_d, s, atol=2e-5)])
+                assert len(in_c) == len(in_d)
+                if not np.isclose(s, sc_c[-1], atol=2e-5):
+                    assert in_c == in_d
+            exact += int(np.array_equal(a, b))
+        assert exact >= 1  # not everything is a tie: most rows come out identical
+        live = {index._ids.slot_of(d) for d in index.docids}
+        assert set(dev.ids.ravel().tolist()) <= live
 
 
 def test_tensor_queries_on_kinds_without_a_kernel_take_the_cpu_path(small):
@@ -299,3 +306,67 @@ def test_removals_are_tombstones_that_search_like_faiss_removal(text, data):
     assert not {d for row in filtered for d, _ in row} & set(ids[:200])
     index.remove(ids[200:500])  # 300 > 256: removed from FAISS on the spot
     assert not index._tombstones and index._faiss.ntotal == 1500 and len(index) == 1500
+
+
+@pytest.mark.parametrize("text", ["binary", "binary:bits=2,mode=asymmetric", "binary:rescore=float16,multiplier=4"])
+def test_binary_removals_are_tombstones_until_compaction(text, data, tmp_path):
+    """Binary codes grow in place and a removal is a tombstone (filtering the code arrays per write was O(n)):
+    every search equals the codec's own scan over the rows still live, before and after the tombstones pass 1/32
+    of the index (at least 256) and are dropped, through upserts, and across a save and load."""
+    x, q, ids, _ = data
+    index = build_vector_index(IndexSpec.parse(text), ids, x)
+    codec = index._codec
+    full_planes, full_scales = index._planes.copy(), index._scales.copy()  # row i is d{i} after build
+    mode = index._binary_mode(None)
+    rescore = "rescore=" in text
+
+    def expect(live: np.ndarray, k: int):
+        if rescore:  # exact inner products of the live rows among the codes' candidates: check ids only
+            return None
+        if mode == "hamming":  # +-1 sign agreement from the bits themselves
+            qp = codec.encode(q)[0][:, 0]
+            dist = np.unpackbits(qp[:, None] ^ full_planes[live][None, :, 0], axis=-1).sum(-1, dtype=np.int64)
+            agree = (index.dim - 2 * dist).astype(np.float32)
+            pos = np.argsort(-agree, axis=1, kind="stable")[:, :k]
+            s = np.take_along_axis(agree, pos, 1)
+        else:
+            s, pos = codec.topk(q, full_planes[live], full_scales[live], k, mode)
+        return s.astype(np.float32), np.flatnonzero(live)[pos]
+
+    def check(live_ids: set[str], k: int = 30):
+        got = index.search(q, k)
+        pairs = index.docid_pairs(got)
+        assert all(d in live_ids for row in pairs for d, _ in row) and all(len(r) == k for r in pairs)
+        live = np.array([f"d{i}" in live_ids for i in range(len(ids))])
+        want = expect(live, k)
+        if want is None:
+            return pairs
+        s, rows = want
+        np.testing.assert_allclose(got.scores, s, rtol=1e-6)
+        for sc, a, b in zip(s, got.ids, rows):  # ids equal except within a tie at the cut
+            assert set(a[sc > sc[-1]].tolist()) == set(b[sc > sc[-1]].tolist())
+        return pairs
+
+    live = set(ids)
+    index.remove(ids[:200])
+    live -= set(ids[:200])
+    assert len(index._tombstones) == 200 and index._planes.shape[0] == 2000 and len(index) == 1800
+    filtered = check(live)
+    index._purge_tombstones()
+    assert index._planes.shape[0] == 1800 and not index._tombstones
+    assert check(live) == filtered
+    index.remove(ids[200:500])  # 300 > 256: dropped from the codes on the spot
+    live -= set(ids[200:500])
+    assert not index._tombstones and index._planes.shape[0] == 1500
+    check(live)
+    # upserts: the old row is a tombstone, the new one appended in place (re-encoded from the same vector)
+    index.add(ids[600:650], x[600:650], upsert=True)
+    assert len(index._tombstones) == 50 and index._planes.shape[0] == 1550 and len(index) == 1500
+    got = index.docid_pairs(index.search(x[600:603], 1))
+    assert [row[0][0] for row in got] == ids[600:603]
+    index.save(tmp_path / "ix")
+    loaded = load_vector_index(tmp_path / "ix", dim=64)
+    assert not loaded._tombstones and loaded._planes.shape[0] == 1500
+    assert loaded.docid_pairs(loaded.search(q, 30)) == index.docid_pairs(index.search(q, 30))
+    loaded.add(["new"], x[:1])  # a loaded index takes writes too
+    assert loaded.docid_pairs(loaded.search(x[:1], 1))[0][0][0] == "new"

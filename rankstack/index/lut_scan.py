@@ -26,6 +26,10 @@ __all__ = ["available", "byte_luts", "scan_scores", "scan_topk"]
 
 _BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32)  # [256, 8], MSB first
 _BLOCK = 256  # documents per inner block: their codes stay in L1 while one query's tables are read
+# below this many (query, document) pairs the scan runs on the calling thread: a single query over a small index
+# costs well under a millisecond serially, while handing blocks to numba's threads waits for every core, which on a
+# busy server is a scheduler time slice (measured: 0.53 ms serial against 8 ms with two threads, one core taken)
+SERIAL_BELOW = 1 << 15
 
 
 def available() -> bool:
@@ -44,11 +48,11 @@ def byte_luts(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v.reshape(m, dim // 8, 8) @ _BITS.T)
 
 
-@lru_cache(maxsize=1)
-def _kernel():
+@lru_cache(maxsize=2)
+def _kernel(parallel: bool = True):
     import numba
 
-    @numba.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+    @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
     def scan(luts, qw, qsum, base, codes, alphas, out):
         nq, na, nj = luts.shape[0], luts.shape[1], luts.shape[2]
         n, nb = codes.shape[0], codes.shape[1]
@@ -76,7 +80,7 @@ def scan_scores(luts, qw, qsum, base, codes, alphas) -> np.ndarray:
     ``luts [nq, A, J, 256]`` float32, ``qw``/``qsum`` ``[nq, A]``, ``base [nq]``, ``codes [n, B, J]`` uint8,
     ``alphas [n, B]`` (any float dtype)."""
     out = np.empty((luts.shape[0], codes.shape[0]), np.float32)
-    _kernel()(np.ascontiguousarray(luts, np.float32), np.ascontiguousarray(qw, np.float32),
+    _kernel(out.size >= SERIAL_BELOW)(np.ascontiguousarray(luts, np.float32), np.ascontiguousarray(qw, np.float32),
               np.ascontiguousarray(qsum, np.float32), np.ascontiguousarray(base, np.float32),
               np.ascontiguousarray(codes, np.uint8), np.ascontiguousarray(alphas, np.float32), out)
     return out

@@ -34,6 +34,12 @@ def test_scores_equal_the_numpy_reference(bits):
     got = lut_scan.scan_scores(lut_scan.byte_luts(q)[:, None], np.ones((5, 1)), q.sum(1, keepdims=True),
                                q @ codec.mean, planes, scales)
     np.testing.assert_allclose(got, codec.asymmetric_scores(q, planes, scales), rtol=1e-5, atol=1e-4)
+    # the serial kernel (small scans) computes what the parallel one does
+    assert 5 * 2503 < lut_scan.SERIAL_BELOW <= 5 * 2503 * 8
+    big = np.tile(planes, (8, 1, 1)), np.tile(scales, (8, 1))
+    got_big = lut_scan.scan_scores(lut_scan.byte_luts(q)[:, None], np.ones((5, 1)), q.sum(1, keepdims=True),
+                                   q @ codec.mean, *big)
+    np.testing.assert_allclose(got_big, np.tile(got, (1, 8)), rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["asymmetric", "symmetric"])

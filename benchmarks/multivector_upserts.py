@@ -11,6 +11,11 @@ tombstones the old version and appends the new one (O(the document), compaction 
 FDE index removes and adds that one document. Then a MaxSim search and a MUVERA search (candidates=100) of the
 updated index are checked against a compact copy built afresh (same top-10 docids), and timed.
 
+PLAID (`plaid:nbits=2`, centroids by PLAID's rule): the copy path derived it again (k-means over the corpus) at the
+first PLAID search after any write, timed once per size as `plaid_upsert_ms` of the `copy` row; in place it takes the
+write with the centroids it has (`PlaidIndex.update`), and its search is checked against the live tokens compressed
+afresh with the same codebook.
+
 Token vectors are synthetic (unit vectors around 64 topics, `--dim` like ColBERT's 128, `--tokens` per document on
 average): the work depends on their count and size, not their values.
 """
@@ -51,6 +56,7 @@ def run(n: int, dim: int, tokens: int, upserts: int, old_upserts: int) -> list[d
     docids = [f"d{i}" for i in range(n)]
     base = encoded(rng, n, dim, tokens, centers)
     muvera = MultiVectorSettings.of("muvera:candidates=100")
+    plaid_s = MultiVectorSettings.of("plaid:nbits=2")
     queries = [q / np.linalg.norm(q, axis=1, keepdims=True) for q in
                (centers[rng.integers(0, 64, 24)] + 0.5 * rng.standard_normal((24, dim), np.float32)
                 for _ in range(8))]
@@ -58,7 +64,8 @@ def run(n: int, dim: int, tokens: int, upserts: int, old_upserts: int) -> list[d
     for mode, count in (("copy", old_upserts), ("in-place", upserts)):
         index = MultiVectorIndex.build(docids, base)
         fde = muvera.derive(index)
-        lat = []
+        plaid = plaid_s.derive(index) if mode == "in-place" else None
+        lat, plaid_lat = [], []
         for j in range(count):
             d = docids[int(rng.integers(0, n))]
             new = encoded(rng, 1, dim, tokens, centers)
@@ -72,6 +79,14 @@ def run(n: int, dim: int, tokens: int, upserts: int, old_upserts: int) -> list[d
                 fde.remove([d])
                 fde.add([d], fdes)
             lat.append((time.perf_counter() - t0) * 1000)
+            if plaid is not None:
+                t0 = time.perf_counter()
+                plaid.update([d], [d], new)
+                plaid_lat.append((time.perf_counter() - t0) * 1000)
+        if plaid is None:  # the copy path: PLAID derived again after the writes
+            t0 = time.perf_counter()
+            plaid = plaid_s.derive(index)
+            plaid_lat.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
         exact = [[index.row_docids[r] for r in rr] for rr in index.search(queries, 10)[1]]
         maxsim_ms = (time.perf_counter() - t0) * 1000 / len(queries)
@@ -87,13 +102,23 @@ def run(n: int, dim: int, tokens: int, upserts: int, old_upserts: int) -> list[d
         muvera_ms = (time.perf_counter() - t0) * 1000 / len(queries)
         ref = muvera.retriever(_Fixed(queries, dim), fresh, muvera.derive(fresh))
         assert got == [[c.docid for c in r.candidates] for r in ref.retrieve(qs, 10)], "MUVERA differs from a rebuild"
+        from rankstack.index.multivector import PlaidIndex
+
+        pretr = plaid_s.retriever(_Fixed(queries, dim), None, plaid)
+        t0 = time.perf_counter()
+        got = [[c.docid for c in r.candidates] for r in pretr.retrieve(qs, 10)]
+        plaid_ms = (time.perf_counter() - t0) * 1000 / len(queries)
+        pref = plaid_s.retriever(_Fixed(queries, dim), None, PlaidIndex.build(fresh, codebook=plaid))
+        assert got == [[c.docid for c in r.candidates] for r in pref.retrieve(qs, 10)], "PLAID differs from a rebuild"
         row = {"mode": mode, "docs": n, "tokens": index.n_tokens, "upserts": count,
                "upsert_ms_p50": float(np.percentile(lat, 50)), "upsert_ms_p95": float(np.percentile(lat, 95)),
                "upsert_ms_max": float(np.max(lat)), "maxsim_query_ms": maxsim_ms, "muvera_query_ms": muvera_ms,
-               "tombstones": getattr(index, "tombstones", 0)}
+               "tombstones": getattr(index, "tombstones", 0), "plaid_upsert_ms": float(np.percentile(plaid_lat, 50)),
+               "plaid_query_ms": plaid_ms}
         logger.info("%s", row)
         rows.append(row)
     rows[1]["speedup"] = rows[0]["upsert_ms_p50"] / rows[1]["upsert_ms_p50"]
+    rows[1]["plaid_speedup"] = rows[0]["plaid_upsert_ms"] / rows[1]["plaid_upsert_ms"]
     return rows
 
 
@@ -123,7 +148,7 @@ def main() -> int:
     for i, n in enumerate(args.sizes):
         rows += run(n, args.dim, args.tokens, args.upserts, args.old_upserts[min(i, len(args.old_upserts) - 1)])
     cols = ["mode", "docs", "tokens", "upserts", "upsert_ms_p50", "upsert_ms_p95", "upsert_ms_max", "maxsim_query_ms",
-            "muvera_query_ms", "tombstones", "speedup"]
+            "muvera_query_ms", "tombstones", "speedup", "plaid_upsert_ms", "plaid_query_ms", "plaid_speedup"]
     table = markdown(rows, cols)
     print(table)
     save_results(args.out, {"machine": platform.machine(), "args": vars(args) | {"out": str(args.out)},

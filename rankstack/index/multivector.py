@@ -25,7 +25,7 @@ import numpy as np
 
 from rankstack._atomic import atomic_dir, write_json
 from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
-from rankstack.index.base import PARAMS_FILE, read_params
+from rankstack.index.base import PARAMS_FILE, GrowingRows, read_params
 
 logger = logging.getLogger(__name__)
 
@@ -424,49 +424,96 @@ def _unpack_codes(packed: np.ndarray, nbits: int, dim: int) -> np.ndarray:
 
 
 class PlaidIndex:
-    """Centroid ids + ``nbits`` residual codes per token; see the module docstring."""
+    """Centroid ids + ``nbits`` residual codes per token; see the module docstring.
+
+    :meth:`update` writes in place with the centroids and residual buckets it has (as ColBERT's index updater does):
+    new documents' tokens are assigned to their nearest centroid and their residuals bucketed, and appended; a
+    removed document stays as a tombstone (None in :attr:`row_docids`, never a candidate) until tombstones hold
+    ``COMPACT_FRACTION`` of the tokens. The centroid postings cover the rows they were built over; rows appended
+    since are matched by a scan of their own codes, and the postings are rebuilt once those pass
+    ``COMPACT_FRACTION`` of the indexed tokens. Centroids trained on an earlier corpus fit a grown one less well:
+    :meth:`outgrown` says when the live tokens have doubled since training, and the service then derives the index
+    afresh."""
 
     kind = "multi-vector-plaid"
+    COMPACT_FRACTION = 1 / 8
 
     def __init__(self, docids, offsets, centroids, codes, residuals, cutoffs, values, token_ids, *, nbits: int,
                  meta: dict | None = None):
-        self._docids = list(docids)
-        self.offsets = np.asarray(offsets, np.int64)
+        self._docids: list[str | None] = list(docids)
         self.centroids = np.asarray(centroids, np.float32)
-        self.codes = codes
-        self.residuals = residuals
         self.cutoffs = np.asarray(cutoffs, np.float32)
         self.values = np.asarray(values, np.float32)
-        self.token_ids = token_ids
         self.nbits = int(nbits)
         self.meta = dict(meta or {})
-        if self.offsets[-1] != codes.shape[0] or residuals.shape[0] != codes.shape[0]:
+        offsets = np.asarray(offsets, np.int64)
+        if offsets[-1] != codes.shape[0] or residuals.shape[0] != codes.shape[0]:
             raise IndexCorrupt("PLAID index: offsets, centroid ids and residual codes disagree; rebuild the index")
+        self._tok = GrowingRows(codes, residuals, token_ids)  # grown in place by update()
+        self._off = GrowingRows(offsets)
+        self._sync_views()
+        self._row_of: dict[str, int] | None = None  # docid -> row, made at the first update
+        self._dead: set[int] = set()
+        self._dead_tokens = 0
         self._postings = None
+        self._postings_rows = 0  # rows the postings cover; later rows are scanned
+        self._flat = None  # FAISS inner-product index over the centroids, for update()'s assignment
+
+    def _sync_views(self) -> None:
+        self.codes, self.residuals, self.token_ids = self._tok.arrays
+        self.offsets = self._off.arrays[0]
 
     @property
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
     def __len__(self) -> int:
-        return len(self._docids)
+        return len(self._docids) - len(self._dead)
 
     @property
     def docids(self) -> list[str]:
-        return list(self._docids)
+        return [d for d in self._docids if d is not None]
+
+    @property
+    def row_docids(self) -> list[str | None]:
+        """The docid of every row (None: a tombstone), to map the rows :meth:`search` returns."""
+        return self._docids
+
+    @property
+    def n_rows(self) -> int:
+        return len(self._docids)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._dead)
 
     def bytes_per_token(self) -> float:
         return float(self.dim * self.nbits / 8 + self.codes.dtype.itemsize)
 
+    def outgrown(self, factor: float = 2.0) -> bool:
+        """True once the live tokens exceed ``factor`` times those the centroids were trained on."""
+        trained = int(self.meta.get("trained_tokens", self.codes.shape[0]))
+        return self.codes.shape[0] - self._dead_tokens > factor * max(trained, 1)
+
     @classmethod
     def build(cls, index: MultiVectorIndex, *, nbits: int = 2, ncentroids: int | None = None, seed: int = 0,
               sample: int = 262_144, niter: int = 10, meta: dict | None = None,
-              like: PlaidIndex | None = None) -> PlaidIndex:
+              like: PlaidIndex | None = None, codebook: PlaidIndex | None = None) -> PlaidIndex:
         """Compress ``index``'s tokens. ``ncentroids`` defaults to PLAID's rule, ``2 ** floor(log2(16 sqrt(T)))``,
         capped by the sample size / 32; k-means runs on a random sample of ``sample`` tokens. ``like``: reuse the
-        centroids and assignments of another compression of the same tokens (only the residual bits change)."""
+        centroids and assignments of another compression of the same tokens (only the residual bits change).
+        ``codebook``: reuse another PLAID index's centroids and residual buckets as they are (no training; what
+        :meth:`update` writes with)."""
         import faiss
 
+        if codebook is not None:
+            index = index.compacted()
+            if codebook.dim != index.tokens.shape[1]:
+                raise BadInput(f"codebook= holds {codebook.dim}-d centroids for {index.tokens.shape[1]}-d tokens")
+            codes, packed = codebook._encode(index.tokens)
+            return cls(index.docids, index.offsets, codebook.centroids, codes, packed, codebook.cutoffs,
+                       codebook.values, index.token_ids, nbits=codebook.nbits,
+                       meta={**index.meta, **codebook.meta, **(meta or {})})
         if nbits not in (1, 2, 4):
             raise BadInput(f"PLAID residuals take nbits 1, 2 or 4, got {nbits}")
         index = index.compacted()
@@ -508,7 +555,7 @@ class PlaidIndex:
         for s in range(0, t, step):
             r = np.asarray(index.tokens[s:s + step], np.float32) - centroids[codes[s:s + step]]
             packed[s:s + step] = _pack_codes(np.searchsorted(cutoffs, r), nbits)
-        info = {**index.meta, **(meta or {}), "ncentroids": int(ncentroids), "seed": seed}
+        info = {**index.meta, **(meta or {}), "ncentroids": int(ncentroids), "seed": seed, "trained_tokens": int(t)}
         return cls(index.docids, index.offsets, centroids, codes, packed, cutoffs, values, index.token_ids,
                    nbits=nbits, meta=info)
 
@@ -523,19 +570,110 @@ class PlaidIndex:
         v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         return v
 
+    # ---- writes ----------------------------------------------------------------------------------------------
+
+    def _encode(self, tokens) -> tuple[np.ndarray, np.ndarray]:
+        """Centroid ids (nearest by inner product, as :meth:`build` assigns) and packed residual codes of
+        ``tokens``, with this index's centroids and buckets."""
+        import faiss
+
+        if self._flat is None:
+            self._flat = faiss.IndexFlatIP(self.dim)
+            self._flat.add(self.centroids)
+        t = tokens.shape[0]
+        codes = np.empty(t, np.int32)
+        packed = np.empty((t, self.dim * self.nbits // 8), np.uint8)
+        for s in range(0, t, 262_144):
+            chunk = np.asarray(tokens[s:s + 262_144], np.float32)
+            codes[s:s + len(chunk)] = self._flat.search(chunk, 1)[1][:, 0]
+            packed[s:s + len(chunk)] = _pack_codes(
+                np.searchsorted(self.cutoffs, chunk - self.centroids[codes[s:s + len(chunk)]]), self.nbits)
+        return codes, packed
+
+    def update(self, remove: Sequence[str], docids: Sequence[str], encoded=None) -> None:
+        """In place, as :meth:`MultiVectorIndex.update`: tombstone ``remove`` and any earlier version of ``docids``,
+        then append ``docids`` (``encoded``: their token vectors, rounded to float16 as the token index stores
+        them) compressed with this index's centroids and buckets. O(the changed documents' tokens) amortised."""
+        docids = [str(d) for d in docids]
+        if len(set(docids)) != len(docids):
+            raise BadInput("duplicate docids in one update of a PLAID index")
+        if docids:
+            if encoded is None or len(encoded.lengths) != len(docids):
+                raise BadInput(f"{len(docids)} docids but {0 if encoded is None else len(encoded.lengths)} encoded "
+                               f"documents")
+            lens = np.asarray(encoded.lengths, np.int64)
+            vecs = np.asarray(np.asarray(encoded.vectors, np.float16), np.float32).reshape(-1, self.dim)
+            ids = np.asarray(encoded.token_ids, np.int32)
+            if (lens == 0).any() or vecs.shape[0] != int(lens.sum()) or ids.shape[0] != vecs.shape[0]:
+                raise BadInput(f"encoded documents hold {vecs.shape[0]} vectors and {ids.shape[0]} token ids for "
+                               f"{int(lens.sum())} tokens (none may be empty)")
+        if self._row_of is None:
+            self._row_of = {d: r for r, d in enumerate(self._docids) if d is not None}
+        for d in dict.fromkeys([*map(str, remove), *docids]):
+            row = self._row_of.pop(d, None)
+            if row is not None:
+                self._docids[row] = None
+                self._dead.add(row)
+                self._dead_tokens += int(self.offsets[row + 1] - self.offsets[row])
+        if docids:
+            codes, packed = self._encode(vecs)
+            self._tok.append(codes, packed, ids)
+            self._off.append(int(self.offsets[-1]) + np.cumsum(lens))
+            for d in docids:
+                self._row_of[d] = len(self._docids)
+                self._docids.append(d)
+            self._sync_views()
+        if self._dead_tokens > self.COMPACT_FRACTION * max(self.codes.shape[0], 1):
+            self._compact()
+
+    def _compact(self) -> None:
+        live = np.array([r for r, d in enumerate(self._docids) if d is not None], np.int64)
+        pos = _spans(self.offsets, live)
+        lens = np.diff(self.offsets)[live]
+        self._tok = GrowingRows(self.codes[pos], self.residuals[pos], self.token_ids[pos])
+        self._off = GrowingRows(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+        self._docids = [self._docids[r] for r in live.tolist()]
+        self._row_of = {d: r for r, d in enumerate(self._docids)}
+        self._dead, self._dead_tokens = set(), 0
+        self._postings = None
+        self._sync_views()
+
+    def compacted(self) -> PlaidIndex:
+        """This index without tombstones (itself when it has none)."""
+        if not self._dead:
+            return self
+        live = np.array([r for r, d in enumerate(self._docids) if d is not None], np.int64)
+        pos = _spans(self.offsets, live)
+        off = np.concatenate([[0], np.cumsum(np.diff(self.offsets)[live])]).astype(np.int64)
+        return PlaidIndex([self._docids[r] for r in live.tolist()], off, self.centroids, self.codes[pos],
+                          self.residuals[pos], self.cutoffs, self.values, self.token_ids[pos], nbits=self.nbits,
+                          meta=self.meta)
+
+    # ---- search ------------------------------------------------------------------------------------------------
+
     def _ivf(self):
-        if self._postings is None:
+        n_tok = self.codes.shape[0]
+        fresh = n_tok - int(self.offsets[self._postings_rows]) if self._postings is not None else 0
+        if self._postings is None or fresh > self.COMPACT_FRACTION * max(n_tok - fresh, 1):
             pairs = np.unique(np.asarray(self.codes, np.int64) << 32 | _owners(self.offsets))
             cent = pairs >> 32
             self._postings = (np.searchsorted(cent, np.arange(len(self.centroids) + 1)), pairs & 0xFFFFFFFF)
+            self._postings_rows = self.n_rows
         return self._postings
 
     def candidates(self, query: np.ndarray, nprobe: int) -> np.ndarray:
-        """Document rows holding a token in one of each query token's ``nprobe`` nearest centroids."""
+        """Live document rows holding a token in one of each query token's ``nprobe`` nearest centroids."""
         bounds, docs = self._ivf()
         sims = query @ self.centroids.T
         near = np.unique(np.argpartition(-sims, min(nprobe, sims.shape[1]) - 1, axis=1)[:, :nprobe])
-        return np.unique(np.concatenate([docs[bounds[c]:bounds[c + 1]] for c in near]))
+        cand = np.unique(np.concatenate([docs[bounds[c]:bounds[c + 1]] for c in near]))
+        if self._postings_rows < self.n_rows:  # rows appended since the postings were built: scan their codes
+            t0 = int(self.offsets[self._postings_rows])
+            hit = t0 + np.flatnonzero(np.isin(self.codes[t0:], near))
+            cand = np.union1d(cand, np.searchsorted(self.offsets, hit, side="right") - 1)
+        if self._dead:
+            cand = cand[~np.isin(cand, np.fromiter(self._dead, np.int64, len(self._dead)))]
+        return cand
 
     def search(self, queries: Sequence[np.ndarray], k: int, *, nprobe: int = 4, candidates: int = 1000
                ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
@@ -569,10 +707,12 @@ class PlaidIndex:
         return out_s, out_r, stats
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write a compacted copy atomically (tombstones are not saved)."""
+        c = self.compacted()
         names = ("offsets", "centroids", "codes", "residuals", "cutoffs", "values", "token_ids")
-        return _write(path, self.kind, {n: getattr(self, n) for n in names}, self._docids,
-                      {"dim": self.dim, "nbits": self.nbits, "n_docs": len(self),
-                       "n_tokens": int(self.codes.shape[0]), "meta": self.meta})
+        return _write(path, self.kind, {n: getattr(c, n) for n in names}, c._docids,
+                      {"dim": c.dim, "nbits": c.nbits, "n_docs": len(c), "n_tokens": int(c.codes.shape[0]),
+                       "meta": c.meta})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, dim: int | None = None) -> PlaidIndex:

@@ -164,7 +164,7 @@ class PlaidRetriever(_TokenRetriever):
         if not q:
             return []
         scores, rows, self.last_stats = self.index.search(q, k, nprobe=self.nprobe, candidates=self.candidates)
-        return _rankings(queries, scores, rows, self.index.docids)
+        return _rankings(queries, scores, rows, self.index.row_docids)
 
 
 @dataclass(frozen=True)

@@ -393,7 +393,9 @@ class IndexSet:
     def _sync_multi(self, slot: _Multi, changed: Sequence[str] | None) -> None:
         """As :meth:`_sync_dense`: the token index takes the write in place (tombstones and appends, O(the changed
         documents)); MUVERA's FDE indexes drop and add the same documents (an FDE depends on its document alone);
-        PLAID's codes, whose centroids come from the whole corpus, are derived again at the next PLAID search."""
+        PLAID's codes take them in place too, compressed with the centroids trained on the corpus of its last
+        derivation, until the live tokens have doubled since then (:meth:`PlaidIndex.outgrown`): the next PLAID
+        search then derives it afresh (k-means over the corpus), O(1) amortised per token."""
         log, index = self.log, slot.index
         stale, todo = self._delta(slot.applied_seq, index.__contains__, lambda: index.docids, changed)
         if not stale and not todo and slot.applied_seq == log.seq:
@@ -404,6 +406,11 @@ class IndexSet:
         with self.lock.write():
             index.update(stale, todo, encoded)
             for key, (settings, derived) in list(slot.derived.items()):
+                if settings.kind == "plaid":
+                    derived.update(stale, todo, encoded)
+                    if derived.outgrown():
+                        del slot.derived[key]
+                    continue
                 if settings.kind != "muvera":
                     del slot.derived[key]
                     continue
@@ -534,9 +541,9 @@ class _LiveSparse(Retriever):
 
 
 class _LiveMulti(Retriever):
-    """Late interaction over a collection's current token index; MUVERA's FDE index is derived from it at the first
-    MUVERA search and then follows each write; PLAID's compressed form is derived at the first PLAID search after a
-    write (k-means over the corpus)."""
+    """Late interaction over a collection's current token index; MUVERA's FDE index and PLAID's compressed form are
+    derived from it at the first search of their kind and then follow each write (PLAID is derived afresh once the
+    corpus has doubled since its centroids were trained)."""
 
     def __init__(self, indexes: IndexSet, slot: _Multi, item: Item):
         from rankstack.retrieval.multivector import MultiVectorSettings

@@ -222,3 +222,71 @@ def test_fde_config_refuses_bad_parameters():
         FDEConfig(k_sim=13)
     with pytest.raises(BadInput, match="d_proj"):
         FDEConfig(d_proj=0)
+
+
+def test_plaid_updates_in_place_equal_a_build_with_the_same_codebook(tmp_path, monkeypatch):
+    """PLAID takes writes in place with the centroids it has: after every round of removals, replacements and
+    appends (crossing the postings' rebuild and the compaction thresholds), its candidates and search equal those
+    of an index compressed afresh from the live tokens with the same codebook, and a save writes that index."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # MaxSim on the torch reference: the kernel has its own tests
+    docids, enc, queries = _corpus(n=160)
+    tokens = MultiVectorIndex.build(docids[:60], _sub(enc, np.arange(60)))
+    plaid = PlaidIndex.build(tokens, nbits=2, ncentroids=16, sample=10_000)
+    tokens.COMPACT_FRACTION = 1.0  # the token index keeps its tombstones: the two compact at different times
+    assert plaid.meta["trained_tokens"] == tokens.n_tokens and not plaid.outgrown()
+    rng = np.random.default_rng(5)
+    nxt, saw_fresh, saw_dead = 60, False, False
+    for step in range(10):
+        live = tokens.docids
+        gone = rng.choice(live, 3, replace=False).tolist()
+        again = [d for d in live if d not in gone][:2]
+        new = docids[nxt:nxt + 8]
+        nxt += 8
+        rows = [int(rng.integers(0, 160)) for _ in again] + [docids.index(d) for d in new]
+        sub = _sub(enc, np.array(rows)) if rows else None
+        tokens.update(gone, again + new, sub)
+        plaid.update(gone, again + new, sub)
+        saw_fresh |= plaid._postings_rows < plaid.n_rows
+        saw_dead |= plaid.tombstones > 0
+        order = sorted(tokens.docids, key=lambda d: tokens.row_of[d])
+        fresh = PlaidIndex.build(tokens, codebook=plaid)
+        assert len(plaid) == len(fresh) and plaid.docids == fresh.docids == order
+        for q in queries:
+            got = {plaid.row_docids[r] for r in plaid.candidates(q, 3)}
+            assert got == {fresh.docids[r] for r in fresh.candidates(q, 3)}
+        for nprobe, cand in ((3, 20), (16, 10_000)):
+            s1, r1, _ = plaid.search(queries, 10, nprobe=nprobe, candidates=cand)
+            s2, r2, _ = fresh.search(queries, 10, nprobe=nprobe, candidates=cand)
+            assert [[plaid.row_docids[r] for r in rr] for rr in r1] == [[fresh.docids[r] for r in rr] for rr in r2]
+            np.testing.assert_allclose(np.concatenate(s1), np.concatenate(s2), rtol=1e-6)
+        plaid.search(queries[:1], 5)  # builds the postings: later appends are scanned until they pass 1/8
+    assert saw_fresh and saw_dead and plaid.tombstones < 10 * 5  # compacted along the way
+    back = PlaidIndex.load(plaid.save(tmp_path / "p"))
+    assert back.tombstones == 0 and back.docids == plaid.docids
+    np.testing.assert_array_equal(np.asarray(back.codes), np.asarray(fresh.codes))
+    np.testing.assert_array_equal(np.asarray(back.residuals), np.asarray(fresh.residuals))
+    grown = tokens.compacted().n_tokens / plaid.meta["trained_tokens"]  # live tokens over those trained on
+    assert grown > 1.5 and plaid.outgrown(grown * 0.99) and not plaid.outgrown(grown * 1.01)
+    with pytest.raises(BadInput, match="duplicate"):
+        plaid.update([], ["x", "x"], _sub(enc, np.array([0, 1])))
+
+
+def test_fdes_of_a_few_documents_equal_those_of_a_corpus_pass(monkeypatch):
+    """A service write's FDEs (few tokens: partition sums in numpy) equal torch's index_add_ sums of the same
+    documents bit for bit, and a whole-corpus derivation's up to float rounding (the projections' matrix products
+    block differently), so an FDE index that follows writes ranks like one derived afresh."""
+    import rankstack.index.muvera as mu
+
+    docids, enc, _ = _corpus(n=60)
+    cfg = FDEConfig()
+
+    def per_document():
+        return np.concatenate([document_fdes(_sub(enc, [i]).vectors, np.array([0, enc.lengths[i]]), cfg)
+                               for i in range(60)])
+
+    monkeypatch.setattr(mu, "_SMALL_TOKENS", 0)
+    big, torch_sums = document_fdes(enc.vectors, enc.offsets, cfg), per_document()
+    monkeypatch.setattr(mu, "_SMALL_TOKENS", 1 << 30)
+    small = per_document()
+    np.testing.assert_array_equal(small, torch_sums)
+    np.testing.assert_allclose(small, big, rtol=1e-5, atol=1e-6)

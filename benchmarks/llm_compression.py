@@ -11,6 +11,13 @@ unless a row says otherwise.
     (a row is reranker[@depth]:weights[:kv[:order[:attention]]], e.g. icr:int4-g32-outliers:int4 or
     icr@100:fp32:fp32::passage-block; or spec=<a reranker spec>, e.g.
     "spec=icr:depth=20,attention=duo,full_heads=18.7;18.8,window_tokens=128")
+
+A float32 row already run by ``benchmarks/llm_rerank_dl19.py`` (same reranker, same queries) can stand in for the
+baseline instead of running it again (its per-query nDCG@10 and seconds are taken as they are; the byte columns
+are the float32 model's):
+
+    python benchmarks/llm_compression.py --queries 43 --baseline-from runs/w100 \
+        icr:depth=100,window=20,stride=10,passage_tokens=64 --rows "spec=...,weights=int8"
 """
 
 from __future__ import annotations
@@ -45,11 +52,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--rows", nargs="+", required=True)
+    p.add_argument("--rows", nargs="*", default=[])
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--queries", type=int, default=43)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "llm_compression.json")
+    p.add_argument("--baseline-from", nargs=2, metavar=("DIR", "SPEC"), default=None,
+                   help="an llm_rerank_dl19.py --out folder whose one reranker run is the float32 row for SPEC")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -59,6 +68,10 @@ def main() -> int:
     keep = {r.query.qid for r in rankings}
     qrels = Qrels(judgments={q: dict(j) for q, j in dl.qrels.judgments.items() if q in keep})
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.baseline_from:
+        key = f"{args.model}|imported {args.baseline_from[1]}"
+        results[key] = imported_baseline(Path(args.baseline_from[0]), args.baseline_from[1], args.model, keep)
+        save(args.out, results, key)
     for row in args.rows:
         if row.startswith("spec="):  # a whole reranker spec, for options the short form lacks (full_heads...)
             from rankstack.rerank.factory import RerankerSpec
@@ -115,6 +128,33 @@ def main() -> int:
         logger.info("%s: nDCG@10 %.4f, %.1f s/q", spec, res.aggregate["nDCG@10"], wall / len(rankings))
     print(table(json.loads(args.out.read_text()) if args.out.exists() else results, args.model))
     return 0
+
+
+def imported_baseline(folder: Path, spec: str, model: str, queries: set[str]) -> dict:
+    """The float32 row for ``spec`` from an ``llm_rerank_dl19.py`` run in ``folder`` (its one reranker run, on
+    exactly ``queries``); the byte columns come from loading the float32 model."""
+    from rankstack.rerank.factory import RerankerSpec
+
+    details = [d for d in json.loads((folder / "results.json").read_text())["details"]]
+    if len(details) != 1:
+        raise SystemExit(f"{folder} holds {len(details)} reranker runs; --baseline-from needs a folder with one")
+    d = details[0]
+    per_query = d["per_query_nDCG@10"]
+    if set(per_query) != queries:
+        raise SystemExit(f"{folder} ran {len(per_query)} queries, not the {len(queries)} asked for here")
+    spec = spec.removeprefix("spec=")
+    rs = RerankerSpec.parse(spec)
+    full = f"{spec},model={model}"
+    llm = build_reranker(full, ModelCache()).llm
+    seconds = sum(q["seconds"] for q in d["stats"]) / len(d["stats"])  # per-query reranking seconds
+    return {"spec": full, "model": model, "reranker": rs.kind, "weights": "fp32", "kv": "fp32",
+            "order": dict(rs.options).get("order", "retriever-last"), "depth": rs.depth, "attention": "dense",
+            "queries": len(per_query), "nDCG@10": sum(per_query.values()) / len(per_query), "per_query": per_query,
+            "linear_bytes": llm.weight_stats["linear_bytes"], "linear_ratio": llm.weight_stats["ratio"],
+            "kv_bytes_per_token": llm.kv_bytes_per_token(),
+            "kv_ratio_bf16": llm.kv_bytes_per_token() / llm.kv_bytes_per_token("bf16"),
+            "seconds_per_q": seconds,
+            "source": f"{folder} ({d['run']}, llm_rerank_dl19.py)"}
 
 
 def save(path: Path, results: dict, key: str) -> None:

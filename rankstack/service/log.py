@@ -16,10 +16,14 @@ Logs written by RankStack 0.1 (one ``upsert``/``delete`` line per request) are r
 atomically, keeping their sequence numbers.
 
 Compaction: once the file is at least ``compact_bytes`` long and more than half of it is replaced or deleted
-versions, the next write rewrites it with only the latest ``put`` of each live document (in sequence order, each
+versions, the next write starts a rewrite with only the latest ``put`` of each live document (in sequence order, each
 sequence closed by its commit, the last commit kept), through a temporary file, fsync and an atomic rename: a crash
 leaves the old log or the new one, both holding the same documents and sequence numbers. Readers holding the old
-file's descriptor finish their reads on it.
+file's descriptor finish their reads on it. The rewrite runs on a background thread from a snapshot of the
+positions, while writes go on appending to the old file; at the end, under the write lock, the requests appended
+since the snapshot are copied after it verbatim (complete, committed lines) and the positions switched: a write
+waits for that tail copy and the rename, not for the rewrite (1.6 s at 200k documents, 640 MB, when it ran inside
+the write).
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ class DocumentLog(Mapping[str, Document]):
     """The log at ``path``: a mapping docid -> :class:`Document` of the live documents, plus ``seq`` (the last
     committed sequence number) and each document's ``seq_of`` (the sequence that last wrote it)."""
 
-    def __init__(self, path: str | os.PathLike, *, compact_bytes: int | None = 64 << 20):
+    def __init__(self, path: str | os.PathLike, *, compact_bytes: int | None = 64 << 20, background: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.seq = 0
         self.compact_bytes = compact_bytes
+        self.background = background  # False: the write that crosses the threshold compacts before it returns
         self.compactions = 0
+        self._compactor: threading.Thread | None = None
         # (descriptor, docid -> (offset, length, seq) of its latest put), read together: a compaction swaps both
         self._view: tuple[int, dict[str, tuple[int, int, int]]] = (-1, {})
         self._lock = threading.Lock()
@@ -132,39 +138,80 @@ class DocumentLog(Mapping[str, Document]):
                 self._live -= old[1] if old else 0
             self.seq = seq
             self._size = offset + sum(len(raw) for raw in lines[len(puts):])
-            if self.compact_bytes and self._size >= self.compact_bytes and self._live * 2 < self._size:
-                self._compact()
+            if (self.compact_bytes and self._size >= self.compact_bytes and self._live * 2 < self._size
+                    and self._compactor is None):
+                snapshot = (self._view[0], dict(self._where), self._size, self.seq)
+                if self.background:
+                    self._compactor = threading.Thread(target=self._compact, args=snapshot, daemon=True,
+                                                       name=f"compact {self.path.name}")
+                    self._compactor.start()
+                else:
+                    self._compactor = threading.current_thread()
+                    self._lock.release()  # _compact takes it back for the tail
+                    try:
+                        self._compact(*snapshot)
+                    finally:
+                        self._lock.acquire()
             return seq
 
-    def _compact(self) -> None:
-        """Rewrite the log with the live documents only (called under the write lock)."""
-        fd = self._view[0]
+    def wait_compaction(self) -> None:
+        """Return once no compaction is running."""
+        t = self._compactor
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+    def _compact(self, fd: int, snap: dict[str, tuple[int, int, int]], snap_size: int, snap_seq: int) -> None:
+        """Rewrite the log with the live documents of the snapshot ``snap`` (positions in the file ``fd`` as it was
+        ``snap_size`` bytes long, at sequence ``snap_seq``), then, under the write lock, append what was written
+        since and switch to the new file."""
         tmp = self._compacting_path()
-        order = sorted(self._where.items(), key=lambda kv: (kv[1][2], kv[1][0]))  # by sequence, then position
-        where: dict[str, tuple[int, int, int]] = {}
-        offset, last = 0, None
-        with open(tmp, "wb") as out:
-            for docid, (off, length, seq) in order:
-                if last is not None and seq != last:
+        try:
+            order = sorted(snap.items(), key=lambda kv: (kv[1][2], kv[1][0]))  # by sequence, then position
+            where: dict[str, tuple[int, int, int]] = {}
+            offset, last = 0, None
+            with open(tmp, "wb") as out:
+                for docid, (off, length, seq) in order:
+                    if last is not None and seq != last:
+                        offset += out.write(_line({"seq": last, "op": "commit"}))
+                    last = seq
+                    out.write(os.pread(fd, length, off))
+                    where[docid] = (offset, length, seq)
+                    offset += length
+                if last is not None and last != snap_seq:
                     offset += out.write(_line({"seq": last, "op": "commit"}))
-                last = seq
-                out.write(os.pread(fd, length, off))
-                where[docid] = (offset, length, seq)
-                offset += length
-            if last is not None and last != self.seq:
-                offset += out.write(_line({"seq": last, "op": "commit"}))
-            offset += out.write(_line({"seq": self.seq, "op": "commit"}))
-            out.flush()
-            os.fsync(out.fileno())
-        before = self._size
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
-        for old in self._old_fds:  # readers of the compaction before last are long done
-            os.close(old)
-        self._old_fds = [fd]
-        self._view = (os.open(self.path, os.O_RDONLY), where)
-        self._size, self.compactions = offset, self.compactions + 1
-        logger.info("%s: compacted from %d to %d bytes (%d live documents)", self.path, before, offset, len(where))
+                offset += out.write(_line({"seq": snap_seq, "op": "commit"}))
+                with self._lock:
+                    # requests committed since the snapshot: whole lines after snap_size, copied as they are
+                    tail_at, end = offset, self._size
+                    pos = snap_size
+                    while pos < end:
+                        chunk = os.pread(fd, min(1 << 22, end - pos), pos)
+                        out.write(chunk)
+                        pos += len(chunk)
+                    offset += end - snap_size
+                    current = self._where
+                    for docid, (off, length, seq) in current.items():
+                        if off >= snap_size:  # written since the snapshot: it moved with the tail
+                            where[docid] = (off - snap_size + tail_at, length, seq)
+                    for docid in [d for d in where if d not in current]:  # deleted since the snapshot
+                        del where[docid]
+                    out.flush()
+                    os.fsync(out.fileno())
+                    before = self._size
+                    os.replace(tmp, self.path)
+                    fsync_dir(self.path.parent)
+                    for old in self._old_fds:  # readers of the compaction before last are long done
+                        os.close(old)
+                    self._old_fds = [fd]
+                    self._view = (os.open(self.path, os.O_RDONLY), where)
+                    self._size, self.compactions = offset, self.compactions + 1
+            logger.info("%s: compacted from %d to %d bytes (%d live documents)", self.path, before, offset,
+                        len(where))
+        except OSError as exc:  # e.g. a full disk: the log is intact; a later write tries again
+            logger.error("%s: compaction failed (%s); the log is unchanged", self.path, exc)
+            tmp.unlink(missing_ok=True)
+        finally:
+            self._compactor = None
 
     # -- opening --
     def _replay(self) -> None:
@@ -240,6 +287,7 @@ class DocumentLog(Mapping[str, Document]):
         logger.info("%s: converted a version-1 log (%d documents, seq %d)", self.path, len(docs), seq)
 
     def close(self) -> None:
+        self.wait_compaction()
         for fd in [self._view[0], *self._old_fds]:
             os.close(fd)
         self._old_fds = []

@@ -78,6 +78,7 @@ def test_the_log_is_compacted_and_keeps_every_live_document(tmp_path):
     for r in range(6):  # rewrite every document six times: most of the log is dead versions
         col.upsert(docs(40, salt=f" round{r}"))
     col.delete("d5")
+    col.log.wait_compaction()  # compactions run on a background thread
     size = (tmp_path / "c" / "log.jsonl").stat().st_size
     one_version = sum(len(d.text) for d in docs(40, salt=" round5"))
     assert size < 3 * one_version, f"log of {size} bytes for {one_version} bytes of live text: not compacted"
@@ -89,6 +90,50 @@ def test_the_log_is_compacted_and_keeps_every_live_document(tmp_path):
     assert {d: reopened.log[d] for d in reopened.log} == want and reopened.seq == col.seq
     assert run(reopened) == live
     reopened.close()
+
+
+def test_background_compaction_keeps_the_writes_made_while_it_runs(tmp_path):
+    """The rewrite runs from a snapshot while writes go on; puts, replacements and deletes made meanwhile (held
+    back here until they have happened) are all in the compacted log, read back and after a reopen."""
+    import threading
+
+    from rankstack.service.log import DocumentLog
+
+    gate = threading.Event()
+
+    class HeldBack(DocumentLog):  # the real compaction, started only once the test has written past its snapshot
+        def _compact(self, *snapshot):
+            assert gate.wait(30)
+            super()._compact(*snapshot)
+
+    log = HeldBack(tmp_path / "log.jsonl", compact_bytes=4096)
+    want: dict[str, Document] = {}
+
+    def put(*ds):
+        log.write(list(ds))
+        want.update({d.docid: d for d in ds})
+
+    put(*docs(20))
+    r = 0
+    while log._compactor is None:  # rewrite everything until the threshold starts a compaction
+        put(*docs(20, salt=f" round{r}"))
+        r += 1
+    size_then = log._size
+    put(Document(docid="d1", text="written during the compaction"), Document(docid="new", text="a new one"))
+    log.write(deletes=["d2"])
+    del want["d2"]
+    log.write(deletes=["d3"])
+    put(Document(docid="d3", text="deleted, then written again"))
+    seq = log.seq
+    gate.set()
+    log.wait_compaction()
+    assert log.compactions == 1 and log._size < size_then / 2 and log.seq == seq
+    assert (tmp_path / "log.jsonl").stat().st_size == log._size
+    assert {d: log[d] for d in log} == want
+    log.close()
+    again = DocumentLog(tmp_path / "log.jsonl")
+    assert {d: again[d] for d in again} == want and again.seq == seq and again.seq_of("d3") == seq
+    again.close()
 
 
 def test_multivector_writes_in_place_and_keep_the_fde_index(tmp_path):

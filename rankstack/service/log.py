@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -46,6 +47,15 @@ __all__ = ["DocumentLog"]
 
 def _doc_record(d: Document) -> dict:
     return {"docid": d.docid, "title": d.title, "text": d.text, "metadata": dict(d.metadata)}
+
+
+def _copy_range(fd: int, out, start: int, end: int) -> int:
+    """Append bytes ``[start, end)`` of the file ``fd`` to ``out``; returns ``end``."""
+    while start < end:
+        chunk = os.pread(fd, min(1 << 22, end - start), start)
+        out.write(chunk)
+        start += len(chunk)
+    return end
 
 
 def _line(obj: dict) -> bytes:
@@ -138,56 +148,72 @@ class DocumentLog(Mapping[str, Document]):
                 self._live -= old[1] if old else 0
             self.seq = seq
             self._size = offset + sum(len(raw) for raw in lines[len(puts):])
-            if (self.compact_bytes and self._size >= self.compact_bytes and self._live * 2 < self._size
-                    and self._compactor is None):
-                snapshot = (self._view[0], dict(self._where), self._size, self.seq)
+            start = self._compactor is None and self._needs_compaction()
+            if start:
+                self._compactor = threading.Thread(target=self._compactions, daemon=True,
+                                                   name=f"compact {self.path.name}")
                 if self.background:
-                    self._compactor = threading.Thread(target=self._compact, args=snapshot, daemon=True,
-                                                       name=f"compact {self.path.name}")
                     self._compactor.start()
-                else:
-                    self._compactor = threading.current_thread()
-                    self._lock.release()  # _compact takes it back for the tail
-                    try:
-                        self._compact(*snapshot)
-                    finally:
-                        self._lock.acquire()
-            return seq
+        if start and not self.background:
+            self._compactions()
+        return seq
+
+    def _needs_compaction(self) -> bool:
+        return bool(self.compact_bytes) and self._size >= self.compact_bytes and self._live * 2 < self._size
+
+    def _compactions(self) -> None:
+        """Compact from a snapshot, again while the writes made meanwhile leave more dead versions than live ones."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._needs_compaction():
+                        return
+                    snapshot = (self._view[0], dict(self._where), self._size, self.seq)
+                if not self._compact(*snapshot):
+                    return
+        finally:
+            self._compactor = None
 
     def wait_compaction(self) -> None:
         """Return once no compaction is running."""
         t = self._compactor
-        if t is not None and t is not threading.current_thread():
+        if t is not None and t.is_alive() and t is not threading.current_thread():
             t.join()
 
-    def _compact(self, fd: int, snap: dict[str, tuple[int, int, int]], snap_size: int, snap_seq: int) -> None:
+    def _compact(self, fd: int, snap: dict[str, tuple[int, int, int]], snap_size: int, snap_seq: int) -> bool:
         """Rewrite the log with the live documents of the snapshot ``snap`` (positions in the file ``fd`` as it was
         ``snap_size`` bytes long, at sequence ``snap_seq``), then, under the write lock, append what was written
-        since and switch to the new file."""
+        since and switch to the new file. False if it failed (the log is left as it was)."""
         tmp = self._compacting_path()
         try:
             order = sorted(snap.items(), key=lambda kv: (kv[1][2], kv[1][0]))  # by sequence, then position
             where: dict[str, tuple[int, int, int]] = {}
-            offset, last = 0, None
+            offset, last, synced = 0, None, 0
             with open(tmp, "wb") as out:
-                for docid, (off, length, seq) in order:
+                for i, (docid, (off, length, seq)) in enumerate(order):
                     if last is not None and seq != last:
                         offset += out.write(_line({"seq": last, "op": "commit"}))
                     last = seq
                     out.write(os.pread(fd, length, off))
                     where[docid] = (offset, length, seq)
                     offset += length
+                    if i % 1024 == 1023:
+                        time.sleep(0)  # hand the GIL to a waiting writer now, not at the 5 ms switch interval
+                    if offset - synced > 16 << 20:  # flush as it goes: a writer's fsync never queues behind
+                        out.flush()                 # hundreds of MB of the rewrite's dirty pages
+                        os.fdatasync(out.fileno())
+                        synced = offset
                 if last is not None and last != snap_seq:
                     offset += out.write(_line({"seq": last, "op": "commit"}))
                 offset += out.write(_line({"seq": snap_seq, "op": "commit"}))
+                # requests committed since the snapshot: whole lines after snap_size, copied as they are; most of
+                # them outside the lock (bytes below the size a finished write left are complete), the rest in it
+                tail_at, pos = offset, snap_size
+                pos = _copy_range(fd, out, pos, self._size)
+                out.flush()
+                os.fsync(out.fileno())  # the bulk reaches the disk outside the lock; the last fsync is short
                 with self._lock:
-                    # requests committed since the snapshot: whole lines after snap_size, copied as they are
-                    tail_at, end = offset, self._size
-                    pos = snap_size
-                    while pos < end:
-                        chunk = os.pread(fd, min(1 << 22, end - pos), pos)
-                        out.write(chunk)
-                        pos += len(chunk)
+                    end = _copy_range(fd, out, pos, self._size)
                     offset += end - snap_size
                     current = self._where
                     for docid, (off, length, seq) in current.items():
@@ -207,11 +233,11 @@ class DocumentLog(Mapping[str, Document]):
                     self._size, self.compactions = offset, self.compactions + 1
             logger.info("%s: compacted from %d to %d bytes (%d live documents)", self.path, before, offset,
                         len(where))
+            return True
         except OSError as exc:  # e.g. a full disk: the log is intact; a later write tries again
             logger.error("%s: compaction failed (%s); the log is unchanged", self.path, exc)
             tmp.unlink(missing_ok=True)
-        finally:
-            self._compactor = None
+            return False
 
     # -- opening --
     def _replay(self) -> None:

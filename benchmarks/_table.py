@@ -28,3 +28,17 @@ def save_results(out_dir, payload) -> None:
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "results.json").write_text(json.dumps(payload, indent=1))
+
+
+def p50_ms(call, n: int) -> float:
+    """The median wall time, in ms, of ``call(j)`` for ``j`` in ``range(n)``."""
+    import time
+
+    import numpy as np
+
+    times = []
+    for j in range(n):
+        t0 = time.perf_counter()
+        call(j)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50))

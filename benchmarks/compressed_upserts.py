@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _table import markdown, save_results  # noqa: E402
+from _table import markdown, p50_ms, save_results  # noqa: E402
 
 logger = logging.getLogger("benchmarks.compressed_upserts")
 DIM = 384
@@ -67,12 +67,7 @@ def run(kind: str, n: int, upserts: int, label: str) -> dict:
     row = {"code": label, "kind": kind, "docs": n, "upserts": upserts,
            "upsert_ms_p50": float(np.percentile(up, 50)), "upsert_ms_p95": float(np.percentile(up, 95)),
            "search_after_write_ms_p50": float(np.percentile(se, 50))}
-    idle = []
-    for j in range(50):
-        t0 = time.perf_counter()
-        index.search(queries[j:j + 1], 10)
-        idle.append((time.perf_counter() - t0) * 1000)
-    row["idle_search_ms_p50"] = float(np.percentile(idle, 50))
+    row["idle_search_ms_p50"] = p50_ms(lambda j: index.search(queries[j:j + 1], 10), 50)
     logger.info("%s", row)
     return row
 

@@ -91,7 +91,32 @@ def _check_dim(queries: Sequence[np.ndarray], dim: int) -> None:
                                     f"{dim}-d tokens; encode queries with the model the index was built with")
 
 
-class MultiVectorIndex:
+class _TombstonedRows:
+    """Document rows of which some are tombstones: ``_docids`` holds None at a tombstone's row, ``_dead`` its row."""
+
+    _docids: list[str | None]
+    _dead: set[int]
+
+    @property
+    def docids(self) -> list[str]:
+        """The live documents, in row order."""
+        return [d for d in self._docids if d is not None] if self._dead else list(self._docids)
+
+    @property
+    def row_docids(self) -> list[str | None]:
+        """The docid of every row (None: a tombstone), to map the rows a search returns."""
+        return self._docids
+
+    @property
+    def n_rows(self) -> int:
+        return len(self._docids)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._dead)
+
+
+class MultiVectorIndex(_TombstonedRows):
     """Token vectors of a corpus. ``tokens [T, D]`` float16, ``offsets [N + 1]``, ``token_ids [T]`` int32.
 
     :meth:`update` writes in place (a service's upserts): a removed document's row stays in the arrays as a
@@ -145,24 +170,6 @@ class MultiVectorIndex:
 
     def __contains__(self, docid: str) -> bool:
         return docid in self.row_of
-
-    @property
-    def docids(self) -> list[str]:
-        """The live documents, in row order."""
-        return [d for d in self._docids if d is not None] if self._dead else list(self._docids)
-
-    @property
-    def row_docids(self) -> list[str | None]:
-        """The docid of every row (None: a tombstone), to map the rows :meth:`search` returns."""
-        return self._docids
-
-    @property
-    def n_rows(self) -> int:
-        return len(self._docids)
-
-    @property
-    def tombstones(self) -> int:
-        return len(self._dead)
 
     @property
     def dim(self) -> int:
@@ -423,7 +430,7 @@ def _unpack_codes(packed: np.ndarray, nbits: int, dim: int) -> np.ndarray:
     return np.stack(parts, axis=2).reshape(packed.shape[0], dim)
 
 
-class PlaidIndex:
+class PlaidIndex(_TombstonedRows):
     """Centroid ids + ``nbits`` residual codes per token; see the module docstring.
 
     :meth:`update` writes in place with the centroids and residual buckets it has (as ColBERT's index updater does):
@@ -469,23 +476,6 @@ class PlaidIndex:
 
     def __len__(self) -> int:
         return len(self._docids) - len(self._dead)
-
-    @property
-    def docids(self) -> list[str]:
-        return [d for d in self._docids if d is not None]
-
-    @property
-    def row_docids(self) -> list[str | None]:
-        """The docid of every row (None: a tombstone), to map the rows :meth:`search` returns."""
-        return self._docids
-
-    @property
-    def n_rows(self) -> int:
-        return len(self._docids)
-
-    @property
-    def tombstones(self) -> int:
-        return len(self._dead)
 
     def bytes_per_token(self) -> float:
         return float(self.dim * self.nbits / 8 + self.codes.dtype.itemsize)
@@ -626,28 +616,27 @@ class PlaidIndex:
         if self._dead_tokens > self.COMPACT_FRACTION * max(self.codes.shape[0], 1):
             self._compact()
 
-    def _compact(self) -> None:
+    def _live_parts(self):
+        """(docids, offsets, codes, residuals, token ids) of the live rows, copied."""
         live = np.array([r for r, d in enumerate(self._docids) if d is not None], np.int64)
         pos = _spans(self.offsets, live)
-        lens = np.diff(self.offsets)[live]
-        self._tok = GrowingRows(self.codes[pos], self.residuals[pos], self.token_ids[pos])
-        self._off = GrowingRows(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
-        self._docids = [self._docids[r] for r in live.tolist()]
-        self._row_of = {d: r for r, d in enumerate(self._docids)}
-        self._dead, self._dead_tokens = set(), 0
-        self._postings = None
+        off = np.concatenate([[0], np.cumsum(np.diff(self.offsets)[live])]).astype(np.int64)
+        return [self._docids[r] for r in live.tolist()], off, self.codes[pos], self.residuals[pos], self.token_ids[pos]
+
+    def _compact(self) -> None:
+        docids, off, codes, residuals, ids = self._live_parts()
+        self._tok, self._off = GrowingRows(codes, residuals, ids), GrowingRows(off)
+        self._docids, self._row_of = docids, {d: r for r, d in enumerate(docids)}
+        self._dead, self._dead_tokens, self._postings = set(), 0, None
         self._sync_views()
 
     def compacted(self) -> PlaidIndex:
         """This index without tombstones (itself when it has none)."""
         if not self._dead:
             return self
-        live = np.array([r for r, d in enumerate(self._docids) if d is not None], np.int64)
-        pos = _spans(self.offsets, live)
-        off = np.concatenate([[0], np.cumsum(np.diff(self.offsets)[live])]).astype(np.int64)
-        return PlaidIndex([self._docids[r] for r in live.tolist()], off, self.centroids, self.codes[pos],
-                          self.residuals[pos], self.cutoffs, self.values, self.token_ids[pos], nbits=self.nbits,
-                          meta=self.meta)
+        docids, off, codes, residuals, ids = self._live_parts()
+        return PlaidIndex(docids, off, self.centroids, codes, residuals, self.cutoffs, self.values, ids,
+                          nbits=self.nbits, meta=self.meta)
 
     # ---- search ------------------------------------------------------------------------------------------------
 

@@ -84,6 +84,27 @@ def _owners(offsets: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
 
 
+def _update_input(docids: Sequence[str], encoded, dim: int):
+    """An update's docids (as strings, no duplicates) with their encoding checked: ``(docids, lengths, float16
+    vectors [T, dim], token ids)``; None for the last three when there are no docids."""
+    docids = [str(d) for d in docids]
+    if len(set(docids)) != len(docids):
+        raise BadInput("duplicate docids in one update of a multi-vector index")
+    if not docids:
+        return docids, None, None, None
+    if encoded is None or len(encoded.lengths) != len(docids):
+        raise BadInput(f"{len(docids)} docids but {0 if encoded is None else len(encoded.lengths)} encoded documents")
+    lens = np.asarray(encoded.lengths, np.int64)
+    if (lens == 0).any():
+        raise BadInput("a document has no tokens after encoding; give it some text")
+    vecs = np.asarray(encoded.vectors, np.float16).reshape(-1, dim)
+    ids = np.asarray(encoded.token_ids, np.int32)
+    if vecs.shape[0] != int(lens.sum()) or ids.shape[0] != vecs.shape[0]:
+        raise BadInput(f"encoded documents hold {vecs.shape[0]} vectors and {ids.shape[0]} token ids for "
+                       f"{int(lens.sum())} tokens")
+    return docids, lens, vecs, ids
+
+
 def _check_dim(queries: Sequence[np.ndarray], dim: int) -> None:
     for q in queries:
         if q.ndim != 2 or q.shape[1] != dim:
@@ -280,21 +301,7 @@ class MultiVectorIndex(_TombstonedRows):
         """In place: tombstone ``remove`` and any earlier version of ``docids``, then append ``docids`` (encoded as
         ``encoded``, :class:`~rankstack.retrieval.token_encoders.EncodedDocuments`). Unknown ``remove`` docids are
         ignored. Callers that search concurrently hold a lock (the service's collection write lock)."""
-        docids = [str(d) for d in docids]
-        if len(set(docids)) != len(docids):
-            raise BadInput("duplicate docids in one update of a multi-vector index")
-        if docids:
-            if encoded is None or len(encoded.lengths) != len(docids):
-                raise BadInput(f"{len(docids)} docids but {0 if encoded is None else len(encoded.lengths)} encoded "
-                               f"documents")
-            lens = np.asarray(encoded.lengths, np.int64)
-            if (lens == 0).any():
-                raise BadInput("a document has no tokens after encoding; give it some text")
-            vecs = np.asarray(encoded.vectors, np.float16).reshape(-1, self.dim)
-            ids = np.asarray(encoded.token_ids, np.int32)
-            if vecs.shape[0] != int(lens.sum()) or ids.shape[0] != vecs.shape[0]:
-                raise BadInput(f"encoded documents hold {vecs.shape[0]} vectors and {ids.shape[0]} token ids for "
-                               f"{int(lens.sum())} tokens")
+        docids, lens, vecs, ids = _update_input(docids, encoded, self.dim)
         for d in dict.fromkeys([*map(str, remove), *docids]):
             row = self.row_of.pop(d, None)
             if row is not None:
@@ -584,19 +591,7 @@ class PlaidIndex(_TombstonedRows):
         """In place, as :meth:`MultiVectorIndex.update`: tombstone ``remove`` and any earlier version of ``docids``,
         then append ``docids`` (``encoded``: their token vectors, rounded to float16 as the token index stores
         them) compressed with this index's centroids and buckets. O(the changed documents' tokens) amortised."""
-        docids = [str(d) for d in docids]
-        if len(set(docids)) != len(docids):
-            raise BadInput("duplicate docids in one update of a PLAID index")
-        if docids:
-            if encoded is None or len(encoded.lengths) != len(docids):
-                raise BadInput(f"{len(docids)} docids but {0 if encoded is None else len(encoded.lengths)} encoded "
-                               f"documents")
-            lens = np.asarray(encoded.lengths, np.int64)
-            vecs = np.asarray(np.asarray(encoded.vectors, np.float16), np.float32).reshape(-1, self.dim)
-            ids = np.asarray(encoded.token_ids, np.int32)
-            if (lens == 0).any() or vecs.shape[0] != int(lens.sum()) or ids.shape[0] != vecs.shape[0]:
-                raise BadInput(f"encoded documents hold {vecs.shape[0]} vectors and {ids.shape[0]} token ids for "
-                               f"{int(lens.sum())} tokens (none may be empty)")
+        docids, lens, vecs, ids = _update_input(docids, encoded, self.dim)
         if self._row_of is None:
             self._row_of = {d: r for r, d in enumerate(self._docids) if d is not None}
         for d in dict.fromkeys([*map(str, remove), *docids]):
@@ -606,7 +601,7 @@ class PlaidIndex(_TombstonedRows):
                 self._dead.add(row)
                 self._dead_tokens += int(self.offsets[row + 1] - self.offsets[row])
         if docids:
-            codes, packed = self._encode(vecs)
+            codes, packed = self._encode(np.asarray(vecs, np.float32))
             self._tok.append(codes, packed, ids)
             self._off.append(int(self.offsets[-1]) + np.cumsum(lens))
             for d in docids:

@@ -373,10 +373,10 @@ class CompressedIndex(VectorIndex):
         self._device.clear()
 
     def _live_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The binary planes, scales and slots of the rows not tombstoned (copies)."""
+        """The binary planes, scales and slots of the rows not tombstoned (views when there are none)."""
         planes, scales, pos = self._codes.arrays
         if not self._tombstones:
-            return planes.copy(), scales.copy(), pos.copy()
+            return planes, scales, pos
         keep = ~np.isin(pos, np.fromiter(self._tombstones, np.int64, len(self._tombstones)))
         return planes[keep], scales[keep], pos[keep]
 

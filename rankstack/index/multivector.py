@@ -117,6 +117,17 @@ class _TombstonedRows:
 
     _docids: list[str | None]
     _dead: set[int]
+    _dead_tokens: int
+    offsets: np.ndarray
+
+    def _tombstone(self, names, row_of: dict[str, int]) -> None:
+        """Tombstone the rows of ``names`` that ``row_of`` holds (and drop them from it); others are ignored."""
+        for d in dict.fromkeys(names):
+            row = row_of.pop(d, None)
+            if row is not None:
+                self._docids[row] = None
+                self._dead.add(row)
+                self._dead_tokens += int(self.offsets[row + 1] - self.offsets[row])
 
     @property
     def docids(self) -> list[str]:
@@ -302,12 +313,7 @@ class MultiVectorIndex(_TombstonedRows):
         ``encoded``, :class:`~rankstack.retrieval.token_encoders.EncodedDocuments`). Unknown ``remove`` docids are
         ignored. Callers that search concurrently hold a lock (the service's collection write lock)."""
         docids, lens, vecs, ids = _update_input(docids, encoded, self.dim)
-        for d in dict.fromkeys([*map(str, remove), *docids]):
-            row = self.row_of.pop(d, None)
-            if row is not None:
-                self._docids[row] = None
-                self._dead.add(row)
-                self._dead_tokens += int(self.offsets[row + 1] - self.offsets[row])
+        self._tombstone([*map(str, remove), *docids], self.row_of)
         if docids:
             t0, n0 = self.n_tokens, self.n_rows
             tok, tid, off = self._reserve(t0 + vecs.shape[0], n0 + len(docids))
@@ -437,6 +443,35 @@ def _unpack_codes(packed: np.ndarray, nbits: int, dim: int) -> np.ndarray:
     return np.stack(parts, axis=2).reshape(packed.shape[0], dim)
 
 
+_STEP = 262_144  # tokens per chunk when assigning or packing
+
+
+def _centroid_index(centroids: np.ndarray):
+    """A FAISS inner-product index over PLAID's centroids (a token's centroid is its nearest by inner product)."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(centroids.shape[1])
+    flat.add(np.ascontiguousarray(centroids, np.float32))
+    return flat
+
+
+def _nearest(flat, tokens) -> np.ndarray:
+    """int32 id of each token's nearest centroid in ``flat``."""
+    codes = np.empty(tokens.shape[0], np.int32)
+    for s in range(0, tokens.shape[0], _STEP):
+        codes[s:s + _STEP] = flat.search(np.asarray(tokens[s:s + _STEP], np.float32), 1)[1][:, 0]
+    return codes
+
+
+def _residual_codes(tokens, centroids: np.ndarray, codes: np.ndarray, cutoffs: np.ndarray, nbits: int) -> np.ndarray:
+    """Each token's residual to its centroid, bucketed at ``cutoffs`` and packed ``nbits`` per dimension."""
+    packed = np.empty((tokens.shape[0], tokens.shape[1] * nbits // 8), np.uint8)
+    for s in range(0, tokens.shape[0], _STEP):
+        r = np.asarray(tokens[s:s + _STEP], np.float32) - centroids[codes[s:s + _STEP]]
+        packed[s:s + _STEP] = _pack_codes(np.searchsorted(cutoffs, r), nbits)
+    return packed
+
+
 class PlaidIndex(_TombstonedRows):
     """Centroid ids + ``nbits`` residual codes per token; see the module docstring.
 
@@ -518,7 +553,6 @@ class PlaidIndex(_TombstonedRows):
         if d % (8 // nbits):
             raise BadInput(f"token dimension {d} is not a multiple of {8 // nbits} ({nbits}-bit codes pack per byte)")
         rng = np.random.default_rng(seed)
-        step = 262_144
         if like is not None:
             if like.codes.shape[0] != t or like.dim != d:
                 raise BadInput("like= must be a compression of the same token vectors")
@@ -536,22 +570,14 @@ class PlaidIndex(_TombstonedRows):
                               max_points_per_centroid=1 << 30)
             km.train(train)
             centroids = km.centroids.astype(np.float32)
-            flat = faiss.IndexFlatIP(d)
-            flat.add(centroids)
-            codes = np.empty(t, np.int32)
-            for s in range(0, t, step):
-                _, a = flat.search(np.asarray(index.tokens[s:s + step], np.float32), 1)
-                codes[s:s + step] = a[:, 0]
+            codes = _nearest(_centroid_index(centroids), index.tokens)
         # residual buckets from a held-out sample, as ColBERTv2 does: cutoffs at quantiles, values at mid-quantiles
         held = rng.choice(t, size=min(65_536, t), replace=False)
         res = np.asarray(index.tokens[held], np.float32) - centroids[codes[held]]
         nb = 1 << nbits
         cutoffs = np.quantile(res, np.arange(1, nb) / nb).astype(np.float32)
         values = np.quantile(res, (np.arange(nb) + 0.5) / nb).astype(np.float32)
-        packed = np.empty((t, d * nbits // 8), np.uint8)
-        for s in range(0, t, step):
-            r = np.asarray(index.tokens[s:s + step], np.float32) - centroids[codes[s:s + step]]
-            packed[s:s + step] = _pack_codes(np.searchsorted(cutoffs, r), nbits)
+        packed = _residual_codes(index.tokens, centroids, codes, cutoffs, nbits)
         info = {**index.meta, **(meta or {}), "ncentroids": int(ncentroids), "seed": seed, "trained_tokens": int(t)}
         return cls(index.docids, index.offsets, centroids, codes, packed, cutoffs, values, index.token_ids,
                    nbits=nbits, meta=info)
@@ -572,20 +598,10 @@ class PlaidIndex(_TombstonedRows):
     def _encode(self, tokens) -> tuple[np.ndarray, np.ndarray]:
         """Centroid ids (nearest by inner product, as :meth:`build` assigns) and packed residual codes of
         ``tokens``, with this index's centroids and buckets."""
-        import faiss
-
         if self._flat is None:
-            self._flat = faiss.IndexFlatIP(self.dim)
-            self._flat.add(self.centroids)
-        t = tokens.shape[0]
-        codes = np.empty(t, np.int32)
-        packed = np.empty((t, self.dim * self.nbits // 8), np.uint8)
-        for s in range(0, t, 262_144):
-            chunk = np.asarray(tokens[s:s + 262_144], np.float32)
-            codes[s:s + len(chunk)] = self._flat.search(chunk, 1)[1][:, 0]
-            packed[s:s + len(chunk)] = _pack_codes(
-                np.searchsorted(self.cutoffs, chunk - self.centroids[codes[s:s + len(chunk)]]), self.nbits)
-        return codes, packed
+            self._flat = _centroid_index(self.centroids)
+        codes = _nearest(self._flat, tokens)
+        return codes, _residual_codes(tokens, self.centroids, codes, self.cutoffs, self.nbits)
 
     def update(self, remove: Sequence[str], docids: Sequence[str], encoded=None) -> None:
         """In place, as :meth:`MultiVectorIndex.update`: tombstone ``remove`` and any earlier version of ``docids``,
@@ -594,12 +610,7 @@ class PlaidIndex(_TombstonedRows):
         docids, lens, vecs, ids = _update_input(docids, encoded, self.dim)
         if self._row_of is None:
             self._row_of = {d: r for r, d in enumerate(self._docids) if d is not None}
-        for d in dict.fromkeys([*map(str, remove), *docids]):
-            row = self._row_of.pop(d, None)
-            if row is not None:
-                self._docids[row] = None
-                self._dead.add(row)
-                self._dead_tokens += int(self.offsets[row + 1] - self.offsets[row])
+        self._tombstone([*map(str, remove), *docids], self._row_of)
         if docids:
             codes, packed = self._encode(np.asarray(vecs, np.float32))
             self._tok.append(codes, packed, ids)

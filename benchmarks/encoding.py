@@ -1,6 +1,6 @@
 """Dense encoding backends side by side: sentence-transformers in PyTorch float32 (the baseline), ONNX Runtime
-float32 (fused graph) and ONNX Runtime with int8 linear layers, on BEIR SciFact and NFCorpus with the offline
-all-MiniLM-L6-v2, plus the embedding cache.
+float32 (fused graph), ONNX Runtime with int8 linear layers and OpenVINO float32, on BEIR SciFact and NFCorpus with
+the offline all-MiniLM-L6-v2, plus the embedding cache.
 
 Per dataset and backend, in one run: documents/s encoding the whole corpus (title + text, batch 64, 256 tokens; the
 same length-sorted batching for every backend), queries/s, nDCG@10 of exact inner-product search over those
@@ -12,7 +12,10 @@ Which layers ``onnx-int8`` quantizes by default was chosen here on NFCorpus's de
 split), never on the test queries reported: the widest scope (all > ffn > intermediate) whose dev nDCG@10 is within
 0.002 of PyTorch float32's. The script prints that choice; the test rows show every scope.
 
-    python benchmarks/encoding.py [--datasets scifact nfcorpus] [--scopes all ffn intermediate] [--out DIR]
+    python benchmarks/encoding.py [--datasets scifact nfcorpus] [--backends torch onnx onnx-int8 openvino]
+        [--scopes all ffn intermediate] [--no-cache] [--out DIR]
+
+(``torch`` always runs first: it is every other row's baseline.)
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data/beir")
     ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
-    ap.add_argument("--scopes", nargs="+", default=list(ORDER), choices=ORDER)
+    ap.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8", "openvino"],
+                    choices=["torch", "onnx", "onnx-int8", "openvino"])
+    ap.add_argument("--scopes", nargs="+", default=list(ORDER), choices=ORDER, help="onnx-int8's layer scopes")
+    ap.add_argument("--no-cache", action="store_true", help="skip the embedding cache rows")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default="runs/encoding")
     args = ap.parse_args(argv)
@@ -67,7 +73,12 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    backends = [("torch", None), ("onnx", None)] + [("onnx-int8", s) for s in args.scopes]
+    backends = [("torch", None)]
+    for b in args.backends:
+        if b == "onnx-int8":
+            backends += [(b, s) for s in args.scopes]
+        elif b != "torch":
+            backends.append((b, None))
     rows, choice = [], {}
     with tempfile.TemporaryDirectory() as cache_root:
         for name in args.datasets:
@@ -107,19 +118,20 @@ def main(argv=None) -> int:
                                              - base_eval["dev"].aggregate["nDCG@10"], 4)
                 rows.append(row)
                 logger.info("%s", row)
-            # the embedding cache: first pass fills it, the second is all hits
-            enc = SentenceTransformerEncoder(cache=cache_root, show_progress=False)
-            t0 = time.perf_counter()
-            enc.encode_documents(docs)
-            t1 = time.perf_counter()
-            again = enc.encode_documents(docs)
-            t2 = time.perf_counter()
-            cos = (again * base_vecs).sum(1)
-            rows.append({"dataset": name, "backend": "torch + cache (all hits)",
-                         "docs_per_s": round(len(docs) / (t2 - t1), 1),
-                         "vs_torch": round(len(docs) / (t2 - t1) / base_dps, 2),
-                         "cos_min": round(float(cos.min()), 5), "cos_mean": round(float(cos.mean()), 5),
-                         "cache_fill_docs_per_s": round(len(docs) / (t1 - t0), 1)})
+            if not args.no_cache:
+                # the embedding cache: first pass fills it, the second is all hits
+                enc = SentenceTransformerEncoder(cache=cache_root, show_progress=False)
+                t0 = time.perf_counter()
+                enc.encode_documents(docs)
+                t1 = time.perf_counter()
+                again = enc.encode_documents(docs)
+                t2 = time.perf_counter()
+                cos = (again * base_vecs).sum(1)
+                rows.append({"dataset": name, "backend": "torch + cache (all hits)",
+                             "docs_per_s": round(len(docs) / (t2 - t1), 1),
+                             "vs_torch": round(len(docs) / (t2 - t1) / base_dps, 2),
+                             "cos_min": round(float(cos.min()), 5), "cos_mean": round(float(cos.mean()), 5),
+                             "cache_fill_docs_per_s": round(len(docs) / (t1 - t0), 1)})
             if name == "nfcorpus":
                 ok = [r for r in rows if r["dataset"] == name and r["backend"].startswith("onnx-int8:")
                       and r["dev_delta"] >= -0.002]

@@ -25,6 +25,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "ray": ("ray", "ray[data]"),
     "onnxruntime": ("onnx", "onnxruntime"),
     "onnx": ("onnx", "onnx"),
+    "openvino": ("openvino", "openvino"),
 }
 
 

@@ -1,9 +1,12 @@
-"""ONNX Runtime backends for sentence-transformers encoders (``dense:backend=onnx`` / ``backend=onnx-int8``).
+"""ONNX Runtime and OpenVINO backends for sentence-transformers encoders (``dense:backend=onnx`` / ``onnx-int8`` /
+``openvino``).
 
 The model's transformer is exported once to ONNX (eager attention, dynamic batch and sequence axes), checked
 against PyTorch on texts of different lengths, fused by ONNX Runtime's transformer optimizer (attention, layer norm,
 GELU), and, for ``onnx-int8``, its linear layers quantized to int8 per output channel with activations quantized on
-the fly (dynamic quantization). The files live in a cache folder keyed by the model and the library versions, written
+the fly (dynamic quantization). ``openvino`` converts the same module with OpenVINO's PyTorch frontend into an
+OpenVINO IR kept in float32 (no fp16 compression of the weights) and runs it at float32 inference precision, so its
+vectors match PyTorch's up to float rounding, like ``onnx``. The files live in a cache folder keyed by the model and the library versions, written
 atomically, so a second process loads them in a second. Pooling and any later modules (mean pooling, Normalize,
 Dense) still run in PyTorch on ONNX Runtime's token embeddings, so every sentence-transformers pipeline works.
 
@@ -36,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OnnxSentenceModel", "BACKENDS", "INT8_SCOPES", "DEFAULT_INT8_SCOPE", "onnx_cache_root"]
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 # linear layers that onnx-int8 quantizes: every MatMul/attention projection, the feed-forward block (up and down
 # projections), or only the feed-forward up projection ("intermediate")
 INT8_SCOPES = ("all", "ffn", "intermediate")
@@ -54,8 +57,25 @@ _EXPORT_LOCK = threading.Lock()
 _SESSIONS: dict[tuple[str, int], object] = {}  # ONNX Runtime sessions are thread-safe for run()
 
 
+class _OpenVinoSession:
+    """An OpenVINO compiled model behind ONNX Runtime's ``run(None, feeds)`` call. Each call takes its own infer
+    request, so concurrent encodes (the service's threads) never share one."""
+
+    def __init__(self, path: Path, threads: int):
+        ov = require("openvino")
+        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}  # f32: no silent bf16 on CPUs that have it
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+
+    def run(self, _outputs, feeds: dict) -> list[np.ndarray]:
+        request = self.compiled.create_infer_request()
+        request.infer(feeds)
+        return [np.array(request.get_output_tensor(0).data, copy=True)]
+
+
 class OnnxSentenceModel:
-    """Runs a loaded ``SentenceTransformer``'s transformer through ONNX Runtime.
+    """Runs a loaded ``SentenceTransformer``'s transformer through ONNX Runtime (or OpenVINO).
 
     ``encode(texts, batch_size, normalize)`` returns what ``SentenceTransformer.encode`` does (float32 rows in the
     input order), up to float rounding for ``onnx`` (cosine >= 0.99999 to PyTorch's vectors, checked at export) and
@@ -65,13 +85,16 @@ class OnnxSentenceModel:
 
     def __init__(self, st_model, model_name: str, *, backend: str = "onnx", int8_scope: str | None = None,
                  cache_dir: str | Path | None = None, threads: int | None = None):
-        if backend not in ("onnx", "onnx-int8"):
-            raise BadInput(f"unknown ONNX backend {backend!r}; use one of onnx, onnx-int8")
+        if backend not in BACKENDS[1:]:
+            raise BadInput(f"unknown exported backend {backend!r}; use one of {', '.join(BACKENDS[1:])}")
         scope = int8_scope or DEFAULT_INT8_SCOPE
         if scope not in INT8_SCOPES:
             raise BadInput(f"unknown int8_scope {scope!r}; use one of {', '.join(INT8_SCOPES)}")
-        ort = require("onnxruntime")
-        require("onnx")
+        if backend == "openvino":
+            require("openvino")
+        else:
+            require("onnxruntime")
+            require("onnx")
         import torch
 
         self.st = st_model
@@ -86,17 +109,24 @@ class OnnxSentenceModel:
         with _EXPORT_LOCK:  # one session per model file and thread count, shared by every encoder on it
             self.session = _SESSIONS.get((str(path), n_threads))
             if self.session is None:
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = n_threads
-                opts.inter_op_num_threads = 1
-                self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                self.session = self._open(path, n_threads)
                 _SESSIONS[(str(path), n_threads)] = self.session
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_names = (self.session.input_names if backend == "openvino"
+                            else [i.name for i in self.session.get_inputs()])
         self.path = path
+
+    def _open(self, path: Path, n_threads: int):
+        if self.backend == "openvino":
+            return _OpenVinoSession(path, n_threads)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = n_threads
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     # ---- export ---------------------------------------------------------------------------------------------
     def _key(self, model_name: str) -> str:
-        import onnxruntime
         import torch
         import transformers
 
@@ -104,8 +134,11 @@ class OnnxSentenceModel:
         ident = {"model": model_name, "name_or_path": str(getattr(cfg, "_name_or_path", "")),
                  "arch": list(getattr(cfg, "architectures", None) or []), "format": _FORMAT,
                  "torch": torch.__version__, "transformers": transformers.__version__,
-                 "onnxruntime": onnxruntime.__version__,
                  "weights": self._weights_digest()}
+        if self.backend == "openvino":  # its own folder per OpenVINO release, so ONNX users keep theirs
+            ident["openvino"] = require("openvino").__version__
+        else:
+            ident["onnxruntime"] = require("onnxruntime").__version__
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name.split("/")[-1])[:40]
         return f"{safe}-{digest}"
@@ -120,6 +153,8 @@ class OnnxSentenceModel:
         return h.hexdigest()[:16]
 
     def _target(self) -> Path:
+        if self.backend == "openvino":
+            return self.folder / "openvino" / "model.xml"
         if self.backend == "onnx":
             return self.folder / "model.opt.onnx"
         return self.folder / f"model.opt.int8-{self.int8_scope}.onnx"
@@ -130,6 +165,9 @@ class OnnxSentenceModel:
             if target.exists():
                 return target
             self.folder.mkdir(parents=True, exist_ok=True)
+            if self.backend == "openvino":
+                self._convert_openvino(target.parent)
+                return target
             base = self.folder / "model.opt.onnx"
             if not base.exists():
                 self._export_optimized(base)
@@ -137,10 +175,11 @@ class OnnxSentenceModel:
                 self._quantize(base, target)
         return target
 
-    def _export_optimized(self, dest: Path) -> None:
+    def _traceable(self):
+        """A float32 copy of the transformer with eager attention, wrapped to take the tokenizer's tensors by
+        position and return the token embeddings; a padded probe batch; the input names."""
         import torch
 
-        logger.info("exporting %s to ONNX in %s (once per model)", type(self.transformer).__name__, self.folder)
         model = copy.deepcopy(self.transformer).eval().float()
         try:  # the traced graph must hold plain matmul attention: SDPA's mask handling does not export faithfully
             model.set_attn_implementation("eager")
@@ -158,13 +197,43 @@ class OnnxSentenceModel:
             def forward(self, *args):
                 return self.m(**dict(zip(names, args))).last_hidden_state
 
+        return _Tokens(model), probe, names
+
+    def _convert_openvino(self, dest: Path) -> None:
+        """OpenVINO IR (``model.xml`` + ``model.bin``, float32 weights) through OpenVINO's PyTorch frontend, checked
+        against PyTorch, then moved into place as one folder rename (a crash leaves no half-written IR)."""
+        import torch
+
+        ov = require("openvino")
+        logger.info("converting %s to OpenVINO IR in %s (once per model)", type(self.transformer).__name__, dest)
+        module, probe, names = self._traceable()
+        with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
+            staged = Path(tmp) / "openvino"
+            staged.mkdir()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracing notes on Python conditions
+                converted = ov.convert_model(module, example_input=tuple(probe[n] for n in names),
+                                             input=[(ov.PartialShape([-1, -1]), ov.Type.i64) for _ in names])
+            for port, n in zip(converted.inputs, names):
+                port.get_tensor().set_names({n})
+            ov.save_model(converted, str(staged / "model.xml"), compress_to_fp16=False)
+            self._check(_OpenVinoSession(staged / "model.xml", 1), names, "OpenVINO conversion")
+            shutil.rmtree(dest, ignore_errors=True)  # a folder left by an interrupted older run
+            os.replace(staged, dest)
+
+    def _export_optimized(self, dest: Path) -> None:
+        import onnxruntime as ort
+        import torch
+
+        logger.info("exporting %s to ONNX in %s (once per model)", type(self.transformer).__name__, self.folder)
+        module, probe, names = self._traceable()
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
         axes["token_embeddings"] = {0: "batch", 1: "sequence"}
         with tempfile.TemporaryDirectory(dir=self.folder) as tmp:
             raw = Path(tmp) / "model.onnx"
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's notes on traced Python conditions
-                torch.onnx.export(_Tokens(model), tuple(probe[n] for n in names), str(raw), input_names=names,
+                torch.onnx.export(module, tuple(probe[n] for n in names), str(raw), input_names=names,
                                   output_names=["token_embeddings"], dynamic_axes=axes, opset_version=17,
                                   dynamo=False)
             opt = Path(tmp) / "model.opt.onnx"
@@ -178,15 +247,14 @@ class OnnxSentenceModel:
             except Exception as exc:  # noqa: BLE001 - an architecture the fuser does not know: run it unfused
                 logger.warning("ONNX Runtime's transformer optimizer failed (%s); using the unfused graph", exc)
                 shutil.copyfile(raw, opt)
-            self._check(opt, names)
+            self._check(ort.InferenceSession(str(opt), providers=["CPUExecutionProvider"]), names, "ONNX export")
             os.replace(opt, dest)  # atomic: a half-written file is never seen under the final name
 
-    def _check(self, path: Path, names: list[str]) -> None:
-        """The exported graph must reproduce the loaded model's token embeddings on texts of other lengths and batch
-        sizes than the probe it was traced with (a graph that baked in a shape would fail here, not in a search).
+    def _check(self, session, names: list[str], what: str) -> None:
+        """The exported graph (run by ``session.run(None, feeds)``) must reproduce the loaded model's token
+        embeddings on texts of other lengths and batch sizes than the probe it was traced with (a graph that baked in a shape would fail here, not in a search).
         The reference is the model sentence-transformers runs, not the traced copy (tracing leaves that copy
         computing other values)."""
-        import onnxruntime as ort
         import torch
 
         texts = ["one", "two words here", "a much longer text than any other in this small check, " * 6,
@@ -194,12 +262,11 @@ class OnnxSentenceModel:
         b = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
         with torch.no_grad():
             ref = self.transformer(**{n: b[n] for n in names}).last_hidden_state.numpy()
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {n: b[n].numpy() for n in names})[0]
+        got = session.run(None, {n: b[n].numpy().astype(np.int64) for n in names})[0]
         mask = b["attention_mask"].numpy().astype(bool)
         err = float(np.abs(got - ref)[mask].max())
         if not np.isfinite(err) or err > 1e-3:
-            raise RankStackError(f"the ONNX export of this model differs from PyTorch (max abs error {err:.3g} on "
+            raise RankStackError(f"the {what} of this model differs from PyTorch (max abs error {err:.3g} on "
                                  f"real tokens); use backend=torch for it")
 
     def _quantize(self, base: Path, dest: Path) -> None:

@@ -1,4 +1,5 @@
-"""ONNX Runtime encoder backends and the embedding cache, against sentence-transformers' own PyTorch vectors."""
+"""ONNX Runtime and OpenVINO encoder backends and the embedding cache, against sentence-transformers' own PyTorch
+vectors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from rankstack._optional import available
 from rankstack.errors import BadInput
 from rankstack.records import Document
 from rankstack.retrieval.embedding_cache import EmbeddingCache
@@ -102,6 +104,37 @@ def test_onnx_backend_reproduces_pytorch_vectors(onnx_env):
     assert again.onnx.path == enc.onnx.path and again.onnx.path.stat().st_mtime_ns == mtime
 
 
+def test_openvino_backend_reproduces_pytorch_vectors(onnx_env):
+    pytest.importorskip("openvino", reason="needs rankstack[openvino]")
+    Encoder, docs, ref_docs, ref_queries = onnx_env
+    enc = Encoder(backend="openvino", batch_size=4, show_progress=False)
+    assert enc.onnx.path.name == "model.xml" and enc.onnx.path.parent.name == "openvino"
+    # float32 weights on disk (an fp16-compressed IR would be about half MiniLM's 90 MB of float32 parameters)
+    params = sum(p.numel() for p in enc.model[0].auto_model.parameters())
+    assert enc.onnx.path.with_suffix(".bin").stat().st_size >= 0.95 * 4 * params  # (the unused pooler is dropped)
+    got = enc.encode_documents(docs)
+    assert got.shape == ref_docs.shape and got.dtype == np.float32
+    cos = (got * ref_docs).sum(1)
+    assert cos.min() > 0.99999, cos  # float32 inference: PyTorch's function up to rounding, in input order
+    assert ((enc.encode_queries(TEXTS[:2]) * ref_queries).sum(1) > 0.99999).all()
+    # converted once: a second encoder (another thread count, so another compiled model) reads the saved IR
+    mtime = enc.onnx.path.stat().st_mtime_ns
+    from rankstack.retrieval.onnx_encoder import OnnxSentenceModel
+
+    again = OnnxSentenceModel(enc.model, enc.model_name, backend="openvino", threads=1)
+    assert again.path == enc.onnx.path and again.path.stat().st_mtime_ns == mtime
+    np.testing.assert_allclose(again.encode(TEXTS, batch_size=2, normalize=True), got, atol=2e-5)
+
+
+def test_a_missing_openvino_names_the_extra(onnx_env, monkeypatch):
+    from rankstack.errors import MissingExtra
+
+    Encoder = onnx_env[0]
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # as if it were not installed
+    with pytest.raises(MissingExtra, match=r"rankstack\[openvino\]"):
+        Encoder(backend="openvino", show_progress=False)
+
+
 def test_onnx_int8_is_close_and_keeps_neighbours(onnx_env):
     Encoder, docs, ref_docs, _ = onnx_env
     enc = Encoder(backend="onnx-int8", batch_size=4, show_progress=False)
@@ -160,7 +193,9 @@ def test_a_pipeline_spec_runs_the_onnx_encoder(onnx_env, tmp_path):
     ds = BeirDataset(name="tiny", split="test", corpus={d.docid: d for d in docs}, queries=queries,
                      qrels=Qrels(judgments={"q1": {"0": 1}, "q2": {"4": 1}}))
     ws = DatasetWorkspace(ds, tmp_path / "ws")
-    onnx = compile_pipeline("dense:backend=onnx", ws).run(list(queries.values()), 3).rankings
     plain = compile_pipeline("dense", ws).run(list(queries.values()), 3).rankings
-    assert [r.docids for r in onnx] == [r.docids for r in plain] and [r.docids[0] for r in onnx] == ["0", "4"]
-    assert ws.retriever("dense:backend=onnx").encoder.onnx is not None
+    backends = ["onnx"] + (["openvino"] if available("openvino") else [])
+    for backend in backends:
+        got = compile_pipeline(f"dense:backend={backend}", ws).run(list(queries.values()), 3).rankings
+        assert [r.docids for r in got] == [r.docids for r in plain] and [r.docids[0] for r in got] == ["0", "4"]
+        assert ws.retriever(f"dense:backend={backend}").encoder.onnx.backend == backend

@@ -19,7 +19,8 @@ __all__ = ["DEFAULT_DENSE_MODEL", "resolve_model", "SentenceTransformerEncoder",
 
 # options a dense retriever spec may give its encoder, with their defaults (``dense:batch_size=16,...``)
 # backend: torch (sentence-transformers), onnx (ONNX Runtime, fused graph, float32), onnx-int8 (its linear layers in
-# int8) or openvino (OpenVINO IR, float32), see rankstack.retrieval.onnx_encoder; cache: keep vectors in a persistent embedding cache
+# int8) or openvino (OpenVINO IR, float32), see rankstack.retrieval.onnx_encoder; cache: keep vectors in a
+# persistent embedding cache
 ENCODER_OPTIONS = {"batch_size": 64, "normalize": True, "max_seq_length": int, "query_prefix": "",
                    "document_prefix": "", "device": "cpu", "backend": "torch", "int8_scope": str, "cache": False}
 # the ones that change document vectors (an index built with other values is a different index)
@@ -70,10 +71,9 @@ class SentenceTransformerEncoder:
     others.
 
     ``backend``: ``torch`` runs sentence-transformers; ``onnx`` and ``onnx-int8`` run the transformer through ONNX
-    Runtime, ``openvino`` through OpenVINO (exported once into a cache folder; :mod:`rankstack.retrieval.onnx_encoder`),
-    CPU only. ``cache=True``
-    keeps every vector in a persistent :class:`~rankstack.retrieval.embedding_cache.EmbeddingCache`, so a text is
-    encoded once per encoder identity.
+    Runtime, ``openvino`` through OpenVINO (exported once into a cache folder;
+    :mod:`rankstack.retrieval.onnx_encoder`), CPU only. ``cache=True`` keeps every vector in a persistent
+    :class:`~rankstack.retrieval.embedding_cache.EmbeddingCache`, so a text is encoded once per encoder identity.
     """
 
     def __init__(self, model: str = DEFAULT_DENSE_MODEL, *, device: str | None = None, batch_size: int = 64,

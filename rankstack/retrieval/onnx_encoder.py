@@ -6,9 +6,10 @@ against PyTorch on texts of different lengths, fused by ONNX Runtime's transform
 GELU), and, for ``onnx-int8``, its linear layers quantized to int8 per output channel with activations quantized on
 the fly (dynamic quantization). ``openvino`` converts the same module with OpenVINO's PyTorch frontend into an
 OpenVINO IR kept in float32 (no fp16 compression of the weights) and runs it at float32 inference precision, so its
-vectors match PyTorch's up to float rounding, like ``onnx``. The files live in a cache folder keyed by the model and the library versions, written
-atomically, so a second process loads them in a second. Pooling and any later modules (mean pooling, Normalize,
-Dense) still run in PyTorch on ONNX Runtime's token embeddings, so every sentence-transformers pipeline works.
+vectors match PyTorch's up to float rounding, like ``onnx``. The files live in a cache folder keyed by the model
+and the library versions, written atomically, so a second process loads them in a second. Pooling and any later
+modules (mean pooling, Normalize, Dense) still run in PyTorch on the runtime's token embeddings, so every
+sentence-transformers pipeline works.
 
 Which linear layers ``onnx-int8`` quantizes (:data:`INT8_SCOPES`) was chosen on NFCorpus dev queries, not on the
 test queries we report (``benchmarks/encoding.py`` prints the choice: the widest scope within 0.002 nDCG@10 of
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -58,15 +60,17 @@ _SESSIONS: dict[tuple[str, int], object] = {}  # ONNX Runtime sessions are threa
 
 
 class _OpenVinoSession:
-    """An OpenVINO compiled model behind ONNX Runtime's ``run(None, feeds)`` call. Each call takes its own infer
-    request, so concurrent encodes (the service's threads) never share one."""
+    """An OpenVINO compiled model behind ONNX Runtime's session calls (``get_inputs()``, ``run(None, feeds)``).
+    Each call takes its own infer request, so concurrent encodes (the service's threads) never share one."""
 
     def __init__(self, path: Path, threads: int):
         ov = require("openvino")
         config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "f32"}  # f32: no silent bf16 on CPUs that have it
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+
+    def get_inputs(self) -> list:
+        return [SimpleNamespace(name=i.get_any_name()) for i in self.compiled.inputs]
 
     def run(self, _outputs, feeds: dict) -> list[np.ndarray]:
         request = self.compiled.create_infer_request()
@@ -111,8 +115,7 @@ class OnnxSentenceModel:
             if self.session is None:
                 self.session = self._open(path, n_threads)
                 _SESSIONS[(str(path), n_threads)] = self.session
-        self.input_names = (self.session.input_names if backend == "openvino"
-                            else [i.name for i in self.session.get_inputs()])
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.path = path
 
     def _open(self, path: Path, n_threads: int):
@@ -252,9 +255,9 @@ class OnnxSentenceModel:
 
     def _check(self, session, names: list[str], what: str) -> None:
         """The exported graph (run by ``session.run(None, feeds)``) must reproduce the loaded model's token
-        embeddings on texts of other lengths and batch sizes than the probe it was traced with (a graph that baked in a shape would fail here, not in a search).
-        The reference is the model sentence-transformers runs, not the traced copy (tracing leaves that copy
-        computing other values)."""
+        embeddings on texts of other lengths and batch sizes than the probe it was traced with (a graph that baked in
+        a shape would fail here, not in a search). The reference is the model sentence-transformers runs, not the
+        traced copy (tracing leaves that copy computing other values)."""
         import torch
 
         texts = ["one", "two words here", "a much longer text than any other in this small check, " * 6,
@@ -262,7 +265,7 @@ class OnnxSentenceModel:
         b = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
         with torch.no_grad():
             ref = self.transformer(**{n: b[n] for n in names}).last_hidden_state.numpy()
-        got = session.run(None, {n: b[n].numpy().astype(np.int64) for n in names})[0]
+        got = session.run(None, {n: b[n].numpy() for n in names})[0]
         mask = b["attention_mask"].numpy().astype(bool)
         err = float(np.abs(got - ref)[mask].max())
         if not np.isfinite(err) or err > 1e-3:

@@ -1,6 +1,6 @@
 """Dense encoding backends side by side: sentence-transformers in PyTorch float32 (the baseline), ONNX Runtime
-float32 (fused graph), ONNX Runtime with int8 linear layers and OpenVINO float32, on BEIR SciFact and NFCorpus with
-the offline all-MiniLM-L6-v2, plus the embedding cache.
+float32 (fused graph), ONNX Runtime with int8 linear layers, OpenVINO float32 and OpenVINO bf16 (AMX/AVX512-BF16
+CPUs), on BEIR SciFact and NFCorpus with the offline all-MiniLM-L6-v2, plus the embedding cache.
 
 Per dataset and backend, in one run: documents/s encoding the whole corpus (title + text, batch 64, 256 tokens; the
 same length-sorted batching for every backend), queries/s, nDCG@10 of exact inner-product search over those
@@ -12,7 +12,7 @@ Which layers ``onnx-int8`` quantizes by default was chosen here on NFCorpus's de
 split), never on the test queries reported: the widest scope (all > ffn > intermediate) whose dev nDCG@10 is within
 0.002 of PyTorch float32's. The script prints that choice; the test rows show every scope.
 
-    python benchmarks/encoding.py [--datasets scifact nfcorpus] [--backends torch onnx onnx-int8 openvino]
+    python benchmarks/encoding.py [--datasets scifact nfcorpus] [--backends torch onnx onnx-int8 openvino openvino-bf16]
         [--scopes all ffn intermediate] [--no-cache] [--out DIR]
 
 (``torch`` always runs first: it is every other row's baseline.)
@@ -35,6 +35,7 @@ from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
 from rankstack.records import Run
 from rankstack.retrieval.encoders import SentenceTransformerEncoder
+from rankstack.retrieval.onnx_encoder import BACKENDS
 
 from _table import markdown, save_results  # noqa: E402
 
@@ -62,8 +63,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data/beir")
     ap.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
-    ap.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8", "openvino"],
-                    choices=["torch", "onnx", "onnx-int8", "openvino"])
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     ap.add_argument("--scopes", nargs="+", default=list(ORDER), choices=ORDER, help="onnx-int8's layer scopes")
     ap.add_argument("--no-cache", action="store_true", help="skip the embedding cache rows")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -143,7 +143,9 @@ def main(argv=None) -> int:
             "cos_mean", "dev_ndcg@10", "dev_delta"]
     table = markdown(rows, cols)
     sys.stdout.write(table + "\n" + str(choice) + "\n")
-    save_results(args.out, {"rows": rows, "choice": choice, "threads": args.threads, "machine": platform.node()})
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    save_results(args.out, {"rows": rows, "choice": choice, "threads": args.threads, "machine": platform.node(),
+                            "cpu_bf16": sorted(flags & {"amx_bf16", "avx512_bf16"})})
     return 0
 
 

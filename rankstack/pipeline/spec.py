@@ -17,8 +17,8 @@ Operators, as in Python (``%`` binds tightest, then ``+``, then ``>>``):
 Retrievers: ``bm25`` (k1, b, threads, engine=lucene|matrix), the late-interaction ``maxsim`` (exact), ``muvera``
 (k_sim, d_proj, reps, candidates, index) and ``plaid`` (nbits, ncentroids, nprobe, candidates), all with model,
 batch_size, query_length, document_length, device; ``dense`` (model, index, batch_size, normalize, max_seq_length,
-query_prefix, document_prefix, device, backend=torch|onnx|onnx-int8|openvino, int8_scope, cache) and ``splade``
-(learned sparse: model, query=model|idf, engine=scipy|lucene|seismic, batch_size, max_seq_length, device, threads, and
+query_prefix, document_prefix, device, backend=torch|onnx|onnx-int8|openvino|openvino-bf16, int8_scope, cache) and
+``splade`` (learned sparse: model, query=model|idf, engine=scipy|lucene|seismic, batch_size, max_seq_length, device, threads, and
 Seismic's n_postings, summary_energy, query_cut, heap_factor). Rerankers: the kinds of
 :mod:`rankstack.rerank.factory` (or, in the service, the names of its configured rerankers), with ``depth`` = how
 many candidates they rerank.

@@ -19,8 +19,8 @@ __all__ = ["DEFAULT_DENSE_MODEL", "resolve_model", "SentenceTransformerEncoder",
 
 # options a dense retriever spec may give its encoder, with their defaults (``dense:batch_size=16,...``)
 # backend: torch (sentence-transformers), onnx (ONNX Runtime, fused graph, float32), onnx-int8 (its linear layers in
-# int8) or openvino (OpenVINO IR, float32), see rankstack.retrieval.onnx_encoder; cache: keep vectors in a
-# persistent embedding cache
+# int8), openvino (OpenVINO IR, float32) or openvino-bf16 (that IR run in bf16 where the CPU has it), see
+# rankstack.retrieval.onnx_encoder; cache: keep vectors in a persistent embedding cache
 ENCODER_OPTIONS = {"batch_size": 64, "normalize": True, "max_seq_length": int, "query_prefix": "",
                    "document_prefix": "", "device": "cpu", "backend": "torch", "int8_scope": str, "cache": False}
 # the ones that change document vectors (an index built with other values is a different index)
@@ -71,7 +71,7 @@ class SentenceTransformerEncoder:
     others.
 
     ``backend``: ``torch`` runs sentence-transformers; ``onnx`` and ``onnx-int8`` run the transformer through ONNX
-    Runtime, ``openvino`` through OpenVINO (exported once into a cache folder;
+    Runtime, ``openvino`` (float32) and ``openvino-bf16`` through OpenVINO (exported once into a cache folder;
     :mod:`rankstack.retrieval.onnx_encoder`), CPU only. ``cache=True`` keeps every vector in a persistent
     :class:`~rankstack.retrieval.embedding_cache.EmbeddingCache`, so a text is encoded once per encoder identity.
     """

@@ -1,12 +1,15 @@
 """ONNX Runtime and OpenVINO backends for sentence-transformers encoders (``dense:backend=onnx`` / ``onnx-int8`` /
-``openvino``).
+``openvino`` / ``openvino-bf16``).
 
 The model's transformer is exported once to ONNX (eager attention, dynamic batch and sequence axes), checked
 against PyTorch on texts of different lengths, fused by ONNX Runtime's transformer optimizer (attention, layer norm,
 GELU), and, for ``onnx-int8``, its linear layers quantized to int8 per output channel with activations quantized on
 the fly (dynamic quantization). ``openvino`` converts the same module with OpenVINO's PyTorch frontend into an
 OpenVINO IR kept in float32 (no fp16 compression of the weights) and runs it at float32 inference precision, so its
-vectors match PyTorch's up to float rounding, like ``onnx``. The files live in a cache folder keyed by the model
+vectors match PyTorch's up to float rounding, like ``onnx``. ``openvino-bf16`` runs that same IR at bfloat16
+inference precision: on CPUs with bf16 matrix units (AMX, AVX512-BF16) OpenVINO then multiplies in bf16 with float32
+accumulation, and its vectors are checked against PyTorch's by cosine (>= 0.999) when the model is opened; on a CPU
+without bf16 support OpenVINO runs float32 and a warning says so. The files live in a cache folder keyed by the model
 and the library versions, written atomically, so a second process loads them in a second. Pooling and any later
 modules (mean pooling, Normalize, Dense) still run in PyTorch on the runtime's token embeddings, so every
 sentence-transformers pipeline works.
@@ -41,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OnnxSentenceModel", "BACKENDS", "INT8_SCOPES", "DEFAULT_INT8_SCOPE", "onnx_cache_root"]
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
+_BF16_MIN_COSINE = 0.999  # openvino-bf16's pooled vectors against PyTorch's, checked when a model is opened
 # linear layers that onnx-int8 quantizes: every MatMul/attention projection, the feed-forward block (up and down
 # projections), or only the feed-forward up projection ("intermediate")
 INT8_SCOPES = ("all", "ffn", "intermediate")
@@ -56,18 +60,23 @@ def onnx_cache_root() -> Path:
 
 
 _EXPORT_LOCK = threading.Lock()
-_SESSIONS: dict[tuple[str, int], object] = {}  # ONNX Runtime sessions are thread-safe for run()
+_SESSIONS: dict[tuple[str, str, int], object] = {}  # ONNX Runtime sessions are thread-safe for run()
 
 
 class _OpenVinoSession:
     """An OpenVINO compiled model behind ONNX Runtime's session calls (``get_inputs()``, ``run(None, feeds)``).
     Each call takes its own infer request, so concurrent encodes (the service's threads) never share one."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, precision: str = "f32"):
         ov = require("openvino")
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            logger.warning("this CPU has no bf16 support (AMX or AVX512-BF16): openvino-bf16 runs in float32")
+        # explicit precision: OpenVINO's default is bf16 on CPUs that have it, which `openvino` must not get silently
         config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": "f32"}  # f32: no silent bf16 on CPUs that have it
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+                  "INFERENCE_PRECISION_HINT": precision}
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what it runs
 
     def get_inputs(self) -> list:
         return [SimpleNamespace(name=i.get_any_name()) for i in self.compiled.inputs]
@@ -94,7 +103,7 @@ class OnnxSentenceModel:
         scope = int8_scope or DEFAULT_INT8_SCOPE
         if scope not in INT8_SCOPES:
             raise BadInput(f"unknown int8_scope {scope!r}; use one of {', '.join(INT8_SCOPES)}")
-        if backend == "openvino":
+        if backend.startswith("openvino"):
             require("openvino")
         else:
             require("onnxruntime")
@@ -110,17 +119,22 @@ class OnnxSentenceModel:
         self.folder = Path(cache_dir) if cache_dir else onnx_cache_root() / self._key(model_name)
         path = self._prepare()
         n_threads = threads or torch.get_num_threads()
-        with _EXPORT_LOCK:  # one session per model file and thread count, shared by every encoder on it
-            self.session = _SESSIONS.get((str(path), n_threads))
+        key = (str(path), backend, n_threads)  # openvino and openvino-bf16 compile one IR at two precisions
+        with _EXPORT_LOCK:  # one session per model file, backend and thread count, shared by every encoder on it
+            self.session = _SESSIONS.get(key)
             if self.session is None:
                 self.session = self._open(path, n_threads)
-                _SESSIONS[(str(path), n_threads)] = self.session
+                _SESSIONS[key] = self.session
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.path = path
 
     def _open(self, path: Path, n_threads: int):
         if self.backend == "openvino":
             return _OpenVinoSession(path, n_threads)
+        if self.backend == "openvino-bf16":
+            session = _OpenVinoSession(path, n_threads, "bf16")
+            self._check_cosine(session)
+            return session
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -138,7 +152,7 @@ class OnnxSentenceModel:
                  "arch": list(getattr(cfg, "architectures", None) or []), "format": _FORMAT,
                  "torch": torch.__version__, "transformers": transformers.__version__,
                  "weights": self._weights_digest()}
-        if self.backend == "openvino":  # its own folder per OpenVINO release, so ONNX users keep theirs
+        if self.backend.startswith("openvino"):  # a folder per OpenVINO release (both precisions share the IR)
             ident["openvino"] = require("openvino").__version__
         else:
             ident["onnxruntime"] = require("onnxruntime").__version__
@@ -156,7 +170,7 @@ class OnnxSentenceModel:
         return h.hexdigest()[:16]
 
     def _target(self) -> Path:
-        if self.backend == "openvino":
+        if self.backend.startswith("openvino"):
             return self.folder / "openvino" / "model.xml"
         if self.backend == "onnx":
             return self.folder / "model.opt.onnx"
@@ -168,7 +182,7 @@ class OnnxSentenceModel:
             if target.exists():
                 return target
             self.folder.mkdir(parents=True, exist_ok=True)
-            if self.backend == "openvino":
+            if self.backend.startswith("openvino"):
                 self._convert_openvino(target.parent)
                 return target
             base = self.folder / "model.opt.onnx"
@@ -271,6 +285,29 @@ class OnnxSentenceModel:
         if not np.isfinite(err) or err > 1e-3:
             raise RankStackError(f"the {what} of this model differs from PyTorch (max abs error {err:.3g} on "
                                  f"real tokens); use backend=torch for it")
+
+    def _check_cosine(self, session) -> None:
+        """A reduced-precision session must give mean-pooled vectors within :data:`_BF16_MIN_COSINE` of PyTorch's on
+        texts of several lengths (a runtime that mis-handles bf16 fails here, not silently in a search)."""
+        import torch
+
+        names = [i.name for i in session.get_inputs()]
+        texts = ["one", "two words here", "a much longer text than any other in this small check, " * 6,
+                 "mid length text for the check, about proteins, genes and clinical trials"]
+        b = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            ref = self.transformer(**{n: b[n] for n in names}).last_hidden_state.numpy()
+        got = session.run(None, {n: b[n].numpy() for n in names})[0]
+        mask = b["attention_mask"].numpy()[..., None].astype(np.float32)
+
+        def pooled(x):
+            v = (x * mask).sum(1) / mask.sum(1)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+        cos = float((pooled(got) * pooled(ref)).sum(1).min())
+        if not np.isfinite(cos) or cos < _BF16_MIN_COSINE:
+            raise RankStackError(f"backend={self.backend} gives vectors at cosine {cos:.4f} to PyTorch's for this "
+                                 f"model (< {_BF16_MIN_COSINE}); use backend=openvino (float32)")
 
     def _quantize(self, base: Path, dest: Path) -> None:
         import onnx

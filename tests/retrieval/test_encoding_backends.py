@@ -126,6 +126,45 @@ def test_openvino_backend_reproduces_pytorch_vectors(onnx_env):
     np.testing.assert_allclose(again.encode(TEXTS, batch_size=2, normalize=True), got, atol=2e-5)
 
 
+def test_openvino_bf16_shares_the_ir_and_stays_close(onnx_env):
+    pytest.importorskip("openvino", reason="needs rankstack[openvino]")
+    import openvino as ov
+
+    Encoder, docs, ref_docs, ref_queries = onnx_env
+    f32 = Encoder(backend="openvino", batch_size=4, show_progress=False)
+    mtime = f32.onnx.path.stat().st_mtime_ns
+    enc = Encoder(backend="openvino-bf16", batch_size=4, show_progress=False)
+    assert enc.onnx.path == f32.onnx.path and enc.onnx.path.stat().st_mtime_ns == mtime  # the same IR, not a copy
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert enc.onnx.session.precision == ("bf16" if has_bf16 else "f32")
+    assert f32.onnx.session.precision == "f32"  # plain openvino never runs bf16 silently, even where the CPU has it
+    got = enc.encode_documents(docs)
+    exact = f32.encode_documents(docs)
+    cos = (got * ref_docs).sum(1)
+    assert got.dtype == np.float32 and cos.min() > 0.999, cos
+    if has_bf16:  # really multiplied in bf16: the vectors are not float32's
+        assert np.abs(got - exact).max() > 1e-4
+    assert ((enc.encode_queries(TEXTS[:2]) * ref_queries).sum(1) > 0.999).all()
+
+
+def test_a_reduced_precision_session_far_from_pytorch_is_refused(onnx_env):
+    pytest.importorskip("openvino", reason="needs rankstack[openvino]")
+    from rankstack.errors import RankStackError
+
+    enc = onnx_env[0](backend="openvino-bf16", batch_size=4, show_progress=False)
+
+    class Reversed:  # the real session, with every text's token embeddings reversed along the hidden axis
+        def get_inputs(self):
+            return enc.onnx.session.get_inputs()
+
+        def run(self, outputs, feeds):
+            return [enc.onnx.session.run(outputs, feeds)[0][..., ::-1]]
+
+    enc.onnx._check_cosine(enc.onnx.session)  # the real one passes
+    with pytest.raises(RankStackError, match="backend=openvino \\(float32\\)"):
+        enc.onnx._check_cosine(Reversed())
+
+
 def test_a_missing_openvino_names_the_extra(onnx_env, monkeypatch):
     from rankstack.errors import MissingExtra
 
@@ -199,3 +238,6 @@ def test_a_pipeline_spec_runs_the_onnx_encoder(onnx_env, tmp_path):
         got = compile_pipeline(f"dense:backend={backend}", ws).run(list(queries.values()), 3).rankings
         assert [r.docids for r in got] == [r.docids for r in plain] and [r.docids[0] for r in got] == ["0", "4"]
         assert ws.retriever(f"dense:backend={backend}").encoder.onnx.backend == backend
+    if available("openvino"):  # bf16: the same best documents (lower ranks may swap on near-ties)
+        got = compile_pipeline("dense:backend=openvino-bf16", ws).run(list(queries.values()), 3).rankings
+        assert [r.docids[0] for r in got] == ["0", "4"]

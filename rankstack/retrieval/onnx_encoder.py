@@ -267,11 +267,10 @@ class OnnxSentenceModel:
             self._check(ort.InferenceSession(str(opt), providers=["CPUExecutionProvider"]), names, "ONNX export")
             os.replace(opt, dest)  # atomic: a half-written file is never seen under the final name
 
-    def _check(self, session, names: list[str], what: str) -> None:
-        """The exported graph (run by ``session.run(None, feeds)``) must reproduce the loaded model's token
-        embeddings on texts of other lengths and batch sizes than the probe it was traced with (a graph that baked in
-        a shape would fail here, not in a search). The reference is the model sentence-transformers runs, not the
-        traced copy (tracing leaves that copy computing other values)."""
+    def _probe(self, session, names: list[str]):
+        """``session``'s token embeddings and the loaded model's on texts of several lengths (other lengths and batch
+        sizes than the probe the graph was traced with), with the attention mask. The reference is the model
+        sentence-transformers runs, not the traced copy (tracing leaves that copy computing other values)."""
         import torch
 
         texts = ["one", "two words here", "a much longer text than any other in this small check, " * 6,
@@ -280,28 +279,25 @@ class OnnxSentenceModel:
         with torch.no_grad():
             ref = self.transformer(**{n: b[n] for n in names}).last_hidden_state.numpy()
         got = session.run(None, {n: b[n].numpy() for n in names})[0]
-        mask = b["attention_mask"].numpy().astype(bool)
-        err = float(np.abs(got - ref)[mask].max())
+        return got, ref, b["attention_mask"].numpy()
+
+    def _check(self, session, names: list[str], what: str) -> None:
+        """The exported graph (run by ``session.run(None, feeds)``) must reproduce the loaded model's token
+        embeddings on real tokens (a graph that baked in a shape would fail here, not in a search)."""
+        got, ref, mask = self._probe(session, names)
+        err = float(np.abs(got - ref)[mask.astype(bool)].max())
         if not np.isfinite(err) or err > 1e-3:
             raise RankStackError(f"the {what} of this model differs from PyTorch (max abs error {err:.3g} on "
                                  f"real tokens); use backend=torch for it")
 
     def _check_cosine(self, session) -> None:
-        """A reduced-precision session must give mean-pooled vectors within :data:`_BF16_MIN_COSINE` of PyTorch's on
-        texts of several lengths (a runtime that mis-handles bf16 fails here, not silently in a search)."""
-        import torch
-
-        names = [i.name for i in session.get_inputs()]
-        texts = ["one", "two words here", "a much longer text than any other in this small check, " * 6,
-                 "mid length text for the check, about proteins, genes and clinical trials"]
-        b = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-        with torch.no_grad():
-            ref = self.transformer(**{n: b[n] for n in names}).last_hidden_state.numpy()
-        got = session.run(None, {n: b[n].numpy() for n in names})[0]
-        mask = b["attention_mask"].numpy()[..., None].astype(np.float32)
+        """A reduced-precision session must give mean-pooled vectors within :data:`_BF16_MIN_COSINE` of PyTorch's
+        (a runtime that mis-handles bf16 fails here, not silently in a search)."""
+        got, ref, mask = self._probe(session, [i.name for i in session.get_inputs()])
+        weights = mask[..., None].astype(np.float32)
 
         def pooled(x):
-            v = (x * mask).sum(1) / mask.sum(1)
+            v = (x * weights).sum(1) / weights.sum(1)
             return v / np.linalg.norm(v, axis=1, keepdims=True)
 
         cos = float((pooled(got) * pooled(ref)).sum(1).min())

@@ -93,3 +93,34 @@ def test_vectorised_tiebreak_equals_the_plain_loop():
     block = np.sort(np.round(rng.uniform(5, 5.02, (6, 150)), 4) + rng.choice([0, 1e-5, 6e-5], (6, 150)), axis=1)
     block = block[:, ::-1].astype(np.float32)  # a block of queries, judged row by row as one query each
     assert (lowered_scores(block) == np.stack([lowered_scores(row) for row in block])).all()
+
+
+@pytest.mark.parametrize("impl", ["compiled", "numpy"])
+def test_lowering_blocks_with_lengths_equal_the_plain_loop(impl):
+    """Both lowerings (the numba kernel the engine runs, and the numpy one it falls back to without numba) on
+    blocks of queries of different lengths, as the batched search hands them over: each row's first ``lengths``
+    entries equal the rank-by-rank loop, the padding is 0."""
+    from rankstack.index import bm25_matrix as bm
+
+    if impl == "compiled":
+        pytest.importorskip("numba", reason="the compiled lowering needs numba (rankstack[fastscan])")
+        fn = bm.lowered_scores
+    else:
+        fn = bm._lowered_numpy
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        rows, n = int(rng.integers(1, 9)), int(rng.integers(1, 200))
+        base = rng.choice([rng.uniform(0, 30), 5.0, 1e-4], rows)[:, None]
+        v = base + np.round(rng.uniform(0, 0.002, (rows, n)), 4) + rng.choice([0, 1e-5, 6e-5], (rows, n))
+        if trial % 5 == 0:
+            v[:, n // 2:] = base  # long runs of one score, past the numpy shortcut's 90 ties
+        if trial % 7 == 0:
+            v[:, -n // 4:] = 0.0  # zeros at the tail
+        block = -np.sort(-v.astype(np.float32), axis=1)
+        lengths = rng.integers(0, n + 1, rows)
+        got = fn(block, lengths)
+        for q in range(rows):
+            m = int(lengths[q])
+            want = [s for _, s in bm.tiebreak_reference([(f"{i:06d}", s) for i, s in enumerate(block[q, :m])])]
+            assert got[q, :m].tolist() == want, (trial, q)
+            assert (got[q, m:] == 0).all()

@@ -4,6 +4,12 @@ Built from a :class:`~rankstack.index.sparse.SparseIndex`'s integer impacts as a
 ``JsonVectorCollection`` (``-impact -pretokenized``, as Pyserini indexes SPLADE), searched with Anserini's
 ``SimpleImpactSearcher``: score = sum over query terms of query weight x document impact, the same integers the
 scipy engine multiplies.
+
+It follows writes in place (:meth:`LuceneImpactIndex.update`): changed documents are laid out by Anserini's own
+generator and analyzer, as the build lays them out, and written as a new segment that replaces their earlier
+versions by docid (tombstones until Lucene's merges drop them), ending in one atomic Lucene commit that records
+the source's :meth:`~rankstack.index.sparse.SparseIndex.signature`. Impact scores use no collection statistics,
+so an updated index answers exactly as one built afresh from the same documents.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 
 from rankstack._atomic import atomic_dir, write_json
 from rankstack.errors import BadInput, IndexCorrupt
@@ -31,16 +40,86 @@ class LuceneImpactIndex:
     KIND = "lucene-impact"
     FORMAT_VERSION = 1
 
+    _write_locks: dict[Path, threading.Lock] = {}  # one writer per folder in this process (Lucene's write.lock)
+    _write_locks_guard = threading.Lock()
+
     def __init__(self, path: str | os.PathLike):
         self.path, self.params = open_lucene_dir(path, self.KIND, self.FORMAT_VERSION)
         import_pyserini("pyserini.search.lucene")
         lift_clause_limit()
+        self._searcher = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Search the folder's latest commit (after an update made through another object)."""
         from jnius import autoclass
 
-        self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(self.path / "lucene"))
+        old, self._searcher = self._searcher, autoclass("io.anserini.search.SimpleImpactSearcher")(
+            str(self.path / "lucene"))
+        if old is not None:
+            old.close()
+        folder = autoclass("org.apache.lucene.store.FSDirectory").open(
+            autoclass("java.nio.file.Paths").get(str(self.path / "lucene")))
+        try:  # the commit's segment list: cheaper than a second reader
+            infos = autoclass("org.apache.lucene.index.SegmentInfos").readLatestCommit(folder)
+        finally:
+            folder.close()
+        segments = infos.asList().toArray()
+        # documents in the segments less the replaced and deleted versions they still hold
+        self._live = sum(int(c.info.maxDoc()) - int(c.getDelCount()) for c in segments)
+        self._segments = len(segments)
+        self.source_version = infos.getUserData().get("source_version") or self.params.get("source_version")
 
     def __len__(self) -> int:
-        return self.params["num_docs"]
+        return self._live
+
+    def segments(self) -> int:
+        """Segments in the commit searched (each update adds one; Lucene's merges lower it)."""
+        return self._segments
+
+    def update(self, puts: Sequence[tuple[str, dict[str, int]]], deletes: Sequence[str], source_version: str) -> None:
+        """Add or replace ``puts`` ((docid, token -> impact) pairs), delete ``deletes`` (unknown docids are
+        no-ops), and commit, recording ``source_version``; then search the new commit. Nothing is visible or
+        durable before the commit, and a failure leaves the previous commit in place."""
+        from jnius import autoclass
+
+        j = _classes()
+        t0 = time.perf_counter()
+        key = (self.path / "lucene").resolve()
+        with LuceneImpactIndex._write_locks_guard:
+            lock = LuceneImpactIndex._write_locks.setdefault(key, threading.Lock())
+        with lock:
+            config = j["IndexWriterConfig"](j["WhitespaceAnalyzer"]())  # what -pretokenized indexes with
+            config.setOpenMode(j["IndexWriterConfig.OpenMode"].APPEND)
+            config.setSimilarity(j["ImpactSimilarity"]())
+            writer = j["IndexWriter"](j["FSDirectory"].open(j["Paths"].get(str(key))), config)
+            try:
+                args = j["IndexCollection.Args"]()
+                args.impact, args.pretokenized = True, True
+                generator = j["DefaultLuceneDocumentGenerator"](args)
+                mapper, empty = j["ObjectMapper"](), j["ArrayList"]()
+                gone = list(deletes)
+                for docid, vec in puts:
+                    vec = {t: int(v) for t, v in vec.items() if int(v) > 0}
+                    if not vec:  # an empty pseudo-document: the build skips it too, nothing to match
+                        gone.append(docid)
+                        continue
+                    node = mapper.readTree(json.dumps({"id": docid, "contents": "", "vector": vec}))
+                    doc = generator.createDocument(j["JsonVectorCollection.Document"](node))
+                    writer.updateDocument(j["Term"]("id", docid), doc)
+                for docid in gone:  # updateDocuments without documents: a delete by term
+                    writer.updateDocuments(j["Term"]("id", docid), empty)
+                data = autoclass("java.util.HashMap")()
+                data.put("source_version", str(source_version))
+                writer.setLiveCommitData(data.entrySet())
+                writer.commit()
+            except BaseException:
+                writer.rollback()
+                raise
+            writer.close()
+        self.refresh()
+        logger.debug("lucene impact %s: %d puts, %d deletes committed in %.3f s", self.path, len(puts), len(deletes),
+                     time.perf_counter() - t0)
 
     @classmethod
     def build(cls, sparse, path: str | os.PathLike, *, threads: int = 1, meta: dict | None = None) -> LuceneImpactIndex:
@@ -71,9 +150,9 @@ class LuceneImpactIndex:
                                              "vocab_fingerprint": sparse.fingerprint, **(meta or {})})
         logger.info("indexed %d sparse vectors into %s in %.1f s", len(docids), path, time.perf_counter() - t0)
         index = cls(path)
-        if len(index) != index._searcher.get_total_num_docs():
-            raise IndexCorrupt(f"{path}: Lucene holds {index._searcher.get_total_num_docs()} documents, "
-                               f"expected {len(docids)}")
+        expected = int(np.count_nonzero(np.diff(impacts.indptr)))  # documents without impacts are skipped
+        if len(index) != expected:
+            raise IndexCorrupt(f"{path}: Lucene holds {len(index)} documents, expected {expected}")
         return index
 
     def search(self, queries: Sequence[dict[str, int]], k: int, *, threads: int = 1) -> list[list[tuple[str, float]]]:
@@ -99,6 +178,27 @@ class LuceneImpactIndex:
             pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
             out.append(pairs)
         return out
+
+
+_LOADED: dict = {}
+
+
+def _classes() -> dict:
+    """The Java classes an update needs, loaded once (after Pyserini has started the JVM)."""
+    if not _LOADED:
+        import_pyserini("pyserini.index.lucene")
+        from jnius import autoclass
+
+        for name in ("org.apache.lucene.store.FSDirectory", "java.nio.file.Paths",
+                     "org.apache.lucene.index.IndexWriterConfig", "org.apache.lucene.index.IndexWriter",
+                     "org.apache.lucene.index.IndexWriterConfig$OpenMode", "org.apache.lucene.index.Term",
+                     "org.apache.lucene.analysis.core.WhitespaceAnalyzer",
+                     "io.anserini.search.similarity.ImpactSimilarity", "io.anserini.index.IndexCollection$Args",
+                     "io.anserini.index.generator.DefaultLuceneDocumentGenerator",
+                     "io.anserini.collection.JsonVectorCollection$Document",
+                     "com.fasterxml.jackson.databind.ObjectMapper", "java.util.ArrayList"):
+            _LOADED[name.rsplit(".", 1)[-1].replace("$", ".")] = autoclass(name)
+    return _LOADED
 
 
 def query_dicts(sparse, q_impacts) -> list[dict[str, int]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import deque
 from pathlib import Path
 from typing import Sequence
 
@@ -72,6 +73,22 @@ def idf_impacts(token_ids: Sequence[np.ndarray], df: np.ndarray, n: int, scale: 
                                                              np.concatenate(cols) if cols else [])),
                       shape=(len(token_ids), dim), dtype=np.float32)
     return quantize(m, scale)
+
+
+_HASH_MOD = 1 << 128
+
+
+def _row_hash(docid: str, indices: np.ndarray, data: np.ndarray) -> int:
+    """A 128-bit hash of one document's docid and nonzero impacts, whatever the order of its entries."""
+    import hashlib
+
+    keep = data != 0
+    idx, val = indices[keep].astype("<i4"), data[keep].astype("<i4")
+    order = np.argsort(idx, kind="stable")
+    h = hashlib.blake2b(docid.encode() + b"\0", digest_size=16)
+    h.update(idx[order].tobytes())
+    h.update(val[order].tobytes())
+    return int.from_bytes(h.digest(), "little")
 
 
 class _Rows:
@@ -140,6 +157,14 @@ class SparseIndex:
         self._row: dict[str, int] = {}
         self._df = np.zeros(self.dim, dtype=np.int64)
         self.version = 0  # bumps on every write; engines built from the impacts compare it
+        # which documents each write touched, for engines that follow writes instead of rebuilding (the Lucene
+        # impact index): (version after the write, docids), the oldest dropped past JOURNAL_DOCS docids; changes
+        # after version ``_journal_floor`` are all known
+        self._journal: deque[tuple[int, tuple[str, ...]]] = deque()
+        self._journal_docs = 0
+        self._journal_floor = 0
+        self._hashes: dict[str, int] | None = None  # per live document, for signature(); made at its first call
+        self._hash_sum = 0
 
     # Writes append rows and tombstone old ones in O(the documents written): the impacts and the text tokens are
     # growable CSR buffers, and search keeps the transposed impacts of the rows it last indexed in full plus the
@@ -231,7 +256,14 @@ class SparseIndex:
             self._rows.append(d)
         self._mark_rows()
         np.add.at(self._df, t.indices, 1)
+        if self._hashes is not None:
+            q = q.tocsr()
+            for i, d in enumerate(docids):
+                s, e = q.indptr[i], q.indptr[i + 1]
+                self._hashes[d] = h = _row_hash(d, q.indices[s:e], q.data[s:e])
+                self._hash_sum = (self._hash_sum + h) % _HASH_MOD
         self.version += 1
+        self._note(docids)
 
     def remove(self, docids: Sequence[str]) -> None:
         docids = list(dict.fromkeys(str(d) for d in docids))
@@ -244,7 +276,10 @@ class SparseIndex:
             self._dead[r] = True
             t = self._tokens
             np.subtract.at(self._df, t.indices[t.indptr[r]:t.indptr[r + 1]], 1)
+            if self._hashes is not None:
+                self._hash_sum = (self._hash_sum - self._hashes.pop(d)) % _HASH_MOD
         self.version += 1
+        self._note(docids)
         if len(self._rows) > 64 and len(self._row) < 0.75 * len(self._rows):
             self.compact()
 
@@ -267,19 +302,42 @@ class SparseIndex:
         self.compact()
         return self._impacts
 
+    # ---- change tracking ----------------------------------------------------------------------------------
+
+    JOURNAL_DOCS = 1 << 16  # docids the write journal keeps; an engine further behind is rebuilt
+
+    def _note(self, docids: Sequence[str]) -> None:
+        self._journal.append((self.version, tuple(docids)))
+        self._journal_docs += len(docids)
+        while self._journal_docs > self.JOURNAL_DOCS:
+            self._journal_floor, dropped = self._journal.popleft()
+            self._journal_docs -= len(dropped)
+
+    def changed_since(self, version: int) -> set[str] | None:
+        """The docids added, replaced or removed by the writes after ``version`` (an earlier :attr:`version` of
+        this object); None when the journal no longer reaches back that far (then rebuild whatever follows)."""
+        if not self._journal_floor <= version <= self.version:
+            return None
+        return {d for v, ds in self._journal if v > version for d in ds}
+
     def signature(self) -> str:
-        """A hash of the live docids and impacts: engines built from this index (a Lucene impact index on disk)
-        record it and are rebuilt when it changes."""
+        """A hash of the live documents (docid and impacts, in any order): engines built from this index (a
+        Lucene impact index on disk) record it, so a reopened engine is used only if it holds these documents.
+        It is an order-free sum of per-document hashes, computed over the index once and then kept up to date by
+        each write in O(the documents written), so checking it after a write does not cost a pass over the
+        collection."""
         import hashlib
 
-        if getattr(self, "_sig", (None, None))[0] != self.version:
-            m = self.impacts()
-            h = hashlib.sha1(f"{self.fingerprint}:{self.scale}:".encode())
-            h.update("\0".join(self.docids).encode())
-            for a, t in ((m.indptr, np.int64), (m.indices, np.int32), (m.data, np.int32)):
-                h.update(np.ascontiguousarray(a, dtype=t).tobytes())
-            self._sig = (self.version, h.hexdigest())
-        return self._sig[1]
+        if self._hashes is None:
+            m = self._impacts
+            self._hashes, total = {}, 0
+            for d, r in self._row.items():
+                s, e = m.indptr[r], m.indptr[r + 1]
+                self._hashes[d] = h = _row_hash(d, m.indices[s:e], m.data[s:e])
+                total += h
+            self._hash_sum = total % _HASH_MOD
+        key = f"{self.fingerprint}:{self.scale}:{len(self)}:{self._hash_sum:032x}"
+        return hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
 
     def doc_vector(self, docid: str) -> dict[str, int]:
         if docid not in self._row:

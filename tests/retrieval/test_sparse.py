@@ -209,3 +209,59 @@ def test_decoder_splade_follows_the_definition(tmp_path):
         with torch.no_grad():
             want = torch.log1p(torch.relu(lm(**tok([t], return_tensors="pt")).logits[0])).max(0).values.numpy()
         np.testing.assert_allclose(got[i], want, atol=1e-5)
+
+
+def test_lucene_engine_follows_writes_in_place(built, encoder, scifact, scifact_dir, tmp_path):
+    """engine=lucene under a stream of appends, upserts and removals of real SciFact documents: the impact index
+    is updated in place (its folder is never replaced, each write adds a segment) and after every write it
+    returns what brute force over the live documents returns, and what a Lucene index built afresh returns; a
+    retriever opened later on the folder uses it as it is; one that finds other documents there rebuilds it."""
+    pytest.importorskip("jnius", reason="needs rankstack[lucene] (Pyserini)")
+    from rankstack.eval import load_beir
+    from rankstack.index.lucene_impact import LuceneImpactIndex, query_dicts
+    from rankstack.index.sparse import SparseIndex
+    from rankstack.retrieval.sparse import SparseRetriever
+
+    _, queries = scifact
+    index = SparseIndex.load(built.save(tmp_path / "sp"))
+    retriever = SparseRetriever(encoder, index, engine="lucene", lucene_path=tmp_path / "lucene")
+    q = index.quantize_queries(encoder.encode_queries([x.text for x in queries]))
+
+    def check(lucene_run):
+        for got, want in zip(lucene_run, brute_force(index, q, 100)):
+            assert_same_top(got, want) if want else None
+            assert bool(got) == bool(want)
+
+    def run():
+        return [[(c.docid, c.score) for c in r.candidates] for r in retriever.retrieve(queries, 100)]
+
+    check(run())
+    folder = (tmp_path / "lucene").stat().st_ino
+    segments = retriever._lucene().segments()
+    corpus = load_beir(scifact_dir).corpus
+    fresh_docs = [d for d in sorted(corpus) if d not in index][:24]
+    rng = np.random.default_rng(5)
+    for step in range(4):
+        new = [corpus[d] for d in fresh_docs[6 * step:6 * step + 6]]
+        again = rng.choice(index.docids, 2, replace=False).tolist()  # upserted with other documents' text
+        texts = [d.contents for d in new] + [corpus[fresh_docs[-1 - i - 2 * step]].contents for i in range(2)]
+        index.add([d.docid for d in new] + again, encoder.encode_documents(texts),
+                  encoder.document_tokens(texts), upsert=True)
+        if step % 2:
+            index.remove(rng.choice(index.docids, 3, replace=False).tolist())
+        check(run())
+        assert (tmp_path / "lucene").stat().st_ino == folder, "the impact index was rebuilt"
+        assert retriever._lucene().segments() > segments or step % 2, "no segment was added"
+        assert len(retriever._lucene()) == len(index)
+    # a fresh build from the same impacts answers the same, scores and all
+    rebuilt = LuceneImpactIndex.build(index, tmp_path / "fresh").search(query_dicts(index, q), 100)
+    for a, b in zip(retriever._lucene().search(query_dicts(index, q), 100), rebuilt):
+        assert sorted(s for _, s in a) == sorted(s for _, s in b)
+    # reopened on the folder: its commit records these documents, so it is used as it is
+    again = SparseRetriever(encoder, index, engine="lucene", lucene_path=tmp_path / "lucene")
+    assert again._lucene().segments() == retriever._lucene().segments()
+    assert (tmp_path / "lucene").stat().st_ino == folder
+    # another index's retriever on the same folder does not trust it: rebuilt from its own documents
+    other = SparseIndex.load(built.save(tmp_path / "sp2"))
+    theirs = SparseRetriever(encoder, other, engine="lucene", lucene_path=tmp_path / "lucene")
+    assert len(theirs._lucene()) == len(other) and (tmp_path / "lucene").stat().st_ino != folder

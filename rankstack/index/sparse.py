@@ -328,14 +328,13 @@ class SparseIndex:
         collection."""
         import hashlib
 
-        if self._hashes is None:
+        if self._hashes is None:  # built aside, then published: two searches may get here at once
             m = self._impacts
-            self._hashes, total = {}, 0
+            hashes = {}
             for d, r in self._row.items():
                 s, e = m.indptr[r], m.indptr[r + 1]
-                self._hashes[d] = h = _row_hash(d, m.indices[s:e], m.data[s:e])
-                total += h
-            self._hash_sum = total % _HASH_MOD
+                hashes[d] = _row_hash(d, m.indices[s:e], m.data[s:e])
+            self._hash_sum, self._hashes = sum(hashes.values()) % _HASH_MOD, hashes
         key = f"{self.fingerprint}:{self.scale}:{len(self)}:{self._hash_sum:032x}"
         return hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
 

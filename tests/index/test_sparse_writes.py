@@ -51,6 +51,8 @@ def test_a_stream_of_writes_searches_like_brute_force():
     w, t = vectors(rng, 200)
     index.add([f"d{i}" for i in range(200)], w, t)
     q = index.quantize_queries(vectors(rng, 6)[0])
+    index.signature()  # from here on each write keeps it current instead of it being computed afresh
+    v0, touched = index.version, set()
     nxt, bases = 200, []
     for step in range(30):
         n_new = int(rng.integers(1, 100))
@@ -59,8 +61,11 @@ def test_a_stream_of_writes_searches_like_brute_force():
         ids = again + [f"d{nxt + i}" for i in range(n_new - 3)] if n_new > 3 else again[:n_new]
         nxt += n_new
         index.add(ids, w, t, upsert=True)
+        touched |= set(ids)
         if step % 3 == 0:
-            index.remove(rng.choice(index.docids, 5, replace=False).tolist())
+            gone = rng.choice(index.docids, 5, replace=False).tolist()
+            index.remove(gone)
+            touched |= set(gone)
         for k in (10, 5000):
             same(index.docid_pairs(index.search(q, k)), brute(index, q, k))
         bases.append(index._search_cache[1])  # the rows the transposed base covers
@@ -69,6 +74,15 @@ def test_a_stream_of_writes_searches_like_brute_force():
     fresh = SparseIndex(VOCAB, fingerprint="test")
     fresh.add(index.docids, index.impacts().astype(np.float32) / index.scale, index._tokens)
     assert np.array_equal(fresh.document_frequencies, index.document_frequencies)
+    # the signature kept up by the writes equals one computed afresh over the same documents in another order, and
+    # the journal names every docid written
+    shuffled = SparseIndex(VOCAB, fingerprint="test")
+    order = rng.permutation(len(index))
+    shuffled.add([index.docids[i] for i in order], fresh.impacts()[order].astype(np.float32) / index.scale)
+    assert shuffled.signature() == index.signature()
+    shuffled.add([index.docids[0]], vectors(rng, 1)[0], upsert=True)
+    assert shuffled.signature() != index.signature()
+    assert index.changed_since(v0) == touched and index.changed_since(index.version) == set()
     # a compaction (a quarter of the rows removed) renumbers rows: the cached search matrix must follow
     index.remove(index.docids[::3])
     same(index.docid_pairs(index.search(q, 50)), brute(index, q, 50))

@@ -165,6 +165,7 @@ class SparseIndex:
         self._journal_floor = 0
         self._hashes: dict[str, int] | None = None  # per live document, for signature(); made at its first call
         self._hash_sum = 0
+        self._signed: dict[str, int] = {}  # signatures handed out -> the latest version they describe
 
     # Writes append rows and tombstone old ones in O(the documents written): the impacts and the text tokens are
     # growable CSR buffers, and search keeps the transposed impacts of the rows it last indexed in full plus the
@@ -336,7 +337,18 @@ class SparseIndex:
                 hashes[d] = _row_hash(d, m.indices[s:e], m.data[s:e])
             self._hash_sum, self._hashes = sum(hashes.values()) % _HASH_MOD, hashes
         key = f"{self.fingerprint}:{self.scale}:{len(self)}:{self._hash_sum:032x}"
-        return hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
+        sig = hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
+        self._signed.pop(sig, None)
+        self._signed[sig] = self.version
+        while len(self._signed) > 256:
+            del self._signed[next(iter(self._signed))]
+        return sig
+
+    def version_of(self, signature: str | None) -> int | None:
+        """The latest :attr:`version` of this object that :meth:`signature` described as ``signature`` (one of
+        the last 256 it handed out); None for a signature it did not make: an engine recording it holds other
+        documents."""
+        return self._signed.get(signature) if signature else None
 
     def doc_vector(self, docid: str) -> dict[str, int]:
         if docid not in self._row:

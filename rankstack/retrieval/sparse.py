@@ -152,7 +152,6 @@ class SparseRetriever(Retriever):
         self.seismic_params = {**SEISMIC_DEFAULTS, **seismic_params}
         self.documents = documents
         self._engine_obj = None
-        self._engine_version = 0  # the index's version the Lucene engine was last in step with
         self._lock = threading.Lock()
         short = encoder.model_name.rstrip("/").split("/")[-1]
         self.name = f"splade({short},{'idf' if self.query_mode == 'idf' else 'model'} queries,{engine})"
@@ -162,33 +161,33 @@ class SparseRetriever(Retriever):
     LUCENE_REBUILD_FRACTION = 0.25
 
     def _lucene(self):
-        """The Lucene impact index of the current impacts. Opened from ``lucene_path`` when it holds them (its
-        commit records the source's signature), updated in place with the documents written since it was last
-        in step (the index's write journal says which), and rebuilt only when it holds something else or is far
-        behind."""
+        """The Lucene impact index of the current impacts. Opened from ``lucene_path``; if its commit records an
+        earlier signature of this index, it is updated in place with the documents written since (the index's
+        write journal says which); it is rebuilt only when it holds other documents or is far behind."""
         from rankstack.errors import IndexCorrupt, IndexNotFound
         from rankstack.index.lucene_impact import LuceneImpactIndex
 
         with self._lock:
-            sig, version = self._source_version(), self.index.version
+            sig = self._source_version()
             eng = self._engine_obj
             if eng is not None and eng.source_version != sig:
-                eng.refresh()  # another retriever over the same folder may have updated it
+                eng.refresh()  # another retriever over the same folder may have written to it
+            if eng is None:
+                try:
+                    eng = LuceneImpactIndex(self.lucene_path)
+                except (IndexNotFound, IndexCorrupt):
+                    eng = None
             if eng is not None and eng.source_version != sig:
-                changed = self.index.changed_since(self._engine_version)
+                at = self.index.version_of(eng.source_version)  # None: not this index's documents
+                changed = None if at is None else self.index.changed_since(at)
                 if changed is not None and len(changed) <= self.LUCENE_REBUILD_FRACTION * max(len(self.index), 1):
                     puts = [(d, self.index.doc_vector(d)) for d in sorted(changed) if d in self.index]
                     eng.update(puts, sorted(d for d in changed if d not in self.index), sig)
                 else:
                     eng = None
             if eng is None:
-                try:
-                    eng = LuceneImpactIndex(self.lucene_path)
-                    if eng.source_version != sig:
-                        raise IndexCorrupt("stale")
-                except (IndexNotFound, IndexCorrupt):
-                    eng = LuceneImpactIndex.build(self.index, self.lucene_path, meta={"source_version": sig})
-            self._engine_obj, self._engine_version = eng, version
+                eng = LuceneImpactIndex.build(self.index, self.lucene_path, meta={"source_version": sig})
+            self._engine_obj = eng
             return eng
 
     def _source_version(self) -> str:

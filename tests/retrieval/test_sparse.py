@@ -261,7 +261,23 @@ def test_lucene_engine_follows_writes_in_place(built, encoder, scifact, scifact_
     again = SparseRetriever(encoder, index, engine="lucene", lucene_path=tmp_path / "lucene")
     assert again._lucene().segments() == retriever._lucene().segments()
     assert (tmp_path / "lucene").stat().st_ino == folder
-    # another index's retriever on the same folder does not trust it: rebuilt from its own documents
+    # a second retriever over the same index and folder (inference-free queries) catches up from whatever state the
+    # first left it in: two writes, the first retriever searching between them
+    idf = SparseRetriever(encoder, index, engine="lucene", query="idf", lucene_path=tmp_path / "lucene")
+    idf.retrieve(queries[:1], 10)
+    for step in range(2):
+        index.remove(rng.choice(index.docids, 2, replace=False).tolist())
+        if step == 0:
+            check(run())
+    q_idf = idf.encode([x.text for x in queries])
+    got = [[(c.docid, c.score) for c in r.candidates] for r in idf.retrieve(queries, 100)]
+    for g, w in zip(got, brute_force(index, q_idf, 100)):
+        assert_same_top(g, w) if w else None
+    assert (tmp_path / "lucene").stat().st_ino == folder, "caught up by a rebuild"
+    # another index's retriever on the same folder does not trust it: rebuilt from its own documents; and the first
+    # retriever, finding those there, rebuilds from its own in turn
     other = SparseIndex.load(built.save(tmp_path / "sp2"))
     theirs = SparseRetriever(encoder, other, engine="lucene", lucene_path=tmp_path / "lucene")
     assert len(theirs._lucene()) == len(other) and (tmp_path / "lucene").stat().st_ino != folder
+    check(run())
+    assert len(retriever._lucene()) == len(index)

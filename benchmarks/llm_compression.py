@@ -1,4 +1,5 @@
-"""Compressed LLM rerankers on TREC DL19 (issue 11): one row per (reranker, weights, kv) against the float32 model.
+"""Compressed LLM rerankers on TREC DL19 (issue 11): one row per (reranker, weights, kv, compute dtype) against the
+float32 model.
 
 Every row builds its reranker from a spec string (``icr:depth=20,weights=int8,kv=int4``), exactly as pipelines,
 ``rankstack rerank`` and the service do, and reranks the BM25 top-100's top ``depth`` of the 43 judged queries.
@@ -8,6 +9,7 @@ cache), and prefill (forward-pass) seconds per query. ICR's prompt order is the 
 unless a row says otherwise.
 
     python benchmarks/llm_compression.py --queries 43 --rows icr:fp32 icr:int8 first:fp32 first:int8 ...
+    python benchmarks/llm_compression.py --queries 43 --compute bf16 --rows icr:fp32 icr:int8 ...  (bf16 activations)
     (a row is reranker[@depth]:weights[:kv[:order[:attention]]], e.g. icr:int4-g32-outliers:int4 or
     icr@100:fp32:fp32::passage-block; or spec=<a reranker spec>, e.g.
     "spec=icr:depth=20,attention=duo,full_heads=18.7;18.8,window_tokens=128")
@@ -54,6 +56,8 @@ def main() -> int:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--rows", nargs="*", default=[])
     p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--compute", default="fp32", choices=("fp32", "bf16"),
+                   help="compute dtype of the short-form rows (spec= rows say compute= themselves)")
     p.add_argument("--queries", type=int, default=43)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "llm_compression.json")
@@ -81,6 +85,7 @@ def main() -> int:
             kind, depth = rs.kind, rs.depth or args.depth
             weights, kv, order, attention = (o.get("weights", "fp32"), o.get("kv", "fp32"), o.get("order", ""),
                                              o.get("attention", ""))
+            compute = o.get("compute", "fp32")
             spec = f"{row[5:]},model={args.model}" + ("" if rs.depth else f",depth={depth}")
         else:
             parts = row.split(":")
@@ -88,6 +93,9 @@ def main() -> int:
             kind, _, d = kind.partition("@")
             depth = int(d or args.depth)
             spec = f"{kind}:model={args.model},depth={depth},weights={weights},kv={kv}"
+            compute = args.compute
+            if compute != "fp32":
+                spec += f",compute={compute}"
             if order:
                 spec += f",order={order}"
             if attention:
@@ -99,7 +107,8 @@ def main() -> int:
         except BadInput as exc:  # e.g. a group size that does not divide the model's dimensions: a row saying so
             logger.warning("%s: %s", spec, exc)
             results[f"{args.model}|{row}"] = {"spec": spec, "model": args.model, "reranker": kind, "weights": weights,
-                                              "kv": kv, "order": order or "retriever-last", "depth": depth,
+                                              "kv": kv, "compute": compute, "order": order or "retriever-last",
+                                              "depth": depth,
                                               "attention": attention or "dense", "error": str(exc)}
             save(args.out, results, f"{args.model}|{row}")
             continue
@@ -115,7 +124,7 @@ def main() -> int:
         wall = time.perf_counter() - t0
         res = evaluate(Run.from_rankings(out), qrels, ["nDCG@10"], drop_self=False)
         results[f"{args.model}|{row}"] = {
-            "spec": spec, "model": args.model, "reranker": kind, "weights": weights, "kv": kv,
+            "spec": spec, "model": args.model, "reranker": kind, "weights": weights, "kv": kv, "compute": compute,
             "order": order or "retriever-last", "depth": depth, "attention": attention or "dense",
             "attention_blocks": sum(s.attention_blocks for s in stats), "dense_blocks": sum(s.dense_blocks for s in stats),
             "prompt_tokens_per_q": sum(s.prompt_tokens for s in stats) / len(stats),
@@ -169,7 +178,7 @@ def save(path: Path, results: dict, key: str) -> None:
     tmp.replace(path)
 
 
-_NOT_IN_BASELINE = ("model", "weights", "kv", "attention", "full_heads", "window_tokens", "sink_tokens", "topk_tokens",
+_NOT_IN_BASELINE = ("model", "weights", "kv", "compute", "attention", "full_heads", "window_tokens", "sink_tokens", "topk_tokens",
                     "topk_channels")
 
 
@@ -184,7 +193,8 @@ def baseline_key(spec: str) -> tuple:
 
 
 def _is_baseline(r: dict) -> bool:
-    return r.get("weights") == "fp32" and r.get("kv") == "fp32" and r.get("attention", "dense") == "dense"
+    return (r.get("weights") == "fp32" and r.get("kv") == "fp32" and r.get("compute", "fp32") == "fp32"
+            and r.get("attention", "dense") == "dense")
 
 
 def table(results: dict, model: str) -> str:
@@ -200,8 +210,11 @@ def table(results: dict, model: str) -> str:
             label += f" windows {opts['window']}/{opts.get('stride', opts['window'])}"
         if r.get("queries", 43) < 43:  # compared with float32 on these same queries
             label += f" ({r['queries']} q)"
+        compute = r.get("compute", "fp32")
+        weights = r["weights"] + (f", {compute} compute" if compute != "fp32" else "")
+        kv = compute if r["kv"] == "fp32" else r["kv"]  # an uncompressed cache holds the compute dtype
         if "error" in r:
-            lines.append(f"| {label} | {r['weights']} | {r['kv']} | {r['order']} | | n/a: {r['error'][:90]} | | | | |")
+            lines.append(f"| {label} | {weights} | {kv} | {r['order']} | | n/a: {r['error'][:90]} | | | | |")
             continue
         base = bases.get(baseline_key(r["spec"]))
         vs = "-"
@@ -215,7 +228,7 @@ def table(results: dict, model: str) -> str:
                          if k in ("full_heads", "window_tokens", "topk_tokens", "topk_channels"))
         if extra:
             att += f" [{extra}]"
-        lines.append(f"| {label} | {r['weights']} | {r['kv']} | {r['order']} | {att} | {r['nDCG@10']:.4f} | {vs} | "
+        lines.append(f"| {label} | {weights} | {kv} | {r['order']} | {att} | {r['nDCG@10']:.4f} | {vs} | "
                      f"{r['linear_bytes'] / 2**20:.1f} MiB ({r['linear_ratio']:.3f}) | {r['kv_bytes_per_token']:.0f} "
                      f"({r['kv_ratio_bf16']:.3f}) | {r['seconds_per_q']:.2f} |")
     return "\n".join(lines)

@@ -612,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="spec: kind[:option=value,...], e.g. 'first:model=smollm2,depth=20' or "
                          "'icr:model=gemma3-270m,window=20,stride=10'; kinds: embedding, cross-encoder, icr, first, "
                          "listwise, setwise, maxsim (late interaction; candidates' text encoded). LLM kinds take weights=fp32|bf16|int8|int4-g32|int4-g64|int4-g128|"
-                         "int4-g32-outliers and kv=fp32|int4|int2; icr also order=retriever-last|retriever-first and "
+                         "int4-g32-outliers, kv=fp32|int4|int2 and compute=fp32|bf16; icr also order=retriever-last|retriever-first and "
                          "attention=dense|passage-block|duo|topk")
     src = rr.add_mutually_exclusive_group()
     src.add_argument("--trec-dl", default=None, help="a TREC DL folder (topics, qrels, bm25_top100.json)")

@@ -42,8 +42,8 @@ _KINDS: dict[str, tuple[str, str, str, str]] = {
 RERANKER_KINDS = tuple(_KINDS)
 _INTERNAL = {"self", "llm", "model", "encoder", "keep_signals"}
 # options of the LLM runtime under an LLM reranker (they select the model's compressed form, shared by rerankers
-# that ask for the same): weight compression and KV-cache compression
-LLM_RUNTIME_OPTIONS = {"weights": "fp32", "kv": "fp32"}
+# that ask for the same): weight compression, KV-cache compression and the compute dtype
+LLM_RUNTIME_OPTIONS = {"weights": "fp32", "kv": "fp32", "compute": "fp32"}
 
 
 def _class(kind: str):
@@ -112,8 +112,10 @@ class RerankerSpec:
                 from rankstack.rerank.llm.kvquant import KVScheme
                 from rankstack.rerank.llm.quant import WeightScheme
 
+                from rankstack.rerank.llm.runtime import parse_compute
+
                 value = str(value)
-                (WeightScheme if key == "weights" else KVScheme).parse(value)  # unknown names fail here
+                {"weights": WeightScheme.parse, "kv": KVScheme.parse, "compute": parse_compute}[key](value)  # unknown names fail here
             else:
                 default = allowed[key].default
                 like = default if default is not None and default is not inspect.Parameter.empty else None

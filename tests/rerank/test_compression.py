@@ -344,3 +344,47 @@ def test_non_finite_logits_are_an_error_not_the_retriever_order():
         llm.model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
     with pytest.raises(RankStackError, match="non-finite logits"):
         llm.forward(ids)
+
+
+def test_bf16_compute_keeps_compressed_parts_and_rope_in_their_precision():
+    """``compute=bf16``: activations, norms, embeddings and the cache in bf16; int8 codes decode exactly and scale
+    in float32; int4 groups decode in float32 before the cast; RoPE frequencies stay float32. Logits stay close to
+    the float32 model's (bf16 rounding only) and an unknown dtype is refused."""
+    tok = tiny_tokenizer()
+    ids = tok.encode("the flea life cycle has four stages in a warm house")
+    ref = CausalLM(tiny_llama(len(tok)), tokenizer=tok)
+    want, _ = ref.forward(ids)
+    for weights in ("fp32", "int8", "int4-g32-outliers"):
+        full = CausalLM(tiny_llama(len(tok)), tokenizer=tok, weights=weights)
+        same, _ = full.forward(ids)
+        llm = CausalLM(tiny_llama(len(tok)), tokenizer=tok, weights=weights, compute="bf16")
+        logits, cache = llm.forward(ids)
+        assert cache.layers[0].keys.dtype == torch.bfloat16 and logits.dtype == torch.float32
+        assert llm.model.model.embed_tokens.weight.dtype == torch.bfloat16
+        assert llm.model.model.rotary_emb.inv_freq.dtype == torch.float32
+        assert llm.kv_bytes_per_token() == llm.kv_bytes_per_token("bf16") == ref.kv_bytes_per_token() / 2
+        for m in llm.model.modules():
+            if isinstance(m, Int8Linear):
+                assert m.scale.dtype == torch.float32 and m.qweight.dtype == torch.int8
+            if isinstance(m, Int4Linear):
+                assert m.scales.dtype == torch.float16 and m.zeros.dtype == torch.float16
+        cos = torch.nn.functional.cosine_similarity(logits, same, dim=0)
+        assert cos > 0.999, (weights, float(cos))
+        assert not torch.equal(logits, same)  # it did run in bf16
+    # the compressed layers under bf16 inputs: the float32 computation up to one bf16 rounding of inputs and outputs
+    torch.manual_seed(2)
+    src = torch.nn.Linear(64, 32)
+    x = torch.randn(40, 64).to(torch.bfloat16)
+    for layer, weight in ((Int8Linear(src), None), (Int4Linear(src, 32, outliers=0.01), None)):
+        weight = (layer.qweight.float() * layer.scale[:, None] if isinstance(layer, Int8Linear)
+                  else layer.dequantized())
+        want = x.float() @ weight.T + src.bias
+        got = layer(x)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    with pytest.raises(BadInput, match="unknown compute dtype 'fp8'; choose one of fp32, bf16"):
+        CausalLM(tiny_llama(len(tok)), tokenizer=tok, compute="fp8")
+    with pytest.raises(BadInput, match="unknown compute dtype"):
+        RerankerSpec.parse("icr:compute=fp16")
+    assert dict(RerankerSpec.parse("first:compute=bf16,weights=int8").options) == {"compute": "bf16",
+                                                                                   "weights": "int8"}

@@ -175,7 +175,7 @@ class BF16Linear(_Compressed):
     def forward(self, x):
         y = torch.nn.functional.linear(x.to(torch.bfloat16), self.weight)
         y = y.to(x.dtype)
-        return y + self.bias if self.bias is not None else y
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
 
 
 class Int8Linear(_Compressed):
@@ -195,10 +195,12 @@ class Int8Linear(_Compressed):
                                                                           torch.float16):
             # decoding-size batches: PyTorch's weight-only int8 kernel (slow for long prefills on CPU)
             y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale.to(x2.dtype))
+        elif x2.dtype == torch.bfloat16:  # int8 codes are exact in bf16: the scale goes on the output, in float32
+            y = ((x2 @ self.qweight.to(x2.dtype).T).float() * self.scale).to(x2.dtype)
         else:  # prefill: decode the codes once per call and use the dense GEMM
             y = x2 @ (self.qweight.to(x2.dtype) * self.scale.to(x2.dtype)[:, None]).T
         y = y.reshape(*shape[:-1], self.out_features)
-        return y + self.bias if self.bias is not None else y
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
 
 
 class Int4Linear(_Compressed):
@@ -224,9 +226,9 @@ class Int4Linear(_Compressed):
             y = int4_matmul(x, self.packed, self.scales, self.zeros, self.group)
             if self.outlier_idx.numel():
                 y = y + _outlier_matmul(x, self.outlier_idx, self.outlier_val, self.out_features, self.in_features)
-        else:
-            y = torch.nn.functional.linear(x, self.dequantized(x.dtype))
-        return y + self.bias if self.bias is not None else y
+        else:  # decoded in float32 (a bf16 zero point would shift whole groups), then cast to the input's dtype
+            y = torch.nn.functional.linear(x, self.dequantized().to(x.dtype))
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
 
 
 def _torchao():
@@ -270,7 +272,7 @@ class TorchaoLinear(_Compressed):
 
     def forward(self, x):
         y = self.inner(x.to(self.act_dtype) if self.act_dtype else x).to(x.dtype)
-        return y + self.bias if self.bias is not None else y
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
 
 
 def _outlier_matmul(x, idx, vals, out_f, in_f):

@@ -31,7 +31,28 @@ from rankstack.errors import BadInput, MissingExtra, RankStackError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CausalLM", "AttentionProbe", "ForwardStats", "OFFLINE_MODELS", "resolve_llm"]
+__all__ = ["CausalLM", "AttentionProbe", "ForwardStats", "OFFLINE_MODELS", "COMPUTE_DTYPES", "resolve_llm"]
+
+# ``compute=`` in reranker specs: the dtype activations, attention and the KV cache run in. ``bf16`` runs the
+# matrix products on bf16 units where the CPU has them (AMX, AVX512-BF16) or a GPU's tensor cores; compressed layers
+# decode their codes to bf16 (int8 codes exactly) and RoPE's frequencies stay float32.
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_compute(name: str) -> torch.dtype:
+    if name not in COMPUTE_DTYPES:
+        raise BadInput(f"unknown compute dtype {name!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[name]
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16); without them bf16 is emulated and
+    slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 ATTN_IMPL = "rankstack_capture"
 _ACTIVE = threading.local()
@@ -233,6 +254,30 @@ class ForwardStats:
         return dict(self.__dict__)
 
 
+def _cast_uncompressed(model, dtype: torch.dtype) -> None:
+    """Cast the model's float parameters and buffers to ``dtype``, except inside compressed layers (their scales
+    and zero points keep their precision; they decode to the input's dtype) and RoPE's frequency buffers."""
+    from rankstack.rerank.llm.quant import _Compressed
+
+    skip: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, _Compressed):
+            skip.update(id(x) for x in m.modules())
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
+    for m in model.modules():
+        if id(m) in skip:
+            continue
+        for name, p in list(m.named_parameters(recurse=False)):
+            p.data = cast(p.data)
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b is not None and "inv_freq" not in name:
+                setattr(m, name, cast(b))
+    model.config.dtype = dtype
+
+
 class CausalLM:
     """A causal LM for reranking: ``CausalLM("smollm2")``, a local folder, a Hugging Face name, or a model object.
 
@@ -240,7 +285,8 @@ class CausalLM:
     """
 
     def __init__(self, model: str | object = "smollm2", *, tokenizer=None, dtype: torch.dtype = torch.float32,
-                 device: str = "cpu", max_context: int | None = None, weights: str = "fp32", kv: str = "fp32"):
+                 device: str = "cpu", max_context: int | None = None, weights: str = "fp32", kv: str = "fp32",
+                 compute: str = "fp32"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rankstack.rerank.llm.kvquant import KVScheme
@@ -248,6 +294,8 @@ class CausalLM:
 
         WeightScheme.parse(weights)  # unknown names fail before anything loads
         self.kv = KVScheme.parse(kv)
+        self.compute_dtype = parse_compute(compute)
+        self.compute = compute
         cache_dir = None
         _register()
         if isinstance(model, (str, os.PathLike)):
@@ -273,6 +321,11 @@ class CausalLM:
         self.cache_dir = cache_dir
         self.model.to(device).eval()
         self.device = device
+        if self.compute_dtype != torch.float32:
+            _cast_uncompressed(self.model, self.compute_dtype)
+            if device == "cpu" and not cpu_has_bf16_units():
+                logger.warning("compute=%s on a CPU without bf16 units (AMX, AVX512-BF16) is emulated and slower "
+                               "than float32; use compute=fp32 here", compute)
         cfg = self.model.config
         self.context = int(max_context or getattr(cfg, "max_position_embeddings", 2048))
         self.num_layers = int(cfg.num_hidden_layers)
@@ -361,6 +414,8 @@ class CausalLM:
         cfg = self.model.config
         heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
         head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        if fmt is None and self.kv.bits >= 16:  # an uncompressed cache holds the compute dtype
+            fmt = "bf16" if self.compute_dtype == torch.bfloat16 else "fp32"
         scheme = KVScheme("bf16", 16) if fmt == "bf16" else KVScheme.parse(fmt) if fmt else self.kv
         return scheme.bytes_per_token(self.num_layers, heads, head_dim)
 

@@ -139,7 +139,7 @@ def bench(data: Path, name: str, root: Path, single: int, chosen: dict) -> tuple
         "splade scipy": SparseRetriever(enc, sparse),
         "splade seismic": SparseRetriever(enc, sparse, engine="seismic", **chosen),
     }
-    seis = retr["splade seismic"]._seismic()  # the engine the retriever searches (built once)
+    seis = retr["splade seismic"]._seismic_state()[0]  # the engine the retriever searches (built once)
     with captured_stdout([]) as printed:
         seis.index.print_space_usage_byte()
     info["seismic_space"] = " ".join(" ".join(printed).split())

@@ -350,6 +350,20 @@ class SparseIndex:
         documents."""
         return self._signed.get(signature) if signature else None
 
+    def snapshot(self):
+        """``(docids, impacts)``: the live documents and a copy of their integer impacts (CSR ``[len, vocab]``),
+        taken without compacting, so a search holding only a read lock may call it; an engine built from the copy
+        in the background does not see later writes (compare :attr:`version` and :meth:`changed_since`)."""
+        keep = np.flatnonzero(~self._dead[:len(self._rows)])
+        return [self._rows[i] for i in keep], self._impacts[keep]
+
+    def rows_of(self, docids: Sequence[str]):
+        """The integer impacts of live ``docids`` (CSR ``[len(docids), vocab]``, in that order)."""
+        missing = [d for d in docids if d not in self._row]
+        if missing:
+            raise UnknownDocid(f"unknown docids {missing[:5]}: not in this index")
+        return self._impacts[np.asarray([self._row[d] for d in docids], dtype=np.int64)]
+
     def doc_vector(self, docid: str) -> dict[str, int]:
         if docid not in self._row:
             raise UnknownDocid(f"unknown docid {docid!r}: not in this index")

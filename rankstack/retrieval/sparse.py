@@ -5,7 +5,9 @@ of three engines.
 - ``lucene``: Anserini's impact searcher over a Lucene impact index of the same impacts (Pyserini's way of
   serving SPLADE; same integer scores, so the same rankings up to ties).
 - ``seismic``: Seismic (Bruch et al., SIGIR 2024), approximate: clustered, pruned posting lists with block
-  summaries. ``n_postings``, ``summary_energy`` steer the build; ``query_cut``, ``heap_factor`` the search.
+  summaries. ``n_postings``, ``summary_energy`` steer the build; ``query_cut``, ``heap_factor`` the search. Writes
+  do not rebuild it: documents written since its build are scored exactly beside it, and a new index is merged
+  in the background once they pass a tenth of the collection.
 
 Queries are encoded by the model (``query="model"``, SPLADE) or only tokenized and weighted by the index's IDF
 (``query="idf"``, inference-free).
@@ -76,16 +78,19 @@ def captured_stdout(lines: list[str]):
 
 
 class _Seismic:
-    """A Seismic index built from a SparseIndex's impacts (rebuilt when the sparse index changes)."""
+    """A Seismic index built from a snapshot of a SparseIndex's impacts (its live documents at ``version``).
+    Seismic's index is immutable: documents written after ``version`` are searched exactly beside it (see
+    :meth:`SparseRetriever._seismic_state`) until a background merge builds the next one."""
 
-    def __init__(self, sparse: SparseIndex, n_postings: int, summary_energy: float, threads: int):
+    def __init__(self, docids: Sequence[str], impacts, vocab: Sequence[str], version: int, n_postings: int,
+                 summary_energy: float, threads: int):
         try:
             import seismic
         except ImportError:
             raise MissingExtra("engine=seismic needs Seismic: `pip install 'rankstack[sparse]'` "
                                "(pyseismic-lsr)") from None
         self._string = seismic.get_seismic_string()
-        impacts, docids, vocab = sparse.impacts(), sparse.docids, np.asarray(sparse.vocab, dtype=object)
+        vocab = np.asarray(vocab, dtype=object)
         ds = seismic.SeismicDataset()
         for r, d in enumerate(docids):
             s, e = impacts.indptr[r], impacts.indptr[r + 1]
@@ -99,8 +104,10 @@ class _Seismic:
                                                                  num_threads=int(threads))
         for line in printed:
             logger.debug("seismic: %s", line)
-        logger.info("built a Seismic index of %d documents in %.1f s", len(docids), time.perf_counter() - t0)
-        self.version = sparse.version
+        self.build_seconds = time.perf_counter() - t0
+        logger.info("built a Seismic index of %d documents in %.1f s", len(docids), self.build_seconds)
+        self.version = version
+        self.docids = frozenset(docids)
 
     def search(self, queries: list[dict[str, int]], k: int, query_cut: int, heap_factor: float,
                threads: int) -> list[list[tuple[str, float]]]:
@@ -153,6 +160,9 @@ class SparseRetriever(Retriever):
         self.documents = documents
         self._engine_obj = None
         self._lock = threading.Lock()
+        self._merging: threading.Thread | None = None  # a background Seismic build
+        self._delta = None  # Seismic: ((engine, index version), stale, fresh docids, fresh impacts transposed)
+        self.seismic_builds = 0
         short = encoder.model_name.rstrip("/").split("/")[-1]
         self.name = f"splade({short},{'idf' if self.query_mode == 'idf' else 'model'} queries,{engine})"
 
@@ -193,12 +203,86 @@ class SparseRetriever(Retriever):
     def _source_version(self) -> str:
         return self.index.signature()
 
-    def _seismic(self) -> _Seismic:
+    # Seismic follows writes LSM-style: the documents changed since its index was built (the sparse index's write
+    # journal) are left out of its results and scored exactly beside it; once they pass this fraction of the
+    # collection, a new Seismic index is built from a snapshot in a background thread and swapped in when done, so
+    # no search waits for a build after the first
+    SEISMIC_MERGE_FRACTION = 0.1
+
+    def _seismic_state(self):
+        """``(engine, stale, fresh_ids, fresh_t)``: the Seismic index, its documents changed since it was built
+        (left out of its results), and the live changed documents with their impacts transposed (``[vocab, n]``,
+        int64) for exact scoring. Called under the index's read lock (the service's), so the index is stable."""
+        import scipy.sparse as sp
+
         with self._lock:
-            if self._engine_obj is None or self._engine_obj.version != self.index.version:
+            eng = self._engine_obj
+            changed = None if eng is None else self.index.changed_since(eng.version)
+            if changed is None:  # first search, or the journal no longer reaches the engine's version: build now
                 p = self.seismic_params
-                self._engine_obj = _Seismic(self.index, p["n_postings"], p["summary_energy"], self.threads)
-            return self._engine_obj
+                docids, impacts = self.index.snapshot()
+                eng = self._engine_obj = _Seismic(docids, impacts, self.index.vocab, self.index.version,
+                                                  p["n_postings"], p["summary_energy"], self.threads)
+                self.seismic_builds += 1
+                changed = set()
+            elif len(changed) > self.SEISMIC_MERGE_FRACTION * max(len(self.index), 1) and self._merging is None:
+                self._start_merge()
+            key = (id(eng), self.index.version)
+            if self._delta is None or self._delta[0] != key:
+                fresh = sorted(d for d in changed if d in self.index)
+                m = self.index.rows_of(fresh).T.tocsr().astype(np.int64) if fresh else sp.csr_matrix((0, 0))
+                self._delta = (key, frozenset(changed & eng.docids), fresh, m)
+            _, stale, fresh, m = self._delta
+            return eng, stale, fresh, m
+
+    def _start_merge(self) -> None:
+        """Build the next Seismic index from a snapshot taken now, in a thread; swap it in when it is done."""
+        docids, impacts = self.index.snapshot()
+        version, p = self.index.version, self.seismic_params
+        logger.info("merging %d documents into a new Seismic index in the background", len(docids))
+
+        def merge():
+            try:
+                new = _Seismic(docids, impacts, self.index.vocab, version, p["n_postings"], p["summary_energy"],
+                               self.threads)
+                with self._lock:
+                    if self._engine_obj is None or self._engine_obj.version < new.version:
+                        self._engine_obj = new
+                        self.seismic_builds += 1
+            except Exception:  # noqa: BLE001 - the old index and its delta keep serving; the next search retries
+                logger.exception("the background Seismic merge failed; searches go on over the previous index")
+            finally:
+                with self._lock:
+                    self._merging = None
+
+        self._merging = threading.Thread(target=merge, name="seismic-merge", daemon=True)
+        self._merging.start()
+
+    def wait_for_merge(self, timeout: float | None = None) -> None:
+        """Block until a background Seismic merge (if one runs) has finished."""
+        t = self._merging
+        if t is not None:
+            t.join(timeout)
+
+    def _seismic_search(self, q, k: int) -> list[list[tuple[str, float]]]:
+        from rankstack.index.lucene_impact import query_dicts
+
+        p = self.seismic_params
+        eng, stale, fresh, m = self._seismic_state()
+        base = eng.search(query_dicts(self.index, q), k + len(stale), p["query_cut"], p["heap_factor"], self.threads)
+        if not stale and not fresh:
+            return [ps[:k] for ps in base]
+        exact = (q.astype(np.int64) @ m).toarray() if fresh else np.zeros((q.shape[0], 0))
+        out = []
+        for ps, row in zip(base, exact):
+            hits = [(d, s) for d, s in ps if d not in stale]
+            top = np.flatnonzero(row > 0)
+            if top.size > k:
+                top = top[np.argpartition(-row[top], k - 1)[:k]]
+            hits += [(fresh[i], float(row[i])) for i in top]
+            hits.sort(key=lambda h: (h[1], h[0]), reverse=True)
+            out.append(hits[:k])
+        return out
 
     # -- search --
     def encode(self, texts: Sequence[str]):
@@ -219,8 +303,6 @@ class SparseRetriever(Retriever):
         elif self.engine == "lucene":
             pairs = self._lucene().search(query_dicts(self.index, q), k, threads=self.threads)
         else:
-            p = self.seismic_params
-            pairs = self._seismic().search(query_dicts(self.index, q), k, p["query_cut"], p["heap_factor"],
-                                           self.threads)
+            pairs = self._seismic_search(q, k)
         return [Ranking(query=x, candidates=tuple(Candidate(docid=d, score=s) for d, s in ps))
                 for x, ps in zip(queries, pairs)]

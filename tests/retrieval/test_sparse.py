@@ -281,3 +281,54 @@ def test_lucene_engine_follows_writes_in_place(built, encoder, scifact, scifact_
     assert len(theirs._lucene()) == len(other) and (tmp_path / "lucene").stat().st_ino != folder
     check(run())
     assert len(retriever._lucene()) == len(index)
+
+
+def test_seismic_follows_writes_without_rebuilding(built, encoder, scifact, scifact_dir, tmp_path):
+    """engine=seismic under appends, upserts and removals of real SciFact documents: with parameters that make
+    Seismic exhaustive (every posting kept, every query term, no pruning) its runs equal brute force over the live
+    documents after every write, while its index is built once (the written documents are scored beside it); past
+    the merge fraction a new index is built in the background, searches meanwhile stay exact, and the new one
+    takes over."""
+    pytest.importorskip("seismic", reason="needs rankstack[sparse] (pyseismic-lsr)")
+    from rankstack.eval import load_beir
+    from rankstack.index.sparse import SparseIndex
+    from rankstack.retrieval.sparse import SparseRetriever
+
+    _, queries = scifact
+    index = SparseIndex.load(built.save(tmp_path / "sp"))
+    exhaustive = dict(n_postings=10_000, summary_energy=1.0, query_cut=10_000, heap_factor=1.0)
+    retriever = SparseRetriever(encoder, index, engine="seismic", **exhaustive)
+    retriever.SEISMIC_MERGE_FRACTION = 0.5
+    q = index.quantize_queries(encoder.encode_queries([x.text for x in queries]))
+
+    def check(k=100):
+        for got, want in zip(retriever.retrieve(queries, k), brute_force(index, q, k)):
+            assert_same_top([(c.docid, c.score) for c in got.candidates], want) if want else None
+            assert bool(got.candidates) == bool(want)
+
+    check()
+    first = retriever._seismic_state()[0]
+    corpus = load_beir(scifact_dir).corpus
+    fresh_docs = [d for d in sorted(corpus) if d not in index][:20]
+    rng = np.random.default_rng(7)
+    for step in range(3):
+        new = [corpus[d] for d in fresh_docs[5 * step:5 * step + 5]]
+        again = rng.choice(index.docids, 3, replace=False).tolist()  # upserted with other documents' text
+        texts = [d.contents for d in new] + [corpus[fresh_docs[-1 - i - 3 * step]].contents for i in range(3)]
+        index.add([d.docid for d in new] + again, encoder.encode_documents(texts),
+                  encoder.document_tokens(texts), upsert=True)
+        index.remove(rng.choice(index.docids, 2, replace=False).tolist())
+        check()
+        check(5)  # a short list: the changed documents must not crowd out or hide the right ones
+        assert retriever._seismic_state()[0] is first and retriever.seismic_builds == 1
+    # past the merge fraction: the next search starts a background build and is still exact
+    retriever.SEISMIC_MERGE_FRACTION = 0.05
+    index.remove(rng.choice(index.docids, 2, replace=False).tolist())
+    check()
+    retriever.wait_for_merge(120)
+    assert retriever.seismic_builds == 2
+    eng, stale, fresh, _ = retriever._seismic_state()
+    # (brute force compacts the index, which bumps its version but changes no document)
+    assert eng is not first and index.changed_since(eng.version) == set() and not stale and not fresh
+    assert eng.docids == set(index.docids)
+    check()

@@ -161,7 +161,7 @@ class SparseRetriever(Retriever):
         self._engine_obj = None
         self._lock = threading.Lock()
         self._merging: threading.Thread | None = None  # a background Seismic build
-        self._delta = None  # Seismic: ((engine, index version), stale, fresh docids, fresh impacts transposed)
+        self._delta = None  # Seismic: (engine, index version, stale, fresh docids, fresh impacts transposed)
         self.seismic_builds = 0
         short = encoder.model_name.rstrip("/").split("/")[-1]
         self.name = f"splade({short},{'idf' if self.query_mode == 'idf' else 'model'} queries,{engine})"
@@ -227,12 +227,12 @@ class SparseRetriever(Retriever):
                 changed = set()
             elif len(changed) > self.SEISMIC_MERGE_FRACTION * max(len(self.index), 1) and self._merging is None:
                 self._start_merge()
-            key = (id(eng), self.index.version)
-            if self._delta is None or self._delta[0] != key:
+            version = self.index.version
+            if self._delta is None or self._delta[0] is not eng or self._delta[1] != version:
                 fresh = sorted(d for d in changed if d in self.index)
                 m = self.index.rows_of(fresh).T.tocsr().astype(np.int64) if fresh else sp.csr_matrix((0, 0))
-                self._delta = (key, frozenset(changed & eng.docids), fresh, m)
-            _, stale, fresh, m = self._delta
+                self._delta = (eng, version, frozenset(changed & eng.docids), fresh, m)
+            _, _, stale, fresh, m = self._delta
             return eng, stale, fresh, m
 
     def _start_merge(self) -> None:

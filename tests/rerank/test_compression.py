@@ -347,8 +347,8 @@ def test_non_finite_logits_are_an_error_not_the_retriever_order():
 
 
 def test_bf16_compute_keeps_compressed_parts_and_rope_in_their_precision():
-    """``compute=bf16``: activations, norms, embeddings and the cache in bf16; int8 codes decode exactly and scale
-    in float32; int4 groups decode in float32 before the cast; RoPE frequencies stay float32. Logits stay close to
+    """``compute=bf16``: activations, norms, embeddings and the cache in bf16; int8 weights are scaled and int4
+    groups decoded in float32 before the cast to bf16; RoPE frequencies stay float32. Logits stay close to
     the float32 model's (bf16 rounding only) and an unknown dtype is refused."""
     tok = tiny_tokenizer()
     ids = tok.encode("the flea life cycle has four stages in a warm house")

@@ -35,7 +35,7 @@ __all__ = ["CausalLM", "AttentionProbe", "ForwardStats", "OFFLINE_MODELS", "COMP
 
 # ``compute=`` in reranker specs: the dtype activations, attention and the KV cache run in. ``bf16`` runs the
 # matrix products on bf16 units where the CPU has them (AMX, AVX512-BF16) or a GPU's tensor cores; compressed layers
-# decode their codes to bf16 (int8 codes exactly) and RoPE's frequencies stay float32.
+# decode their codes to bf16 (scaled in float32, rounded once) and RoPE's frequencies stay float32.
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

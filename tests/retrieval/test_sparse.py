@@ -63,6 +63,16 @@ def assert_same_top(got: list[tuple[str, float]], want: set[tuple[str, float]]) 
     assert {p for p in got if p[1] > cut} == {p for p in want if p[1] > cut}
 
 
+def churn(index, encoder, corpus, fresh_docs, rng, step: int, *, new: int, upserts: int) -> None:
+    """Write round ``step`` of real documents: ``new`` unseen ones from ``fresh_docs`` appended, and ``upserts``
+    existing docids replaced with other documents' text (taken from the end of ``fresh_docs``)."""
+    add = [corpus[d] for d in fresh_docs[new * step:new * step + new]]
+    again = rng.choice(index.docids, upserts, replace=False).tolist()
+    texts = [d.contents for d in add] + [corpus[fresh_docs[-1 - i - upserts * step]].contents for i in range(upserts)]
+    index.add([d.docid for d in add] + again, encoder.encode_documents(texts), encoder.document_tokens(texts),
+              upsert=True)
+
+
 def test_splade_weights_follow_the_definition(encoder):
     """max over tokens of log(1 + relu(MLM logits)), computed here from the raw masked LM."""
     import torch
@@ -242,11 +252,7 @@ def test_lucene_engine_follows_writes_in_place(built, encoder, scifact, scifact_
     fresh_docs = [d for d in sorted(corpus) if d not in index][:24]
     rng = np.random.default_rng(5)
     for step in range(4):
-        new = [corpus[d] for d in fresh_docs[6 * step:6 * step + 6]]
-        again = rng.choice(index.docids, 2, replace=False).tolist()  # upserted with other documents' text
-        texts = [d.contents for d in new] + [corpus[fresh_docs[-1 - i - 2 * step]].contents for i in range(2)]
-        index.add([d.docid for d in new] + again, encoder.encode_documents(texts),
-                  encoder.document_tokens(texts), upsert=True)
+        churn(index, encoder, corpus, fresh_docs, rng, step, new=6, upserts=2)
         if step % 2:
             index.remove(rng.choice(index.docids, 3, replace=False).tolist())
         check(run())
@@ -312,11 +318,7 @@ def test_seismic_follows_writes_without_rebuilding(built, encoder, scifact, scif
     fresh_docs = [d for d in sorted(corpus) if d not in index][:20]
     rng = np.random.default_rng(7)
     for step in range(3):
-        new = [corpus[d] for d in fresh_docs[5 * step:5 * step + 5]]
-        again = rng.choice(index.docids, 3, replace=False).tolist()  # upserted with other documents' text
-        texts = [d.contents for d in new] + [corpus[fresh_docs[-1 - i - 3 * step]].contents for i in range(3)]
-        index.add([d.docid for d in new] + again, encoder.encode_documents(texts),
-                  encoder.document_tokens(texts), upsert=True)
+        churn(index, encoder, corpus, fresh_docs, rng, step, new=5, upserts=3)
         index.remove(rng.choice(index.docids, 2, replace=False).tolist())
         check()
         check(5)  # a short list: the changed documents must not crowd out or hide the right ones

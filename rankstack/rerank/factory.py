@@ -111,11 +111,11 @@ class RerankerSpec:
             elif key in LLM_RUNTIME_OPTIONS:
                 from rankstack.rerank.llm.kvquant import KVScheme
                 from rankstack.rerank.llm.quant import WeightScheme
-
                 from rankstack.rerank.llm.runtime import parse_compute
 
                 value = str(value)
-                {"weights": WeightScheme.parse, "kv": KVScheme.parse, "compute": parse_compute}[key](value)  # unknown names fail here
+                parse = {"weights": WeightScheme.parse, "kv": KVScheme.parse, "compute": parse_compute}[key]
+                parse(value)  # unknown names fail here
             else:
                 default = allowed[key].default
                 like = default if default is not None and default is not inspect.Parameter.empty else None

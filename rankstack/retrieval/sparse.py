@@ -104,8 +104,7 @@ class _Seismic:
                                                                  num_threads=int(threads))
         for line in printed:
             logger.debug("seismic: %s", line)
-        self.build_seconds = time.perf_counter() - t0
-        logger.info("built a Seismic index of %d documents in %.1f s", len(docids), self.build_seconds)
+        logger.info("built a Seismic index of %d documents in %.1f s", len(docids), time.perf_counter() - t0)
         self.version = version
         self.docids = frozenset(docids)
 
@@ -219,10 +218,7 @@ class SparseRetriever(Retriever):
             eng = self._engine_obj
             changed = None if eng is None else self.index.changed_since(eng.version)
             if changed is None:  # first search, or the journal no longer reaches the engine's version: build now
-                p = self.seismic_params
-                docids, impacts = self.index.snapshot()
-                eng = self._engine_obj = _Seismic(docids, impacts, self.index.vocab, self.index.version,
-                                                  p["n_postings"], p["summary_energy"], self.threads)
+                eng = self._engine_obj = self._build_seismic(*self.index.snapshot(), self.index.version)
                 self.seismic_builds += 1
                 changed = set()
             elif len(changed) > self.SEISMIC_MERGE_FRACTION * max(len(self.index), 1) and self._merging is None:
@@ -235,16 +231,20 @@ class SparseRetriever(Retriever):
             _, _, stale, fresh, m = self._delta
             return eng, stale, fresh, m
 
+    def _build_seismic(self, docids, impacts, version: int) -> _Seismic:
+        p = self.seismic_params
+        return _Seismic(docids, impacts, self.index.vocab, version, p["n_postings"], p["summary_energy"],
+                        self.threads)
+
     def _start_merge(self) -> None:
         """Build the next Seismic index from a snapshot taken now, in a thread; swap it in when it is done."""
         docids, impacts = self.index.snapshot()
-        version, p = self.index.version, self.seismic_params
+        version = self.index.version
         logger.info("merging %d documents into a new Seismic index in the background", len(docids))
 
         def merge():
             try:
-                new = _Seismic(docids, impacts, self.index.vocab, version, p["n_postings"], p["summary_energy"],
-                               self.threads)
+                new = self._build_seismic(docids, impacts, version)
                 with self._lock:
                     if self._engine_obj is None or self._engine_obj.version < new.version:
                         self._engine_obj = new

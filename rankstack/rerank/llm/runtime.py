@@ -270,7 +270,7 @@ def _cast_uncompressed(model, dtype: torch.dtype) -> None:
     for m in model.modules():
         if id(m) in skip:
             continue
-        for name, p in list(m.named_parameters(recurse=False)):
+        for p in m.parameters(recurse=False):
             p.data = cast(p.data)
         for name, b in list(m.named_buffers(recurse=False)):
             if b is not None and "inv_freq" not in name:

@@ -149,6 +149,10 @@ class CollectionConfig(_Strict):
                                                               "crash replays at most this many from it")
     index_checkpoint_seconds: float = Field(60.0, ge=0, description="... or at the first write this long after the "
                                                                     "last save (0: every write)")
+    index_merge_docs: int = Field(4096, ge=1, description="a checkpoint writes the documents changed since the last "
+                                                          "one as a segment beside the index; the segments are merged "
+                                                          "into it in the background once they hold this many "
+                                                          "documents and a quarter of the index")
     log_compact_bytes: int = Field(64 << 20, ge=0, description="the document log is rewritten with live documents "
                                                                "only once it is this long and over half of it is "
                                                                "replaced or deleted versions (0: never)")

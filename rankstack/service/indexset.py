@@ -27,6 +27,7 @@ from rankstack.errors import BadInput, IndexCorrupt, IndexNotFound
 from rankstack.pipeline.resources import DenseSettings, SparseSettings, slug
 from rankstack.pipeline.spec import parse_pipeline
 from rankstack.records import Query, Ranking
+from rankstack.service.segments import Journal, Segments
 from rankstack.retrieval.base import Retriever, validate_queries
 from rankstack.spec import Item
 
@@ -86,21 +87,106 @@ class _Slot:
     applied_seq: int = 0
     unsaved: int = 0  # documents changed in memory since the last checkpoint
     saved_at: float = field(default_factory=time.monotonic)
+    disk_seq: int = 0  # the log sequence the folder holds (its base and segments)
+    journal: Journal | None = None  # changes since disk_seq; None: the next checkpoint saves the whole index
+    segments: Segments = None
+
+    def __post_init__(self):
+        self.segments = Segments(self.path)
+
+    # how this kind's documents are kept in a segment (see rankstack.service.segments)
+    def pack(self, payloads: list) -> dict:
+        raise NotImplementedError
+
+    def replay(self, index, removed: list[str], added: list[str], arrays: dict) -> None:
+        raise NotImplementedError
+
+    def load_base(self, path: Path):
+        raise NotImplementedError
+
+    def opened(self, index, trained: bool = True) -> None:
+        """``index`` was loaded from the folder: apply its segments, and journal the writes from here on."""
+        seq = self.segments.apply(index, index.meta.get("applied_seq", 0), self.replay)
+        index.meta["applied_seq"] = seq
+        self.index, self.applied_seq, self.disk_seq = index, seq, seq
+        self.journal = Journal() if trained else None
+
+    def fresh(self, index) -> None:
+        """``index`` is new (no folder, or one that could not be read): the first checkpoint saves it whole."""
+        self.segments.wait()
+        self.segments.clear()
+        self.index, self.applied_seq, self.disk_seq, self.journal = index, 0, 0, None
 
 
 @dataclass
 class _Dense(_Slot):
     pending: dict = field(default_factory=dict)  # docid -> vector, while a compressed index waits for training
+    def pack(self, payloads):
+        return {"vectors": np.stack(payloads).astype(np.float32, copy=False)}
+
+    def replay(self, index, removed, added, arrays):
+        gone = [d for d in removed if d in index]
+        if gone:
+            index.remove(gone)
+        if added:
+            index.add(added, arrays["vectors"], upsert=True)
+
+    def load_base(self, path):
+        from rankstack.index.registry import load_vector_index
+
+        return load_vector_index(path, dim=self.encoder.dim)
 
 
 @dataclass
 class _Sparse(_Slot):
     retrievers: dict = field(default_factory=dict)  # search settings -> SparseRetriever (engines cached inside)
 
+    def pack(self, payloads):
+        import scipy.sparse as sp
+
+        out = {}
+        for name, rows in (("w", [w for w, _ in payloads]), ("t", [t for _, t in payloads])):
+            m = sp.vstack(rows, format="csr")
+            out.update({f"{name}_data": m.data, f"{name}_indices": m.indices, f"{name}_indptr": m.indptr,
+                        f"{name}_shape": np.array(m.shape, np.int64)})
+        return out
+
+    def replay(self, index, removed, added, arrays):
+        import scipy.sparse as sp
+
+        gone = [d for d in removed if d in index]
+        if gone:
+            index.remove(gone)
+        if added:
+            w, t = (sp.csr_matrix((arrays[f"{n}_data"], arrays[f"{n}_indices"], arrays[f"{n}_indptr"]),
+                                  shape=tuple(arrays[f"{n}_shape"])) for n in ("w", "t"))
+            index.add(added, w, t, upsert=True)
+
+    def load_base(self, path):
+        from rankstack.index.sparse import SparseIndex
+
+        return SparseIndex.load(path)
+
 
 @dataclass
 class _Multi(_Slot):
     derived: dict = field(default_factory=dict)  # derived key -> (settings, FDE or PLAID index of the token index)
+    def pack(self, payloads):  # float16, as the token index stores them
+        return {"vectors": np.concatenate([v for v, _ in payloads]).astype(np.float16, copy=False),
+                "lengths": np.array([len(v) for v, _ in payloads], np.int64),
+                "token_ids": np.concatenate([t for _, t in payloads]).astype(np.int32, copy=False)}
+
+    def replay(self, index, removed, added, arrays):
+        from rankstack.retrieval.token_encoders import EncodedDocuments
+
+        encoded = EncodedDocuments(vectors=arrays["vectors"].astype(np.float32), lengths=arrays["lengths"],
+                                   token_ids=arrays["token_ids"]) if added else None
+        index.update(removed, added, encoded)
+
+    def load_base(self, path):
+        from rankstack.index.multivector import MultiVectorIndex
+
+        return MultiVectorIndex.load(path, dim=self.encoder.dim)
 
 
 class IndexSet:
@@ -144,6 +230,8 @@ class IndexSet:
     # ---- opening and applying changes --------------------------------------------------------------------------
 
     def open(self) -> None:
+        for slot in [*self.dense.values(), *self.sparse.values(), *self.multi.values()]:
+            slot.segments.min_docs = self.config.index_merge_docs
         for slot in self.dense.values():
             self._open_dense(slot)
             self._sync_dense(slot, None)
@@ -200,6 +288,7 @@ class IndexSet:
         for slot in [*self.dense.values(), *self.sparse.values(), *self.multi.values()]:
             if slot.index is not None:
                 self._checkpoint(slot, 0, force=True)
+            slot.segments.wait()
         self._set_bm25(None)
         if self._live is not None:
             self._live.close()
@@ -210,9 +299,14 @@ class IndexSet:
         The document log is the source of truth and is fsynced before a write is acknowledged; an index file is a
         checkpoint of it at ``meta["applied_seq"]``. Saving a whole vector index on every write made an upsert cost
         grow with the collection, so the in-memory index takes each write at once (searchable on return) and is
-        saved every ``index_checkpoint_docs`` changed documents or ``index_checkpoint_seconds`` (at the next write),
-        and at close. After a crash, the next open replays the log from the checkpoint's sequence (``_delta`` with
-        ``changed=None``): at most that many documents are encoded again, or read back from the embedding cache.
+        checkpointed every ``index_checkpoint_docs`` changed documents or ``index_checkpoint_seconds`` (at the next
+        write), and at close. After a crash, the next open replays the log from the checkpoint's sequence (``_delta``
+        with ``changed=None``): at most that many documents are encoded again, or read back from the embedding cache.
+
+        Once the folder holds a saved index, a checkpoint writes only the documents changed since the previous one
+        (the slot's journal) as a segment beside it, O(those documents); the segments are merged into the saved
+        index in the background (:mod:`rankstack.service.segments`). The whole index is saved here only when there
+        is none yet, or when it was trained since.
         """
         slot.unsaved += changed
         cfg = self.config
@@ -220,10 +314,23 @@ class IndexSet:
             time.monotonic() - slot.saved_at >= cfg.index_checkpoint_seconds
         if not due or (slot.unsaved == 0 and slot.path.exists()):
             return
-        with self.lock.read():  # writers wait, searches go on while the file is written
-            index = slot.index
-            index.meta["applied_seq"] = slot.applied_seq
-            index.save(slot.path)
+        if slot.journal is not None and slot.path.exists():
+            # O(the documents changed): one segment file beside the saved base (rankstack.service.segments)
+            if slot.applied_seq != slot.disk_seq:
+                slot.segments.write(slot.disk_seq, slot.applied_seq, slot.journal, slot.pack)
+                slot.disk_seq = slot.applied_seq
+            slot.journal = Journal()
+            if slot.segments.due(len(slot.index)):  # the base is rewritten from disk, off the write path
+                slot.segments.merge_in_background(slot.load_base, slot.replay)
+        else:  # no base yet, or the index was trained since: save it whole
+            slot.segments.wait()
+            with self.lock.read():  # writers wait, searches go on while the file is written
+                index = slot.index
+                index.meta["applied_seq"] = slot.applied_seq
+                index.save(slot.path)
+            slot.segments.clear()
+            slot.disk_seq = slot.applied_seq
+            slot.journal = Journal() if getattr(slot.index, "trained", True) else None
         slot.unsaved, slot.saved_at = 0, time.monotonic()
 
     def _sync_bm25(self, changed: Sequence[str]) -> None:
@@ -282,9 +389,9 @@ class IndexSet:
         except (IndexNotFound, IndexCorrupt) as exc:
             if slot.path.exists():
                 logger.warning("collection %s: rebuilding %s (%s)", self.config.name, slot.spec, exc)
-            index = self._new_index(slot)
-        slot.index = index
-        slot.applied_seq = index.meta.get("applied_seq", 0)
+            slot.fresh(self._new_index(slot))
+            return
+        slot.opened(index, trained=getattr(index, "trained", True))
 
     def _delta(self, applied_seq: int, holds, all_held, changed: Sequence[str] | None):
         """What an index that includes the log up to ``applied_seq`` (``holds(docid)``; ``all_held()`` lists its
@@ -312,6 +419,10 @@ class IndexSet:
             if gone:
                 index.remove(gone)
             trained = getattr(index, "trained", True)
+            if slot.journal is not None:
+                slot.journal.remove(stale)
+                for d, v in zip(todo, vectors):
+                    slot.journal.put(d, v)
             if not trained:
                 slot.pending.update(zip(todo, vectors))
                 need = index.min_training_vectors()
@@ -325,6 +436,7 @@ class IndexSet:
                 index.train(vecs)
                 index.add(ids, vecs)
                 slot.pending.clear()
+                slot.journal = None  # trained now: the next checkpoint saves it whole
             elif todo:
                 index.add(todo, vectors)
             slot.applied_seq = log.seq
@@ -349,11 +461,11 @@ class IndexSet:
         except (IndexNotFound, IndexCorrupt, BadInput) as exc:
             if slot.path.exists():
                 logger.warning("collection %s: rebuilding %s (%s)", self.config.name, slot.spec, exc)
-            index = SparseIndex(slot.encoder.vocab, fingerprint=slot.encoder.fingerprint,
-                                meta={"model": slot.settings.model, "vectors": slot.settings.vectors_key,
-                                      "applied_seq": 0})
-        slot.index = index
-        slot.applied_seq = index.meta.get("applied_seq", 0)
+            slot.fresh(SparseIndex(slot.encoder.vocab, fingerprint=slot.encoder.fingerprint,
+                                   meta={"model": slot.settings.model, "vectors": slot.settings.vectors_key,
+                                         "applied_seq": 0}))
+        else:
+            slot.opened(index)
         slot.retrievers = {}
 
     def _sync_sparse(self, slot: _Sparse, changed: Sequence[str] | None) -> None:
@@ -370,6 +482,10 @@ class IndexSet:
                 index.remove(stale)
             if docs:
                 index.add(todo, weights, tokens)
+            if slot.journal is not None:
+                slot.journal.remove(stale)
+                for i, d in enumerate(todo):
+                    slot.journal.put(d, (weights[i], tokens[i]))
             slot.applied_seq = log.seq
         self._checkpoint(slot, len(stale) + len(todo))
 
@@ -384,11 +500,12 @@ class IndexSet:
         except (IndexNotFound, IndexCorrupt, BadInput) as exc:
             if slot.path.exists():
                 logger.warning("collection %s: rebuilding %s (%s)", self.config.name, slot.spec, exc)
-            index = MultiVectorIndex.empty(slot.encoder.dim, meta={
+            slot.fresh(MultiVectorIndex.empty(slot.encoder.dim, meta={
                 "model": slot.settings.model, "vectors": slot.settings.tokens_key,
-                "document_length": slot.encoder.document_length, "applied_seq": 0})
-        slot.index, slot.derived = index, {}
-        slot.applied_seq = index.meta.get("applied_seq", 0)
+                "document_length": slot.encoder.document_length, "applied_seq": 0}))
+        else:
+            slot.opened(index)
+        slot.derived = {}
 
     def _sync_multi(self, slot: _Multi, changed: Sequence[str] | None) -> None:
         """As :meth:`_sync_dense`: the token index takes the write in place (tombstones and appends, O(the changed
@@ -405,6 +522,12 @@ class IndexSet:
                 if settings.kind == "muvera" and todo}  # the slow parts, before taking the lock
         with self.lock.write():
             index.update(stale, todo, encoded)
+            if slot.journal is not None:
+                slot.journal.remove(stale)
+                off = encoded.offsets if todo else None
+                for i, d in enumerate(todo):
+                    slot.journal.put(d, (encoded.vectors[off[i]:off[i + 1]].astype(np.float16),
+                                         encoded.token_ids[off[i]:off[i + 1]]))
             for key, (settings, derived) in list(slot.derived.items()):
                 if settings.kind == "plaid":
                     derived.update(stale, todo, encoded)

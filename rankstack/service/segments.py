@@ -136,22 +136,29 @@ class Segments:
             return ([str(d) for d in z["removed"]], [str(d) for d in z["added"]],
                     {k[2:]: z[k] for k in z.files if k.startswith("p_")})
 
-    def apply(self, index, base_seq: int, apply: Callable) -> int:
-        """Apply the chain after ``base_seq`` to ``index`` (``apply(index, removed, added, arrays)``); returns the
-        sequence reached. A segment that cannot be read ends the chain there (and it and later ones are deleted)."""
-        seq = base_seq
-        chain = self.chain(base_seq)
-        for i, s in enumerate(chain):
+    def _replay(self, index, seq: int, apply: Callable, *, upto: int | None = None, tolerant: bool = False) -> int:
+        """Apply the chain after ``seq`` (up to ``upto``) to ``index`` with ``apply(index, removed, added, arrays)``;
+        returns the sequence reached. An unreadable segment raises, or with ``tolerant`` ends the chain there."""
+        for s in self.chain(seq):
+            if upto is not None and s.last > upto:
+                break
             try:
                 removed, added, arrays = self.read(s)
             except Exception as exc:  # noqa: BLE001 - a torn file; the log has the documents
+                if not tolerant:
+                    raise
                 logger.warning("%s is unreadable (%s); the log is replayed from sequence %d", s.path, exc, seq)
                 break
             apply(index, removed, added, arrays)
             seq = s.last
-        else:
-            if chain:
-                logger.info("%s: applied %d segments (%d -> %d)", self.dir, len(chain), base_seq, seq)
+        return seq
+
+    def apply(self, index, base_seq: int, apply: Callable) -> int:
+        """Apply the chain after ``base_seq`` to ``index`` (``apply(index, removed, added, arrays)``); returns the
+        sequence reached. A segment that cannot be read ends the chain there (and it and later ones are deleted)."""
+        seq = self._replay(index, base_seq, apply, tolerant=True)
+        if seq != base_seq:
+            logger.info("%s: applied segments %d -> %d", self.dir, base_seq, seq)
         self.drop_after(seq)  # anything past a gap is out of the chain
         return seq
 
@@ -202,13 +209,7 @@ class Segments:
         def run():
             try:
                 base = load(self.index_path)
-                seq = base.meta.get("applied_seq", 0)
-                for s in self.chain(seq):
-                    if s.last > upto:
-                        break
-                    removed, added, arrays = self.read(s)
-                    apply(base, removed, added, arrays)
-                    seq = s.last
+                seq = self._replay(base, base.meta.get("applied_seq", 0), apply, upto=upto)
                 base.meta["applied_seq"] = seq
                 base.save(self.index_path)
                 self.drop_upto(seq)

@@ -37,7 +37,8 @@ from rankstack.errors import BadInput, MissingExtra
 logger = logging.getLogger(__name__)
 
 __all__ = ["WEIGHT_SCHEMES", "WeightScheme", "Int8Linear", "Int4Linear", "BF16Linear", "TorchaoLinear", "compress_model",
-           "linear_weight_bytes", "quantize_int4", "dequantize_int4", "load_or_compress", "model_fingerprint"]
+           "linear_weight_bytes", "quantize_int4", "unpack_int4", "dequantize_int4", "load_or_compress",
+           "model_fingerprint"]
 
 WEIGHT_SCHEMES = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-outliers", "int8-torchao",
                   "int4-g32-torchao", "int4-g64-torchao", "int4-g128-torchao")
@@ -139,14 +140,19 @@ def _grid(g: torch.Tensor, keep: torch.Tensor):
     return q, scale, zero, err
 
 
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The codes ``[out, in]`` (uint8, 0..15) of :func:`quantize_int4`'s packed bytes (low nibble first)."""
+    q = torch.empty(packed.shape[0], 2 * packed.shape[1], dtype=torch.uint8, device=packed.device)
+    q[:, 0::2] = packed & 0xF
+    q[:, 1::2] = packed >> 4
+    return q
+
+
 def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, idx: torch.Tensor | None = None,
                     vals: torch.Tensor | None = None, *, group: int, shape, dtype=torch.float32) -> torch.Tensor:
     """The dense weight back from :func:`quantize_int4`'s parts (the torch reference)."""
     out, inp = shape
-    q = torch.empty(out, inp, dtype=torch.uint8, device=packed.device)
-    q[:, 0::2] = packed & 0xF
-    q[:, 1::2] = packed >> 4
-    g = q.reshape(out, inp // group, group).to(dtype)
+    g = unpack_int4(packed).reshape(out, inp // group, group).to(dtype)
     w = ((g - zeros.to(dtype)[..., None]) * scales.to(dtype)[..., None]).reshape(out, inp)
     if idx is not None and idx.numel():
         w.view(-1)[idx.long()] = vals.to(dtype)
@@ -226,8 +232,8 @@ class Int4Linear(_Compressed):
             y = int4_matmul(x, self.packed, self.scales, self.zeros, self.group)
             if self.outlier_idx.numel():
                 y = y + _outlier_matmul(x, self.outlier_idx, self.outlier_val, self.out_features, self.in_features)
-        elif x.dtype == torch.bfloat16 and x.numel() <= DECODE_ROWS * self.in_features and self._fused_pack():
-            y = self._fused_decode(x)
+        elif x.dtype == torch.bfloat16 and x.numel() <= DECODE_ROWS * self.in_features and self.prepare_fused():
+            y = self.fused_matmul(x)
         else:  # decoded in float32 (a bf16 zero point would shift whole groups), then cast to the input's dtype
             y = torch.nn.functional.linear(x, self.dequantized().to(x.dtype))
         return y + self.bias.to(y.dtype) if self.bias is not None else y
@@ -237,12 +243,11 @@ class Int4Linear(_Compressed):
     # 2.4x slower than decode + GEMM on prefills. So a layer that sees generation makes, once, a copy of its codes in
     # that layout (the zero point moved to the float domain, scales and zeros as bf16) and counts it in its bytes;
     # prefill-only rerankers (ICR, FIRST) never make it.
-    def _fused_pack(self) -> bool:
+    def prepare_fused(self) -> bool:
+        """Make the fused kernel's copy of the codes once; False where PyTorch cannot (the layer then decodes)."""
         if getattr(self, "_fused", None) is None:
             try:
-                q = torch.empty(self.out_features, self.in_features, dtype=torch.int32)
-                q[:, 0::2], q[:, 1::2] = self.packed & 0xF, self.packed >> 4
-                w = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+                w = torch._convert_weight_to_int4pack_for_cpu(unpack_int4(self.packed).to(torch.int32), 1)
                 s, z = self.scales.float(), self.zeros.float()
                 sz = torch.stack([s.T, ((8 - z) * s).T], -1).contiguous().to(torch.bfloat16)
                 self.register_buffer("fused_codes", w, persistent=False)
@@ -250,9 +255,9 @@ class Int4Linear(_Compressed):
                 if self.outlier_idx.numel():  # the outliers' correction to the decoded codes at their positions
                     flat = self.outlier_idx.long()
                     rows, cols = flat // self.in_features, flat % self.in_features
-                    g = cols // self.group
-                    code = q.view(-1)[flat].float()
-                    delta = self.outlier_val.float() - (code - self.zeros.float()[rows, g]) * s[rows, g]
+                    codes = dequantize_int4(self.packed, self.scales, self.zeros, group=self.group,
+                                            shape=(self.out_features, self.in_features)).view(-1)[flat]
+                    delta = self.outlier_val.float() - codes
                     self.register_buffer("fused_outliers", torch.stack([rows, cols]), persistent=False)
                     self.register_buffer("fused_outlier_delta", delta.to(torch.bfloat16), persistent=False)
                 self._fused = True
@@ -261,7 +266,8 @@ class Int4Linear(_Compressed):
                 self._fused = False
         return self._fused
 
-    def _fused_decode(self, x):
+    def fused_matmul(self, x):
+        """``x @ W.T`` through PyTorch's fused int4 CPU kernel (bf16 ``x``; after :meth:`prepare_fused`)."""
         x2 = x.reshape(-1, self.in_features).contiguous()
         y = torch._weight_int4pack_mm_for_cpu(x2, self.fused_codes, self.group, self.fused_scales_zeros)
         if self.outlier_idx.numel():

@@ -1,14 +1,17 @@
-"""Multi-bit residual binary codes at 1M x 384: the byte-lookup-table scan against the numpy path it replaces and
-against FAISS IndexPQ at (about) the same code bytes, all in one run, with Recall@100 against exact search.
+"""Multi-bit residual binary codes at 1M x 384: the compiled scans against the numpy path they replace and against
+FAISS IndexPQ and IndexPQFastScan at (about) the same code bytes, all in one run, with Recall@100 against exact search.
 
     pip install -e '.[cpu,fastscan]'
     python benchmarks/binary_scan.py [--n 1000000] [--bits 2 4] [--out runs/binary_scan]
+    python benchmarks/binary_scan.py --n 200000 --bits 2 --nq-sweep   # where decode + GEMM overtakes the tables
 
 Rows: `numpy` (the codec's reference: every code unpacked to float32 signs, then matrix products), `lut` (the
-compiled table scan the index uses with rankstack[fastscan]), `index` (the whole `binary:bits=<b>,mode=asymmetric` index
-search, lut scan inside, docid slots included) and FAISS `PQ<m>x8` with m = bits * dim / 8 sub-quantizers (2-bit:
-96 bytes against our 96 bytes of planes + 4 of scales). Synthetic clustered vectors as in
-`compressed_indexes.py` (no relevance labels); the FAISS PQ is trained on the same 50k sample, not timed.
+compiled byte-table scan), `gemm` (blocks decoded once, multiplied with every query by the BLAS), `index` (the whole
+`binary:bits=<b>,mode=asymmetric` index search, docid slots included: `auto` picks `lut` for single queries and `gemm`
+for the batch), FAISS `PQ<m>x8` with m = bits * dim / 8 sub-quantizers (2-bit: 96 bytes against our 96 bytes of
+planes + 4 of scales) and FAISS `PQ<2m>x4fs`, the 4-bit fast-scan PQ (SIMD shuffles over uint8 tables) at the same
+bytes. Synthetic clustered vectors as in `compressed_indexes.py` (no relevance labels); the FAISS PQs are trained
+on the same 50k sample.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--bits", type=int, nargs="+", default=[2, 4])
     p.add_argument("--single", type=int, default=20, help="queries searched one at a time (numpy: 3)")
+    p.add_argument("--nq-sweep", action="store_true",
+                   help="only time lut against gemm at 1-64 queries per call (how GEMM_FROM was chosen)")
     p.add_argument("--out", type=Path, default=Path("runs/binary_scan"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -61,13 +66,15 @@ def main() -> int:
     exact = [set(r.tolist()) for r in flat.search(q, K)[1]]
     del flat
     docids = [f"d{i}" for i in range(args.n)]
+    if args.nq_sweep:
+        return nq_sweep(args, x, q, docids)
     rows = []
     for bits in args.bits:
         spec = IndexSpec.parse(f"binary:bits={bits},mode=asymmetric")
         index, build_s = timed(lambda: build_vector_index(spec, docids, x))
         codec, planes, scales = index._codec, index._planes, index._scales
         code_bytes = index.code_bytes()
-        for scan in ("numpy", "lut"):
+        for scan in ("numpy", "lut", "gemm"):
             nq_b = 50 if scan == "numpy" else len(q)
             nq_s = 3 if scan == "numpy" else args.single
             codec.topk(q[:1], planes, scales, K, scan=scan)  # warm (compiles the kernel once)
@@ -85,18 +92,23 @@ def main() -> int:
                      "R@100_vs_exact": recall(top.ids, exact)})
         logger.info("%s", rows[-1])
         m = bits * x.shape[1] // 8  # the same bits per vector as our planes
-        pq = faiss.IndexPQ(x.shape[1], m, 8, faiss.METRIC_INNER_PRODUCT)
-        no_polysemous(pq)
         sample = x[np.sort(np.random.default_rng(0).choice(args.n, min(args.n, 50_000), replace=False))]
-        _, train_s = timed(lambda: pq.train(sample))
-        _, add_s = timed(lambda: pq.add(x))
-        pq.search(q[:2], K)
-        (_, ids), secs = timed(lambda: pq.search(q, K))
-        _, s1 = timed(lambda: [pq.search(q[i:i + 1], K) for i in range(args.single)])
-        rows.append({"bits": bits, "path": f"faiss PQ{m}x8", "code_bytes": m, "build_s": train_s + add_s,
-                     "qps_batched": len(q) / secs, "qps_single": args.single / s1,
-                     "R@100_vs_exact": recall(ids, exact)})
-        logger.info("%s", rows[-1])
+        for label in (f"faiss PQ{m}x8", f"faiss PQ{2 * m}x4fs"):
+            if label.endswith("x8"):
+                pq = faiss.IndexPQ(x.shape[1], m, 8, faiss.METRIC_INNER_PRODUCT)
+                no_polysemous(pq)
+            else:  # 4-bit sub-quantizers, twice as many: the same bytes
+                pq = faiss.IndexPQFastScan(x.shape[1], 2 * m, 4, faiss.METRIC_INNER_PRODUCT)
+            _, train_s = timed(lambda: pq.train(sample))  # noqa: B023 (called at once)
+            _, add_s = timed(lambda: pq.add(x))  # noqa: B023
+            pq.search(q[:2], K)
+            (_, ids), secs = timed(lambda: pq.search(q, K))  # noqa: B023
+            _, s1 = timed(lambda: [pq.search(q[i:i + 1], K) for i in range(args.single)])  # noqa: B023
+            rows.append({"bits": bits, "path": label, "code_bytes": m, "build_s": train_s + add_s,
+                         "qps_batched": len(q) / secs, "qps_single": args.single / s1,
+                         "R@100_vs_exact": recall(ids, exact)})
+            logger.info("%s", rows[-1])
+            pq = None
         base = {r["path"]: r for r in rows if r["bits"] == bits}
         for r in rows:
             if r["bits"] == bits:
@@ -110,6 +122,32 @@ def main() -> int:
     print(table)
     save_results(args.out, {"n": args.n, "queries": len(q), "threads": os.cpu_count(), "machine": platform.machine(),
                             "faiss_threads": faiss.omp_get_max_threads(), "rows": rows, "table": table})
+    return 0
+
+
+def nq_sweep(args, x, q, docids) -> int:
+    """lut against gemm at 1-64 queries per call, on the first --bits: where ``auto`` should switch."""
+    from rankstack.index.lut_scan import GEMM_FROM
+
+    index = build_vector_index(IndexSpec.parse(f"binary:bits={args.bits[0]},mode=asymmetric"), docids, x)
+    codec, planes, scales = index._codec, index._planes, index._scales
+    rows = []
+    for nq in (1, 4, 8, 16, 24, 32, 64):
+        row = {"bits": args.bits[0], "queries_per_call": nq}
+        for scan in ("lut", "gemm"):
+            codec.topk(q[:nq], planes, scales, K, scan=scan)
+            calls = max(1, 64 // nq)
+            _, secs = timed(lambda: [codec.topk(q[i * nq:(i + 1) * nq], planes, scales, K, scan=scan)
+                                     for i in range(calls)])
+            row[f"{scan}_qps"] = calls * nq / secs
+        row["gemm_vs_lut"] = row["gemm_qps"] / row["lut_qps"]
+        rows.append(row)
+        logger.info("%s", row)
+    table = markdown(rows, ["bits", "queries_per_call", "lut_qps", "gemm_qps", "gemm_vs_lut"])
+    print(table)
+    print(f"GEMM_FROM = {GEMM_FROM}")
+    save_results(args.out.with_name(args.out.name + "_nq_sweep"), {"n": args.n, "rows": rows, "table": table,
+                                                                    "gemm_from": GEMM_FROM})
     return 0
 
 

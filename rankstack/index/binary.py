@@ -108,17 +108,18 @@ class ResidualBinaryCodec:
              scan: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """The best ``min(k, n)`` codes per query, ``(scores, positions)`` best first, ties by position.
 
-        ``scan="lut"``: the compiled byte-lookup-table scan (:mod:`rankstack.index.lut_scan`, needs
-        ``rankstack[fastscan]``); ``"numpy"``: the reference above (unpacks every sign to float32); ``"auto"``: the
-        table scan when numba is installed."""
+        Compiled scans (:mod:`rankstack.index.lut_scan`, need ``rankstack[fastscan]``): ``scan="lut"`` reads byte
+        lookup tables, ``"gemm"`` decodes blocks of codes and multiplies them with all queries at once; ``"auto"``
+        picks by the number of queries. ``"numpy"``: the reference above (unpacks every sign to float32), also what
+        ``auto`` falls back to without numba."""
         from rankstack.index import lut_scan
 
-        if scan not in ("auto", "lut", "numpy"):
-            raise BadInput(f"unknown binary scan {scan!r}; choose auto, lut or numpy")
-        if scan == "lut" and not lut_scan.available():
+        if scan not in (*lut_scan.SCANS, "numpy"):
+            raise BadInput(f"unknown binary scan {scan!r}; choose auto, lut, gemm or numpy")
+        if scan in ("lut", "gemm") and not lut_scan.available():
             from rankstack.errors import MissingExtra
 
-            raise MissingExtra("the lookup-table scan needs numba: `pip install 'rankstack[fastscan]'` (or scan=numpy)")
+            raise MissingExtra(f"the {scan} scan needs numba: `pip install 'rankstack[fastscan]'` (or scan=numpy)")
         q = np.asarray(q, np.float32)
         if scan == "numpy" or not lut_scan.available():
             if scan == "auto":
@@ -131,19 +132,12 @@ class ResidualBinaryCodec:
             part = np.take_along_axis(full, pos, axis=1)
             order = np.lexsort((pos, -part), axis=1)
             return np.take_along_axis(part, order, axis=1), np.take_along_axis(pos, order, axis=1)
-        if mode == "asymmetric":  # one set of tables from q: q.x_hat = q.mean + sum_b alpha_b (2 q.bits_b - sum q)
-            luts = lut_scan.byte_luts(q)[:, None]
-            qw = np.ones((q.shape[0], 1), np.float32)
-            qsum = q.sum(axis=1, keepdims=True)
-            base = q @ self.mean
-        else:  # one set per query plane a, from its +-1 signs, weighted by its scale beta_a; no mean terms
+        if mode == "asymmetric":  # q.x_hat = q.mean + sum_b alpha_b q.s_b
+            vecs, qw, base = q[:, None], np.ones((q.shape[0], 1), np.float32), q @ self.mean
+        else:  # sum_a beta_a t_a . sum_b alpha_b s_b over the query's own +-1 planes t_a; no mean terms
             qp, qs = self.encode(q)
-            qsig = self.signs(qp)  # [nq, bits, dim]
-            luts = lut_scan.byte_luts(qsig.reshape(-1, self.dim)).reshape(q.shape[0], self.bits, self.dim // 8, 256)
-            qw = qs.astype(np.float32)
-            qsum = qsig.sum(axis=2)
-            base = np.zeros(q.shape[0], np.float32)
-        return lut_scan.scan_topk(luts, qw, qsum, base, planes, scales, k)
+            vecs, qw, base = self.signs(qp), qs.astype(np.float32), np.zeros(q.shape[0], np.float32)
+        return lut_scan.topk(vecs, qw, base, planes, scales, k, scan=scan)
 
 
 _warned = []

@@ -1,16 +1,23 @@
-"""Byte-lookup-table scan of multi-bit binary codes (the way FAISS's PQ scan reads codes, on bit-planes).
+"""Compiled scans of multi-bit binary codes: a byte-lookup-table scan for a few queries, decode + dot products for
+batches.
 
-A bit-plane packs 8 dimensions per byte, so a query's inner product with a plane is a sum of one table entry per
-byte: ``L[j, v] = sum_k q[8j + k] * bit_k(v)`` (256 entries for each of the ``dim/8`` byte positions), and
-``q . s = 2 * q . bits - sum(q)`` for the +-1 signs. Per document and plane that is ``dim/8`` table reads instead of
-unpacking ``dim`` signs to floats and multiplying. One compiled kernel (numba, ``rankstack[fastscan]``) serves both
-modes of :class:`~rankstack.index.binary.ResidualBinaryCodec`:
+Both compute, for query vectors ``v_a`` with weights ``w_a`` (one vector for a float query, one per plane for an
+encoded one), ``score = base + sum_a w_a sum_b alpha_b v_a . s_b`` over the document's +-1 planes ``s_b``, and keep
+each query's best ``k`` in heaps as the documents stream past (``rankstack[fastscan]``, numba):
 
-- asymmetric (float query): one set of tables from ``q``, plus ``q . mean``;
-- symmetric (encoded query): one set of tables per query plane ``a``, weighted by its scale ``beta_a``.
+- ``lut`` (the way FAISS's PQ scan reads codes, on bit-planes): a plane packs 8 dimensions per byte, so
+  ``v . bits`` is one table entry per byte, ``L[j, c] = sum_k v[8j + k] * bit_k(c)``, and ``v . s = 2 v . bits -
+  sum(v)``: ``dim/8`` table reads per document and plane instead of ``dim`` multiplications. Four documents are
+  summed side by side, so the reads of one never wait on the additions of another.
+- ``gemm``: a tile of documents is decoded once to ``y = sum_b alpha_b bits_b`` (the planes' set bits weighted by
+  their scales), kept in cache, and multiplied with every query by a 4 x 4 register-blocked kernel, since
+  ``sum_b alpha_b s_b = 2y - sum_b alpha_b``. The decode costs about one table scan, so this wins from a handful of
+  queries per call (:data:`GEMM_FROM`).
 
-Scores equal the codec's numpy reference up to float32 summation order; documents are scanned in chunks, each
-chunk's top-k kept, so memory stays ``O(queries x chunk)`` at any corpus size.
+Each thread scans one contiguous range of documents into its own heaps (``min(k, n)`` per query); the heaps are
+merged at the end. Decoding, scoring and selection run in one parallel region, so nothing of size ``queries x
+documents`` is ever materialised and no other thread pool (BLAS, torch) takes turns with numba's. Scores equal the
+codec's numpy reference up to float32 summation order; ties are broken by position, as a stable sort would.
 """
 
 from __future__ import annotations
@@ -20,16 +27,23 @@ from functools import lru_cache
 
 import numpy as np
 
+from rankstack.errors import BadInput
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["available", "byte_luts", "scan_scores", "scan_topk"]
+__all__ = ["available", "byte_luts", "topk", "SCANS", "GEMM_FROM"]
+
+SCANS = ("auto", "lut", "gemm")
+# queries per call from which ``auto`` decodes and multiplies instead of reading tables: chosen on synthetic
+# clustered vectors (benchmarks/binary_scan.py --nq-sweep, 200k x 384 on 2 cores), not on any evaluation set
+GEMM_FROM = 8
+_TILE = 128  # documents per tile: a decoded tile (192 kB at 384-d) and one query's tables stay in L2
+# below this many (query, document) pairs a scan runs on the calling thread: a single query over a small index costs
+# well under a millisecond serially, while handing ranges to numba's threads waits for every core, which on a busy
+# server is a scheduler time slice (measured: 0.53 ms serial against 8 ms with two threads, one core taken)
+SERIAL_BELOW = 1 << 15
 
 _BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32)  # [256, 8], MSB first
-_BLOCK = 256  # documents per inner block: their codes stay in L1 while one query's tables are read
-# below this many (query, document) pairs the scan runs on the calling thread: a single query over a small index
-# costs well under a millisecond serially, while handing blocks to numba's threads waits for every core, which on a
-# busy server is a scheduler time slice (measured: 0.53 ms serial against 8 ms with two threads, one core taken)
-SERIAL_BELOW = 1 << 15
 
 
 def available() -> bool:
@@ -48,64 +62,220 @@ def byte_luts(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v.reshape(m, dim // 8, 8) @ _BITS.T)
 
 
-@lru_cache(maxsize=2)
-def _kernel(parallel: bool = True):
+@lru_cache(maxsize=1)
+def _heap():
+    """``push(h, p, fill, k, score, pos) -> fill``: keep the best ``k`` in a min-heap on ``(score, -position)``, whose
+    root is the entry to evict; of equal scores the later position goes first, and an equal score arriving later (at
+    a higher position) never displaces an earlier one."""
     import numba
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def worse(h, p, x, y):
+        return h[x] < h[y] or (h[x] == h[y] and p[x] > p[y])
+
+    @numba.njit(cache=True, nogil=True)
+    def sift_down(h, p, i, size):
+        while True:
+            child = 2 * i + 1
+            if child >= size:
+                return
+            if child + 1 < size and worse(h, p, child + 1, child):
+                child += 1
+            if not worse(h, p, child, i):
+                return
+            h[i], h[child] = h[child], h[i]
+            p[i], p[child] = p[child], p[i]
+            i = child
+
+    @numba.njit(cache=True, nogil=True)
+    def push(h, p, fill, k, s, pos):
+        if fill < k:
+            h[fill] = s
+            p[fill] = pos
+            fill += 1
+            if fill == k:
+                for r in range(k // 2 - 1, -1, -1):
+                    sift_down(h, p, r, k)
+        elif s > h[0]:
+            h[0] = s
+            p[0] = pos
+            sift_down(h, p, 0, k)
+        return fill
+
+    return push
+
+
+@lru_cache(maxsize=2)
+def _lut_kernel(parallel: bool):
+    import numba
+
+    push = _heap()
+    f32 = np.float32
+
     @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
-    def scan(luts, qw, qsum, base, codes, alphas, out):
+    def scan(luts, qw, qsum, base, codes, alphas, bounds, hs, hp, fill):
         nq, na, nj = luts.shape[0], luts.shape[1], luts.shape[2]
-        n, nb = codes.shape[0], codes.shape[1]
-        nblocks = (n + _BLOCK - 1) // _BLOCK
-        for blk in numba.prange(nblocks):
-            lo = blk * _BLOCK
-            hi = min(n, lo + _BLOCK)
-            for q in range(nq):
-                for i in range(lo, hi):
-                    s = base[q]
-                    for a in range(na):
-                        for b in range(nb):
-                            p = np.float32(0.0)
-                            for j in range(nj):
-                                p += luts[q, a, j, codes[i, b, j]]
-                            s += qw[q, a] * alphas[i, b] * (np.float32(2.0) * p - qsum[q, a])
-                    out[q, i] = s
+        nb, k = codes.shape[1], hs.shape[2]
+        for t in numba.prange(bounds.shape[0] - 1):
+            for lo in range(bounds[t], bounds[t + 1], _TILE):
+                hi = min(bounds[t + 1], lo + _TILE)
+                for q in range(nq):
+                    h, p = hs[t, q], hp[t, q]
+                    f = fill[t, q]
+                    i = lo
+                    while i < hi:  # four documents at a time: four independent sums per plane
+                        m = min(4, hi - i)
+                        i1, i2, i3 = i + min(1, m - 1), i + min(2, m - 1), i + min(3, m - 1)  # repeats at the tail
+                        s0 = base[q]
+                        s1, s2, s3 = s0, s0, s0
+                        for a in range(na):
+                            tab = luts[q, a]
+                            w = qw[q, a]
+                            qs = qsum[q, a]
+                            for b in range(nb):
+                                p0, p1, p2, p3 = f32(0.0), f32(0.0), f32(0.0), f32(0.0)
+                                for j in range(nj):
+                                    p0 += tab[j, codes[i, b, j]]
+                                    p1 += tab[j, codes[i1, b, j]]
+                                    p2 += tab[j, codes[i2, b, j]]
+                                    p3 += tab[j, codes[i3, b, j]]
+                                s0 += w * alphas[i, b] * (f32(2.0) * p0 - qs)
+                                s1 += w * alphas[i1, b] * (f32(2.0) * p1 - qs)
+                                s2 += w * alphas[i2, b] * (f32(2.0) * p2 - qs)
+                                s3 += w * alphas[i3, b] * (f32(2.0) * p3 - qs)
+                        f = push(h, p, f, k, s0, i)
+                        if m > 1:
+                            f = push(h, p, f, k, s1, i1)
+                        if m > 2:
+                            f = push(h, p, f, k, s2, i2)
+                        if m > 3:
+                            f = push(h, p, f, k, s3, i3)
+                        i += 4
+                    fill[t, q] = f
 
     return scan
 
 
-def scan_scores(luts, qw, qsum, base, codes, alphas) -> np.ndarray:
-    """``[nq, n]`` scores: ``base + sum_a qw_a sum_b alpha_b (2 * sum_j luts[a, j, codes[b, j]] - qsum_a)``.
+@lru_cache(maxsize=2)
+def _gemm_kernel(parallel: bool):
+    import numba
 
-    ``luts [nq, A, J, 256]`` float32, ``qw``/``qsum`` ``[nq, A]``, ``base [nq]``, ``codes [n, B, J]`` uint8,
-    ``alphas [n, B]`` (any float dtype)."""
-    out = np.empty((luts.shape[0], codes.shape[0]), np.float32)
-    _kernel(out.size >= SERIAL_BELOW)(np.ascontiguousarray(luts, np.float32), np.ascontiguousarray(qw, np.float32),
-              np.ascontiguousarray(qsum, np.float32), np.ascontiguousarray(base, np.float32),
-              np.ascontiguousarray(codes, np.uint8), np.ascontiguousarray(alphas, np.float32), out)
-    return out
+    push = _heap()
+    bits = _BITS
+    f32 = np.float32
+
+    @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
+    def scan(qe, nq, qsum, base, codes, alphas, bounds, hs, hp, fill):
+        """``qe [nq4, dim]``: the queries padded with zero rows to a multiple of 4; ``nq`` of them are real."""
+        nq4, dim = qe.shape
+        nb, nj, k = codes.shape[1], codes.shape[2], hs.shape[2]
+        for t in numba.prange(bounds.shape[0] - 1):
+            y = np.zeros((_TILE, dim), f32)  # this thread's decoded tile, rows past the range's end stay zero
+            asum = np.zeros(_TILE, f32)
+            sc = np.empty((nq4, _TILE), f32)
+            for lo in range(bounds[t], bounds[t + 1], _TILE):
+                c = min(bounds[t + 1], lo + _TILE) - lo
+                for r in range(c):  # y[r] = sum_b alpha_b bits_b, asum[r] = sum_b alpha_b
+                    i = lo + r
+                    a = f32(0.0)
+                    for b in range(nb):
+                        a += alphas[i, b]
+                    asum[r] = a
+                    for j in range(nj):
+                        for e in range(8):
+                            y[r, 8 * j + e] = f32(0.0)
+                        for b in range(nb):
+                            row = bits[codes[i, b, j]]
+                            w = alphas[i, b]
+                            for e in range(8):
+                                y[r, 8 * j + e] += w * row[e]
+                if c < _TILE:
+                    y[c:] = f32(0.0)
+                for q in range(0, nq4, 4):  # 4 queries x 4 documents per register block
+                    for r in range(0, c, 4):
+                        a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = f32(0.0)
+                        a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = f32(0.0)
+                        for d in range(dim):
+                            y0, y1, y2, y3 = y[r, d], y[r + 1, d], y[r + 2, d], y[r + 3, d]
+                            q0, q1, q2, q3 = qe[q, d], qe[q + 1, d], qe[q + 2, d], qe[q + 3, d]
+                            a00 += q0 * y0
+                            a01 += q0 * y1
+                            a02 += q0 * y2
+                            a03 += q0 * y3
+                            a10 += q1 * y0
+                            a11 += q1 * y1
+                            a12 += q1 * y2
+                            a13 += q1 * y3
+                            a20 += q2 * y0
+                            a21 += q2 * y1
+                            a22 += q2 * y2
+                            a23 += q2 * y3
+                            a30 += q3 * y0
+                            a31 += q3 * y1
+                            a32 += q3 * y2
+                            a33 += q3 * y3
+                        sc[q, r], sc[q, r + 1], sc[q, r + 2], sc[q, r + 3] = a00, a01, a02, a03
+                        sc[q + 1, r], sc[q + 1, r + 1], sc[q + 1, r + 2], sc[q + 1, r + 3] = a10, a11, a12, a13
+                        sc[q + 2, r], sc[q + 2, r + 1], sc[q + 2, r + 2], sc[q + 2, r + 3] = a20, a21, a22, a23
+                        sc[q + 3, r], sc[q + 3, r + 1], sc[q + 3, r + 2], sc[q + 3, r + 3] = a30, a31, a32, a33
+                for q in range(nq):
+                    h, p = hs[t, q], hp[t, q]
+                    f = fill[t, q]
+                    for r in range(c):
+                        f = push(h, p, f, k, base[q] + f32(2.0) * sc[q, r] - asum[r] * qsum[q], lo + r)
+                    fill[t, q] = f
+
+    return scan
 
 
-def scan_topk(luts, qw, qsum, base, codes, alphas, k: int, *, chunk: int = 1 << 17) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` (``min(k, n)``) documents per query as ``(scores [nq, k], positions [nq, k])``, best first,
-    ties by position; the scan runs chunk by chunk, keeping each chunk's best ``k``."""
-    n, nq = codes.shape[0], luts.shape[0]
+def _bounds(n: int, parts: int) -> np.ndarray:
+    """``parts`` contiguous document ranges of whole tiles (the last one takes the rest)."""
+    tiles = -(-n // _TILE)
+    per = -(-tiles // max(1, parts))
+    return np.array([min(n, t * per * _TILE) for t in range(parts)] + [n], np.int64)
+
+
+def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto",
+         parts: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``min(k, n)`` documents per query as ``(scores [nq, k], positions [nq, k])``, best first, ties by
+    position.
+
+    ``vecs [nq, A, dim]`` float32 query vectors, ``qw [nq, A]`` their weights, ``base [nq]`` a per-query offset;
+    ``codes [n, B, dim/8]`` uint8 planes, ``alphas [n, B]`` their scales. ``scan``: ``lut`` (tables), ``gemm``
+    (decode + dot products) or ``auto`` (``gemm`` from :data:`GEMM_FROM` queries). ``parts``: document ranges
+    scanned in parallel, each into its own heaps (default: numba's thread count; tests vary it)."""
+    import numba
+
+    if scan not in SCANS:
+        raise BadInput(f"unknown binary scan {scan!r}; choose one of {', '.join(SCANS)} (or numpy)")
+    vecs = np.ascontiguousarray(vecs, np.float32)
+    qw = np.ascontiguousarray(qw, np.float32)
+    base = np.ascontiguousarray(base, np.float32)
+    codes = np.ascontiguousarray(codes, np.uint8)
+    alphas = np.ascontiguousarray(alphas, np.float32)
+    nq, na, dim = vecs.shape
+    n = codes.shape[0]
     kk = min(k, n)
-    best_s = np.empty((nq, 0), np.float32)
-    best_p = np.empty((nq, 0), np.int64)
-    for lo in range(0, n, chunk):
-        hi = min(n, lo + chunk)
-        s = scan_scores(luts, qw, qsum, base, codes[lo:hi], alphas[lo:hi])
-        if hi - lo > kk:
-            part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-            s = np.take_along_axis(s, part, axis=1)
-        else:
-            part = np.broadcast_to(np.arange(hi - lo), s.shape)
-        best_s = np.concatenate([best_s, s], axis=1)
-        best_p = np.concatenate([best_p, part + lo], axis=1)
-        if best_s.shape[1] > kk:
-            keep = np.argpartition(-best_s, kk - 1, axis=1)[:, :kk]
-            best_s = np.take_along_axis(best_s, keep, axis=1)
-            best_p = np.take_along_axis(best_p, keep, axis=1)
-    order = np.lexsort((best_p, -best_s), axis=1)
-    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_p, order, axis=1)
+    if kk <= 0 or nq == 0:
+        return np.zeros((nq, max(kk, 0)), np.float32), np.zeros((nq, max(kk, 0)), np.int64)
+    parallel = nq * n >= SERIAL_BELOW
+    parts = parts or (numba.get_num_threads() if parallel else 1)
+    bounds = _bounds(n, parts)
+    hs = np.empty((parts, nq, kk), np.float32)
+    hp = np.empty((parts, nq, kk), np.int64)
+    fill = np.zeros((parts, nq), np.int64)
+    if scan == "auto":
+        scan = "gemm" if nq >= GEMM_FROM else "lut"
+    if scan == "gemm":
+        qe = np.einsum("na,nad->nd", qw, vecs)  # sum_a w_a v_a: one vector per query
+        qe4 = np.zeros((-(-nq // 4) * 4, dim), np.float32)
+        qe4[:nq] = qe
+        _gemm_kernel(parallel)(qe4, nq, qe.sum(axis=1), base, codes, alphas, bounds, hs, hp, fill)
+    else:
+        luts = byte_luts(vecs.reshape(-1, dim)).reshape(nq, na, dim // 8, 256)
+        _lut_kernel(parallel)(luts, qw, vecs.sum(axis=2), base, codes, alphas, bounds, hs, hp, fill)
+    # merge the ranges' heaps: the best kk of each query's filled entries, by score then position
+    s = np.concatenate([hs[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
+    pos = np.concatenate([hp[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
+    order = np.lexsort((pos, -s), axis=1)[:, :kk]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(pos, order, axis=1)

@@ -155,3 +155,30 @@ def test_removals_are_tombstones_until_compaction_and_match_a_fresh_index(tmp_pa
     assert index.docid_pairs(index.search(x[:1], 1))[0][0][0] == removed
     index.compact()
     assert index.tombstones == 0 and len(index) == len(live) + 1
+
+
+def test_a_save_with_tombstones_writes_the_live_rows_in_chunks(tmp_path):
+    """The compacted copy a save writes is filled chunk by chunk straight into FAISS's storage (one copy of the index
+    in memory): it must hold exactly the live rows in order, across chunk edges, and with no live row at all."""
+    docids, x, q = _data(n=300)
+    index = DenseFlatIndex(24)
+    index.add(docids, x)
+    index.remove(docids[::3])  # 100 tombstones, below the compaction threshold
+    assert index.tombstones == 100
+    live = [i for i in range(300) if i % 3]
+    comp = index._compacted(chunk=7)
+    np.testing.assert_array_equal(comp.reconstruct_n(0, comp.ntotal), x[live])
+    back = DenseFlatIndex.load(index.save(tmp_path / "ix"))
+    assert back.docids == [docids[i] for i in live] and back.tombstones == 0
+    np.testing.assert_array_equal(back.vectors(), x[live])
+    assert [[d for d, _ in r] for r in back.docid_pairs(back.search(q, 10))] == _brute(
+        [docids[i] for i in live], x[live], q, 10)
+    v = back.vectors()  # a copy, not a view of FAISS's storage
+    v[:] = 0
+    np.testing.assert_array_equal(back.vectors(), x[live])
+    small = DenseFlatIndex(24)
+    small.add(docids[:5], x[:5])
+    small.remove(docids[:5])
+    assert small.tombstones == 5
+    empty = DenseFlatIndex.load(small.save(tmp_path / "empty"))
+    assert len(empty) == 0 and empty.vectors().shape == (0, 24)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import resource
+import os
 import shutil
 import sys
 import tempfile
@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _table import markdown, save_results  # noqa: E402
 from compressed_indexes import synthetic  # noqa: E402
+from service_load import rss_mb  # noqa: E402
 
 from rankstack.index.base import IndexSpec  # noqa: E402
 from rankstack.index.registry import build_vector_index  # noqa: E402
@@ -53,13 +54,8 @@ def latencies(index, q: np.ndarray, stop=None, limit: int = 2000, rss: list | No
         index.search(q[i % len(q):i % len(q) + 1], 10)
         out.append((time.perf_counter() - t0) * 1000)
         if rss is not None:
-            rss.append(rss_mb())
+            rss.append(rss_mb(os.getpid()))
     return out
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def run_kind(kind: str, x: np.ndarray, q: np.ndarray, batch: int, root: Path) -> dict:
@@ -90,7 +86,7 @@ def run_kind(kind: str, x: np.ndarray, q: np.ndarray, batch: int, root: Path) ->
     write_s = time.perf_counter() - t0
     assert slot.segments.due(len(live)), "the segments should be due for a merge"
     idle = latencies(live, q, limit=300)
-    rss0, rss = rss_mb(), []
+    rss0, rss = rss_mb(os.getpid()), []
     cpu0, wall0 = time.process_time(), time.perf_counter()
     thread0 = time.thread_time()
     slot.segments.merge_in_background(slot.load_base, slot.replay)

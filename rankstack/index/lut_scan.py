@@ -274,7 +274,8 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto",
     else:
         luts = byte_luts(vecs.reshape(-1, dim)).reshape(nq, na, dim // 8, 256)
         _lut_kernel(parallel)(luts, qw, vecs.sum(axis=2), base, codes, alphas, bounds, hs, hp, fill)
-    # merge the ranges' heaps: the best kk of each query's filled entries, by score then position
+    # merge the ranges' heaps: the best kk of each query's filled entries, by score then position (every query of a
+    # range saw the same documents, so fill[t, 0] is each query's fill)
     s = np.concatenate([hs[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
     pos = np.concatenate([hp[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
     order = np.lexsort((pos, -s), axis=1)[:, :kk]

@@ -9,15 +9,20 @@ query bit-plane with each document code plane and popcount, weighting by 2^t. Th
 counting pass (numba, LLVM `ctpop`, which becomes `vpopcntq` on AVX-512 VPOPCNTDQ) against the index's exact
 `lut` scan (heaps included) on the same random codes, one query per call, and prints the ratio. The popcount pass
 here has no heaps and no rescoring, which a real scan would need, so its ratio is an upper bound on what it buys.
-Its counts are checked against `np.bitwise_count` first.
+Its counts are checked against `np.bitwise_count` first. The query bit-planes are random (the time of a counting
+pass does not depend on their values); `lut` gets random float queries.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _table import markdown, p50_ms  # noqa: E402
 
 L = 16  # documents per block: one uint64 lane group
 
@@ -81,23 +86,15 @@ def main(argv=None) -> None:
     assert np.array_equal(ref, out[:1000]), "popcount counts differ from np.bitwise_count"
     lut_scan.topk(qvecs[0], np.ones((1, 1), np.float32), np.zeros(1, np.float32), planes, alphas, 100, scan="lut")
 
-    def per_query(fn) -> float:
-        times = []
-        for i in range(a.queries):
-            t0 = time.perf_counter()
-            fn(i)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-
-    t_pc = per_query(lambda i: counts(qbits[i], blocks, out))
-    t_lut = per_query(lambda i: lut_scan.topk(qvecs[i], np.ones((1, 1), np.float32), np.zeros(1, np.float32),
-                                              planes, alphas, 100, scan="lut"))
+    t_pc = p50_ms(lambda i: counts(qbits[i], blocks, out), a.queries) / 1e3
+    t_lut = p50_ms(lambda i: lut_scan.topk(qvecs[i], np.ones((1, 1), np.float32), np.zeros(1, np.float32),
+                                          planes, alphas, 100, scan="lut"), a.queries) / 1e3
     print(f"n={n} dim={a.dim} code planes={a.bits} query bits={a.query_bits}, one query per call, median of "
           f"{a.queries}")
-    print("| path | ms/query | QPS | vs lut |\n|---|---|---|---|")
-    print(f"| lut (exact, heaps, k=100) | {t_lut * 1e3:.1f} | {1 / t_lut:.1f} | 1 |")
-    print(f"| popcount counts only (no heaps, no rescoring) | {t_pc * 1e3:.1f} | {1 / t_pc:.1f} | "
-          f"{t_lut / t_pc:.2f} |")
+    rows = [{"path": "lut (exact, heaps, k=100)", "ms/query": t_lut * 1e3, "QPS": 1 / t_lut, "vs lut": 1.0},
+            {"path": "popcount counts only (no heaps, no rescoring)", "ms/query": t_pc * 1e3, "QPS": 1 / t_pc,
+             "vs lut": t_lut / t_pc}]
+    print(markdown(rows, ["path", "ms/query", "QPS", "vs lut"]))
 
 
 if __name__ == "__main__":

@@ -105,18 +105,20 @@ class ResidualBinaryCodec:
         return out
 
     def topk(self, q: np.ndarray, planes: np.ndarray, scales: np.ndarray, k: int, mode: str = "asymmetric", *,
-             scan: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+             scan: str = "auto", layout=None) -> tuple[np.ndarray, np.ndarray]:
         """The best ``min(k, n)`` codes per query, ``(scores, positions)`` best first, ties by position.
 
         Compiled scans (:mod:`rankstack.index.lut_scan`, need ``rankstack[fastscan]``): ``scan="lut"`` reads byte
-        lookup tables, ``"gemm"`` decodes blocks of codes and multiplies them with all queries at once; ``"auto"``
-        picks by the number of queries. ``"numpy"``: the reference above (unpacks every sign to float32), also what
-        ``auto`` falls back to without numba."""
+        lookup tables, ``"gemm"`` decodes blocks of codes and multiplies them with all queries at once, ``"shuffle"``
+        looks up 4-bit tables in SIMD registers and rescores what its bound cannot rule out (x86-64 with AVX2; over
+        ``layout``, the codes laid out for it, when given); ``"auto"`` takes ``shuffle`` when ``layout`` is given and
+        it runs here, else picks ``lut`` or ``gemm`` by the number of queries. ``"numpy"``: the reference above
+        (unpacks every sign to float32), also what ``auto`` falls back to without numba."""
         from rankstack.index import lut_scan
 
         if scan not in (*lut_scan.SCANS, "numpy"):
-            raise BadInput(f"unknown binary scan {scan!r}; choose auto, lut, gemm or numpy")
-        if scan in ("lut", "gemm") and not lut_scan.available():
+            raise BadInput(f"unknown binary scan {scan!r}; choose auto, lut, gemm, shuffle or numpy")
+        if scan in ("lut", "gemm", "shuffle") and not lut_scan.available():
             from rankstack.errors import MissingExtra
 
             raise MissingExtra(f"the {scan} scan needs numba: `pip install 'rankstack[fastscan]'` (or scan=numpy)")
@@ -137,7 +139,7 @@ class ResidualBinaryCodec:
         else:  # sum_a beta_a t_a . sum_b alpha_b s_b over the query's own +-1 planes t_a; no mean terms
             qp, qs = self.encode(q)
             vecs, qw, base = self.signs(qp), qs.astype(np.float32), np.zeros(q.shape[0], np.float32)
-        return lut_scan.topk(vecs, qw, base, planes, scales, k, scan=scan)
+        return lut_scan.topk(vecs, qw, base, planes, scales, k, scan=scan, layout=layout)
 
 
 _warned = []

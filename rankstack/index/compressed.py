@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +254,9 @@ class CompressedIndex(VectorIndex):
                                   np.empty(0, np.int64))
         self._store = _VectorStore(dim, spec.rescore) if spec.rescore != "none" else None
         self._device: dict[str, dict] = {}  # device -> codes/tables/rescoring tier copied there for the kernels
+        # binary kinds on x86-64 with AVX2: the codes laid out for the shuffle scan, extended as rows are appended
+        self._shuffle = None
+        self._shuffle_lock = threading.Lock()
         self.trained = False
 
     # ---- building ----------------------------------------------------------------------------------------
@@ -364,6 +368,7 @@ class CompressedIndex(VectorIndex):
             self._codes = GrowingRows(*self._live_codes())
             self._tombstones = set()
             self._device.clear()
+            self._shuffle = None  # rows moved: laid out again at the next search
             return
         faiss = require("faiss")
         removed = self._faiss.remove_ids(faiss.IDSelectorBatch(dead.size, faiss.swig_ptr(dead)))
@@ -386,7 +391,9 @@ class CompressedIndex(VectorIndex):
         """Bytes this index holds in memory for search (codes, ids, quantizer tables), not the rescoring file."""
         ids = self._ids.nbytes()  # frozen docid table; a thawed one (after edits) costs ~200 B/doc more
         if self._codec is not None:
-            return ids + self._planes.nbytes + self._scales.nbytes + self._pos_slot.nbytes + self._codec.mean.nbytes
+            shuffle = self._shuffle.nbytes if self._shuffle is not None else 0
+            return (ids + self._planes.nbytes + self._scales.nbytes + self._pos_slot.nbytes + self._codec.mean.nbytes
+                    + shuffle)
         faiss = require("faiss")
         return ids + int(faiss.serialize_index(self._faiss).nbytes)
 
@@ -441,14 +448,29 @@ class CompressedIndex(VectorIndex):
             dist, pos = faiss.knn_hamming(np.ascontiguousarray(qp[:, 0]), np.ascontiguousarray(self._planes[:, 0]), kk)
             scores = (self.dim - 2 * dist).astype(np.float32)  # +-1 agreement: higher is better
         else:
-            # the compiled byte-lookup-table scan with rankstack[fastscan], else the numpy reference
-            scores, pos = self._codec.topk(q, self._planes, self._scales, kk, mode)
+            # the compiled scans with rankstack[fastscan] (on x86-64 with AVX2 the shuffle scan over the layout kept
+            # here), else the numpy reference
+            scores, pos = self._codec.topk(q, self._planes, self._scales, kk, mode, layout=self._shuffle_layout())
         slots = self._pos_slot[pos]
         if kk < k:
             pad = k - kk
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
             slots = np.pad(slots, ((0, 0), (0, pad)), constant_values=-1)
         return scores.astype(np.float32), slots.astype(np.int64)
+
+    def _shuffle_layout(self):
+        """The binary codes laid out for :mod:`rankstack.index.shuffle_scan`, brought up to date with appended rows
+        (O(new rows)); ``None`` where that scan cannot run (no numba, no AVX2, over 1024 dimensions). It costs about
+        the codes' bytes again, built at the first search rather than at load, so an index that is never searched
+        (or that runs elsewhere) does not pay it."""
+        from rankstack.index import shuffle_scan
+
+        if not shuffle_scan.available() or 2 * (self.dim // 8) > shuffle_scan.MAX_TABLES:
+            return None
+        with self._shuffle_lock:
+            if self._shuffle is None:
+                self._shuffle = shuffle_scan.ShuffleLayout(self.spec.bits, self.dim // 8)
+            return self._shuffle.sync(self._planes, self._scales)  # lays out at most the last block when unchanged
 
     def _rescore(self, q: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         out_s = np.full((q.shape[0], k), -np.inf, np.float32)

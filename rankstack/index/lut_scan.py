@@ -13,6 +13,9 @@ each query's best ``k`` in heaps as the documents stream past (``rankstack[fasts
   their scales), kept in cache, and multiplied with every query by a 4 x 4 register-blocked kernel, since
   ``sum_b alpha_b s_b = 2y - sum_b alpha_b``. The decode costs about one table scan, so this wins from a handful of
   queries per call (:data:`GEMM_FROM`).
+- ``shuffle`` (:mod:`rankstack.index.shuffle_scan`, x86-64 with AVX2): 4-bit uint8 tables looked up 32 documents
+  per SIMD shuffle, as FAISS's fast-scan does, with a bound on their error; only the documents the bound cannot rule
+  out are scored exactly. ``auto`` takes it wherever it runs and the caller keeps the codes laid out for it.
 
 Each thread scans one contiguous range of documents into its own heaps (``min(k, n)`` per query); the heaps are
 merged at the end. Decoding, scoring and selection run in one parallel region, so nothing of size ``queries x
@@ -33,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["available", "byte_luts", "topk", "SCANS", "GEMM_FROM"]
 
-SCANS = ("auto", "lut", "gemm")
+SCANS = ("auto", "lut", "gemm", "shuffle")
 # queries per call from which ``auto`` decodes and multiplies instead of reading tables: chosen on synthetic
 # clustered vectors (benchmarks/binary_scan.py --nq-sweep, 200k x 384 on 2 cores), not on any evaluation set
 GEMM_FROM = 8
@@ -235,19 +238,34 @@ def _bounds(n: int, parts: int) -> np.ndarray:
     return np.array([min(n, t * per * _TILE) for t in range(parts)] + [n], np.int64)
 
 
-def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto",
-         parts: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: int | None = None,
+         layout=None) -> tuple[np.ndarray, np.ndarray]:
     """The best ``min(k, n)`` documents per query as ``(scores [nq, k], positions [nq, k])``, best first, ties by
     position.
 
     ``vecs [nq, A, dim]`` float32 query vectors, ``qw [nq, A]`` their weights, ``base [nq]`` a per-query offset;
     ``codes [n, B, dim/8]`` uint8 planes, ``alphas [n, B]`` their scales. ``scan``: ``lut`` (tables), ``gemm``
-    (decode + dot products) or ``auto`` (``gemm`` from :data:`GEMM_FROM` queries). ``parts``: document ranges
-    scanned in parallel, each into its own heaps (default: numba's thread count; tests vary it)."""
+    (decode + dot products), ``shuffle`` (4-bit tables in SIMD registers, bounded and rescored exactly:
+    :mod:`rankstack.index.shuffle_scan`, x86-64 with AVX2) or ``auto``: ``shuffle`` where it runs and ``layout`` (the
+    codes laid out for it, :func:`rankstack.index.shuffle_scan.layout`, which an index keeps) is given, else ``gemm``
+    from :data:`GEMM_FROM` queries and ``lut`` below. ``parts``: document ranges scanned in parallel, each into its
+    own heaps (default: numba's thread count; tests vary it)."""
     import numba
+
+    from rankstack.index import shuffle_scan
 
     if scan not in SCANS:
         raise BadInput(f"unknown binary scan {scan!r}; choose one of {', '.join(SCANS)} (or numpy)")
+    if scan == "auto" and layout is not None and shuffle_scan.available():
+        scan = "shuffle"
+    if scan == "shuffle":
+        shuffle_scan.require()
+        vecs = np.asarray(vecs, np.float32)
+        qe = np.einsum("na,nad->nd", np.asarray(qw, np.float32), vecs)  # sum_a w_a v_a: one vector per query
+        lay = layout if layout is not None else shuffle_scan.layout(codes, alphas)
+        if lay.n != len(codes):
+            raise BadInput(f"the shuffle layout holds {lay.n} documents, the codes {len(codes)}; rebuild it")
+        return shuffle_scan.topk(qe, base, lay, k, parts=parts)
     vecs = np.ascontiguousarray(vecs, np.float32)
     qw = np.ascontiguousarray(qw, np.float32)
     base = np.ascontiguousarray(base, np.float32)

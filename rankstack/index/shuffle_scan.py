@@ -1,0 +1,404 @@
+"""An exact scan of multi-bit binary codes through 4-bit tables held in SIMD registers (FAISS's fast-scan idea,
+bounded so that it returns exactly what :mod:`rankstack.index.lut_scan` returns).
+
+Each plane's byte ``j`` holds two 4-dimension nibbles, so ``v . bits = sum_t L_t[nibble_t]`` over ``dim/4`` tables of
+16 entries. The tables are quantized to uint8 with one scale per query (``L_t[c] ~= min_t + scale * Q_t[c]``,
+rounded, so each entry is off by at most ``scale/2``), and a vector byte shuffle (``pshufb``) looks up 32 documents'
+entries at once. Codes are laid out for it (:func:`layout`): blocks of 32 documents, each byte column of a block
+stored contiguously.
+
+The estimate ``hat`` of a document's score is off by at most ``err = (dim/4) * scale * sum_b |alpha_b|`` (plus a
+float32 margin), so a document with ``hat + err`` below the current k-th best exact score cannot enter the top k, and
+is skipped; every other document is scored exactly from float byte tables (as ``lut`` does) and pushed into the heap.
+The result is the exact top k, with ties by position; the estimate only decides how little exact work is done.
+
+The shuffle loop is LLVM IR compiled once per process by llvmlite (which numba brings), for AVX2: numba cannot emit
+the shuffle. The numba kernel around it calls it by address, a tile of blocks at a time, and keeps the heaps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import platform
+from functools import lru_cache
+
+import numpy as np
+
+from rankstack.errors import BadInput, MissingExtra
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["available", "layout", "ShuffleLayout", "quantized_tables", "topk", "BLOCK"]
+
+BLOCK = 32  # documents per block: one AVX2 register of nibbles
+_TILE_BLOCKS = 64  # blocks per tile: a 2-bit 384-d tile (2048 documents, 192 kB of codes) stays in L2 across queries
+MAX_TABLES = 256  # uint8 entries summed in uint16 lanes: at most 257 tables (dim 1024) cannot overflow
+_NIBBLE_BITS = np.unpackbits(np.arange(16, dtype=np.uint8)[:, None], axis=1)[:, 4:].astype(np.float32)  # [16, 4]
+
+
+def _x86_avx2() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        import llvmlite.binding as llvm
+    except ImportError:
+        return False
+    return bool(llvm.get_host_cpu_features().get("avx2", False))
+
+
+@lru_cache(maxsize=1)
+def available() -> bool:
+    """numba and llvmlite installed, and an x86-64 CPU with AVX2."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return _x86_avx2()
+
+
+def require() -> None:
+    if not available():
+        try:
+            import numba  # noqa: F401
+        except ImportError as e:
+            raise MissingExtra("the shuffle scan needs numba: `pip install 'rankstack[fastscan]'` "
+                               "(or scan=lut / numpy)") from e
+        raise BadInput(f"the shuffle scan needs an x86-64 CPU with AVX2 (this is {platform.machine()}); "
+                       "use scan=lut, gemm or auto")
+
+
+# ---- the shuffle loop, in LLVM IR ----------------------------------------------------------------------------
+
+def _ir() -> str:
+    """``fs_scan(codes, tables, out, nblocks, nj)`` (all i64, pointers as integers): for each of ``nblocks`` blocks of
+    ``nj`` byte columns of 32 documents, ``out[32 * block + d] = sum_j T[j, hi][c >> 4] + T[j, lo][c & 15]`` in uint16,
+    ``c`` the block's byte ``j`` of document ``d``. ``tables``: per column 32 bytes of the high-nibble table (16
+    entries, repeated for both 128-bit lanes, since a shuffle reads its own lane's table) then 32 of the low one."""
+    v8, v16 = "<32 x i8>", "<32 x i16>"
+    fifteen = "<" + ", ".join(["i8 15"] * 32) + ">"
+    four = "<" + ", ".join(["i8 4"] * 32) + ">"
+    return f"""
+declare {v8} @llvm.x86.avx2.pshuf.b({v8}, {v8})
+
+define void @fs_scan(i64 %codes_i, i64 %tab_i, i64 %out_i, i64 %nblocks, i64 %nj) {{
+entry:
+  %codes = inttoptr i64 %codes_i to i8*
+  %tab = inttoptr i64 %tab_i to i8*
+  %out = inttoptr i64 %out_i to i16*
+  %bstride = mul i64 %nj, 32
+  br label %bloop
+bloop:
+  %blk = phi i64 [0, %entry], [%blk.next, %bend]
+  %more = icmp slt i64 %blk, %nblocks
+  br i1 %more, label %bbody, label %exit
+bbody:
+  %cb = mul i64 %blk, %bstride
+  br label %jloop
+jloop:
+  %j = phi i64 [0, %bbody], [%j.next, %jbody]
+  %acc = phi {v16} [zeroinitializer, %bbody], [%acc.next, %jbody]
+  %jmore = icmp slt i64 %j, %nj
+  br i1 %jmore, label %jbody, label %bend
+jbody:
+  %co = mul i64 %j, 32
+  %ci = add i64 %cb, %co
+  %cp = getelementptr i8, i8* %codes, i64 %ci
+  %cpv = bitcast i8* %cp to {v8}*
+  %c = load {v8}, {v8}* %cpv, align 1
+  %lo = and {v8} %c, {fifteen}
+  %hi = lshr {v8} %c, {four}
+  %to = mul i64 %j, 64
+  %thp = getelementptr i8, i8* %tab, i64 %to
+  %thv = bitcast i8* %thp to {v8}*
+  %th = load {v8}, {v8}* %thv, align 1
+  %tlp = getelementptr i8, i8* %thp, i64 32
+  %tlv = bitcast i8* %tlp to {v8}*
+  %tl = load {v8}, {v8}* %tlv, align 1
+  %rh = call {v8} @llvm.x86.avx2.pshuf.b({v8} %th, {v8} %hi)
+  %rl = call {v8} @llvm.x86.avx2.pshuf.b({v8} %tl, {v8} %lo)
+  %zh = zext {v8} %rh to {v16}
+  %zl = zext {v8} %rl to {v16}
+  %s = add {v16} %zh, %zl
+  %acc.next = add {v16} %acc, %s
+  %j.next = add i64 %j, 1
+  br label %jloop
+bend:
+  %oo = mul i64 %blk, 32
+  %op = getelementptr i16, i16* %out, i64 %oo
+  %opv = bitcast i16* %op to {v16}*
+  store {v16} %acc, {v16}* %opv, align 1
+  %blk.next = add i64 %blk, 1
+  br label %bloop
+exit:
+  ret void
+}}
+"""
+
+
+@lru_cache(maxsize=1)
+def _compiled():
+    """``(address, engine)`` of the compiled shuffle loop; the engine must stay alive while the address is used."""
+    require()
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    mod = llvm.parse_assembly(_ir())
+    mod.verify()
+    tm = llvm.Target.from_default_triple().create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(mod, pb)
+    engine = llvm.create_mcjit_compiler(mod, tm)
+    engine.finalize_object()
+    return engine.get_function_address("fs_scan"), engine
+
+
+def scan_blocks(fs: np.ndarray, tables: np.ndarray) -> np.ndarray:
+    """The uint16 table sums of every block of ``fs [nblocks, nj, 32]`` against ``tables [nj, 64]`` (for tests and
+    for a look at the loop on its own): ``[nblocks * 32]``."""
+    addr, _ = _compiled()
+    fs = np.ascontiguousarray(fs, np.uint8)
+    tables = np.ascontiguousarray(tables, np.uint8)
+    if fs.ndim != 3 or fs.shape[2] != BLOCK or tables.shape != (fs.shape[1], 64):
+        raise BadInput(f"shuffle scan: codes {fs.shape} and tables {tables.shape} do not match")
+    out = np.zeros(fs.shape[0] * BLOCK, np.uint16)
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 5)(addr)
+    fn(fs.ctypes.data, tables.ctypes.data, out.ctypes.data, fs.shape[0], fs.shape[1])
+    return out
+
+
+# ---- codes and tables ------------------------------------------------------------------------------------------
+
+class ShuffleLayout:
+    """Codes laid out for the shuffle scan, and what its exact pass reads, kept in step with an index's growing
+    codes by :meth:`sync` in O(new rows) amortised (buffers double when full).
+
+    ``fs [B, nblocks, nj, 32]``: each plane's byte columns per block of 32 documents (documents past ``n`` are zero
+    codes); ``at [B, n]``: the scales per plane as float32; ``asum [n]``: their sum per document (scales are mean
+    magnitudes, never negative); ``codes [n, B, nj]``: the row-major planes themselves (the index's own array, not a
+    copy)."""
+
+    def __init__(self, nb: int, nj: int):
+        if 2 * nj > MAX_TABLES:
+            raise BadInput(f"the shuffle scan handles up to {4 * MAX_TABLES} dimensions (uint16 sums), got {8 * nj}; "
+                           "use scan=lut or gemm")
+        self._fs = np.zeros((nb, 0, nj, BLOCK), np.uint8)
+        self._at = np.zeros((nb, 0), np.float32)
+        self._asum = np.zeros(0, np.float32)
+        self.codes = np.zeros((0, nb, nj), np.uint8)
+
+    @property
+    def n(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def fs(self) -> np.ndarray:
+        return self._fs[:, :-(-self.n // BLOCK)]
+
+    @property
+    def at(self) -> np.ndarray:
+        return self._at[:, :self.n]
+
+    @property
+    def asum(self) -> np.ndarray:
+        return self._asum[:self.n]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this layout adds beside the index's own codes (its buffers, spare capacity included)."""
+        return self._fs.nbytes + self._at.nbytes + self._asum.nbytes
+
+    def sync(self, codes: np.ndarray, alphas: np.ndarray) -> ShuffleLayout:
+        """Follow ``codes [n, B, nj]`` / ``alphas [n, B]`` whose first rows are the ones laid out so far (an index
+        that appended rows; one that rewrote rows makes a new layout): lays out the rows past the last whole block."""
+        codes = np.ascontiguousarray(codes, np.uint8)
+        n, nb, nj = codes.shape
+        if (nb, nj) != self._fs.shape[::2] or n < self.n or np.shape(alphas) != (n, nb):
+            raise BadInput(f"codes {codes.shape} / scales {np.shape(alphas)} do not continue this shuffle layout "
+                           f"({self.n} x {self._fs.shape[0]} x {self._fs.shape[2]}); make a new one")
+        start = self.n // BLOCK * BLOCK  # the last partial block is laid out again
+        a = np.asarray(alphas[start:], np.float32)
+        if (a < 0).any():  # the error bound is err * sum_b alpha_b
+            raise BadInput("the shuffle scan needs non-negative plane scales (mean magnitudes), as the codec writes")
+        blocks = -(-n // BLOCK)
+        if blocks > self._fs.shape[1]:
+            cap = max(blocks, 2 * self._fs.shape[1], 32)
+            fs = np.zeros((nb, cap, nj, BLOCK), np.uint8)
+            fs[:, :self._fs.shape[1]] = self._fs
+            at = np.zeros((nb, cap * BLOCK), np.float32)
+            at[:, :self._at.shape[1]] = self._at
+            asum = np.zeros(cap * BLOCK, np.float32)
+            asum[:self._asum.shape[0]] = self._asum
+            self._fs, self._at, self._asum = fs, at, asum
+        tail = np.zeros(((blocks - start // BLOCK) * BLOCK, nb, nj), np.uint8)
+        tail[:n - start] = codes[start:]
+        self._fs[:, start // BLOCK:blocks] = tail.reshape(-1, BLOCK, nb, nj).transpose(2, 0, 3, 1)
+        self._at[:, start:n] = a.T
+        self._asum[start:n] = a.sum(axis=1)
+        self.codes = codes
+        return self
+
+
+def layout(codes: np.ndarray, alphas: np.ndarray) -> ShuffleLayout:
+    """``codes [n, B, nj]`` uint8 planes, ``alphas [n, B]`` scales -> :class:`ShuffleLayout` (one transpose)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 3:
+        raise BadInput(f"codes must be [n, planes, dim/8] uint8, got shape {codes.shape}")
+    return ShuffleLayout(codes.shape[1], codes.shape[2]).sync(codes, alphas)
+
+
+def quantized_tables(qe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``qe [nq, dim]`` -> ``(tables [nq, nj, 64] uint8, scale [nq], offset [nq])``, with ``qe . bits ~= offset +
+    scale * sum of the looked-up entries``, each entry off by at most ``scale / 2``. Per byte column ``j``: the
+    high-nibble table (dimensions ``8j..8j+3``, numpy's ``packbits`` order) twice, then the low-nibble one twice."""
+    qe = np.ascontiguousarray(qe, np.float32)
+    nq, dim = qe.shape
+    t = qe.reshape(nq, dim // 8, 2, 4) @ _NIBBLE_BITS.T  # [nq, nj, hi/lo, 16]
+    mins = t.min(axis=3, keepdims=True)
+    scale = (t.max(axis=3, keepdims=True) - mins).max(axis=(1, 2, 3)) / 255.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.rint((t - mins) / scale[:, None, None, None]), 0, 255).astype(np.uint8)
+    tables = np.ascontiguousarray(np.repeat(q, 2, axis=2).reshape(nq, dim // 8, 64))  # hi, hi, lo, lo
+    return tables, scale, mins.sum(axis=(1, 2, 3)).astype(np.float32)
+
+
+# ---- the scan ---------------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _call():
+    """A numba intrinsic that calls the compiled loop at an address given as an argument (so the kernel that uses it
+    caches: the address is not baked in)."""
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def call(typingctx, addr, codes, tab, out, nblocks, nj):
+        sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            i64 = ir.IntType(64)
+            fp = builder.inttoptr(args[0], ir.FunctionType(ir.VoidType(), [i64] * 5).as_pointer())
+            builder.call(fp, args[1:])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return call
+
+
+@lru_cache(maxsize=2)
+def _kernel(parallel: bool):
+    import numba
+
+    from rankstack.index.lut_scan import _heap
+
+    push = _heap()
+    call = _call()
+    f32 = np.float32
+    i64 = np.int64
+    width = _TILE_BLOCKS * BLOCK
+
+    @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
+    def scan(addr, fs, tabs, flut, scale, offset, err, qsum, base, codes, at, asum, bounds, hs, hp, fill, exact):
+        nb, nj = fs.shape[0], fs.shape[2]
+        n, nq, k = codes.shape[0], tabs.shape[0], hs.shape[2]
+        fs_ptr, tab_ptr, plane = i64(fs.ctypes.data), i64(tabs.ctypes.data), i64(fs.strides[0])
+        for t in numba.prange(bounds.shape[0] - 1):
+            buf = np.empty((nb, width), np.uint16)
+            buf_ptr = i64(buf.ctypes.data)
+            ub = np.empty(width, f32)
+            for b0 in range(bounds[t], bounds[t + 1], _TILE_BLOCKS):
+                m = min(bounds[t + 1], b0 + _TILE_BLOCKS) - b0
+                i0 = b0 * BLOCK
+                cnt = min(n, i0 + m * BLOCK) - i0
+                for q in range(nq):
+                    for b in range(nb):
+                        call(addr, fs_ptr + b * plane + b0 * nj * BLOCK, tab_ptr + q * nj * 64,
+                             buf_ptr + b * width * 2, m, nj)
+                    # upper bounds of the tile's scores: hat + err, in loops the compiler vectorises
+                    # hat = bq + sum_b alpha_b (2 (offset + scale * sum_b) - qsum), and err * sum_b alpha_b on top
+                    qs, bq = qsum[q], base[q]
+                    c0, c1 = f32(2.0) * offset[q] - qs + err[q], f32(2.0) * scale[q]
+                    # (over slices: indexing the full arrays with offsets keeps numba from vectorising)
+                    s1 = asum[i0:i0 + cnt]
+                    for r in range(cnt):
+                        ub[r] = bq + c0 * s1[r]
+                    for b in range(nb):
+                        ab, bb = at[b, i0:i0 + cnt], buf[b]
+                        for r in range(cnt):
+                            ub[r] += c1 * ab[r] * f32(bb[r])
+                    h, p = hs[t, q], hp[t, q]
+                    f = fill[t, q]
+                    for g in range(0, cnt, 16):  # groups of 16: most are ruled out by their largest bound
+                        ge = min(cnt, g + 16)
+                        if f == k:
+                            top = ub[g]
+                            for r in range(g + 1, ge):
+                                top = max(top, ub[r])
+                            if top < h[0]:
+                                continue
+                        for r in range(g, ge):
+                            if f == k and ub[r] < h[0]:
+                                continue  # cannot reach the k-th best exact score so far
+                            i = i0 + r
+                            s = bq
+                            for b in range(nb):
+                                acc = f32(0.0)
+                                for j in range(nj):
+                                    acc += flut[q, j, codes[i, b, j]]
+                                s += at[b, i] * (f32(2.0) * acc - qs)
+                            exact[t, q] += 1
+                            f = push(h, p, f, k, s, i)
+                    fill[t, q] = f
+
+    return scan
+
+
+def _bounds(blocks: int, parts: int) -> np.ndarray:
+    per = -(-blocks // max(1, parts))
+    return np.array([min(blocks, t * per) for t in range(parts)] + [blocks], np.int64)
+
+
+def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts: int | None = None,
+         stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The exact best ``min(k, n)`` documents per query, ``(scores [nq, k], positions [nq, k])``, best first, ties by
+    position, for ``score = base + sum_b alpha_b qe . s_b`` (``s_b`` the +-1 planes). ``stats``, when given, gets
+    ``exact``: the documents scored exactly (the rest were ruled out by their bound)."""
+    import numba
+
+    from rankstack.index.lut_scan import byte_luts
+    from rankstack.index.lut_scan import SERIAL_BELOW
+
+    addr, _ = _compiled()
+    qe = np.ascontiguousarray(qe, np.float32)
+    base = np.ascontiguousarray(base, np.float32)
+    nq, dim = qe.shape
+    n = lay.n
+    if dim != 8 * lay.codes.shape[2]:
+        raise BadInput(f"query dimension {dim} does not match the codes' {8 * lay.codes.shape[2]}")
+    kk = min(k, n)
+    if kk <= 0 or nq == 0:
+        return np.zeros((nq, max(kk, 0)), np.float32), np.zeros((nq, max(kk, 0)), np.int64)
+    tabs, scale, offset = quantized_tables(qe)
+    # |hat - exact| <= sum_b |alpha_b| * 2 * (dim/4) * scale/2, widened by 1% and a float32 rounding margin of the
+    # table sums (each of the 2 * nj float entries is at most |qe|_1 in size)
+    l1 = np.abs(qe).sum(axis=1)
+    err = ((dim // 4) * scale * 1.01 + 1e-5 * (dim // 4) * l1).astype(np.float32)
+    parallel = nq * n >= SERIAL_BELOW
+    parts = parts or (numba.get_num_threads() if parallel else 1)
+    bounds = _bounds(lay.fs.shape[1], parts)
+    hs = np.empty((parts, nq, kk), np.float32)
+    hp = np.empty((parts, nq, kk), np.int64)
+    fill = np.zeros((parts, nq), np.int64)
+    exact = np.zeros((parts, nq), np.int64)
+    _kernel(parallel)(np.int64(addr), lay.fs, tabs, byte_luts(qe), scale, offset, err, qe.sum(axis=1), base,
+                      lay.codes, lay.at, lay.asum, bounds, hs, hp, fill, exact)
+    if stats is not None:
+        stats["exact"] = exact.sum(axis=0)
+    s = np.concatenate([hs[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
+    pos = np.concatenate([hp[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
+    order = np.lexsort((pos, -s), axis=1)[:, :kk]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(pos, order, axis=1)

@@ -6,9 +6,10 @@ FAISS IndexPQ and IndexPQFastScan at (about) the same code bytes, all in one run
     python benchmarks/binary_scan.py --n 200000 --bits 2 --nq-sweep   # where decode + GEMM overtakes the tables
 
 Rows: `numpy` (the codec's reference: every code unpacked to float32 signs, then matrix products), `lut` (the
-compiled byte-table scan), `gemm` (blocks decoded once, multiplied with every query by the BLAS), `index` (the whole
-`binary:bits=<b>,mode=asymmetric` index search, docid slots included: `auto` picks `lut` for single queries and `gemm`
-for the batch), FAISS `PQ<m>x8` with m = bits * dim / 8 sub-quantizers (2-bit: 96 bytes against our 96 bytes of
+compiled byte-table scan), `gemm` (blocks decoded once, multiplied with every query in a register-blocked kernel),
+`shuffle` (4-bit uint8 tables in AVX2 registers, bounded, the rest scored exactly; x86-64 with AVX2), `index` (the
+whole `binary:bits=<b>,mode=asymmetric` index search, docid slots included: `auto` takes `shuffle` where it runs,
+else `lut` for single queries and `gemm` for the batch), FAISS `PQ<m>x8` with m = bits * dim / 8 sub-quantizers (2-bit: 96 bytes against our 96 bytes of
 planes + 4 of scales) and FAISS `PQ<2m>x4fs`, the 4-bit fast-scan PQ (SIMD shuffles over uint8 tables) at the same
 bytes. Synthetic clustered vectors as in `compressed_indexes.py` (no relevance labels); the FAISS PQs are trained
 on the same 50k sample.
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _table import markdown, save_results  # noqa: E402
 from compressed_indexes import synthetic  # noqa: E402
 
+from rankstack.index import shuffle_scan  # noqa: E402
 from rankstack.index.base import IndexSpec  # noqa: E402
 from rankstack.index.compressed import no_polysemous  # noqa: E402
 from rankstack.index.registry import build_vector_index  # noqa: E402
@@ -74,15 +76,27 @@ def main() -> int:
         index, build_s = timed(lambda: build_vector_index(spec, docids, x))
         codec, planes, scales = index._codec, index._planes, index._scales
         code_bytes = index.code_bytes()
-        for scan in ("numpy", "lut", "gemm"):
+        # the shuffle scan's layout, as the index keeps it (built at its first search): its time and extra bytes
+        lay, lay_s = timed(index._shuffle_layout) if shuffle_scan.available() else (None, 0.0)
+        for scan in ("numpy", "lut", "gemm", "shuffle"):
+            if scan == "shuffle" and lay is None:
+                logger.warning("no shuffle rows: the shuffle scan needs numba and an x86-64 CPU with AVX2")
+                continue
             nq_b = 50 if scan == "numpy" else len(q)
             nq_s = 3 if scan == "numpy" else args.single
-            codec.topk(q[:1], planes, scales, K, scan=scan)  # warm (compiles the kernel once)
-            (_, ids), secs = timed(lambda: codec.topk(q[:nq_b], planes, scales, K, scan=scan))
-            _, s1 = timed(lambda: [codec.topk(q[i:i + 1], planes, scales, K, scan=scan) for i in range(nq_s)])
+            kw = {"layout": lay} if scan == "shuffle" else {}
+            codec.topk(q[:1], planes, scales, K, scan=scan, **kw)  # warm (compiles the kernel once)
+            (_, ids), secs = timed(lambda: codec.topk(q[:nq_b], planes, scales, K, scan=scan, **kw))  # noqa: B023
+            _, s1 = timed(lambda: [codec.topk(q[i:i + 1], planes, scales, K, scan=scan, **kw)  # noqa: B023
+                                   for i in range(nq_s)])
             rows.append({"bits": bits, "path": scan, "code_bytes": code_bytes, "build_s": build_s,
                          "qps_batched": nq_b / secs, "qps_single": nq_s / s1,
                          "R@100_vs_exact": recall(ids, exact[:nq_b])})
+            if scan == "shuffle":  # what the bound leaves to score exactly, and what the layout costs
+                stats = {}
+                shuffle_scan.topk(q, q @ codec.mean, lay, K, stats=stats)
+                rows[-1].update(exact_scored=float(stats["exact"].mean() / args.n), layout_s=lay_s,
+                                layout_MB=lay.nbytes / 2**20, codes_MB=(planes.nbytes + scales.nbytes) / 2**20)
             logger.info("%s", rows[-1])
         index.search(q[:2], K)
         top, secs = timed(lambda: index.search(q, K))
@@ -116,10 +130,16 @@ def main() -> int:
                 r["single_vs_numpy"] = r["qps_single"] / base["numpy"]["qps_single"]
                 r["batched_vs_faiss"] = r["qps_batched"] / base[f"faiss PQ{m}x8"]["qps_batched"]
                 r["single_vs_faiss"] = r["qps_single"] / base[f"faiss PQ{m}x8"]["qps_single"]
+                r["batched_vs_fs"] = r["qps_batched"] / base[f"faiss PQ{2 * m}x4fs"]["qps_batched"]
+                r["single_vs_fs"] = r["qps_single"] / base[f"faiss PQ{2 * m}x4fs"]["qps_single"]
     cols = ["bits", "path", "code_bytes", "build_s", "qps_batched", "qps_single", "R@100_vs_exact",
-            "batched_vs_numpy", "single_vs_numpy", "batched_vs_faiss", "single_vs_faiss"]
+            "batched_vs_numpy", "single_vs_numpy", "batched_vs_faiss", "single_vs_faiss", "batched_vs_fs",
+            "single_vs_fs"]
     table = markdown(rows, cols)
     print(table)
+    lay_rows = [r for r in rows if "layout_MB" in r]
+    if lay_rows:  # the shuffle scan's cost beside its gain: documents scored exactly, layout time and bytes
+        print(markdown(lay_rows, ["bits", "exact_scored", "layout_s", "layout_MB", "codes_MB"]))
     save_results(args.out, {"n": args.n, "queries": len(q), "threads": os.cpu_count(), "machine": platform.machine(),
                             "faiss_threads": faiss.omp_get_max_threads(), "rows": rows, "table": table})
     return 0
@@ -132,18 +152,24 @@ def nq_sweep(args, x, q, docids) -> int:
     index = build_vector_index(IndexSpec.parse(f"binary:bits={args.bits[0]},mode=asymmetric"), docids, x)
     codec, planes, scales = index._codec, index._planes, index._scales
     rows = []
+    lay = index._shuffle_layout()
+    scans = ("lut", "gemm") + (("shuffle",) if lay is not None else ())
     for nq in (1, 4, 8, 16, 24, 32, 64):
         row = {"bits": args.bits[0], "queries_per_call": nq}
-        for scan in ("lut", "gemm"):
-            codec.topk(q[:nq], planes, scales, K, scan=scan)
+        for scan in scans:
+            kw = {"layout": lay} if scan == "shuffle" else {}
+            codec.topk(q[:nq], planes, scales, K, scan=scan, **kw)
             calls = max(1, 64 // nq)
-            _, secs = timed(lambda: [codec.topk(q[i * nq:(i + 1) * nq], planes, scales, K, scan=scan)
-                                     for i in range(calls)])
+            _, secs = timed(lambda: [codec.topk(q[i * nq:(i + 1) * nq], planes, scales, K, scan=scan,  # noqa: B023
+                                                **kw) for i in range(calls)])  # noqa: B023
             row[f"{scan}_qps"] = calls * nq / secs
         row["gemm_vs_lut"] = row["gemm_qps"] / row["lut_qps"]
+        if lay is not None:
+            row["shuffle_vs_best"] = row["shuffle_qps"] / max(row["gemm_qps"], row["lut_qps"])
         rows.append(row)
         logger.info("%s", row)
-    table = markdown(rows, ["bits", "queries_per_call", "lut_qps", "gemm_qps", "gemm_vs_lut"])
+    table = markdown(rows, ["bits", "queries_per_call", *(f"{s}_qps" for s in scans), "gemm_vs_lut",
+                            *(("shuffle_vs_best",) if lay is not None else ())])
     print(table)
     print(f"GEMM_FROM = {GEMM_FROM}")
     save_results(args.out.with_name(args.out.name + "_nq_sweep"), {"n": args.n, "rows": rows, "table": table,

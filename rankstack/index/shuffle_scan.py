@@ -70,18 +70,45 @@ def require() -> None:
 
 # ---- the shuffle loop, in LLVM IR ----------------------------------------------------------------------------
 
+GROUPS = (4, 2, 1)  # queries per pass over a tile's codes: each column's load and nibble split serve them all
+
+
 def _ir() -> str:
-    """``fs_scan(codes, tables, out, nblocks, nj)`` (all i64, pointers as integers): for each of ``nblocks`` blocks of
-    ``nj`` byte columns of 32 documents, ``out[32 * block + d] = sum_j T[j, hi][c >> 4] + T[j, lo][c & 15]`` in uint16,
-    ``c`` the block's byte ``j`` of document ``d``. ``tables``: per column 32 bytes of the high-nibble table (16
-    entries, repeated for both 128-bit lanes, since a shuffle reads its own lane's table) then 32 of the low one."""
+    """``fs_scan<G>(codes, tables, out, nblocks, nj, tstride, ostride)`` for G in :data:`GROUPS` (all i64, pointers
+    as integers): for each of ``nblocks`` blocks of ``nj`` byte columns of 32 documents, and each query ``g < G``,
+    ``out[g * ostride + 32 * block + d] = sum_j T_g[j, hi][c >> 4] + T_g[j, lo][c & 15]`` in uint16, ``c`` the block's
+    byte ``j`` of document ``d``, ``T_g`` the tables at ``tables + g * tstride``: per column 32 bytes of the
+    high-nibble table (16 entries, repeated for both 128-bit lanes, since a shuffle reads its own lane's table) then
+    32 of the low one. Loading a column once for G queries doubles the throughput at 4 queries (measured 1.4 against
+    3.1 ns per column and query with the codes in cache)."""
     v8, v16 = "<32 x i8>", "<32 x i16>"
     fifteen = "<" + ", ".join(["i8 15"] * 32) + ">"
     four = "<" + ", ".join(["i8 4"] * 32) + ">"
-    return f"""
-declare {v8} @llvm.x86.avx2.pshuf.b({v8}, {v8})
-
-define void @fs_scan(i64 %codes_i, i64 %tab_i, i64 %out_i, i64 %nblocks, i64 %nj) {{
+    out = [f"declare {v8} @llvm.x86.avx2.pshuf.b({v8}, {v8})"]
+    for G in GROUPS:
+        phis = "\n".join(f"  %acc{g} = phi {v16} [zeroinitializer, %bbody], [%acc{g}.next, %jbody]" for g in range(G))
+        body = "\n".join(f"""  %tqo{g} = mul i64 %tstride, {g}
+  %tqa{g} = add i64 %to, %tqo{g}
+  %thp{g} = getelementptr i8, i8* %tab, i64 %tqa{g}
+  %thv{g} = bitcast i8* %thp{g} to {v8}*
+  %th{g} = load {v8}, {v8}* %thv{g}, align 1
+  %tlp{g} = getelementptr i8, i8* %thp{g}, i64 32
+  %tlv{g} = bitcast i8* %tlp{g} to {v8}*
+  %tl{g} = load {v8}, {v8}* %tlv{g}, align 1
+  %rh{g} = call {v8} @llvm.x86.avx2.pshuf.b({v8} %th{g}, {v8} %hi)
+  %rl{g} = call {v8} @llvm.x86.avx2.pshuf.b({v8} %tl{g}, {v8} %lo)
+  %zh{g} = zext {v8} %rh{g} to {v16}
+  %zl{g} = zext {v8} %rl{g} to {v16}
+  %s{g} = add {v16} %zh{g}, %zl{g}
+  %acc{g}.next = add {v16} %acc{g}, %s{g}""" for g in range(G))
+        stores = "\n".join(f"""  %oqo{g} = mul i64 %ostride, {g}
+  %oq{g} = add i64 %oo, %oqo{g}
+  %op{g} = getelementptr i16, i16* %out, i64 %oq{g}
+  %opv{g} = bitcast i16* %op{g} to {v16}*
+  store {v16} %acc{g}, {v16}* %opv{g}, align 1""" for g in range(G))
+        out.append(f"""
+define void @fs_scan{G}(i64 %codes_i, i64 %tab_i, i64 %out_i, i64 %nblocks, i64 %nj, i64 %tstride,
+                       i64 %ostride) {{
 entry:
   %codes = inttoptr i64 %codes_i to i8*
   %tab = inttoptr i64 %tab_i to i8*
@@ -97,7 +124,7 @@ bbody:
   br label %jloop
 jloop:
   %j = phi i64 [0, %bbody], [%j.next, %jbody]
-  %acc = phi {v16} [zeroinitializer, %bbody], [%acc.next, %jbody]
+{phis}
   %jmore = icmp slt i64 %j, %nj
   br i1 %jmore, label %jbody, label %bend
 jbody:
@@ -109,36 +136,23 @@ jbody:
   %lo = and {v8} %c, {fifteen}
   %hi = lshr {v8} %c, {four}
   %to = mul i64 %j, 64
-  %thp = getelementptr i8, i8* %tab, i64 %to
-  %thv = bitcast i8* %thp to {v8}*
-  %th = load {v8}, {v8}* %thv, align 1
-  %tlp = getelementptr i8, i8* %thp, i64 32
-  %tlv = bitcast i8* %tlp to {v8}*
-  %tl = load {v8}, {v8}* %tlv, align 1
-  %rh = call {v8} @llvm.x86.avx2.pshuf.b({v8} %th, {v8} %hi)
-  %rl = call {v8} @llvm.x86.avx2.pshuf.b({v8} %tl, {v8} %lo)
-  %zh = zext {v8} %rh to {v16}
-  %zl = zext {v8} %rl to {v16}
-  %s = add {v16} %zh, %zl
-  %acc.next = add {v16} %acc, %s
+{body}
   %j.next = add i64 %j, 1
   br label %jloop
 bend:
   %oo = mul i64 %blk, 32
-  %op = getelementptr i16, i16* %out, i64 %oo
-  %opv = bitcast i16* %op to {v16}*
-  store {v16} %acc, {v16}* %opv, align 1
+{stores}
   %blk.next = add i64 %blk, 1
   br label %bloop
 exit:
   ret void
-}}
-"""
+}}""")
+    return "\n".join(out)
 
 
 @lru_cache(maxsize=1)
 def _compiled():
-    """``(address, engine)`` of the compiled shuffle loop; the engine must stay alive while the address is used."""
+    """``({G: address}, engine)`` of the compiled shuffle loops; the engine must stay alive while they are used."""
     require()
     import llvmlite.binding as llvm
 
@@ -152,21 +166,25 @@ def _compiled():
     pb.getModulePassManager().run(mod, pb)
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
-    return engine.get_function_address("fs_scan"), engine
+    return {g: engine.get_function_address(f"fs_scan{g}") for g in GROUPS}, engine
 
 
 def scan_blocks(fs: np.ndarray, tables: np.ndarray) -> np.ndarray:
-    """The uint16 table sums of every block of ``fs [nblocks, nj, 32]`` against ``tables [nj, 64]`` (for tests and
-    for a look at the loop on its own): ``[nblocks * 32]``."""
-    addr, _ = _compiled()
+    """The uint16 table sums of every block of ``fs [nblocks, nj, 32]`` against the tables of G queries, ``tables
+    [G, nj, 64]`` (G in :data:`GROUPS`) or one query's ``[nj, 64]``: ``[G, nblocks * 32]`` (or ``[nblocks * 32]``),
+    for tests and for a look at the loop on its own."""
+    addrs, _ = _compiled()
     fs = np.ascontiguousarray(fs, np.uint8)
     tables = np.ascontiguousarray(tables, np.uint8)
-    if fs.ndim != 3 or fs.shape[2] != BLOCK or tables.shape != (fs.shape[1], 64):
+    one = tables.ndim == 2
+    tables = tables[None] if one else tables
+    if fs.ndim != 3 or fs.shape[2] != BLOCK or tables.shape[1:] != (fs.shape[1], 64) or tables.shape[0] not in GROUPS:
         raise BadInput(f"shuffle scan: codes {fs.shape} and tables {tables.shape} do not match")
-    out = np.zeros(fs.shape[0] * BLOCK, np.uint16)
-    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 5)(addr)
-    fn(fs.ctypes.data, tables.ctypes.data, out.ctypes.data, fs.shape[0], fs.shape[1])
-    return out
+    g, nblocks, nj = tables.shape[0], fs.shape[0], fs.shape[1]
+    out = np.zeros((g, nblocks * BLOCK), np.uint16)
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 7)(addrs[g])
+    fn(fs.ctypes.data, tables.ctypes.data, out.ctypes.data, nblocks, nj, nj * 64, nblocks * BLOCK)
+    return out[0] if one else out
 
 
 # ---- codes and tables ------------------------------------------------------------------------------------------
@@ -275,12 +293,12 @@ def _call():
     from numba.extending import intrinsic
 
     @intrinsic
-    def call(typingctx, addr, codes, tab, out, nblocks, nj):
-        sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+    def call(typingctx, addr, codes, tab, out, nblocks, nj, tstride, ostride):
+        sig = types.void(*[types.int64] * 8)
 
         def codegen(context, builder, signature, args):
             i64 = ir.IntType(64)
-            fp = builder.inttoptr(args[0], ir.FunctionType(ir.VoidType(), [i64] * 5).as_pointer())
+            fp = builder.inttoptr(args[0], ir.FunctionType(ir.VoidType(), [i64] * 7).as_pointer())
             builder.call(fp, args[1:])
             return context.get_dummy_value()
 
@@ -301,58 +319,71 @@ def _kernel(parallel: bool):
     i64 = np.int64
     width = _TILE_BLOCKS * BLOCK
 
+    @numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
+    def _select(q, buf, ub, cnt, i0, t, flut, scale, offset, err, qsum, base, codes, at, asum, hs, hp, fill, exact):
+        """Query ``q`` over one tile whose table sums are ``buf [B, width]``: bounds, then exact scores into the
+        heaps for what they cannot rule out."""
+        nb, nj, k = at.shape[0], codes.shape[2], hs.shape[2]
+        # upper bounds of the tile's scores: hat + err, in loops the compiler vectorises
+        # hat = bq + sum_b alpha_b (2 (offset + scale * sum_b) - qsum), and err * sum_b alpha_b on top
+        qs, bq = qsum[q], base[q]
+        c0, c1 = f32(2.0) * offset[q] - qs + err[q], f32(2.0) * scale[q]
+        # (over slices: indexing the full arrays with offsets keeps numba from vectorising)
+        s1 = asum[i0:i0 + cnt]
+        for r in range(cnt):
+            ub[r] = bq + c0 * s1[r]
+        for b in range(nb):
+            ab, bb = at[b, i0:i0 + cnt], buf[b]
+            for r in range(cnt):
+                ub[r] += c1 * ab[r] * f32(bb[r])
+        h, p = hs[t, q], hp[t, q]
+        f = fill[t, q]
+        for g in range(0, cnt, 16):  # groups of 16: most are ruled out by their largest bound
+            ge = min(cnt, g + 16)
+            if f == k:
+                top = ub[g]
+                for r in range(g + 1, ge):
+                    top = max(top, ub[r])
+                if top < h[0]:
+                    continue
+            for r in range(g, ge):
+                if f == k and ub[r] < h[0]:
+                    continue  # cannot reach the k-th best exact score so far
+                i = i0 + r
+                s = bq
+                for b in range(nb):
+                    acc = f32(0.0)
+                    for j in range(nj):
+                        acc += flut[q, j, codes[i, b, j]]
+                    s += at[b, i] * (f32(2.0) * acc - qs)
+                exact[t, q] += 1
+                f = push(h, p, f, k, s, i)
+        fill[t, q] = f
+
     @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
-    def scan(addr, fs, tabs, flut, scale, offset, err, qsum, base, codes, at, asum, bounds, hs, hp, fill, exact):
+    def scan(addrs, fs, tabs, flut, scale, offset, err, qsum, base, codes, at, asum, bounds, hs, hp, fill, exact):
+        """``addrs``: the loops for 4, 2 and 1 queries (:data:`GROUPS`)."""
         nb, nj = fs.shape[0], fs.shape[2]
-        n, nq, k = codes.shape[0], tabs.shape[0], hs.shape[2]
+        n, nq = codes.shape[0], tabs.shape[0]
         fs_ptr, tab_ptr, plane = i64(fs.ctypes.data), i64(tabs.ctypes.data), i64(fs.strides[0])
         for t in numba.prange(bounds.shape[0] - 1):
-            buf = np.empty((nb, width), np.uint16)
+            buf = np.empty((4, nb, width), np.uint16)  # a group's table sums: query, plane, document
             buf_ptr = i64(buf.ctypes.data)
             ub = np.empty(width, f32)
             for b0 in range(bounds[t], bounds[t + 1], _TILE_BLOCKS):
                 m = min(bounds[t + 1], b0 + _TILE_BLOCKS) - b0
                 i0 = b0 * BLOCK
                 cnt = min(n, i0 + m * BLOCK) - i0
-                for q in range(nq):
+                q0 = 0
+                while q0 < nq:
+                    G = 4 if nq - q0 >= 4 else (2 if nq - q0 >= 2 else 1)
                     for b in range(nb):
-                        call(addr, fs_ptr + b * plane + b0 * nj * BLOCK, tab_ptr + q * nj * 64,
-                             buf_ptr + b * width * 2, m, nj)
-                    # upper bounds of the tile's scores: hat + err, in loops the compiler vectorises
-                    # hat = bq + sum_b alpha_b (2 (offset + scale * sum_b) - qsum), and err * sum_b alpha_b on top
-                    qs, bq = qsum[q], base[q]
-                    c0, c1 = f32(2.0) * offset[q] - qs + err[q], f32(2.0) * scale[q]
-                    # (over slices: indexing the full arrays with offsets keeps numba from vectorising)
-                    s1 = asum[i0:i0 + cnt]
-                    for r in range(cnt):
-                        ub[r] = bq + c0 * s1[r]
-                    for b in range(nb):
-                        ab, bb = at[b, i0:i0 + cnt], buf[b]
-                        for r in range(cnt):
-                            ub[r] += c1 * ab[r] * f32(bb[r])
-                    h, p = hs[t, q], hp[t, q]
-                    f = fill[t, q]
-                    for g in range(0, cnt, 16):  # groups of 16: most are ruled out by their largest bound
-                        ge = min(cnt, g + 16)
-                        if f == k:
-                            top = ub[g]
-                            for r in range(g + 1, ge):
-                                top = max(top, ub[r])
-                            if top < h[0]:
-                                continue
-                        for r in range(g, ge):
-                            if f == k and ub[r] < h[0]:
-                                continue  # cannot reach the k-th best exact score so far
-                            i = i0 + r
-                            s = bq
-                            for b in range(nb):
-                                acc = f32(0.0)
-                                for j in range(nj):
-                                    acc += flut[q, j, codes[i, b, j]]
-                                s += at[b, i] * (f32(2.0) * acc - qs)
-                            exact[t, q] += 1
-                            f = push(h, p, f, k, s, i)
-                    fill[t, q] = f
+                        call(addrs[0 if G == 4 else (1 if G == 2 else 2)], fs_ptr + b * plane + b0 * nj * BLOCK,
+                             tab_ptr + q0 * nj * 64, buf_ptr + b * width * 2, m, nj, nj * 64, nb * width)
+                    for q in range(q0, q0 + G):
+                        _select(q, buf[q - q0], ub, cnt, i0, t, flut, scale, offset, err, qsum, base, codes, at,
+                                asum, hs, hp, fill, exact)
+                    q0 += G
 
     return scan
 
@@ -372,7 +403,7 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     from rankstack.index.lut_scan import byte_luts
     from rankstack.index.lut_scan import SERIAL_BELOW
 
-    addr, _ = _compiled()
+    addrs, _ = _compiled()
     qe = np.ascontiguousarray(qe, np.float32)
     base = np.ascontiguousarray(base, np.float32)
     nq, dim = qe.shape
@@ -394,7 +425,7 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     hp = np.empty((parts, nq, kk), np.int64)
     fill = np.zeros((parts, nq), np.int64)
     exact = np.zeros((parts, nq), np.int64)
-    _kernel(parallel)(np.int64(addr), lay.fs, tabs, byte_luts(qe), scale, offset, err, qe.sum(axis=1), base,
+    _kernel(parallel)(np.array([addrs[g] for g in GROUPS], np.int64), lay.fs, tabs, byte_luts(qe), scale, offset, err, qe.sum(axis=1), base,
                       lay.codes, lay.at, lay.asum, bounds, hs, hp, fill, exact)
     if stats is not None:
         stats["exact"] = exact.sum(axis=0)

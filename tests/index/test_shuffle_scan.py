@@ -27,6 +27,11 @@ def test_the_shuffle_loop_sums_its_table_entries():
     # documents 16-31 (the upper 128-bit lane) read the tables' second copies: other copies, other sums
     other = shuffle_scan.scan_blocks(fs, rng.integers(0, 256, (13, 64), dtype=np.uint8)).reshape(7, 32)
     assert (other[:, 16:] != want[:, 16:]).any()
+    # the loops for 2 and 4 queries read each column once for all of them: the same sums as one query at a time
+    many = rng.integers(0, 256, (4, 13, 64), dtype=np.uint8)
+    for g in (2, 4):
+        np.testing.assert_array_equal(shuffle_scan.scan_blocks(fs, many[:g]),
+                                      np.stack([shuffle_scan.scan_blocks(fs, many[i]) for i in range(g)]))
 
 
 def test_quantized_tables_are_off_by_at_most_half_a_step():
@@ -74,6 +79,10 @@ def test_topk_is_the_exact_top_k(bits, dim, n, k):
     if k <= 37:
         assert (stats["exact"] < n / 2).all(), stats["exact"]
     # the same through the codec and through lut_scan's entry point, with and without the layout, in 1-5 ranges
+    one_by_one = [shuffle_scan.topk(q[i:i + 1], q[i:i + 1] @ codec.mean, lay, k) for i in range(6)]
+    np.testing.assert_array_equal(np.concatenate([p for _, p in one_by_one]), got_p)  # groups of 4 + 2 queries
+    seven = shuffle_scan.topk(np.concatenate([q, q[:1]]), np.concatenate([q, q[:1]]) @ codec.mean, lay, k)
+    np.testing.assert_array_equal(seven[1], np.concatenate([got_p, got_p[:1]]))  # 4 + 2 + 1
     for parts in (1, 2, 5):
         s, p = codec.topk(q, planes, scales, k, scan="shuffle", layout=lay)
         s2, p2 = lut_scan.topk(q[:, None], np.ones((6, 1)), q @ codec.mean, planes, scales, k, scan="shuffle",

@@ -13,7 +13,9 @@ is skipped; every other document is scored exactly from float byte tables (as ``
 The result is the exact top k, with ties by position; the estimate only decides how little exact work is done.
 
 The shuffle loop is LLVM IR compiled once per process by llvmlite (which numba brings), for AVX2: numba cannot emit
-the shuffle. The numba kernel around it calls it by address, a tile of blocks at a time, and keeps the heaps.
+the shuffle. The numba kernel around it calls it by address, a tile of 64 blocks and up to 4 queries at a time (one
+load of the codes serves them all), bounds the tile's documents and keeps the heaps; each thread scans its own range
+of blocks.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = ["available", "layout", "ShuffleLayout", "quantized_tables", "topk", "
 
 BLOCK = 32  # documents per block: one AVX2 register of nibbles
 _TILE_BLOCKS = 64  # blocks per tile: a 2-bit 384-d tile (2048 documents, 192 kB of codes) stays in L2 across queries
-MAX_TABLES = 256  # uint8 entries summed in uint16 lanes: at most 257 tables (dim 1024) cannot overflow
+MAX_TABLES = 256  # uint8 entries summed in uint16 lanes: 256 tables (dim 1024) x 255 < 2^16 cannot overflow
 _NIBBLE_BITS = np.unpackbits(np.arange(16, dtype=np.uint8)[:, None], axis=1)[:, 4:].astype(np.float32)  # [16, 4]
 
 
@@ -42,9 +44,10 @@ def _x86_avx2() -> bool:
         return False
     try:
         import llvmlite.binding as llvm
-    except ImportError:
+
+        return bool(llvm.get_host_cpu_features().get("avx2", False))
+    except (ImportError, RuntimeError):  # no llvmlite, or a host whose features LLVM cannot read
         return False
-    return bool(llvm.get_host_cpu_features().get("avx2", False))
 
 
 @lru_cache(maxsize=1)
@@ -166,6 +169,7 @@ def _compiled():
     pb.getModulePassManager().run(mod, pb)
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
+    logger.debug("compiled the shuffle loops for %s", llvm.get_host_cpu_name())
     return {g: engine.get_function_address(f"fs_scan{g}") for g in GROUPS}, engine
 
 

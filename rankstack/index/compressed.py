@@ -467,10 +467,11 @@ class CompressedIndex(VectorIndex):
 
         if not shuffle_scan.available() or 2 * (self.dim // 8) > shuffle_scan.MAX_TABLES:
             return None
-        with self._shuffle_lock:
+        with self._shuffle_lock:  # one layout, even when the first searches run at once
             if self._shuffle is None:
                 self._shuffle = shuffle_scan.ShuffleLayout(self.spec.bits, self.dim // 8)
-            return self._shuffle.sync(self._planes, self._scales)  # lays out at most the last block when unchanged
+            lay = self._shuffle
+        return lay.sync(self._planes, self._scales)  # lays out at most the last block when nothing was appended
 
     def _rescore(self, q: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         out_s = np.full((q.shape[0], k), -np.inf, np.float32)

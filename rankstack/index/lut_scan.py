@@ -263,8 +263,8 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
         vecs = np.asarray(vecs, np.float32)
         qe = np.einsum("na,nad->nd", np.asarray(qw, np.float32), vecs)  # sum_a w_a v_a: one vector per query
         lay = layout if layout is not None else shuffle_scan.layout(codes, alphas)
-        if lay.n != len(codes):
-            raise BadInput(f"the shuffle layout holds {lay.n} documents, the codes {len(codes)}; rebuild it")
+        if lay.n > len(codes):  # (fewer is a search racing an append: it scans the rows laid out when it began)
+            raise BadInput(f"the shuffle layout holds {lay.n} documents, the codes {len(codes)}; make a new layout")
         return shuffle_scan.topk(qe, base, lay, k, parts=parts)
     vecs = np.ascontiguousarray(vecs, np.float32)
     qw = np.ascontiguousarray(qw, np.float32)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import platform
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -210,6 +211,7 @@ class ShuffleLayout:
         self._at = np.zeros((nb, 0), np.float32)
         self._asum = np.zeros(0, np.float32)
         self.codes = np.zeros((0, nb, nj), np.uint8)
+        self._lock = threading.Lock()  # a search takes its arrays while another thread's search syncs appended rows
 
     @property
     def n(self) -> int:
@@ -232,9 +234,20 @@ class ShuffleLayout:
         """Bytes this layout adds beside the index's own codes (its buffers, spare capacity included)."""
         return self._fs.nbytes + self._at.nbytes + self._asum.nbytes
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(fs, codes, at, asum)`` of the same rows, taken together (a concurrent :meth:`sync` may append more)."""
+        with self._lock:
+            return self.fs, self.codes, self.at, self.asum
+
     def sync(self, codes: np.ndarray, alphas: np.ndarray) -> ShuffleLayout:
         """Follow ``codes [n, B, nj]`` / ``alphas [n, B]`` whose first rows are the ones laid out so far (an index
-        that appended rows; one that rewrote rows makes a new layout): lays out the rows past the last whole block."""
+        that appended rows; one that rewrote rows makes a new layout): lays out the rows past the last whole block.
+        Thread-safe against other syncs and :meth:`arrays`; rows already laid out are never moved, only copied on
+        growth, so a search holding the previous arrays reads what it took."""
+        with self._lock:
+            return self._sync(codes, alphas)
+
+    def _sync(self, codes: np.ndarray, alphas: np.ndarray) -> ShuffleLayout:
         codes = np.ascontiguousarray(codes, np.uint8)
         n, nb, nj = codes.shape
         if (nb, nj) != self._fs.shape[::2] or n < self.n or np.shape(alphas) != (n, nb):
@@ -404,16 +417,16 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     ``exact``: the documents scored exactly (the rest were ruled out by their bound)."""
     import numba
 
-    from rankstack.index.lut_scan import byte_luts
-    from rankstack.index.lut_scan import SERIAL_BELOW
+    from rankstack.index.lut_scan import SERIAL_BELOW, byte_luts
 
     addrs, _ = _compiled()
     qe = np.ascontiguousarray(qe, np.float32)
     base = np.ascontiguousarray(base, np.float32)
     nq, dim = qe.shape
-    n = lay.n
-    if dim != 8 * lay.codes.shape[2]:
-        raise BadInput(f"query dimension {dim} does not match the codes' {8 * lay.codes.shape[2]}")
+    fs, codes, at, asum = lay.arrays()
+    n = codes.shape[0]
+    if dim != 8 * codes.shape[2]:
+        raise BadInput(f"query dimension {dim} does not match the codes' {8 * codes.shape[2]}")
     kk = min(k, n)
     if kk <= 0 or nq == 0:
         return np.zeros((nq, max(kk, 0)), np.float32), np.zeros((nq, max(kk, 0)), np.int64)
@@ -424,13 +437,13 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     err = ((dim // 4) * scale * 1.01 + 1e-5 * (dim // 4) * l1).astype(np.float32)
     parallel = nq * n >= SERIAL_BELOW
     parts = parts or (numba.get_num_threads() if parallel else 1)
-    bounds = _bounds(lay.fs.shape[1], parts)
+    bounds = _bounds(fs.shape[1], parts)
     hs = np.empty((parts, nq, kk), np.float32)
     hp = np.empty((parts, nq, kk), np.int64)
     fill = np.zeros((parts, nq), np.int64)
     exact = np.zeros((parts, nq), np.int64)
-    _kernel(parallel)(np.array([addrs[g] for g in GROUPS], np.int64), lay.fs, tabs, byte_luts(qe), scale, offset, err, qe.sum(axis=1), base,
-                      lay.codes, lay.at, lay.asum, bounds, hs, hp, fill, exact)
+    _kernel(parallel)(np.array([addrs[g] for g in GROUPS], np.int64), fs, tabs, byte_luts(qe), scale, offset, err,
+                      qe.sum(axis=1), base, codes, at, asum, bounds, hs, hp, fill, exact)
     if stats is not None:
         stats["exact"] = exact.sum(axis=0)
     s = np.concatenate([hs[t, :, :fill[t, 0]] for t in range(parts)], axis=1)

@@ -186,3 +186,37 @@ def test_documents_the_tables_cannot_tell_apart_are_ranked_exactly():
         want = np.lexsort((np.arange(n), -exact))[:k]
         np.testing.assert_array_equal(p[0], want)
         np.testing.assert_allclose(s[0], exact[want], rtol=1e-5)
+
+
+def test_searches_racing_appends_see_consistent_rows():
+    """Searches sync the layout with the rows appended so far while another thread keeps appending: no search may
+    fail or return a row it was not given, and the last one equals the reference."""
+    import threading
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2400, 64)).astype(np.float32)
+    q = x[:3] + 0.1 * rng.standard_normal((3, 64)).astype(np.float32)
+    ix = CompressedIndex.build(IndexSpec.parse("binary:bits=2,mode=asymmetric,rescore=none"),
+                               [f"d{i}" for i in range(1000)], x[:1000])
+    errors, done = [], threading.Event()
+
+    def search():
+        try:
+            while not done.is_set():
+                for row in ix.docid_pairs(ix.search(q, 10)):
+                    assert len(row) == 10 and all(d.startswith("d") for d, _ in row)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for s0 in range(1000, 2400, 7):
+        ix.add([f"d{i}" for i in range(s0, min(2400, s0 + 7))], x[s0:min(2400, s0 + 7)])
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    planes, scales = ix._codec.encode(x)
+    _, p = ix._codec.topk(q, planes, scales, 10, scan="numpy")
+    assert [[d for d, _ in row] for row in ix.docid_pairs(ix.search(q, 10))] == [[f"d{j}" for j in r] for r in p]

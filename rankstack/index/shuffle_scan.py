@@ -53,12 +53,21 @@ def _x86_avx2() -> bool:
 
 @lru_cache(maxsize=1)
 def available() -> bool:
-    """numba and llvmlite installed, and an x86-64 CPU with AVX2."""
+    """numba and llvmlite installed, an x86-64 CPU with AVX2, and the shuffle loops compiled for it (once per
+    process; a failure is logged and leaves the other scans)."""
     try:
         import numba  # noqa: F401
     except ImportError:
         return False
-    return _x86_avx2()
+    if not _x86_avx2():
+        return False
+    try:
+        _compiled()
+    except Exception:  # noqa: BLE001 (any LLVM failure: the lut and gemm scans still serve)
+        logger.warning("could not compile the shuffle scan's loops; multi-bit binary codes use the lut/gemm scans",
+                       exc_info=True)
+        return False
+    return True
 
 
 def require() -> None:
@@ -68,8 +77,11 @@ def require() -> None:
         except ImportError as e:
             raise MissingExtra("the shuffle scan needs numba: `pip install 'rankstack[fastscan]'` "
                                "(or scan=lut / numpy)") from e
-        raise BadInput(f"the shuffle scan needs an x86-64 CPU with AVX2 (this is {platform.machine()}); "
-                       "use scan=lut, gemm or auto")
+        if not _x86_avx2():
+            raise BadInput(f"the shuffle scan needs an x86-64 CPU with AVX2 (this is {platform.machine()}); "
+                           "use scan=lut, gemm or auto")
+        raise BadInput("the shuffle scan's loops did not compile here (see the logged error); use scan=lut, gemm "
+                       "or auto")
 
 
 # ---- the shuffle loop, in LLVM IR ----------------------------------------------------------------------------
@@ -157,7 +169,6 @@ exit:
 @lru_cache(maxsize=1)
 def _compiled():
     """``({G: address}, engine)`` of the compiled shuffle loops; the engine must stay alive while they are used."""
-    require()
     import llvmlite.binding as llvm
 
     llvm.initialize_native_target()
@@ -178,6 +189,7 @@ def scan_blocks(fs: np.ndarray, tables: np.ndarray) -> np.ndarray:
     """The uint16 table sums of every block of ``fs [nblocks, nj, 32]`` against the tables of G queries, ``tables
     [G, nj, 64]`` (G in :data:`GROUPS`) or one query's ``[nj, 64]``: ``[G, nblocks * 32]`` (or ``[nblocks * 32]``),
     for tests and for a look at the loop on its own."""
+    require()
     addrs, _ = _compiled()
     fs = np.ascontiguousarray(fs, np.uint8)
     tables = np.ascontiguousarray(tables, np.uint8)
@@ -419,6 +431,7 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
 
     from rankstack.index.lut_scan import SERIAL_BELOW, byte_luts
 
+    require()
     addrs, _ = _compiled()
     qe = np.ascontiguousarray(qe, np.float32)
     base = np.ascontiguousarray(base, np.float32)

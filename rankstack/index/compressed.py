@@ -449,8 +449,10 @@ class CompressedIndex(VectorIndex):
             scores = (self.dim - 2 * dist).astype(np.float32)  # +-1 agreement: higher is better
         else:
             # the compiled scans with rankstack[fastscan] (on x86-64 with AVX2 the shuffle scan over the layout kept
-            # here), else the numpy reference
-            scores, pos = self._codec.topk(q, self._planes, self._scales, kk, mode, layout=self._shuffle_layout())
+            # here), else the numpy reference; the layout is taken before the codes, so a racing append can only
+            # make the codes longer than the rows laid out, never shorter
+            lay = self._shuffle_layout()
+            scores, pos = self._codec.topk(q, self._planes, self._scales, kk, mode, layout=lay)
         slots = self._pos_slot[pos]
         if kk < k:
             pad = k - kk

@@ -4,6 +4,7 @@ FAISS IndexPQ and IndexPQFastScan at (about) the same code bytes, all in one run
     pip install -e '.[cpu,fastscan]'
     python benchmarks/binary_scan.py [--n 1000000] [--bits 2 4] [--out runs/binary_scan]
     python benchmarks/binary_scan.py --n 200000 --bits 2 --nq-sweep   # where decode + GEMM overtakes the tables
+    python benchmarks/binary_scan.py --small --bits 2                  # single queries on 2k-20k documents
 
 Rows: `numpy` (the codec's reference: every code unpacked to float32 signs, then matrix products), `lut` (the
 compiled byte-table scan), `gemm` (blocks decoded once, multiplied with every query in a register-blocked kernel),
@@ -57,9 +58,13 @@ def main() -> int:
     p.add_argument("--single", type=int, default=20, help="queries searched one at a time (numpy: 3)")
     p.add_argument("--nq-sweep", action="store_true",
                    help="only time lut against gemm at 1-64 queries per call (how GEMM_FROM was chosen)")
+    p.add_argument("--small", action="store_true",
+                   help="only time single queries, lut against shuffle, at 2k-20k documents (what auto costs there)")
     p.add_argument("--out", type=Path, default=Path("runs/binary_scan"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.small:
+        return small(args)
     import faiss
 
     x, q = synthetic(args.n)
@@ -174,6 +179,37 @@ def nq_sweep(args, x, q, docids) -> int:
     print(f"GEMM_FROM = {GEMM_FROM}")
     save_results(args.out.with_name(args.out.name + "_nq_sweep"), {"n": args.n, "rows": rows, "table": table,
                                                                     "gemm_from": GEMM_FROM})
+    return 0
+
+
+def small(args) -> int:
+    """Single-query latency of ``lut`` and ``shuffle`` on small collections, where per-call overhead dominates: the
+    best of three rounds of 200 queries each."""
+    from rankstack.index.binary import ResidualBinaryCodec
+
+    if not shuffle_scan.available():
+        logger.error("the shuffle scan needs numba and an x86-64 CPU with AVX2")
+        return 1
+    rows = []
+    for n in (2000, 5000, 20000):
+        x, q = synthetic(n)
+        codec = ResidualBinaryCodec(x.shape[1], args.bits[0]).fit(x)
+        planes, scales = codec.encode(x)
+        lay = shuffle_scan.layout(planes, scales)
+        for k in (10, 100):
+            row = {"bits": args.bits[0], "n": n, "k": k}
+            for scan in ("lut", "shuffle"):
+                kw = {"layout": lay} if scan == "shuffle" else {}
+                codec.topk(q[:1], planes, scales, k, scan=scan, **kw)
+                rounds = [timed(lambda: [codec.topk(q[i:i + 1], planes, scales, k, scan=scan, **kw)  # noqa: B023
+                                         for i in range(len(q))])[1] for _ in range(3)]
+                row[f"{scan}_us"] = min(rounds) / len(q) * 1e6
+            row["lut_vs_shuffle"] = row["lut_us"] / row["shuffle_us"]
+            rows.append(row)
+            logger.info("%s", row)
+    table = markdown(rows, ["bits", "n", "k", "lut_us", "shuffle_us", "lut_vs_shuffle"])
+    print(table)
+    save_results(args.out.with_name(args.out.name + "_small"), {"rows": rows, "table": table})
     return 0
 
 

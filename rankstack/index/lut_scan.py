@@ -34,12 +34,17 @@ from rankstack.errors import BadInput
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["available", "byte_luts", "topk", "SCANS", "GEMM_FROM"]
+__all__ = ["available", "byte_luts", "topk", "SCANS", "GEMM_FROM", "SHUFFLE_FROM"]
 
 SCANS = ("auto", "lut", "gemm", "shuffle")
 # queries per call from which ``auto`` decodes and multiplies instead of reading tables: chosen on synthetic
 # clustered vectors (benchmarks/binary_scan.py --nq-sweep, 200k x 384 on 2 cores), not on any evaluation set
 GEMM_FROM = 8
+# documents x code planes from which ``auto`` takes the shuffle scan when it can: below, its per-call work (tables,
+# the exact scores before the k-th best settles) costs more than reading byte tables. Chosen on synthetic clustered
+# vectors (benchmarks/binary_scan.py --small: at 2,000 documents the shuffle scan took 0.64-0.91x lut's speed with 2
+# planes and 1.5-2.1x with 4; from 5,000 it won at both), not on any evaluation set
+SHUFFLE_FROM = 8192
 _TILE = 128  # documents per tile: a decoded tile (192 kB at 384-d) and one query's tables stay in L2
 # below this many (query, document) pairs a scan runs on the calling thread: a single query over a small index costs
 # well under a millisecond serially, while handing ranges to numba's threads waits for every core, which on a busy
@@ -246,9 +251,10 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
     ``vecs [nq, A, dim]`` float32 query vectors, ``qw [nq, A]`` their weights, ``base [nq]`` a per-query offset;
     ``codes [n, B, dim/8]`` uint8 planes, ``alphas [n, B]`` their scales. ``scan``: ``lut`` (tables), ``gemm``
     (decode + dot products), ``shuffle`` (4-bit tables in SIMD registers, bounded and rescored exactly:
-    :mod:`rankstack.index.shuffle_scan`, x86-64 with AVX2) or ``auto``: ``shuffle`` where it runs and ``layout`` (the
-    codes laid out for it, :func:`rankstack.index.shuffle_scan.layout`, which an index keeps) is given, else ``gemm``
-    from :data:`GEMM_FROM` queries and ``lut`` below. ``parts``: document ranges scanned in parallel, each into its
+    :mod:`rankstack.index.shuffle_scan`, x86-64 with AVX2) or ``auto``: ``shuffle`` where it runs, ``layout`` (the
+    codes laid out for it, :func:`rankstack.index.shuffle_scan.layout`, which an index keeps) is given and the codes
+    hold at least :data:`SHUFFLE_FROM` document planes; else ``gemm`` from :data:`GEMM_FROM` queries and ``lut``
+    below. ``parts``: document ranges scanned in parallel, each into its
     own heaps (default: numba's thread count; tests vary it)."""
     import numba
 
@@ -256,7 +262,7 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
 
     if scan not in SCANS:
         raise BadInput(f"unknown binary scan {scan!r}; choose one of {', '.join(SCANS)} (or numpy)")
-    if scan == "auto" and layout is not None and shuffle_scan.available():
+    if scan == "auto" and layout is not None and layout.n * codes.shape[1] >= SHUFFLE_FROM and shuffle_scan.available():
         scan = "shuffle"
     if scan == "shuffle":
         shuffle_scan.require()

@@ -143,10 +143,11 @@ def test_bad_input_is_refused():
 
 def test_the_index_keeps_its_layout_in_step_with_writes():
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((1500, 64)).astype(np.float32)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
     q = x[:4] + 0.1 * rng.standard_normal((4, 64)).astype(np.float32)
-    spec = IndexSpec.parse("binary:bits=2,mode=asymmetric,rescore=none")
-    ix = CompressedIndex.build(spec, [f"d{i}" for i in range(1000)], x[:1000])
+    spec = IndexSpec.parse("binary:bits=4,mode=asymmetric,rescore=none")
+    ix = CompressedIndex.build(spec, [f"d{i}" for i in range(2100)], x[:2100])
+    assert 2100 * 4 >= lut_scan.SHUFFLE_FROM  # auto scans it with the shuffle loops
 
     def check():
         got = ix.search(q, 10)
@@ -158,9 +159,9 @@ def test_the_index_keeps_its_layout_in_step_with_writes():
         assert ix._shuffle is not None and ix._shuffle.n == len(ix._codes)
 
     check()
-    ix.add([f"d{i}" for i in range(1000, 1013)], x[1000:1013])  # a partial block
+    ix.add([f"d{i}" for i in range(2100, 2113)], x[2100:2113])  # a partial block
     check()
-    ix.add([f"d{i}" for i in range(1013, 1500)], x[1013:1500])
+    ix.add([f"d{i}" for i in range(2113, 3000)], x[2113:3000])
     check()
     ix.remove([f"d{i}" for i in range(0, 600, 2)])  # past the purge threshold: the rows move, a new layout
     check()
@@ -194,10 +195,10 @@ def test_searches_racing_appends_see_consistent_rows():
     import threading
 
     rng = np.random.default_rng(10)
-    x = rng.standard_normal((2400, 64)).astype(np.float32)
+    x = rng.standard_normal((3500, 64)).astype(np.float32)
     q = x[:3] + 0.1 * rng.standard_normal((3, 64)).astype(np.float32)
-    ix = CompressedIndex.build(IndexSpec.parse("binary:bits=2,mode=asymmetric,rescore=none"),
-                               [f"d{i}" for i in range(1000)], x[:1000])
+    ix = CompressedIndex.build(IndexSpec.parse("binary:bits=4,mode=asymmetric,rescore=none"),
+                               [f"d{i}" for i in range(2100)], x[:2100])
     errors, done = [], threading.Event()
 
     def search():
@@ -211,8 +212,8 @@ def test_searches_racing_appends_see_consistent_rows():
     threads = [threading.Thread(target=search) for _ in range(2)]
     for t in threads:
         t.start()
-    for s0 in range(1000, 2400, 7):
-        ix.add([f"d{i}" for i in range(s0, min(2400, s0 + 7))], x[s0:min(2400, s0 + 7)])
+    for s0 in range(2100, 3500, 7):
+        ix.add([f"d{i}" for i in range(s0, min(3500, s0 + 7))], x[s0:min(3500, s0 + 7)])
     done.set()
     for t in threads:
         t.join()

@@ -473,7 +473,7 @@ class CompressedIndex(VectorIndex):
             if self._shuffle is None:
                 self._shuffle = shuffle_scan.ShuffleLayout(self.spec.bits, self.dim // 8)
             lay = self._shuffle
-        return lay.sync(self._planes, self._scales)  # lays out at most the last block when nothing was appended
+        return lay.sync(self._planes, self._scales)  # lays out only appended rows (none, on most searches)
 
     def _rescore(self, q: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         out_s = np.full((q.shape[0], k), -np.inf, np.float32)

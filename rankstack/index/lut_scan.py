@@ -236,11 +236,29 @@ def _gemm_kernel(parallel: bool):
     return scan
 
 
-def _bounds(n: int, parts: int) -> np.ndarray:
-    """``parts`` contiguous document ranges of whole tiles (the last one takes the rest)."""
-    tiles = -(-n // _TILE)
-    per = -(-tiles // max(1, parts))
-    return np.array([min(n, t * per * _TILE) for t in range(parts)] + [n], np.int64)
+def _bounds(n: int, parts: int, unit: int = _TILE) -> np.ndarray:
+    """``parts`` contiguous ranges of ``n`` rows in whole ``unit``s (the last one takes the rest)."""
+    units = -(-n // unit)
+    per = -(-units // max(1, parts))
+    return np.array([min(n, t * per * unit) for t in range(parts)] + [n], np.int64)
+
+
+def _heaps(parts: int, nq: int, kk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Empty heaps for each range and query: scores, positions, fill counts."""
+    return np.empty((parts, nq, kk), np.float32), np.empty((parts, nq, kk), np.int64), np.zeros((parts, nq), np.int64)
+
+
+def _merge(hs: np.ndarray, hp: np.ndarray, fill: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ranges' heaps merged: the best ``kk`` of each query's filled entries, by score then position (every query
+    of a range saw the same documents, so ``fill[t, 0]`` is each query's fill)."""
+    s = np.concatenate([hs[t, :, :fill[t, 0]] for t in range(hs.shape[0])], axis=1)
+    pos = np.concatenate([hp[t, :, :fill[t, 0]] for t in range(hs.shape[0])], axis=1)
+    order = np.lexsort((pos, -s), axis=1)[:, :kk]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(pos, order, axis=1)
+
+
+def _none(nq: int, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((nq, max(kk, 0)), np.float32), np.zeros((nq, max(kk, 0)), np.int64)
 
 
 def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: int | None = None,
@@ -254,26 +272,29 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
     :mod:`rankstack.index.shuffle_scan`, x86-64 with AVX2) or ``auto``: ``shuffle`` where it runs, ``layout`` (the
     codes laid out for it, :func:`rankstack.index.shuffle_scan.layout`, which an index keeps) is given and the codes
     hold at least :data:`SHUFFLE_FROM` document planes; else ``gemm`` from :data:`GEMM_FROM` queries and ``lut``
-    below. ``parts``: document ranges scanned in parallel, each into its
-    own heaps (default: numba's thread count; tests vary it)."""
+    below. ``parts``: document ranges scanned in parallel, each into its own heaps (default: numba's thread count;
+    tests vary it)."""
     import numba
 
     from rankstack.index import shuffle_scan
 
     if scan not in SCANS:
         raise BadInput(f"unknown binary scan {scan!r}; choose one of {', '.join(SCANS)} (or numpy)")
-    if scan == "auto" and layout is not None and layout.n * codes.shape[1] >= SHUFFLE_FROM and shuffle_scan.available():
-        scan = "shuffle"
+    vecs = np.ascontiguousarray(vecs, np.float32)
+    qw = np.ascontiguousarray(qw, np.float32)
+    if scan == "auto":
+        if layout is not None and layout.n * codes.shape[1] >= SHUFFLE_FROM and shuffle_scan.available():
+            scan = "shuffle"
+        else:
+            scan = "gemm" if vecs.shape[0] >= GEMM_FROM else "lut"
+    if scan in ("shuffle", "gemm"):
+        qe = np.einsum("na,nad->nd", qw, vecs)  # sum_a w_a v_a: one vector per query
     if scan == "shuffle":
         shuffle_scan.require()
-        vecs = np.asarray(vecs, np.float32)
-        qe = np.einsum("na,nad->nd", np.asarray(qw, np.float32), vecs)  # sum_a w_a v_a: one vector per query
         lay = layout if layout is not None else shuffle_scan.layout(codes, alphas)
         if lay.n > len(codes):  # (fewer is a search racing an append: it scans the rows laid out when it began)
             raise BadInput(f"the shuffle layout holds {lay.n} documents, the codes {len(codes)}; make a new layout")
         return shuffle_scan.topk(qe, base, lay, k, parts=parts)
-    vecs = np.ascontiguousarray(vecs, np.float32)
-    qw = np.ascontiguousarray(qw, np.float32)
     base = np.ascontiguousarray(base, np.float32)
     codes = np.ascontiguousarray(codes, np.uint8)
     alphas = np.ascontiguousarray(alphas, np.float32)
@@ -281,26 +302,16 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
     n = codes.shape[0]
     kk = min(k, n)
     if kk <= 0 or nq == 0:
-        return np.zeros((nq, max(kk, 0)), np.float32), np.zeros((nq, max(kk, 0)), np.int64)
+        return _none(nq, kk)
     parallel = nq * n >= SERIAL_BELOW
     parts = parts or (numba.get_num_threads() if parallel else 1)
     bounds = _bounds(n, parts)
-    hs = np.empty((parts, nq, kk), np.float32)
-    hp = np.empty((parts, nq, kk), np.int64)
-    fill = np.zeros((parts, nq), np.int64)
-    if scan == "auto":
-        scan = "gemm" if nq >= GEMM_FROM else "lut"
+    hs, hp, fill = _heaps(parts, nq, kk)
     if scan == "gemm":
-        qe = np.einsum("na,nad->nd", qw, vecs)  # sum_a w_a v_a: one vector per query
         qe4 = np.zeros((-(-nq // 4) * 4, dim), np.float32)
         qe4[:nq] = qe
         _gemm_kernel(parallel)(qe4, nq, qe.sum(axis=1), base, codes, alphas, bounds, hs, hp, fill)
     else:
         luts = byte_luts(vecs.reshape(-1, dim)).reshape(nq, na, dim // 8, 256)
         _lut_kernel(parallel)(luts, qw, vecs.sum(axis=2), base, codes, alphas, bounds, hs, hp, fill)
-    # merge the ranges' heaps: the best kk of each query's filled entries, by score then position (every query of a
-    # range saw the same documents, so fill[t, 0] is each query's fill)
-    s = np.concatenate([hs[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
-    pos = np.concatenate([hp[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
-    order = np.lexsort((pos, -s), axis=1)[:, :kk]
-    return np.take_along_axis(s, order, axis=1), np.take_along_axis(pos, order, axis=1)
+    return _merge(hs, hp, fill, kk)

@@ -265,6 +265,9 @@ class ShuffleLayout:
         if (nb, nj) != self._fs.shape[::2] or n < self.n or np.shape(alphas) != (n, nb):
             raise BadInput(f"codes {codes.shape} / scales {np.shape(alphas)} do not continue this shuffle layout "
                            f"({self.n} x {self._fs.shape[0]} x {self._fs.shape[2]}); make a new one")
+        if n == self.n:  # nothing appended (the usual search): only the view of the index's codes is refreshed
+            self.codes = codes
+            return self
         start = self.n // BLOCK * BLOCK  # the last partial block is laid out again
         a = np.asarray(alphas[start:], np.float32)
         if (a < 0).any():  # the error bound is err * sum_b alpha_b
@@ -417,11 +420,6 @@ def _kernel(parallel: bool):
     return scan
 
 
-def _bounds(blocks: int, parts: int) -> np.ndarray:
-    per = -(-blocks // max(1, parts))
-    return np.array([min(blocks, t * per) for t in range(parts)] + [blocks], np.int64)
-
-
 def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts: int | None = None,
          stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The exact best ``min(k, n)`` documents per query, ``(scores [nq, k], positions [nq, k])``, best first, ties by
@@ -429,7 +427,7 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     ``exact``: the documents scored exactly (the rest were ruled out by their bound)."""
     import numba
 
-    from rankstack.index.lut_scan import SERIAL_BELOW, byte_luts
+    from rankstack.index.lut_scan import SERIAL_BELOW, _bounds, _heaps, _merge, _none, byte_luts
 
     require()
     addrs, _ = _compiled()
@@ -442,7 +440,7 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
         raise BadInput(f"query dimension {dim} does not match the codes' {8 * codes.shape[2]}")
     kk = min(k, n)
     if kk <= 0 or nq == 0:
-        return np.zeros((nq, max(kk, 0)), np.float32), np.zeros((nq, max(kk, 0)), np.int64)
+        return _none(nq, kk)
     tabs, scale, offset = quantized_tables(qe)
     # |hat - exact| <= sum_b |alpha_b| * 2 * (dim/4) * scale/2, widened by 1% and a float32 rounding margin of the
     # table sums (each of the 2 * nj float entries is at most |qe|_1 in size)
@@ -450,16 +448,11 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     err = ((dim // 4) * scale * 1.01 + 1e-5 * (dim // 4) * l1).astype(np.float32)
     parallel = nq * n >= SERIAL_BELOW
     parts = parts or (numba.get_num_threads() if parallel else 1)
-    bounds = _bounds(fs.shape[1], parts)
-    hs = np.empty((parts, nq, kk), np.float32)
-    hp = np.empty((parts, nq, kk), np.int64)
-    fill = np.zeros((parts, nq), np.int64)
+    bounds = _bounds(fs.shape[1], parts, unit=1)  # ranges of whole blocks
+    hs, hp, fill = _heaps(parts, nq, kk)
     exact = np.zeros((parts, nq), np.int64)
     _kernel(parallel)(np.array([addrs[g] for g in GROUPS], np.int64), fs, tabs, byte_luts(qe), scale, offset, err,
                       qe.sum(axis=1), base, codes, at, asum, bounds, hs, hp, fill, exact)
     if stats is not None:
         stats["exact"] = exact.sum(axis=0)
-    s = np.concatenate([hs[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
-    pos = np.concatenate([hp[t, :, :fill[t, 0]] for t in range(parts)], axis=1)
-    order = np.lexsort((pos, -s), axis=1)[:, :kk]
-    return np.take_along_axis(s, order, axis=1), np.take_along_axis(pos, order, axis=1)
+    return _merge(hs, hp, fill, kk)

@@ -34,6 +34,21 @@ def test_the_shuffle_loop_sums_its_table_entries():
                                       np.stack([shuffle_scan.scan_blocks(fs, many[i]) for i in range(g)]))
 
 
+
+def test_the_loop_sums_the_largest_tables_without_overflow():
+    """1024 dimensions: 256 tables of 255 each sum to 65,280, just under 2^16. The 16-bit accumulators wrap on the way
+    (even + 256 * odd bytes overflow many times) and must still come back to each document's exact sum."""
+    nj = shuffle_scan.MAX_TABLES // 2
+    rng = np.random.default_rng(7)
+    fs = rng.integers(0, 256, (3, nj, 32), dtype=np.uint8)
+    full = np.full((nj, 64), 255, np.uint8)
+    np.testing.assert_array_equal(shuffle_scan.scan_blocks(fs, full), np.full(3 * 32, 255 * 2 * nj))
+    tabs = rng.integers(200, 256, (nj, 64), dtype=np.uint8)
+    tabs[:, 16:32], tabs[:, 48:] = tabs[:, :16], tabs[:, 32:48]
+    j = np.arange(nj)[None, :, None]
+    want = (tabs[j, fs >> 4].astype(np.int64).sum(axis=1) + tabs[j, 32 + (fs & 15)].astype(np.int64).sum(axis=1))
+    np.testing.assert_array_equal(shuffle_scan.scan_blocks(fs, tabs).reshape(3, 32), want)
+
 def test_quantized_tables_are_off_by_at_most_half_a_step():
     rng = np.random.default_rng(1)
     qe = rng.standard_normal((3, 64)).astype(np.float32)

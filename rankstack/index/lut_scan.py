@@ -73,8 +73,8 @@ def byte_luts(v: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _heap():
     """``push(h, p, fill, k, score, pos) -> fill``: keep the best ``k`` in a min-heap on ``(score, -position)``, whose
-    root is the entry to evict; of equal scores the later position goes first, and an equal score arriving later (at
-    a higher position) never displaces an earlier one."""
+    root is the entry to evict; of equal scores the higher position goes first, whatever order they arrive in (the
+    scans push in document order, the shuffle scan's selection by bound)."""
     import numba
 
     @numba.njit(cache=True, nogil=True, inline="always")
@@ -104,7 +104,7 @@ def _heap():
             if fill == k:
                 for r in range(k // 2 - 1, -1, -1):
                     sift_down(h, p, r, k)
-        elif s > h[0]:
+        elif s > h[0] or (s == h[0] and pos < p[0]):
             h[0] = s
             p[0] = pos
             sift_down(h, p, 0, k)

@@ -4,7 +4,7 @@ FAISS IndexPQ and IndexPQFastScan at (about) the same code bytes, all in one run
     pip install -e '.[cpu,fastscan]'
     python benchmarks/binary_scan.py [--n 1000000] [--bits 2 4] [--out runs/binary_scan]
     python benchmarks/binary_scan.py --n 200000 --bits 2 --nq-sweep   # where decode + GEMM overtakes the tables
-    python benchmarks/binary_scan.py --small --bits 2                  # single queries on 2k-20k documents
+    python benchmarks/binary_scan.py --small --bits 2                  # single queries on 2k-100k documents
 
 Rows: `numpy` (the codec's reference: every code unpacked to float32 signs, then matrix products), `lut` (the
 compiled byte-table scan), `gemm` (blocks decoded once, multiplied with every query in a register-blocked kernel),
@@ -59,7 +59,7 @@ def main() -> int:
     p.add_argument("--nq-sweep", action="store_true",
                    help="only time lut against gemm at 1-64 queries per call (how GEMM_FROM was chosen)")
     p.add_argument("--small", action="store_true",
-                   help="only time single queries, lut against shuffle, at 2k-20k documents (what auto costs there)")
+                   help="only time single queries at 2k-100k documents: lut, shuffle, the index and FAISS fast-scan")
     p.add_argument("--out", type=Path, default=Path("runs/binary_scan"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -183,33 +183,49 @@ def nq_sweep(args, x, q, docids) -> int:
 
 
 def small(args) -> int:
-    """Single-query latency of ``lut`` and ``shuffle`` on small collections, where per-call overhead dominates: the
-    best of three rounds of 200 queries each."""
-    from rankstack.index.binary import ResidualBinaryCodec
+    """Single-query latency on 2k-100k documents, where per-call overhead weighs: ``lut`` and ``shuffle`` (the codec's
+    scans), ``index`` (the whole ``binary:bits=<b>,mode=asymmetric`` index search, docids included) and FAISS's 4-bit
+    fast-scan PQ at the same bytes (trained on the documents themselves), the best of three rounds of 200 queries
+    each."""
+    import faiss
 
     if not shuffle_scan.available():
         logger.error("the shuffle scan needs numba and an x86-64 CPU with AVX2")
         return 1
+    bits = args.bits[0]
     rows = []
-    for n in (2000, 5000, 20000):
+    for n in (2000, 5000, 20000, 100000):
         x, q = synthetic(n)
-        codec = ResidualBinaryCodec(x.shape[1], args.bits[0]).fit(x)
-        planes, scales = codec.encode(x)
+        index = build_vector_index(IndexSpec.parse(f"binary:bits={bits},mode=asymmetric"), [f"d{i}" for i in range(n)],
+                                   x)
+        codec, planes, scales = index._codec, index._planes, index._scales
         lay = shuffle_scan.layout(planes, scales)
+        fs = faiss.IndexPQFastScan(x.shape[1], bits * x.shape[1] // 4, 4, faiss.METRIC_INNER_PRODUCT)
+        fs.train(x)
+        fs.add(x)
         for k in (10, 100):
-            row = {"bits": args.bits[0], "n": n, "k": k}
-            for scan in ("lut", "shuffle"):
-                kw = {"layout": lay} if scan == "shuffle" else {}
-                codec.topk(q[:1], planes, scales, k, scan=scan, **kw)
-                rounds = [timed(lambda: [codec.topk(q[i:i + 1], planes, scales, k, scan=scan, **kw)  # noqa: B023
-                                         for i in range(len(q))])[1] for _ in range(3)]
-                row[f"{scan}_us"] = min(rounds) / len(q) * 1e6
-            row["lut_vs_shuffle"] = row["lut_us"] / row["shuffle_us"]
+            row = {"bits": bits, "n": n, "k": k}
+            paths = {
+                "lut": lambda qq, k=k: codec.topk(qq, planes, scales, k, scan="lut"),
+                "shuffle": lambda qq, k=k: codec.topk(qq, planes, scales, k, scan="shuffle", layout=lay),
+                "index": lambda qq, k=k: index.search(qq, k),
+                "faiss_fs": lambda qq, k=k: fs.search(qq, k),
+            }
+            for name, fn in paths.items():
+                fn(q[:1])
+                rounds = [timed(lambda: [fn(q[i:i + 1]) for i in range(len(q))])[1] for _ in range(3)]  # noqa: B023
+                row[f"{name}_us"] = min(rounds) / len(q) * 1e6
+            row["shuffle_vs_lut"] = row["lut_us"] / row["shuffle_us"]
+            row["shuffle_vs_fs"] = row["faiss_fs_us"] / row["shuffle_us"]
+            row["index_vs_fs"] = row["faiss_fs_us"] / row["index_us"]
             rows.append(row)
             logger.info("%s", row)
-    table = markdown(rows, ["bits", "n", "k", "lut_us", "shuffle_us", "lut_vs_shuffle"])
+        fs = index = None
+    table = markdown(rows, ["bits", "n", "k", "lut_us", "shuffle_us", "index_us", "faiss_fs_us", "shuffle_vs_lut",
+                            "shuffle_vs_fs", "index_vs_fs"])
     print(table)
-    save_results(args.out.with_name(args.out.name + "_small"), {"rows": rows, "table": table})
+    save_results(args.out.with_name(args.out.name + "_small"), {"rows": rows, "table": table,
+                                                                "faiss_threads": faiss.omp_get_max_threads()})
     return 0
 
 

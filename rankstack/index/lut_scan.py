@@ -41,10 +41,11 @@ SCANS = ("auto", "lut", "gemm", "shuffle")
 # clustered vectors (benchmarks/binary_scan.py --nq-sweep, 200k x 384 on 2 cores), not on any evaluation set
 GEMM_FROM = 8
 # documents x code planes from which ``auto`` takes the shuffle scan when it can: below, its per-call work (tables,
-# the exact scores before the k-th best settles) costs more than reading byte tables. Chosen on synthetic clustered
-# vectors (benchmarks/binary_scan.py --small: at 2,000 documents the shuffle scan took 0.64-0.91x lut's speed with 2
-# planes and 1.5-2.1x with 4; from 5,000 it won at both), not on any evaluation set
-SHUFFLE_FROM = 8192
+# bounds, the exact scores of the best bounds) costs more than reading byte tables. Chosen on synthetic clustered
+# vectors, single queries at k = 10 and 100, not on any evaluation set: at 1,000 documents x 1 plane the shuffle scan
+# took 0.83-1.46x lut's speed, at 1,000 x 2 planes 1.36-2.14x, at 3,000 x 1 1.51-2.73x (8,192 before the shuffle
+# scan kept its bounds per window and merged its heaps compiled)
+SHUFFLE_FROM = 2000
 _TILE = 128  # documents per tile: a decoded tile (192 kB at 384-d) and one query's tables stay in L2
 # below this many (query, document) pairs a scan runs on the calling thread: a single query over a small index costs
 # well under a millisecond serially, while handing ranges to numba's threads waits for every core, which on a busy
@@ -249,12 +250,36 @@ def _heaps(parts: int, nq: int, kk: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def _merge(hs: np.ndarray, hp: np.ndarray, fill: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ranges' heaps merged: the best ``kk`` of each query's filled entries, by score then position (every query
-    of a range saw the same documents, so ``fill[t, 0]`` is each query's fill)."""
-    s = np.concatenate([hs[t, :, :fill[t, 0]] for t in range(hs.shape[0])], axis=1)
-    pos = np.concatenate([hp[t, :, :fill[t, 0]] for t in range(hs.shape[0])], axis=1)
-    order = np.lexsort((pos, -s), axis=1)[:, :kk]
-    return np.take_along_axis(s, order, axis=1), np.take_along_axis(pos, order, axis=1)
+    """The ranges' heaps merged: the best ``kk`` of each query's filled entries, by score then position (compiled: in
+    numpy the concatenations and the lexsort cost a single query 12 us, more than scanning 2,000 documents)."""
+    return _merger()(hs, hp, fill, kk)
+
+
+@lru_cache(maxsize=1)
+def _merger():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def merge(hs, hp, fill, kk):
+        parts, nq = hs.shape[0], hs.shape[1]
+        out_s = np.empty((nq, kk), hs.dtype)
+        out_p = np.empty((nq, kk), np.int64)
+        s = np.empty(parts * hs.shape[2], hs.dtype)
+        p = np.empty(parts * hs.shape[2], np.int64)
+        for q in range(nq):
+            m = 0
+            for t in range(parts):
+                for x in range(fill[t, q]):
+                    s[m], p[m] = hs[t, q, x], hp[t, q, x]
+                    m += 1
+            by_pos = np.argsort(p[:m])  # positions are distinct
+            s2, p2 = s[:m][by_pos], p[:m][by_pos]
+            order = np.argsort(-s2, kind="mergesort")  # stable: equal scores keep ascending positions
+            for x in range(kk):
+                out_s[q, x], out_p[q, x] = s2[order[x]], p2[order[x]]
+        return out_s, out_p
+
+    return merge
 
 
 def _none(nq: int, kk: int) -> tuple[np.ndarray, np.ndarray]:

@@ -405,6 +405,13 @@ def _prepare():
 # ---- the scan ---------------------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
+def _addresses() -> np.ndarray:
+    """The compiled loops' addresses for 4, 2 and 1 queries (:data:`GROUPS`), as the kernel takes them."""
+    addrs, _ = _compiled()
+    return np.array([addrs[g] for g in GROUPS], np.int64)
+
+
+@lru_cache(maxsize=1)
 def _call():
     """A numba intrinsic that calls the compiled loop at an address given as an argument (so the kernel that uses it
     caches: the address is not baked in)."""
@@ -588,7 +595,6 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     from rankstack.index.lut_scan import SERIAL_BELOW, _bounds, _heaps, _merge, _none, byte_luts
 
     require()
-    addrs, _ = _compiled()
     qe = np.ascontiguousarray(qe, np.float32)
     base = np.ascontiguousarray(base, np.float32)
     nq, dim = qe.shape
@@ -609,7 +615,7 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     # the selection window: as many tiles as keep every query's bounds within _WINDOW_FLOATS per thread (one tile for a
     # large batch, 32 tiles = 65,536 documents for up to 4 queries)
     wtiles = max(1, min(32, _WINDOW_FLOATS // (nq * _TILE_BLOCKS * BLOCK)))
-    _kernel(parallel)(np.array([addrs[g] for g in GROUPS], np.int64), fs, tabs, byte_luts(qe), scale, offset, err,
+    _kernel(parallel)(_addresses(), fs, tabs, byte_luts(qe), scale, offset, err,
                       qsum, base, codes, ab, bounds, hs, hp, fill, exact, wtiles)
     if stats is not None:
         stats["exact"] = exact.sum(axis=0)

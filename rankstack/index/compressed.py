@@ -467,7 +467,7 @@ class CompressedIndex(VectorIndex):
         (or that runs elsewhere) does not pay it."""
         from rankstack.index import shuffle_scan
 
-        if not shuffle_scan.available() or 2 * (self.dim // 8) > shuffle_scan.MAX_TABLES:
+        if not shuffle_scan.available() or not shuffle_scan.fits(self.dim):
             return None
         with self._shuffle_lock:  # one layout, even when the first searches run at once
             if self._shuffle is None:

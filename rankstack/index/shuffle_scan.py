@@ -75,6 +75,11 @@ def available() -> bool:
     return True
 
 
+def fits(dim: int) -> bool:
+    """Whether vectors of ``dim`` dimensions fit the scan's uint16 sums (:data:`MAX_TABLES` tables of 4)."""
+    return dim // 4 <= MAX_TABLES
+
+
 def require() -> None:
     if not available():
         try:
@@ -234,12 +239,12 @@ class ShuffleLayout:
 
     ``fs [B, nblocks, nj, 32]``: each plane's byte columns per block of 32 documents (documents past ``n`` are zero
     codes); ``ab [ntiles, B + 1, 2048]``: per tile of the scan, the scales of each plane as float32 and their sum per
-    document (scales are mean magnitudes, never negative), one contiguous piece per tile (``at [B, n]`` and ``asum
-    [n]`` give them in document order); ``codes [n, B, nj]``: the row-major planes themselves (the index's own array,
-    not a copy)."""
+    document (scales are mean magnitudes, never negative), one contiguous piece per tile (``at [B, n]`` gives the
+    scales in document order); ``codes [n, B, nj]``: the row-major planes themselves (the index's own array, not a
+    copy)."""
 
     def __init__(self, nb: int, nj: int):
-        if 2 * nj > MAX_TABLES:
+        if not fits(8 * nj):
             raise BadInput(f"the shuffle scan handles up to {4 * MAX_TABLES} dimensions (uint16 sums), got {8 * nj}; "
                            "use scan=lut or gemm")
         self._fs = np.zeros((nb, 0, nj, BLOCK), np.uint8)
@@ -259,10 +264,6 @@ class ShuffleLayout:
     def at(self) -> np.ndarray:
         nb = self._fs.shape[0]
         return self._ab[:, :nb].transpose(1, 0, 2).reshape(nb, -1)[:, :self.n]
-
-    @property
-    def asum(self) -> np.ndarray:
-        return self._ab[:, -1].reshape(-1)[:self.n]
 
     @property
     def nbytes(self) -> int:
@@ -444,12 +445,11 @@ def _kernel(parallel: bool):
     call = _call()
     f32 = np.float32
     i64 = np.int64
-    width = _TILE_BLOCKS * BLOCK
 
     @numba.njit(fastmath=True, cache=True, nogil=True, inline="always")
     def _upper(q, buf, ub, cnt, tile, scale, offset, err, qsum, base, ab):
         """Upper bounds ``ub[:cnt]`` of the scores of the documents of a tile from their table sums ``buf [B,
-        width]``: ``hat + err``, with ``hat = bq + sum_b alpha_b (2 (offset + scale * sum_b) - qsum)`` and ``err *
+        _TILE]``: ``hat + err``, with ``hat = bq + sum_b alpha_b (2 (offset + scale * sum_b) - qsum)`` and ``err *
         sum_b alpha_b`` on top, in loops the compiler vectorises (over rows of C-contiguous arrays: indexing with
         offsets, or strided views, keep numba from vectorising)."""
         c0, c1 = f32(2.0) * offset[q] - qsum[q] + err[q], f32(2.0) * scale[q]
@@ -548,9 +548,9 @@ def _kernel(parallel: bool):
         nb, nj = fs.shape[0], fs.shape[2]
         n, nq, k = codes.shape[0], tabs.shape[0], hs.shape[2]
         fs_ptr, tab_ptr, plane = i64(fs.ctypes.data), i64(tabs.ctypes.data), i64(fs.strides[0])
-        W = wtiles * width
+        W = wtiles * _TILE
         for t in numba.prange(bounds.shape[0] - 1):
-            buf = np.empty((4, nb, width), np.uint16)  # a group's table sums: query, plane, document
+            buf = np.empty((4, nb, _TILE), np.uint16)  # a group's table sums: query, plane, document
             buf_ptr = i64(buf.ctypes.data)
             lo, hi = bounds[t], bounds[t + 1]
             wd = min(W, (hi - lo) * BLOCK)
@@ -569,7 +569,7 @@ def _kernel(parallel: bool):
                         G = 4 if nq - q0 >= 4 else (2 if nq - q0 >= 2 else 1)
                         for b in range(nb):
                             call(addrs[0 if G == 4 else (1 if G == 2 else 2)], fs_ptr + b * plane + b0 * nj * BLOCK,
-                                 tab_ptr + q0 * nj * 64, buf_ptr + b * width * 2, m, nj, nj * 64, nb * width)
+                                 tab_ptr + q0 * nj * 64, buf_ptr + b * _TILE * 2, m, nj, nj * 64, nb * _TILE)
                         for q in range(q0, q0 + G):
                             u = ub[q * wd + off:q * wd + off + cnt]
                             _upper(q, buf[q - q0], u, cnt, b0 // _TILE_BLOCKS, scale, offset, err, qsum, base, ab)

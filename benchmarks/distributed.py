@@ -53,7 +53,7 @@ def main() -> None:
     from rankstack.distributed.build import build_sharded
     from rankstack.distributed.cluster import init
     from rankstack.distributed.queries import QueryPool
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.pipeline.sharded import ShardedResources
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,8 @@ def main() -> None:
     dense_idx = build_sharded(docs[: args.dense_docs], out / "dense-sub", shards=args.shards,
                               indexes=("bm25", "dense", "splade"), address="auto", workers=2)
     shd = [dense_idx.path / s["name"] for s in dense_idx.shards]
-    sizes[f"splade impacts (SPLADE-tiny, {args.dense_docs} docs)"] = sum(_size(p / "splade") for p in shd) / args.dense_docs
+    splade = next(e.folder for e in dense_idx.entries if e.spec == "splade")
+    sizes[f"splade impacts (SPLADE-tiny, {args.dense_docs} docs)"] = sum(_size(p / splade) for p in shd) / args.dense_docs
     from rankstack.eval.datasets import BeirDataset
 
     sub = BeirDataset(name="scifact-sub", split="test", corpus={d.docid: d for d in docs[: args.dense_docs]},

@@ -40,7 +40,8 @@ from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
 from rankstack.pipeline import Given, Pipeline, Rerank
 from rankstack.records import Qrels, Run
-from rankstack.rerank.factory import ModelCache, build_reranker
+from rankstack.models import ModelCache
+from rankstack.rerank.factory import build_reranker
 from rankstack.rerank.llm.quant import linear_weight_bytes
 
 logger = logging.getLogger("benchmarks.llm_compression")

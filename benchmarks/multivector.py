@@ -34,7 +34,7 @@ from rankstack.index.registry import build_vector_index
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
 from rankstack.records import Run
-from rankstack.retrieval.multivector import MultiVectorSettings
+from rankstack.retrieval.kinds.multivector import MultiVectorSettings
 
 METRICS = ("nDCG@10", "R@100")
 PIPELINES = {

@@ -49,7 +49,7 @@ def encoded(rng, n: int, dim: int, tokens: int, centers: np.ndarray):
 
 def run(n: int, dim: int, tokens: int, upserts: int, old_upserts: int) -> list[dict]:
     from rankstack.index.multivector import MultiVectorIndex
-    from rankstack.retrieval.multivector import MultiVectorSettings
+    from rankstack.retrieval.kinds.multivector import MultiVectorSettings
 
     rng = np.random.default_rng(n)
     centers = rng.standard_normal((64, dim)).astype(np.float32)

@@ -37,7 +37,7 @@ from rankstack.index.multivector import PlaidIndex, _topk
 from rankstack.pipeline import DatasetWorkspace
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
 from rankstack.records import Run
-from rankstack.retrieval.multivector import MultiVectorSettings
+from rankstack.retrieval.kinds.multivector import MultiVectorSettings
 
 logger = logging.getLogger("benchmarks.plaid_staleness")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rankstack.retrieval.encoders import cached_encoder  # noqa: E402
 from rankstack.eval.datasets import load_beir
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
@@ -72,7 +73,7 @@ def main() -> None:
             path = model.save(out / f"nfcorpus-train-{pname}-{method}.json")
             for tname, ds in tests.items():
                 ws = wtests[tname]
-                stage = RelevanceFilter(path, encoder=ws.models.encoder(model.encoder) if model.encoder else None)
+                stage = RelevanceFilter(path, encoder=cached_encoder(ws.models, model.encoder) if model.encoder else None)
                 r = measure(stage, compile_pipeline(spec, ws), ds)
                 rows.append({"test": tname, "pipeline": pname, "method": method, "threshold": model.threshold,
                              "fit_seconds": fit_s, "adapter_bytes": path.stat().st_size, **r})

@@ -7,7 +7,7 @@ A collection checkpoints by writing segments (the documents changed since the la
 load it as a second object, apply the segments, save it atomically, delete them. This times that merge for
 `--n` synthetic 384-d vectors (as `compressed_indexes.py`) after `n/4 + 1` upserts of existing documents arrive in
 checkpoints of `--batch` (the service's default `index_checkpoint_docs` is 1,000), through the collection's own slot
-code (`_Dense.pack / replay / load_base`): the merge's wall time and CPU seconds (the process's CPU time during the
+code (`Slot.pack / replay / load_base` of the dense kind): the merge's wall time and CPU seconds (the process's CPU time during the
 merge less the searching thread's own), the memory it adds (the largest RSS sampled during the merge less the RSS
 before: the second copy), and single-query search latency on the live index while it runs against idle. The merged
 base, loaded again, is checked against the live index: same documents, and the same top-10 (flat: identical;
@@ -35,7 +35,8 @@ from service_load import rss_mb  # noqa: E402
 
 from rankstack.index.base import IndexSpec  # noqa: E402
 from rankstack.index.registry import build_vector_index  # noqa: E402
-from rankstack.service.indexset import _Dense  # noqa: E402
+from rankstack.retrieval import kinds  # noqa: E402
+from rankstack.service.slots import Slot  # noqa: E402
 from rankstack.service.segments import Journal  # noqa: E402
 
 logger = logging.getLogger("benchmarks.segment_merge")
@@ -61,7 +62,8 @@ def latencies(index, q: np.ndarray, stop=None, limit: int = 2000, rss: list | No
 def run_kind(kind: str, x: np.ndarray, q: np.ndarray, batch: int, root: Path) -> dict:
     n = len(x)
     docids = [f"d{i}" for i in range(n)]
-    slot = _Dense(spec=kind, settings=None, path=root / kind, encoder=_Encoder())
+    slot = Slot(kind=kinds.get("dense"), settings=kinds.settings_of(f"dense:index=({kind})"), spec=kind,
+                path=root / kind, encoder=_Encoder())
     t0 = time.perf_counter()
     live = build_vector_index(IndexSpec.parse(kind), docids, x)
     build_s = time.perf_counter() - t0

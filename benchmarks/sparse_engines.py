@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rankstack.retrieval.encoders import cached_encoder  # noqa: E402
 from rankstack.eval.datasets import load_beir
 from rankstack.index.lucene_impact import LuceneImpactIndex, query_dicts
 from rankstack.pipeline import DatasetWorkspace
@@ -104,7 +105,7 @@ def bench(data: Path, name: str, root: Path, single: int, chosen: dict) -> tuple
     t0 = time.perf_counter()
     enc.encode_documents(sample)
     info["splade_encode_docs_per_s"] = len(sample) / (time.perf_counter() - t0)
-    dense_enc = ws.models.encoder("sentence-transformers/all-MiniLM-L6-v2")
+    dense_enc = cached_encoder(ws.models, "sentence-transformers/all-MiniLM-L6-v2")
     t0 = time.perf_counter()
     dense_enc.encode_documents(sample)
     info["minilm_encode_docs_per_s"] = len(sample) / (time.perf_counter() - t0)

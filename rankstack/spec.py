@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
 from rankstack.errors import BadInput
 
-__all__ = ["Item", "Parser", "parse_item", "coerce", "Value"]
+__all__ = ["Item", "Parser", "parse_item", "coerce", "Value", "Option", "check_options", "option_default"]
 
 Value = Union[str, "Item"]
 
@@ -248,3 +248,64 @@ def unknown_option(where: str, key: str, allowed: Iterable[str], hint: str = "")
     allowed = list(allowed)
     return BadInput(f"{where} has no option {key!r}; its options are {', '.join(allowed) if allowed else 'none'}"
                     + (f". {hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a component (a retrieval kind, a fusion): its default (None: unset unless given), its type
+    (taken from the default when not given; ``Item`` for a nested spec), the values it may take, an inclusive
+    range, and ``parse`` for values that need more than a type (it returns the canonical value or raises
+    :class:`BadInput`). ``doc`` is the one line help texts show."""
+
+    default: Any = None
+    type: Any = None
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    parse: Callable[[Any], Any] | None = None
+    doc: str = ""
+
+    @property
+    def like(self) -> Any:
+        """What :func:`coerce` converts a value like: the type, else the default."""
+        return self.type if self.type is not None else self.default
+
+
+def _as_option(spec: Any) -> Option:
+    if isinstance(spec, Option):
+        return spec
+    return Option(type=spec) if isinstance(spec, type) else Option(default=spec)
+
+
+def check_options(item: Item, options: Mapping[str, Any], where: str, *, hint: Callable[[str], str] | None = None
+                  ) -> Item:
+    """``item`` with every option checked against ``options`` (name -> :class:`Option`, or a bare default or type)
+    and converted to its type; an unknown name, a value of the wrong type, outside its choices or range, fails with
+    a message naming the option and what it accepts. ``hint(key)`` may add advice to the unknown-option message."""
+    out = []
+    for key, value in item.options:
+        if key not in options:
+            raise unknown_option(where, key, options, hint(key) if hint else "")
+        opt = _as_option(options[key])
+        if opt.parse is not None:
+            v = opt.parse(value)
+        else:
+            v = coerce(value, opt.like, key=key, where=where)
+        if opt.choices and v not in opt.choices:
+            raise BadInput(f"{where}: {key} must be one of {', '.join(map(str, opt.choices))}, got {v!r}")
+        low_bad = opt.low is not None and v < opt.low
+        if low_bad or (opt.high is not None and v > opt.high):
+            if opt.low is not None and opt.high is not None:
+                need = f"lie in [{opt.low:g}, {opt.high:g}]"
+            elif opt.low == 1 and opt.like is int:
+                need = "be a positive integer"
+            else:
+                need = f"be >= {opt.low:g}" if low_bad else f"be <= {opt.high:g}"
+            raise BadInput(f"{where}: {key} must {need}, got {v}")
+        out.append((key, v))
+    return Item(item.kind, tuple(out))
+
+
+def option_default(options: Mapping[str, Any], key: str) -> Any:
+    """The default of ``options[key]`` (None where it has none, or is given only as a type)."""
+    return _as_option(options[key]).default

@@ -38,7 +38,7 @@ def make_resources(recipe: dict):
         return DatasetWorkspace(ds, recipe["index_root"], model=recipe["model"], k1=recipe.get("k1", 0.9),
                                 b=recipe.get("b", 0.4), threads=1)
     if "sharded" in recipe:
-        from rankstack.retrieval.sharded import ShardedResources
+        from rankstack.pipeline.sharded import ShardedResources
 
         return ShardedResources(recipe["sharded"])
     if "index" in recipe:

@@ -1,9 +1,10 @@
 """Scatter a query batch to every shard, gather, merge exactly.
 
 Shards are served in-process (``address=None``: every shard opened here) or by Ray actors, ``replicas`` per shard,
-spread over the cluster's nodes. The router sends each shard the batch once (BM25 queries already analysed, dense
-and sparse queries already encoded, so shard servers hold only arrays), merges the shards' top-k lists, and leaves fusion and
-reranking to the pipeline, which runs once, after the merge.
+spread over the cluster's nodes. The router has one search call for every retrieval kind: it sends each shard the
+batch once (queries already prepared by the kind's retriever: BM25 terms analysed, vectors encoded, so shard servers
+hold only arrays), merges the shards' top-k lists, and leaves fusion and reranking to the pipeline, which runs once,
+after the merge.
 
 Failures are never silent. A shard call that fails (its process died, its node went away, or it did not answer
 within ``timeout_s``) is retried on the shard's next replica, and, for an actor Ray restarts, on the same one, up to
@@ -18,19 +19,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from rankstack.errors import RankStackError
-from rankstack.index.sharded import Shard, ShardedIndex
+from rankstack.retrieval.sharded import Shard, ShardSet, merge_topk
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ShardRouter", "ShardUnavailable", "ShardServer"]
-
-
-_LOCAL = {"bm25": "bm25_search", "dense": "dense_search", "sparse": "sparse_search"}
 
 
 class ShardUnavailable(RankStackError):
@@ -43,14 +41,11 @@ class ShardServer:
     def __init__(self, root: str, number: int):
         self.shard = Shard(root, number)
 
-    def bm25(self, analysed, k, k1, b):
-        return self.shard.bm25_search(analysed, k, k1, b)
+    def search(self, folder, settings, derived_key, queries, k, params):
+        return self.shard.search(folder, settings, derived_key, queries, k, params)
 
-    def dense(self, vectors, k, params):
-        return self.shard.dense_search(vectors, k, params)
-
-    def sparse(self, impacts, k):
-        return self.shard.sparse_search(impacts, k)
+    def score(self, folder, queries, rows):
+        return self.shard.score(folder, queries, rows)
 
     def documents(self, positions):
         return self.shard.documents(positions)
@@ -67,9 +62,10 @@ class ShardServer:
 
 
 class ShardRouter:
-    """``index``: the :class:`ShardedIndex`; ``address``: None (shards in this process) or a Ray address."""
+    """``index``: the :class:`~rankstack.retrieval.sharded.ShardSet`; ``address``: None (shards in this process) or a
+    Ray address."""
 
-    def __init__(self, index: ShardedIndex, *, address: str | None = None, replicas: int = 1,
+    def __init__(self, index: ShardSet, *, address: str | None = None, replicas: int = 1,
                  timeout_s: float = 120.0, attempts: int = 3, allow_partial: bool = False, max_restarts: int = 1,
                  actor_cpus: float = 0.1):
         self.index = index
@@ -101,12 +97,13 @@ class ShardRouter:
 
     # ---- calls ----------------------------------------------------------------------------------------------
 
-    def _scatter(self, method: str, args: tuple, what: str) -> list[Any | None]:
-        """Every shard's answer to ``method(*args)`` (None for a shard left out)."""
+    def _scatter(self, method: str, args: tuple, what: str, only: int | None = None) -> list[Any | None]:
+        """Every shard's answer to ``method(*args)`` (None for a shard left out); ``only``: that shard's alone."""
         if not hasattr(self._local, "failed"):
             self._local.failed = {}
+        numbers = range(len(self.shards or self.replicas)) if only is None else [only]
         if not self.replicas:
-            return [getattr(s, _LOCAL[method])(*args) for s in self.shards]
+            return [getattr(self.shards[i], method)(*args) if i in numbers else None for i in range(len(self.shards))]
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
@@ -115,7 +112,7 @@ class ShardRouter:
         except ImportError:  # older Ray
             ActorUnavailableError = RayActorError  # noqa: N806
 
-        refs = {i: self._submit(i, method, args) for i in range(len(self.replicas))}
+        refs = {i: self._submit(i, method, args) for i in numbers}
         out: list[Any | None] = [None] * len(self.replicas)
         for i, ref in refs.items():
             errors = []
@@ -149,28 +146,20 @@ class ShardRouter:
         self._next[i] += 1
         return getattr(actor, method).remote(*args)
 
-    def _merge(self, answers: list, nq: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        from rankstack.index.sharded import merge_topk
-
+    def search(self, folder: str, settings, derived_key: str | None, queries, k: int, params: dict, nq: int):
+        """Per query: the collection's top ``k`` (positions, scores) over every shard's index in ``folder`` (or its
+        derived index ``derived_key``), merged by (score, position)."""
+        answers = self._scatter("search", (folder, settings, derived_key, queries, k, dict(params or {})),
+                                f"{nq} {settings.kind} queries")
         got = [a for a in answers if a is not None]
         return [merge_topk([a[q] for a in got], k) for q in range(nq)]
 
-    def bm25(self, analysed: Sequence[Sequence[str]], k: int, k1: float, b: float):
-        """Per query: the collection's top ``k`` (positions, raw Lucene scores) under collection-wide statistics."""
-        analysed = [list(t) for t in analysed]
-        return self._merge(self._scatter("bm25", (analysed, k, k1, b), f"{len(analysed)} BM25 queries"),
-                           len(analysed), k)
-
-    def dense(self, vectors: np.ndarray, k: int, params: dict | None = None):
-        """Per query vector: the collection's top ``k`` (positions, inner products)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return self._merge(self._scatter("dense", (vectors, k, dict(params or {})), f"{len(vectors)} dense queries"),
-                           len(vectors), k)
-
-    def sparse(self, impacts, k: int):
-        """Per query (int CSR impacts): the collection's top ``k`` (positions, integer impact scores)."""
-        return self._merge(self._scatter("sparse", (impacts, k), f"{impacts.shape[0]} sparse queries"),
-                           impacts.shape[0], k)
+    def score(self, shard: int, folder: str, queries, rows: np.ndarray) -> np.ndarray:
+        """Shard ``shard``'s scores of each query against its candidate rows."""
+        out = self._scatter("score", (folder, queries, rows), f"rescoring on shard {shard}", only=shard)[shard]
+        if out is None:  # left out (allow_partial): its candidates drop
+            return np.full(np.asarray(rows).shape, -np.inf, np.float32)
+        return out
 
     def health(self) -> list[dict]:
         """One entry per shard: ``ok`` when at least one replica answers, with each replica's state."""

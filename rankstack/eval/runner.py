@@ -21,6 +21,7 @@ from rankstack.pipeline.spec import PRESETS, PipelineSpec, RelevanceSpec, parse_
 from rankstack.pipeline.tuning import auto_fusions, run_tuned
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT, DatasetWorkspace
 from rankstack.records import Run
+from rankstack.retrieval import kinds
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
     over queries), ``empty`` (share of queries left with nothing) and ``kept`` (mean list length).
 
     ``workspace``: any pipeline resources over the dataset's corpus (default: its index cache; a
-    :class:`~rankstack.retrieval.sharded.ShardedResources` evaluates a sharded collection). ``pool``: a
+    :class:`~rankstack.pipeline.sharded.ShardedResources` evaluates a sharded collection). ``pool``: a
     :class:`~rankstack.distributed.queries.QueryPool` whose Ray workers run the queries; indexes are built here
     first, so workers only open them."""
     specs = named_specs(pipelines)
@@ -114,13 +115,12 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
 
             sm = set_metrics({r.query.qid: r.docids for r in output.rankings}, ds.qrels)
             stats.update(set_P=sm["P"], set_R=sm["R"], set_F1=sm["F1"], empty=sm["empty"], kept=sm["mean_kept"])
-        labels = {"bm25": ("bm25",), "dense": ("dense",), "splade": ("splade",), "maxsim": ("multivector",),
-                  "muvera": ("multivector", "muvera"), "plaid": ("multivector", "plaid")}
-        for kind, keys in labels.items():
-            if any(r.item.kind == kind for r in spec.retrievers()):
+        for kind in dict.fromkeys(kinds.get(r.item.kind) for r in spec.retrievers()):
+            keys = kind.stats_labels
+            if keys:
                 stats.update(getattr(ws, "stats", {}).get(keys[0], {}))
-                for key in keys[1:]:  # derived indexes (MUVERA encodings, PLAID codes): their own build time
-                    stats.update({f"{key}_{k}": v for k, v in ws.stats.get(key, {}).items()})
+            for key in keys[1:]:  # derived indexes (MUVERA encodings, PLAID codes): their own build time
+                stats.update({f"{key}_{k}": v for k, v in getattr(ws, "stats", {}).get(key, {}).items()})
         if reranks and output.inputs:
             label, before = next(iter(output.inputs.items()))
             iname = f"{name} [{label} input]"

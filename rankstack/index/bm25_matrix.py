@@ -42,7 +42,7 @@ from rankstack.errors import BadInput, IndexCorrupt
 from rankstack.index.base import check_k, read_params
 from rankstack.index.english_analyzer import analyze as english_analyze
 from rankstack.index.jvm import import_pyserini
-from rankstack.records import Document
+from rankstack.records import Document, TopK
 
 logger = logging.getLogger(__name__)
 
@@ -543,6 +543,18 @@ class BM25Matrix:
         size = -(-len(analysed) // threads)
         parts = _pool(threads).map(chunk, [analysed[i:i + size] for i in range(0, len(analysed), size)])
         return [r for part in parts for r in part]
+
+    def topk(self, analysed: Sequence[Sequence[str]], k: int, *, k1: float = 0.9, b: float = 0.4,
+             threads: int = 1) -> TopK:
+        """:meth:`search_arrays` as a :class:`TopK` (rows, Pyserini's scores; ``-1`` pads a query with fewer hits):
+        the surface every retrieval kind's index has, so a sharded index of matrices stands in for one."""
+        res = self.search_arrays(analysed, k, k1=k1, b=b, threads=threads)
+        width = min(k, len(self.docids))
+        scores = np.full((len(res), width), -np.inf, np.float32)
+        ids = np.full((len(res), width), -1, np.int64)
+        for i, (rows, sc) in enumerate(res):
+            scores[i, :len(rows)], ids[i, :len(rows)] = sc, rows
+        return TopK(scores=scores, ids=ids)
 
     def search(self, queries: Sequence[str], k: int, *, k1: float = 0.9, b: float = 0.4,
                threads: int = 1) -> list[list[tuple[str, float]]]:

@@ -225,6 +225,12 @@ class LiveLuceneIndex:
         finally:
             self._open_writer()
 
+    incremental = True  # a write changes only what it names
+
+    def searchable(self):
+        """This index, when it holds documents (None: nothing to search yet)."""
+        return self if len(self) else None
+
     def close(self) -> None:
         """Close the writer (merges in flight finish first); idempotent."""
         with self._lock:

@@ -26,6 +26,7 @@ import numpy as np
 from rankstack._atomic import atomic_dir, write_json
 from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
 from rankstack.index.base import PARAMS_FILE, GrowingRows, read_params
+from rankstack.records import TopK
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +264,11 @@ class MultiVectorIndex(_TombstonedRows):
         """Exact MaxSim over the whole corpus: ``(scores [B, k], rows [B, k])`` best first (ties by ascending row;
         tombstoned rows score ``-inf`` and come last)."""
         return _topk(self.score_all(queries, weights), min(int(k), self.n_rows))
+
+    def topk(self, queries: Sequence[np.ndarray], k: int) -> TopK:
+        """:meth:`search` as a :class:`TopK` of rows (the surface every retrieval kind's index has)."""
+        scores, rows = self.search(queries, k)
+        return TopK(scores=np.ascontiguousarray(scores, np.float32), ids=np.ascontiguousarray(rows, np.int64))
 
     def score_all(self, queries: Sequence[np.ndarray], weights=None) -> np.ndarray:
         """MaxSim of every query against every document, ``[B, N]``: the corpus swept in chunks of whole
@@ -700,6 +706,16 @@ class PlaidIndex(_TombstonedRows):
             out_s.append(s[order])
             out_r.append(keep[order])
         return out_s, out_r, stats
+
+    def topk(self, queries: Sequence[np.ndarray], k: int, *, nprobe: int = 4, candidates: int = 1000) -> TopK:
+        """:meth:`search` as a :class:`TopK` of rows (``-1`` pads); its counts are kept in ``last_stats``."""
+        scores, rows, self.last_stats = self.search(queries, k, nprobe=nprobe, candidates=candidates)
+        width = max([1] + [len(r) for r in rows])
+        out_s = np.full((len(rows), width), -np.inf, np.float32)
+        out_r = np.full((len(rows), width), -1, np.int64)
+        for i, (sc, r) in enumerate(zip(scores, rows)):
+            out_s[i, :len(r)], out_r[i, :len(r)] = sc, r
+        return TopK(scores=out_s, ids=out_r)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a compacted copy atomically (tombstones are not saved)."""

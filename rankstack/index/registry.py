@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rankstack.errors import IndexCorrupt
+from rankstack.errors import BadInput, IndexCorrupt
 from rankstack.index.base import IndexSpec, VectorIndex, read_params
 
 __all__ = ["open_index", "load_vector_index", "new_vector_index", "build_vector_index", "INDEX_CLASSES"]
@@ -24,11 +24,13 @@ INDEX_CLASSES = {
     "dense-flat-ip": ("rankstack.index.faiss_flat", "DenseFlatIndex"),
     "dense-compressed": ("rankstack.index.compressed", "CompressedIndex"),
     "lucene-bm25": ("rankstack.index.lucene", "LuceneIndex"),
+    "bm25-matrix": ("rankstack.index.bm25_matrix", "BM25Matrix"),
     "sparse-impact": ("rankstack.index.sparse", "SparseIndex"),
     "multi-vector": ("rankstack.index.multivector", "MultiVectorIndex"),
     "multi-vector-plaid": ("rankstack.index.multivector", "PlaidIndex"),
-    "sharded": ("rankstack.index.sharded", "ShardedIndex"),
 }
+# a sharded collection (rankstack.retrieval.sharded) is opened by rankstack.pipeline.sharded.ShardedResources
+_OTHER_KINDS = ("sharded",)
 _VECTOR_KINDS = ("dense-flat-ip", "dense-compressed")
 
 
@@ -39,7 +41,7 @@ def _class(kind: str):
 
 def saved_kind(path: str | os.PathLike) -> str:
     kind = read_params(path, None, None).get("kind")
-    if kind not in INDEX_CLASSES:
+    if kind not in INDEX_CLASSES and kind not in _OTHER_KINDS:
         raise IndexCorrupt(f"{path} holds an index of unknown kind {kind!r}; this RankStack opens "
                            f"{', '.join(INDEX_CLASSES)}")
     return kind
@@ -50,6 +52,9 @@ def open_index(path: str | os.PathLike):
     :class:`~rankstack.index.base.VectorIndex`, a :class:`~rankstack.index.sparse.SparseIndex` or a multi-vector
     index (:mod:`rankstack.index.multivector`)."""
     kind = saved_kind(path)
+    if kind in _OTHER_KINDS:
+        raise BadInput(f"{path} is a {kind} collection: open it with rankstack.pipeline.sharded.ShardedResources "
+                       f"(rankstack search --index {path})")
     cls = _class(kind)
     return cls(path) if kind == "lucene-bm25" else cls.load(path)
 

@@ -166,6 +166,7 @@ class SparseIndex:
         self._hashes: dict[str, int] | None = None  # per live document, for signature(); made at its first call
         self._hash_sum = 0
         self._signed: dict[str, int] = {}  # signatures handed out -> the latest version they describe
+        self._collection: tuple[np.ndarray, int] | None = None  # a shard's collection-wide (df, documents)
 
     # Writes append rows and tombstone old ones in O(the documents written): the impacts and the text tokens are
     # growable CSR buffers, and search keeps the transposed impacts of the rows it last indexed in full plus the
@@ -391,8 +392,19 @@ class SparseIndex:
         return quantize(w, self.scale)
 
     def idf_queries(self, token_ids: Sequence[np.ndarray]):
-        """Inference-free query impacts (see :func:`idf_impacts`) under this index's document frequencies."""
-        return idf_impacts(token_ids, self._df, len(self), self.scale)
+        """Inference-free query impacts (see :func:`idf_impacts`) under this index's document frequencies (or the
+        collection's, for a shard: :meth:`use_collection_stats`)."""
+        df, n = self._collection if self._collection is not None else (self._df, len(self))
+        return idf_impacts(token_ids, df, n, self.scale)
+
+    def use_collection_stats(self, df: np.ndarray, doc_count: int) -> None:
+        """Weight inference-free queries as one index over a whole collection of which this is one shard would:
+        ``df`` is each vocabulary id's document frequency in the collection, ``doc_count`` its size."""
+        df = np.asarray(df, dtype=np.int64)
+        if df.shape != self._df.shape or (df < self._df).any() or doc_count < len(self):
+            raise IndexCorrupt("collection statistics do not cover this shard (a document frequency below the "
+                               "shard's own, or fewer documents); rebuild the sharded index")
+        self._collection = (df, int(doc_count))
 
     def search(self, queries, k: int, *, batch: int = 64) -> TopK:
         """Exact top-``k`` by integer dot product. ``queries``: int CSR ``[nq, vocab]`` (see

@@ -1,120 +1,35 @@
 """What a compiled pipeline draws on: indexes, encoders, rerankers and documents.
 
-A :class:`Resources` turns spec items into objects: ``retriever(item)`` and ``reranker(item)``. Three kinds exist:
-:class:`~rankstack.pipeline.workspace.DatasetWorkspace` (a BEIR dataset, indexes built once and cached on disk: what
-``rankstack eval`` and ``rankstack search --dataset`` use), :class:`IndexDirs` (index folders built by ``rankstack
-index``) and the service's :class:`~rankstack.service.collection.Collection` (indexes kept in step with its log).
+A :class:`Resources` turns spec items into objects: ``retriever(item)`` and ``reranker(item)``. ``retriever`` is
+written once, here: the item's kind (:mod:`rankstack.retrieval.kinds`) resolves it into settings and builds the
+retriever; a place where indexes live only supplies the index for a kind and settings (:meth:`Resources.index`).
+The places: :class:`~rankstack.pipeline.workspace.DatasetWorkspace` (a BEIR dataset, indexes built once and cached
+on disk: what ``rankstack eval`` and ``rankstack search --dataset`` use), :class:`IndexDirs` (index folders built by
+``rankstack index``), :class:`~rankstack.pipeline.sharded.ShardedResources` (a sharded collection) and the service's
+:class:`~rankstack.service.collection.Collection` (indexes kept in step with its log).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import threading
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from abc import ABC
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rankstack.errors import BadInput
-from rankstack.index.base import IndexSpec
+from rankstack.models import ModelCache
 from rankstack.records import Document
-from rankstack.rerank.factory import ModelCache, RerankerSpec, build_reranker
+from rankstack.rerank.factory import RerankerSpec, build_reranker
+from rankstack.retrieval import kinds
 from rankstack.retrieval.base import Retriever
-from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL, DOCUMENT_OPTIONS, ENCODER_OPTIONS
+from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
+from rankstack.retrieval.kinds import RetrievalKind, Settings, slug
+from rankstack.retrieval.kinds.dense import DenseSettings
+from rankstack.retrieval.kinds.multivector import MultiVectorSettings
+from rankstack.retrieval.kinds.splade import SparseSettings
 from rankstack.spec import Item
 
-__all__ = ["Resources", "DenseSettings", "SparseSettings", "IndexDirs", "slug"]
-
-
-def slug(text: str, keep: int = 48) -> str:
-    """A file-system-safe name for ``text``: readable, plus a short hash so that different texts differ."""
-    clean = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:keep]
-    return f"{clean}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-
-
-@dataclass(frozen=True)
-class DenseSettings:
-    """A ``dense:...`` item resolved: the encoder, the index to build or find, and how to search it.
-
-    ``vectors_key`` identifies the document vectors (model and the options that change them); ``index_key``
-    adds the index's build-time spec. Two items with equal keys can share one index.
-    """
-
-    model: str
-    encoder_options: dict[str, Any]
-    index: IndexSpec
-    device: str | None
-    vectors_key: str = field(init=False)
-    index_key: str = field(init=False)
-
-    def __post_init__(self):
-        doc = {k: self.encoder_options[k] for k in DOCUMENT_OPTIONS if k in self.encoder_options}
-        doc = {k: v for k, v in doc.items() if v != ENCODER_OPTIONS.get(k)}
-        vk = str(Item(self.model, tuple((k, str(v)) for k, v in sorted(doc.items()))))
-        object.__setattr__(self, "vectors_key", vk)
-        object.__setattr__(self, "index_key", f"{vk}|{self.index.build_key()}")
-
-    @classmethod
-    def of(cls, item: Item | str, default_model: str = DEFAULT_DENSE_MODEL) -> DenseSettings:
-        from rankstack.pipeline.spec import retriever_item
-
-        item = retriever_item(item)
-        opts = {k: item.get(k) for k in ENCODER_OPTIONS if k != "device" and item.get(k) is not None}
-        index = item.get("index")
-        return cls(model=item.get("model") or default_model, encoder_options=opts,
-                   index=IndexSpec.parse(index) if index is not None else IndexSpec("flat"),
-                   device=item.get("device"))
-
-    @property
-    def search_params(self) -> dict[str, Any]:
-        return self.index.search_params()
-
-    def encoder(self, models: ModelCache):
-        return models.encoder(self.model, **self.encoder_options)
-
-
-@dataclass(frozen=True)
-class SparseSettings:
-    """A ``splade:...`` item resolved: the sparse encoder, the vectors it makes (``vectors_key``: model and
-    truncation), and how to search them (query mode, engine, Seismic's parameters)."""
-
-    model: str
-    max_seq_length: int = 256
-    batch_size: int = 32
-    query: str = "model"
-    engine: str = "scipy"
-    device: str | None = None
-    threads: int | None = None
-    seismic: tuple = ()
-    vectors_key: str = field(init=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "vectors_key", str(Item(self.model, (("max_seq_length", str(self.max_seq_length)),))))
-
-    @classmethod
-    def of(cls, item: Item | str, default_model: str | None = None) -> SparseSettings:
-        from rankstack.pipeline.spec import retriever_item
-        from rankstack.retrieval.sparse import SEISMIC_DEFAULTS
-        from rankstack.retrieval.sparse_encoders import DEFAULT_SPARSE_MODEL
-
-        item = retriever_item(item)
-        g = item.get
-        return cls(model=g("model") or default_model or DEFAULT_SPARSE_MODEL, max_seq_length=g("max_seq_length", 256),
-                   batch_size=g("batch_size", 32), query=g("query", "model"), engine=g("engine", "scipy"),
-                   device=g("device"), threads=g("threads"),
-                   seismic=tuple((k, g(k)) for k in SEISMIC_DEFAULTS if g(k) is not None))
-
-    def encoder(self, models: ModelCache):
-        return models.sparse_encoder(self.model, max_seq_length=self.max_seq_length, batch_size=self.batch_size,
-                                     device=self.device)
-
-    def retriever(self, models: ModelCache, index, *, lucene_path=None, documents=None):
-        from rankstack.retrieval.sparse import SparseRetriever
-
-        return SparseRetriever(self.encoder(models), index, engine=self.engine, query=self.query,
-                               lucene_path=lucene_path, threads=self.threads, documents=documents,
-                               **dict(self.seismic))
+__all__ = ["Resources", "DenseSettings", "SparseSettings", "MultiVectorSettings", "IndexDirs", "slug"]
 
 
 class Resources(ABC):
@@ -135,11 +50,52 @@ class Resources(ABC):
     def __init__(self, models: ModelCache | None = None):
         self.models = models or ModelCache()
         self._rerankers: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._retrievers: dict[str, Retriever] = {}
+        self._derived: dict[str, Any] = {}
+        self._lock = threading.RLock()
 
-    @abstractmethod
-    def retriever(self, item: Item) -> Retriever:
-        """The retriever an item (``bm25:k1=1.2``, ``dense:index=(binary)``...) names, over this resource's index."""
+    # ---- retrievers: written once for every kind and every place ----------------------------------------------
+
+    def retriever(self, item: Item | str) -> Retriever:
+        """The retriever an item (``bm25:k1=1.2``, ``dense:index=(binary)``...) names, over this place's index of
+        its kind; built once per settings and shared."""
+        kind, settings = self.resolve(item)
+        with self._lock:
+            found = self._retrievers.get(settings.key)
+        if found is not None:
+            return found
+        made = self.serve(kind, settings)
+        with self._lock:
+            return self._retrievers.setdefault(settings.key, made)
+
+    def defaults(self, kind: RetrievalKind) -> dict[str, Any]:
+        """What this place supplies for options an item leaves out (the encoder of ``dense`` items naming none)."""
+        return {"model": self.default_model}
+
+    def resolve(self, item: Item | str) -> tuple[RetrievalKind, Settings]:
+        return kinds.resolve(item, self.defaults(kinds.get(kinds.canonical(item).kind)))
+
+    def serve(self, kind: RetrievalKind, settings: Settings) -> Retriever:
+        """A retriever of ``settings`` over this place's index (places whose indexes change wrap it)."""
+        index, path = self.index(kind, settings)
+        key = kind.derived_key(settings, index)
+        derived = self.derived(kind, settings, index, key, path) if key is not None else None
+        return kind.retriever(settings, index, models=self.models, documents=self.documents, derived=derived,
+                              path=path)
+
+    def index(self, kind: RetrievalKind, settings: Settings) -> tuple[Any, Path | None]:
+        """This place's stored index for ``settings`` (built or opened as the place does), and its folder."""
+        raise BadInput(f"{type(self).__name__} keeps no indexes: it cannot serve a {kind.name} retriever")
+
+    def derived(self, kind: RetrievalKind, settings: Settings, index, key: str, path: Path | None) -> Any:
+        """The index ``settings`` derives from ``index`` (PLAID's codes, MUVERA's encodings, BM25's matrix): the one
+        ``rankstack index`` saved beside it (``<folder>/derived``), else built on first use; kept in memory."""
+        with self._lock:
+            if key not in self._derived:
+                saved = Path(path) / "derived" / slug(key, 32) if path is not None else None
+                self._derived[key] = (kind.load_derived(settings, saved) if saved is not None and saved.is_dir()
+                                      else kind.derive(settings, index))
+            return self._derived[key]
 
     def reranker(self, item: Item | str) -> tuple[Any, int]:
         """The reranker an item names (a kind or a configured name) and its rerank depth. Rerankers are built once
@@ -179,142 +135,86 @@ class Resources(ABC):
             raise BadInput(f"relevance adapter {path} was fitted on the scores of {model.pipeline!r}, but here it "
                            f"follows {key!r}; fit one for this pipeline: rankstack relevance fit --pipeline "
                            f"\"{key}\" ...")
-        encoder = self.models.encoder(model.encoder) if model.method == "adapter" else None
+        from rankstack.retrieval.encoders import cached_encoder
+
+        encoder = cached_encoder(self.models, model.encoder) if model.method == "adapter" else None
         return RelevanceFilter(model, min_relevance=item.get("min"), encoder=encoder)
 
 
 class IndexDirs(Resources):
-    """Index folders built by ``rankstack index`` (a Lucene BM25 index and/or vector indexes), for
-    ``rankstack search --index DIR``. A ``dense`` item picks the vector index whose build spec matches its
-    ``index=`` (or the only one), and encodes queries with the model recorded in that index."""
+    """Index folders built by ``rankstack index`` (a Lucene BM25 index, vector indexes, a sparse or multi-vector
+    index), for ``rankstack search --index DIR``. An item searches the folder of its kind (a ``dense`` item the vector
+    index whose build spec matches its ``index=``, or the only one) and takes what it leaves out (the encoder) from
+    what that folder records."""
 
     def __init__(self, paths: Sequence[str | Path], models: ModelCache | None = None):
-        from rankstack.index.lucene import LuceneIndex
-        from rankstack.index.registry import open_index
+        from rankstack.index.base import read_params
 
         super().__init__(models)
         if not paths:
             raise BadInput("give at least one index folder (--index DIR)")
-        from rankstack.index.sparse import SparseIndex
-
-        self.lucene: LuceneIndex | None = None
-        self.vectors: list = []
-        self.sparse: list[tuple[Path, SparseIndex]] = []
-        from rankstack.index.multivector import MultiVectorIndex, PlaidIndex
-
-        self.multivector: MultiVectorIndex | None = None
-        self.plaid: PlaidIndex | None = None
-        self._derived: dict[str, Any] = {}
-        for p in paths:
-            index = open_index(p)
-            if getattr(index, "KIND", None) == "sharded":
-                raise BadInput(f"{p} is a sharded collection: search it on its own (--index {p}), through "
-                               f"rankstack.retrieval.sharded.ShardedResources")
-            if isinstance(index, (MultiVectorIndex, PlaidIndex)):
-                attr = "multivector" if isinstance(index, MultiVectorIndex) else "plaid"
-                if getattr(self, attr) is not None:
-                    raise BadInput(f"two {index.kind} indexes given; give one")
-                setattr(self, attr, index)
-            elif isinstance(index, SparseIndex):
-                self.sparse.append((Path(p), index))
-            elif isinstance(index, LuceneIndex):
-                if self.lucene is not None:
-                    raise BadInput(f"two BM25 indexes given ({self.lucene.path} and {p}); give one")
-                self.lucene = index
-            else:
-                self.vectors.append(index)
-        self.documents = self.lucene.docstore if self.lucene is not None else None
         self.paths = [str(p) for p in paths]
+        self.folders: list[tuple[Path, str, Any]] = []
+        for p in paths:
+            saved = read_params(p, None, None).get("kind")
+            if saved == "sharded":
+                raise BadInput(f"{p} is a sharded collection: search it on its own (--index {p}), through "
+                               f"rankstack.pipeline.sharded.ShardedResources")
+            owner = next((k for k in map(kinds.get, kinds.names()) if saved in k.saved_kinds), None)
+            if owner is None:
+                raise BadInput(f"{p} holds an index of kind {saved!r}, which no retrieval kind here reads (they read "
+                               f"{sorted({s for k in map(kinds.get, kinds.names()) for s in k.saved_kinds})}); "
+                               f"register the kind that wrote it")
+            self.folders.append((Path(p), saved, owner.open_folder(Path(p))))
+        stores = [ix.docstore for _, saved, ix in self.folders if getattr(ix, "docstore", None) is not None]
+        self.documents = stores[0] if stores else None
+        self._chosen: dict[str, tuple[Any, Path]] = {}
+
+    def _candidates(self, kind: RetrievalKind, item: Item) -> list[tuple[Path, Any]]:
+        found = [(p, ix) for p, saved, ix in self.folders if saved in kind.saved_kinds]
+        return kind.select(item, found) if found else found
+
+    def resolve(self, item: Item | str) -> tuple[RetrievalKind, Settings]:
+        item = kinds.canonical(item)
+        kind = kinds.get(item.kind)
+        found = self._candidates(kind, item)
+        if len(found) != 1:
+            have = [f"{saved} ({p})" for p, saved, _ in self.folders]
+            if not found:
+                raise BadInput(f"the pipeline uses {item} but none of the folders given holds a {kind.name} index "
+                               f"(they hold {have}); build one with `rankstack index --kind {kind.name}`")
+            raise BadInput(f"the pipeline's {item} matches {len(found)} of the index folders {have}; name one with "
+                           f"index=(...)")
+        path, index = found[0]
+        settings = kind.settings(item, kind.defaults_of(index))
+        why = kind.matches(settings, index)
+        if why is not None:
+            raise BadInput(f"the index at {path} does not serve {item}: {why}; drop the options that differ or "
+                           f"rebuild it")
+        self._chosen[settings.key] = (index, path)
+        return kind, settings
+
+    def index(self, kind: RetrievalKind, settings: Settings) -> tuple[Any, Path | None]:
+        index, path = self._chosen[settings.key]
+        return index, path
 
     def default_spec(self) -> str:
         """The natural pipeline over these folders: the one index's retriever, or RRF of all of them."""
-        parts = (["bm25"] if self.lucene is not None else []) + [
-            f"dense:index=({v.spec.build_key()})" for v in self.vectors] + ["splade"] * bool(self.sparse) + [
-            "maxsim"] * (self.multivector is not None) + ["plaid"] * (self.plaid is not None)
+        parts = []
+        for _, saved, ix in self.folders:
+            kind = next(k for k in map(kinds.get, kinds.names()) if saved in k.saved_kinds)
+            part = kind.name
+            if kind.name == "dense" and getattr(ix, "spec", None) is not None:
+                part = f"dense:index=({ix.spec.build_key()})"
+            if kind.name == "maxsim" and saved == "multi-vector-plaid":
+                part = "plaid"
+            parts.append(part)
         return parts[0] if len(parts) == 1 else "rrf(" + ", ".join(parts) + ")"
 
-    def retriever(self, item: Item) -> Retriever:
-        from rankstack.pipeline.spec import retriever_item
-
-        item = retriever_item(item)
-        if item.kind == "bm25":
-            from rankstack.retrieval.bm25 import BM25Retriever
-
-            if self.lucene is None:
-                raise BadInput(f"the pipeline uses bm25 but none of {self.paths} is a BM25 index")
-            if item.get("engine", "lucene") == "matrix":
-                from rankstack.index.bm25_matrix import BM25Matrix
-                from rankstack.retrieval.bm25 import BM25MatrixRetriever
-
-                if self.lucene.docstore is None:
-                    raise BadInput(f"{self.lucene.path} stores no documents to build the BM25 matrix from; "
-                                   f"rebuild it with `rankstack index --kind bm25`")
-                with self._lock:
-                    if getattr(self, "_matrix", None) is None:
-                        self._matrix = BM25Matrix.build(iter(self.lucene.docstore))
-                        self._matrix.check_against(self.lucene)
-                return BM25MatrixRetriever(self._matrix, k1=item.get("k1", 0.9), b=item.get("b", 0.4),
-                                           threads=item.get("threads"), documents=self.documents)
-            return BM25Retriever(self.lucene, k1=item.get("k1", 0.9), b=item.get("b", 0.4), threads=item.get("threads"))
-        if item.kind == "dense":
-            from rankstack.retrieval.dense import DenseRetriever
-
-            if not self.vectors:
-                raise BadInput(f"the pipeline uses dense but none of {self.paths} is a vector index")
-            want = IndexSpec.parse(item.get("index")).build_key() if item.get("index") is not None else None
-            found = [v for v in self.vectors if want is None or v.spec.build_key() == want]
-            if len(found) != 1:
-                have = [v.spec.build_key() for v in self.vectors]
-                raise BadInput(f"the pipeline's {item} matches {len(found)} of the vector indexes {have}; name one "
-                               f"with index=(...)")
-            index = found[0]
-            model = item.get("model") or index.meta.get("model")
-            if not model:
-                raise BadInput("the vector index records no model; give dense:model=...")
-            settings = DenseSettings.of(item.updated(model=model))
-            return DenseRetriever(settings.encoder(self.models), index, search_params=settings.search_params,
-                                  device=settings.device)
-        if item.kind == "splade":
-            if len(self.sparse) != 1:
-                raise BadInput(f"the pipeline uses splade but {len(self.sparse)} of {self.paths} are sparse indexes; "
-                               f"give exactly one (rankstack index --kind splade)")
-            path, index = self.sparse[0]
-            settings = SparseSettings.of(item, index.meta.get("model"))
-            return settings.retriever(self.models, index, lucene_path=path / "lucene-impact",
-                                      documents=self.documents)
-        if item.kind in ("maxsim", "muvera", "plaid"):
-            return self._multivector_retriever(item)
-        raise BadInput(f"no retriever {item.kind!r} over index folders")
-
-    def _token_settings(self, item: Item, index):
-        from rankstack.retrieval.multivector import MultiVectorSettings
-
-        model = item.get("model") or index.meta.get("model")
-        dl = index.meta.get("document_length")
-        item = item.updated(model=model) if model else item
-        if dl and item.get("document_length") is None:
-            item = item.updated(document_length=str(dl))
-        return MultiVectorSettings.of(item)
-
-    def _multivector_retriever(self, item: Item) -> Retriever:
-        if item.kind == "plaid" and self.plaid is not None:
-            s = self._token_settings(item, self.plaid)
-            return s.retriever(s.encoder(self.models), None, self.plaid, documents=self.documents)
-        if self.multivector is None:
-            raise BadInput(f"the pipeline uses {item.kind} but none of {self.paths} is a multi-vector index; build one "
-                           f"with `rankstack index --kind maxsim`" + (" (or --kind plaid)" if item.kind == "plaid"
-                                                                       else ""))
-        s = self._token_settings(item, self.multivector)
-        derived = None
-        if s.derived_key:  # MUVERA's FDEs (seconds) or PLAID's codes (k-means), built on first use, kept in memory
-            with self._lock:
-                if s.derived_key not in self._derived:
-                    self._derived[s.derived_key] = s.derive(self.multivector)
-                derived = self._derived[s.derived_key]
-        return s.retriever(s.encoder(self.models), self.multivector, derived, documents=self.documents)
-
     def token_index_for(self, encoder):
-        index = self.multivector
-        if index is None or index.meta.get("model") not in (None, encoder.model_name):
-            return None
-        return index
+        from rankstack.index.multivector import MultiVectorIndex
+
+        for _, _, index in self.folders:
+            if isinstance(index, MultiVectorIndex) and index.meta.get("model") in (None, encoder.model_name):
+                return index
+        return None

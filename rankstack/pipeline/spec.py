@@ -44,13 +44,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
 
 from rankstack.errors import BadInput
-from rankstack.retrieval.multivector import MULTIVECTOR_OPTIONS
-from rankstack.spec import Item, Parser, coerce, unknown_option
+from rankstack.retrieval import kinds
+from rankstack.spec import Item, Option, Parser, check_options, coerce
 
 __all__ = ["PipelineSpec", "RetrieverSpec", "FusionSpec", "RerankSpec", "FilterSpec", "RelevanceSpec", "CutSpec",
            "PRESETS", "RELEVANCE_OPTIONS",
-           "parse_pipeline", "pipeline_from_table", "split_named", "RETRIEVER_OPTIONS", "filter_item",
-           "retriever_item", "STRING_HELP"]
+           "parse_pipeline", "pipeline_from_table", "split_named", "filter_item", "retriever_item",
+           "string_help"]
 
 PRESETS = {
     "bm25": "bm25",
@@ -72,24 +72,30 @@ PRESETS = {
     "hybrid-maxsim": "rrf(bm25 % 100, dense % 100) % 100 >> maxsim:depth=100",
 }
 
-# retriever kind -> option -> default value (or type when there is no default)
-RETRIEVER_OPTIONS: dict[str, dict[str, Any]] = {
-    "bm25": {"k1": 0.9, "b": 0.4, "threads": int, "engine": "lucene"},
-    "dense": {"model": str, "index": Item, "batch_size": 64, "normalize": True, "max_seq_length": int,
-              "query_prefix": "", "document_prefix": "", "device": str, "backend": "torch", "int8_scope": str,
-              "cache": False},
-    "splade": {"model": str, "query": "model", "engine": "scipy", "batch_size": 32, "max_seq_length": 256,
-               "device": str, "threads": int, "n_postings": int, "summary_energy": float, "query_cut": int,
-               "heap_factor": float},
-    **MULTIVECTOR_OPTIONS,
-}
-_CHOICES = {"query": ("model", "idf"), "engine": ("scipy", "lucene", "seismic", "matrix"), "nbits": (1, 2, 4)}
-FUSION_OPTIONS: dict[str, dict[str, Any]] = {"rrf": {"rrf_k": 60}, "interp": {"alpha": 0.5}}
-RELEVANCE_OPTIONS: dict[str, Any] = {"adapter": str, "min": float}
 
-STRING_HELP = ("a pipeline is a retriever (bm25, dense, splade, maxsim, muvera, plaid), a fusion (a + b, rrf(a, b), interp:alpha=0.3(a, b)) or a "
-               "preset (" + ", ".join(PRESETS) + "), then optional stages: >> reranker (e.g. first:depth=20), "
-               ">> filter:field=value, >> relevance:adapter=FILE,min=0.5 (or filter(0.5)), % k")
+
+def _alpha(value: Any) -> Any:
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    v = coerce(value, 0.5, key="alpha", where="fusion 'interp'")
+    if not 0.0 <= v <= 1.0:
+        raise BadInput(f"fusion 'interp': alpha must lie in [0, 1], got {v}")
+    return v
+
+
+FUSION_OPTIONS: dict[str, dict[str, Option]] = {
+    "rrf": {"rrf_k": Option(60, low=0, doc="RRF's rank constant (not a cutoff)")},
+    "interp": {"alpha": Option(0.5, parse=_alpha, doc="weight of the first input, or auto (tuned by rankstack eval)")},
+}
+RELEVANCE_OPTIONS: dict[str, Option] = {"adapter": Option(type=str), "min": Option(type=float, low=0.0, high=1.0)}
+
+
+
+def string_help() -> str:
+    """What a pipeline string is, naming the retrieval kinds registered now."""
+    return ("a pipeline is a retriever (" + ", ".join(kinds.names()) + "), a fusion (a + b, rrf(a, b), "
+            "interp:alpha=0.3(a, b)) or a preset (" + ", ".join(PRESETS) + "), then optional stages: >> reranker "
+            "(e.g. first:depth=20), >> filter:field=value, >> relevance:adapter=FILE,min=0.5 (or filter(0.5)), % k")
 
 
 # ---- the tree -------------------------------------------------------------------------------------------------
@@ -189,57 +195,13 @@ class PipelineSpec:
 # ---- checking items -------------------------------------------------------------------------------------------
 
 def _typed(item: Item, schema: Mapping[str, Any], where: str) -> Item:
-    opts = []
-    for key, value in item.options:
-        if key not in schema:
-            hint = ("Nested specs with several options go in parentheses, e.g. index=(binary:rescore=int8,"
-                    "multiplier=10)" if item.kind == "dense" and key in _INDEX_ONLY else "")
-            raise unknown_option(where, key, schema, hint)
-        like = schema[key]
-        if like is Item:
-            from rankstack.index.base import IndexSpec
-
-            opts.append((key, _index_item(IndexSpec.parse(value))))  # checked, kept in canonical form
-            continue
-        if key == "alpha" and isinstance(value, str) and value.strip() == "auto":
-            opts.append((key, "auto"))
-            continue
-        v = coerce(value, like, key=key, where=where)
-        if key in ("alpha", "min") and not 0.0 <= v <= 1.0:
-            raise BadInput(f"{where}: {key} must lie in [0, 1], got {v}")
-        if key in ("rrf_k",) and v < 0:
-            raise BadInput(f"{where}: the RRF constant rrf_k must be >= 0, got {v}")
-        if key in ("candidates", "k_sim") and v < 0:
-            raise BadInput(f"{where}: {key} must be >= 0, got {v}")
-        if key in _CHOICES and v not in _CHOICES[key]:
-            raise BadInput(f"{where}: {key} must be one of {', '.join(map(str, _CHOICES[key]))}, got {v!r}")
-        if key in ("batch_size", "threads", "max_seq_length", "n_postings", "query_cut", "d_proj", "reps", "nprobe",
-                   "ncentroids", "query_length", "document_length") and v <= 0:
-            raise BadInput(f"{where}: {key} must be a positive integer, got {v}")
-        opts.append((key, v))
-    return Item(item.kind, tuple(opts))
+    return check_options(item, schema, where)
 
 
 def retriever_item(item: Item | str) -> Item:
-    """A retriever item (text or parsed) checked and with typed option values, as pipelines hold them."""
-    from rankstack.spec import parse_item
-
-    item = parse_item(item, "retriever spec") if isinstance(item, str) else item
-    if item.kind == "sparse":  # the service's name for the learned-sparse index kind
-        item = Item("splade", item.options)
-    if item.kind not in RETRIEVER_OPTIONS:
-        raise BadInput(f"{item.kind!r} is not a retriever; retrievers are {', '.join(RETRIEVER_OPTIONS)}")
-    return _typed(item, RETRIEVER_OPTIONS[item.kind], f"retriever {item.kind!r}")
-
-
-_INDEX_ONLY = {"nlist", "nprobe", "m", "nbits", "hnsw_m", "ef_construction", "ef_search", "bits", "binary_search",
-               "mode", "train_size", "rescore", "rescore_multiplier", "multiplier", "seed", "ef"}
-
-
-def _index_item(spec) -> Item:
-    from rankstack.spec import parse_item
-
-    return parse_item(str(spec), "index spec")
+    """A retriever item (text or parsed) checked and with typed option values, as pipelines hold them (under its
+    kind's own name: ``sparse`` is ``splade``)."""
+    return kinds.canonical(item)
 
 
 def filter_item(where: Mapping[str, object]) -> Item:
@@ -262,7 +224,7 @@ class _Context:
 
         if kind in self.names:
             return "reranker"
-        if kind in RETRIEVER_OPTIONS:
+        if kinds.known(kind):
             return "retriever"
         if kind in FUSION_OPTIONS:
             return "fusion"
@@ -287,7 +249,7 @@ class _Context:
         from rankstack.rerank.factory import RERANKER_KINDS
 
         rerankers = list(dict.fromkeys([*self.names, *RERANKER_KINDS]))
-        return (f"retrievers: {', '.join(RETRIEVER_OPTIONS)}; fusions: {', '.join(FUSION_OPTIONS)}; presets: "
+        return (f"retrievers: {', '.join(kinds.names())}; fusions: {', '.join(FUSION_OPTIONS)}; presets: "
                 f"{', '.join(PRESETS)}; rerankers: {', '.join(rerankers)}; and the stages filter and relevance")
 
 
@@ -299,7 +261,7 @@ class _PipelineParser(Parser):
     def pipeline(self) -> PipelineSpec:
         spec = self.chain()
         if not self.at_end():
-            raise self.error("unexpected text; " + STRING_HELP)
+            raise self.error("unexpected text; " + string_help())
         return spec
 
     def chain(self) -> PipelineSpec:
@@ -336,13 +298,16 @@ class _PipelineParser(Parser):
         start = self.pos
         kind = self.name("a retriever, a fusion or a preset")
         role = self.ctx.role(kind)
-        if role == "preset" and kind not in RETRIEVER_OPTIONS:
+        if role == "preset":
             if self.text.startswith((":", "("), self.pos):
                 raise self.error(f"preset {kind!r} takes no options; write it out to change them: "
                                  f"{PRESETS[kind]}", start)
             return parse_pipeline(PRESETS[kind], self.ctx.names)
         if role == "retriever":
-            item = self.checked(self.item(kind), RETRIEVER_OPTIONS[kind], f"retriever {kind!r}", start)
+            try:
+                item = kinds.canonical(self.item(kind))
+            except BadInput as exc:
+                raise self.error(str(exc), start) from None
             self.skip_ws()
             if self.text.startswith("(", self.pos):
                 raise self.error(f"{kind!r} is a retriever and takes no inputs; fusions do: rrf(a, b), interp(a, b)")
@@ -428,7 +393,7 @@ def parse_pipeline(text: str | PipelineSpec, names: Mapping[str, Any] | None = N
     if isinstance(text, PipelineSpec):
         return text
     if not isinstance(text, str) or not text.strip():
-        raise BadInput(f"empty pipeline spec; {STRING_HELP}")
+        raise BadInput(f"empty pipeline spec; {string_help()}")
     return _PipelineParser(text.strip(), _Context(names)).pipeline()
 
 

@@ -339,9 +339,10 @@ class RelevanceFilter(Stage):
                     not 0.0 <= float(min_relevance) <= 1.0:
                 raise BadInput(f"min_relevance is a probability: it must lie in [0, 1], got {min_relevance!r}")
         if model.method == "adapter" and encoder is None:
-            from rankstack.rerank.factory import ModelCache
+            from rankstack.models import ModelCache
+            from rankstack.retrieval.encoders import cached_encoder
 
-            encoder = ModelCache().encoder(model.encoder)
+            encoder = cached_encoder(ModelCache(), model.encoder)
         self.model = model
         self.min_relevance = model.threshold if min_relevance is None else float(min_relevance)
         self.encoder = encoder
@@ -395,7 +396,9 @@ def fit_on_dataset(dataset, pipeline: str, *, split: str = "train", method: str 
     emb = None
     encoder = encoder or ws.default_model
     if method == "adapter":
-        emb = np.asarray(ws.models.encoder(encoder).encode_queries([r.query.text for r in rankings]),
+        from rankstack.retrieval.encoders import cached_encoder
+
+        emb = np.asarray(cached_encoder(ws.models, encoder).encode_queries([r.query.text for r in rankings]),
                          dtype=np.float32)
     return fit(rankings, ds.qrels, method=method, pipeline=score_key(spec), depth=depth, query_embeddings=emb,
                encoder=encoder, trained_on={"dataset": ds.name, "split": ds.split}, **options)

@@ -13,17 +13,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import threading
 from typing import Any, Mapping
 
 from rankstack.errors import BadInput
+from rankstack.models import ModelCache
 from rankstack.rerank.base import Reranker
 from rankstack.rerank.cross_encoder import DEFAULT_CROSS_ENCODER
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
 from rankstack.retrieval.token_encoders import DEFAULT_TOKEN_MODEL
 from rankstack.spec import Item, coerce, parse_item, unknown_option
 
-__all__ = ["RerankerSpec", "ModelCache", "RERANKER_KINDS", "build_reranker", "DEFAULT_RERANK_DEPTH"]
+__all__ = ["RerankerSpec", "RERANKER_KINDS", "build_reranker", "DEFAULT_RERANK_DEPTH"]
 
 DEFAULT_RERANK_DEPTH = 100
 
@@ -185,70 +185,20 @@ class RerankerSpec:
         return f"{self.kind}({self.model_name}{',' + opts if opts else ''})"
 
 
-class ModelCache:
-    """Loaded models by (role, name), built once; thread-safe. The service keeps one for all its collections and
-    rerankers, and a dataset workspace one for its pipelines."""
+def _load(role: str, name: str) -> Any:
+    """What ``model`` names for a reranker role, loaded (the model cache keeps it): the LLM runtime (with its
+    compression options after NULs), a token encoder's or a sentence-transformer's weights; a cross-encoder loads in
+    its reranker's constructor, so its name is kept as is."""
+    if role == "llm":
+        from rankstack.rerank.llm.runtime import CausalLM
 
-    def __init__(self):
-        self._models: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+        model, *opts = name.split("\0")
+        return CausalLM(model, **dict(o.split("=", 1) for o in opts))
+    if role == "token-encoder":
+        from rankstack.retrieval.token_encoders import load_token_model
 
-    def get(self, role: str, name: str) -> Any:
-        if role == "encoder":  # encoders share their loaded model with every other user of it
-            return self.encoder(name)
-        with self._lock:
-            key = (role, name)
-            if key not in self._models:
-                self._models[key] = self._load(role, name)
-            return self._models[key]
-
-    def encoder(self, name: str, **options) -> Any:
-        """A text encoder for ``name`` with ``options`` (batch size, prefixes...), sharing one loaded model."""
-        from rankstack.retrieval.encoders import make_encoder
-
-        if name == "hash" or name.startswith("hash:"):
-            return make_encoder(name)
-        return make_encoder(name, loaded=self.get("sentence-transformer", name), **options)
-
-    def token_encoder(self, name: str, **options) -> Any:
-        """A token-level (late-interaction) encoder for ``name`` with ``options`` (batch size, query and document
-        lengths, device), sharing one loaded model."""
-        from rankstack.retrieval.token_encoders import TokenEncoder
-
-        opts = {k: v for k, v in options.items() if v is not None}
-        return TokenEncoder(name, loaded=self.get("token-encoder", name), **opts)
-
-    def sparse_encoder(self, name: str, **options) -> Any:
-        """A sparse (SPLADE-style) encoder for ``name`` with ``options``, sharing one loaded model per
-        ``(name, max_seq_length)``."""
-        from rankstack.retrieval.sparse_encoders import SparseTextEncoder
-
-        opts = {k: v for k, v in options.items() if v is not None}
-        msl = opts.pop("max_seq_length", 256)
-        loaded = self.get("sparse-encoder", f"{name}\0{msl}")
-        return SparseTextEncoder(name, loaded=loaded, max_seq_length=msl, **opts)
-
-    @staticmethod
-    def _load(role: str, name: str) -> Any:
-        if role == "sparse-encoder":
-            from rankstack.retrieval.sparse_encoders import load_sparse_model
-
-            model, msl = name.split("\0")
-            return load_sparse_model(model, max_seq_length=int(msl))
-        if role == "llm":
-            from rankstack.rerank.llm.runtime import CausalLM
-
-            model, *opts = name.split("\0")
-            return CausalLM(model, **dict(o.split("=", 1) for o in opts))
-        if role == "token-encoder":
-            from rankstack.retrieval.token_encoders import load_token_model
-
-            return load_token_model(name)
-        if role == "sentence-transformer":
-            from rankstack.retrieval.encoders import load_sentence_transformer
-
-            return load_sentence_transformer(name)
-        return name  # cross-encoders load in their reranker's constructor
+        return load_token_model(name)
+    return name
 
 
 def build_reranker(spec: RerankerSpec | str | Mapping[str, Any], cache: ModelCache | None = None) -> Reranker:
@@ -261,7 +211,12 @@ def build_reranker(spec: RerankerSpec | str | Mapping[str, Any], cache: ModelCac
     runtime = {k: opts.pop(k) for k in LLM_RUNTIME_OPTIONS if k in opts and opts[k] != LLM_RUNTIME_OPTIONS[k]}
     opts = {k: v for k, v in opts.items() if k not in LLM_RUNTIME_OPTIONS}
     key = "\0".join([spec.model_name, *(f"{k}={v}" for k, v in sorted(runtime.items()))])
-    model = cache.get(role, key)
+    if role == "encoder":  # encoders share their loaded weights with every other user (dense retrievers)
+        from rankstack.retrieval.encoders import cached_encoder
+
+        model = cached_encoder(cache, key)
+    else:
+        model = cache.get(role, key, lambda name: _load(role, name))
     reranker = _class(spec.kind)(model, **opts)  # heads arrive as (layer, head) tuples already
     reranker.name = spec.label
     return reranker

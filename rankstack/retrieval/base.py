@@ -9,10 +9,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from rankstack.errors import BadInput
 from rankstack.records import Document, Query, Ranking
 
-__all__ = ["Retriever", "validate_queries"]
+__all__ = ["Retriever", "validate_queries", "rankings_from_topk"]
 
 
 def validate_queries(queries: Sequence[Query], k: int) -> None:
@@ -32,6 +34,25 @@ def validate_queries(queries: Sequence[Query], k: int) -> None:
         if q.qid in seen:
             raise BadInput(f"duplicate qid {q.qid!r} in one batch; qids must be unique")
         seen.add(q.qid)
+
+
+def rankings_from_topk(queries: Sequence[Query], topk, docids: Sequence[str | None]) -> list[Ranking]:
+    """One ranking per query from a :class:`~rankstack.records.TopK` of rows (``docids[row]``), dropping ``-1``
+    and ``-inf`` pads; equal scores in trec_eval's order (docid descending), sorted only where there are ties."""
+    from rankstack.records import Candidate
+
+    out = []
+    for q, ids, scores in zip(queries, topk.ids, topk.scores):
+        ok = (ids >= 0) & np.isfinite(scores)
+        if not ok.all():
+            ids, scores = ids[ok], scores[ok]
+        names = [docids[i] for i in ids.tolist()]
+        values = scores.tolist()
+        if len(values) > 1 and (scores[:-1] == scores[1:]).any():
+            pairs = sorted(zip(names, values), key=lambda p: (p[1], p[0]), reverse=True)
+            names, values = [p[0] for p in pairs], [p[1] for p in pairs]
+        out.append(Ranking(query=q, candidates=Candidate.many(names, values)))
+    return out
 
 
 class Retriever(ABC):

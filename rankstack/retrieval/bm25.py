@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import numpy as np
-
 from rankstack.index.jvm import import_pyserini, lift_clause_limit
 from rankstack.index.lucene import LuceneIndex
 from rankstack.records import Candidate, Query, Ranking
-from rankstack.retrieval.base import Retriever, validate_queries
+from rankstack.retrieval.base import Retriever, rankings_from_topk, validate_queries
 
 __all__ = ["BM25Retriever", "BM25MatrixRetriever"]
 
@@ -76,14 +74,6 @@ class BM25MatrixRetriever(Retriever):
         validate_queries(queries, k)
         if not queries:
             return []
-        m = self.matrix
-        hits = m.search_arrays([m.analyze(q.text) for q in queries], k, k1=self.k1, b=self.b, threads=self.threads)
-        docids, rank = m.docids, m._docid_rank()
-        out = []
-        for q, (idx, scores) in zip(queries, hits):
-            if scores.size > 1 and not (scores[:-1] > scores[1:]).all():  # equal scores: trec_eval's docid order
-                order = np.lexsort((-rank[idx], -scores))
-                idx, scores = idx[order], scores[order]
-            out.append(Ranking(query=q, candidates=Candidate.many([docids[i] for i in idx.tolist()],
-                                                                  scores.tolist())))
-        return out
+        m = self.matrix  # one BM25Matrix, or a sharded index of them (rankstack.retrieval.sharded)
+        top = m.topk([m.analyze(q.text) for q in queries], k, k1=self.k1, b=self.b, threads=self.threads)
+        return rankings_from_topk(queries, top, m.docids)

@@ -47,8 +47,9 @@ class DenseRetriever(Retriever):
 
     def __init__(self, encoder, index: VectorIndex, *, search_params: Mapping | None = None,
                  device: str | None = None, documents: Mapping[str, Document] | None = None):
-        if not isinstance(index, VectorIndex):
-            raise TypeError(f"DenseRetriever needs a VectorIndex, got {type(index).__name__}")
+        if not (hasattr(index, "search") and hasattr(index, "docid_pairs")):
+            raise TypeError(f"DenseRetriever needs a vector index (a VectorIndex, or a sharded one), got "
+                            f"{type(index).__name__}")
         if encoder.dim != index.dim:
             raise DimensionMismatch(f"encoder {encoder.model_name!r} makes {encoder.dim}-d vectors but the index "
                                     f"holds {index.dim}-d ones; use the model the index was built with")

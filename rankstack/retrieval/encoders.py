@@ -15,7 +15,7 @@ from rankstack.records import Document
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_DENSE_MODEL", "resolve_model", "SentenceTransformerEncoder", "HashingEncoder", "make_encoder",
-           "load_sentence_transformer", "ENCODER_OPTIONS"]
+           "load_sentence_transformer", "ENCODER_OPTIONS", "cached_encoder"]
 
 # options a dense retriever spec may give its encoder, with their defaults (``dense:batch_size=16,...``)
 # backend: torch (sentence-transformers), onnx (ONNX Runtime, fused graph, float32), onnx-int8 (its linear layers in
@@ -190,3 +190,11 @@ def make_encoder(name: str, **kwargs):
             raise BadInput(f"hashing encoder {name!r}: write hash:<dimension>, e.g. hash:256") from None
         return HashingEncoder(dim)
     return SentenceTransformerEncoder(name, **kwargs)
+
+
+def cached_encoder(models, name: str, **options):
+    """A dense encoder for ``name`` with ``options`` (batch size, prefixes...), sharing one loaded model through
+    ``models`` (a :class:`~rankstack.models.ModelCache`) with every other user of it."""
+    if name == "hash" or name.startswith("hash:"):
+        return make_encoder(name)
+    return make_encoder(name, loaded=models.get("sentence-transformer", name, load_sentence_transformer), **options)

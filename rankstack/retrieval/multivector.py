@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -21,23 +20,13 @@ from rankstack.errors import BadInput
 from rankstack.index.base import IndexSpec, VectorIndex
 from rankstack.index.multivector import MultiVectorIndex, PlaidIndex
 from rankstack.index.muvera import FDEConfig, document_fdes, query_fdes
-from rankstack.records import Candidate, Document, Query, Ranking
-from rankstack.retrieval.base import Retriever, validate_queries
-from rankstack.spec import Item
-from rankstack.retrieval.token_encoders import DEFAULT_TOKEN_MODEL, TOKEN_ENCODER_OPTIONS, TokenEncoder
+from rankstack.records import Candidate, Document, Query, Ranking, TopK
+from rankstack.retrieval.base import Retriever, rankings_from_topk, validate_queries
+from rankstack.retrieval.token_encoders import TokenEncoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MaxSimRetriever", "MuveraRetriever", "PlaidRetriever", "build_token_index", "build_fde_index",
-           "MultiVectorSettings", "MULTIVECTOR_OPTIONS"]
-
-_COMMON = {"model": str, **TOKEN_ENCODER_OPTIONS}
-MULTIVECTOR_OPTIONS: dict[str, dict[str, Any]] = {
-    "maxsim": dict(_COMMON),
-    "muvera": {**_COMMON, "k_sim": 5, "d_proj": 16, "reps": 20, "fill_empty": True, "seed": 0, "candidates": 1000,
-               "index": Item},
-    "plaid": {**_COMMON, "nbits": 2, "ncentroids": int, "nprobe": 4, "candidates": 1000, "seed": 0},
-}
+__all__ = ["MaxSimRetriever", "MuveraRetriever", "PlaidRetriever", "build_token_index", "build_fde_index"]
 
 
 def build_token_index(encoder: TokenEncoder, documents: Sequence[Document], *, meta: dict | None = None
@@ -63,12 +52,6 @@ def build_fde_index(index: MultiVectorIndex, cfg: FDEConfig, spec: IndexSpec, *,
     index = index.compacted()
     fdes = document_fdes(index.tokens, index.offsets, cfg)
     return build_vector_index(spec, index.docids, fdes, meta={"fde": cfg.label(), **(meta or {})})
-
-
-def _rankings(queries, scores, rows, docids) -> list[Ranking]:
-    return [Ranking(query=q, candidates=tuple(Candidate(docid=docids[int(r)], score=float(s))
-                                              for s, r in zip(ss, rr) if r >= 0 and np.isfinite(s)))
-            for q, ss, rr in zip(queries, scores, rows)]
 
 
 class _TokenRetriever(Retriever):
@@ -101,8 +84,7 @@ class MaxSimRetriever(_TokenRetriever):
         q = self._encode(queries, k)
         if not q:
             return []
-        scores, rows = self.index.search(q, k)
-        return _rankings(queries, scores, rows, self.index.row_docids)
+        return rankings_from_topk(queries, self.index.topk(q, k), self.index.row_docids)
 
 
 class MuveraRetriever(_TokenRetriever):
@@ -140,8 +122,8 @@ class MuveraRetriever(_TokenRetriever):
             rows[i, :len(ps)] = self.index.rows([d for d, _ in ps])
         scores = self.index.score(q, rows)
         order = np.lexsort((rows, -scores), axis=1)[:, :k]
-        return _rankings(queries, np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1),
-                         self.index.row_docids)
+        top = TopK(scores=np.take_along_axis(scores, order, 1), ids=np.take_along_axis(rows, order, 1))
+        return rankings_from_topk(queries, top, self.index.row_docids)
 
 
 class PlaidRetriever(_TokenRetriever):
@@ -163,80 +145,6 @@ class PlaidRetriever(_TokenRetriever):
         q = self._encode(queries, k)
         if not q:
             return []
-        scores, rows, self.last_stats = self.index.search(q, k, nprobe=self.nprobe, candidates=self.candidates)
-        return _rankings(queries, scores, rows, self.index.row_docids)
-
-
-@dataclass(frozen=True)
-class MultiVectorSettings:
-    """A ``maxsim``/``muvera``/``plaid`` item resolved: the token encoder, the token vectors it makes
-    (``tokens_key``) and the kind's own parameters."""
-
-    kind: str
-    model: str
-    encoder_options: dict
-    params: dict = field(default_factory=dict)
-    tokens_key: str = field(init=False)
-
-    def __post_init__(self):
-        dl = self.encoder_options.get("document_length")
-        object.__setattr__(self, "tokens_key", f"{self.model}|document_length={dl or 'model'}")
-
-    @classmethod
-    def of(cls, item, default_model: str = DEFAULT_TOKEN_MODEL) -> MultiVectorSettings:
-        from rankstack.pipeline.spec import retriever_item
-
-        item = retriever_item(item)
-        enc = {k: item.get(k) for k in TOKEN_ENCODER_OPTIONS if item.get(k) is not None}
-        params = {k: item.get(k, None if isinstance(v, type) else v)
-                  for k, v in MULTIVECTOR_OPTIONS[item.kind].items() if k not in _COMMON}
-        return cls(kind=item.kind, model=item.get("model") or default_model, encoder_options=enc, params=params)
-
-    def encoder(self, models) -> TokenEncoder:
-        return models.token_encoder(self.model, **self.encoder_options)
-
-    @property
-    def fde(self) -> FDEConfig:
-        p = self.params
-        return FDEConfig(k_sim=p["k_sim"], d_proj=p["d_proj"], reps=p["reps"], fill_empty=p["fill_empty"],
-                         seed=p["seed"])
-
-    @property
-    def fde_index_spec(self) -> IndexSpec:
-        return IndexSpec.parse(self.params["index"]) if self.params.get("index") is not None else IndexSpec("flat")
-
-    @property
-    def derived_key(self) -> str | None:
-        """What this kind's second index (built from the token vectors) depends on; None for ``maxsim``."""
-        if self.kind == "muvera":
-            return f"{self.fde.label()}|seed={self.fde.seed}|{self.fde_index_spec.build_key()}"
-        if self.kind == "plaid":
-            p = self.params
-            return f"nbits={p['nbits']}|ncentroids={p['ncentroids'] or 'auto'}|seed={p['seed']}"
-        return None
-
-    def derive(self, tokens: MultiVectorIndex, *, meta: dict | None = None):
-        """This kind's second index, built from ``tokens``: MUVERA's FDE index or PLAID's codes."""
-        if self.kind == "muvera":
-            return build_fde_index(tokens, self.fde, self.fde_index_spec, meta=meta)
-        if self.kind == "plaid":
-            p = self.params
-            return PlaidIndex.build(tokens, nbits=p["nbits"], ncentroids=p["ncentroids"], seed=p["seed"], meta=meta)
-        raise BadInput("maxsim searches the token vectors themselves; it derives no index")
-
-    def document_fdes(self, encoded) -> np.ndarray:
-        """MUVERA FDEs of newly encoded documents, from their tokens rounded to the token index's float16 (what
-        :meth:`derive` reads), so an FDE index updated with them equals one derived afresh."""
-        return document_fdes(np.asarray(encoded.vectors, np.float16), encoded.offsets, self.fde)
-
-    def retriever(self, encoder: TokenEncoder, tokens: MultiVectorIndex | None, derived=None, *,
-                  documents: Mapping[str, Document] | None = None) -> Retriever:
-        """The retriever of this kind over ``tokens`` and, for muvera/plaid, the ``derived`` index
-        (:meth:`derive`; PLAID searches its codes alone, so ``tokens`` may be None there)."""
-        p = self.params
-        if self.kind == "maxsim":
-            return MaxSimRetriever(encoder, tokens, documents=documents)
-        if self.kind == "muvera":
-            return MuveraRetriever(encoder, tokens, derived, self.fde, candidates=p["candidates"],
-                                   search_params=self.fde_index_spec.search_params(), documents=documents)
-        return PlaidRetriever(encoder, derived, nprobe=p["nprobe"], candidates=p["candidates"], documents=documents)
+        top = self.index.topk(q, k, nprobe=self.nprobe, candidates=self.candidates)
+        self.last_stats = dict(getattr(self.index, "last_stats", {}))
+        return rankings_from_topk(queries, top, self.index.row_docids)

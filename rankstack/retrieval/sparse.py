@@ -138,8 +138,8 @@ class SparseRetriever(Retriever):
     def __init__(self, encoder, index: SparseIndex, *, engine: str = "scipy", query: str = "model",
                  lucene_path: str | Path | None = None, threads: int | None = None,
                  documents=None, **seismic_params):
-        if not isinstance(index, SparseIndex):
-            raise TypeError(f"SparseRetriever needs a SparseIndex, got {type(index).__name__}")
+        if not (hasattr(index, "search") and hasattr(index, "quantize_queries")):
+            raise TypeError(f"SparseRetriever needs a SparseIndex (or a sharded one), got {type(index).__name__}")
         if engine not in ENGINES:
             raise BadInput(f"engine must be one of {ENGINES}, got {engine!r}")
         unknown = set(seismic_params) - set(SEISMIC_DEFAULTS)

@@ -32,7 +32,7 @@ from rankstack.records import Document
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SPARSE_MODEL", "SparseTextEncoder", "load_sparse_model", "resolve_sparse_model", "vocab_fingerprint",
-           "QUERY_MODES"]
+           "QUERY_MODES", "cached_sparse_encoder"]
 
 DEFAULT_SPARSE_MODEL = "splade-tiny"
 QUERY_MODES = ("model", "idf")  # how a sparse retriever turns queries into weights
@@ -282,3 +282,13 @@ class SparseTextEncoder:
     def document_tokens(self, texts: Sequence[str]):
         """Binary CSR ``[n, vocab]``: which vocabulary ids each text contains (document frequencies for IDF)."""
         return self._token_matrix(self._plain_ids(texts))
+
+
+def cached_sparse_encoder(models, name: str, **options) -> SparseTextEncoder:
+    """A sparse (SPLADE-style) encoder for ``name`` with ``options``, sharing one loaded model per
+    ``(name, max_seq_length)`` through ``models`` (a :class:`~rankstack.models.ModelCache`)."""
+    opts = {k: v for k, v in options.items() if v is not None}
+    msl = opts.pop("max_seq_length", 256)
+    loaded = models.get("sparse-encoder", f"{name}\0{msl}",
+                        lambda key: load_sparse_model(key.split("\0")[0], max_seq_length=msl))
+    return SparseTextEncoder(name, loaded=loaded, max_seq_length=msl, **opts)

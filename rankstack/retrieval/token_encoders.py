@@ -32,7 +32,7 @@ from rankstack.records import Document
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TOKEN_MODEL", "TokenEncoder", "TokenModel", "load_token_model", "EncodedDocuments",
-           "TOKEN_ENCODER_OPTIONS"]
+           "TOKEN_ENCODER_OPTIONS", "cached_token_encoder"]
 
 DEFAULT_TOKEN_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # options a multi-vector spec may give its encoder (None: the checkpoint's own setting)
@@ -267,3 +267,10 @@ class TokenEncoder:
         lengths = np.array([p.shape[0] for p in parts], np.int64)
         return EncodedDocuments(np.concatenate(parts).astype(np.float32, copy=False), lengths,
                                 np.concatenate(ids), truncated)
+
+
+def cached_token_encoder(models, name: str, **options) -> TokenEncoder:
+    """A token-level (late-interaction) encoder for ``name`` with ``options`` (batch size, query and document
+    lengths, device), sharing one loaded model through ``models`` (a :class:`~rankstack.models.ModelCache`)."""
+    opts = {k: v for k, v in options.items() if v is not None}
+    return TokenEncoder(name, loaded=models.get("token-encoder", name, load_token_model), **opts)

@@ -86,7 +86,7 @@ class _Gate:
 
 class ServiceState:
     def __init__(self, settings: Settings):
-        from rankstack.rerank.factory import ModelCache
+        from rankstack.models import ModelCache
 
         self.settings = settings
         self.collections: dict[str, Any] = {}

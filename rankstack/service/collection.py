@@ -20,7 +20,7 @@ from rankstack.pipeline.compile import compile_pipeline
 from rankstack.pipeline.core import PipelineOutput
 from rankstack.pipeline.resources import Resources
 from rankstack.records import Document, Query, Ranking
-from rankstack.rerank.factory import ModelCache
+from rankstack.models import ModelCache
 from rankstack.service.config import CollectionConfig, PipelineConfig, Settings
 from rankstack.service.indexset import IndexSet
 from rankstack.service.log import DocumentLog
@@ -134,8 +134,15 @@ class Collection(SearchableCollection):
 
     # ---- Resources ---------------------------------------------------------------------------------------------
 
-    def retriever(self, item: Item):
-        return self.indexes.retriever(item)
+    def defaults(self, kind) -> dict:
+        return self.indexes.defaults()
+
+    def serve(self, kind, settings):
+        return self.indexes.serve(kind, settings)
+
+    def index(self, kind, settings):
+        slot = self.indexes.slot_for(kind, settings)
+        return slot.current(), slot.path
 
     def token_index_for(self, encoder):
         return self.indexes.token_index_for(encoder)

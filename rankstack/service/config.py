@@ -99,19 +99,12 @@ def _pipeline_config(value) -> Any:
 
 
 def index_key(item, encoder: str) -> str:
-    """The index a retriever item reads: ``bm25``; a dense index (encoder + index spec); or the sparse impacts of
-    one sparse model (query mode and engine are search-time choices over the same index)."""
-    from rankstack.pipeline.resources import DenseSettings, SparseSettings
+    """The stored index a retriever item reads, as its kind resolves it (``bm25``; a dense index: encoder and index
+    spec; the sparse impacts of one model; the token vectors of one encoder). Search-time options (query mode,
+    engine, ``k1``, ``nprobe``) do not change it."""
+    from rankstack.retrieval import kinds
 
-    if item.kind == "bm25":
-        return "bm25"
-    if item.kind == "splade":
-        return f"splade|{SparseSettings.of(item).vectors_key}"
-    if item.kind in ("maxsim", "muvera", "plaid"):  # one token index serves all three (FDEs, PLAID derived)
-        from rankstack.retrieval.multivector import MultiVectorSettings
-
-        return f"multivector|{MultiVectorSettings.of(item).tokens_key}"
-    return DenseSettings.of(item, encoder).index_key
+    return kinds.resolve(item, {"model": encoder})[1].index_key
 
 
 class ShardedConfig(_Strict):

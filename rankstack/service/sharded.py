@@ -1,4 +1,4 @@
-"""A served collection in front of a sharded index (:mod:`rankstack.index.sharded`): read-only, its shards in
+"""A served collection in front of a sharded collection (:mod:`rankstack.retrieval.sharded`): read-only, its shards in
 the service's process or on Ray actors (``sharded.ray_address``), each shard's state in its health report, and
 responses flagged partial when a shard is left out."""
 
@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Sequence
 from rankstack.errors import BadInput, UnknownDocid
 from rankstack.pipeline.core import PipelineOutput
 from rankstack.records import Document, Query
-from rankstack.rerank.factory import ModelCache
+from rankstack.models import ModelCache
 from rankstack.service.collection import SearchableCollection
 from rankstack.service.config import CollectionConfig, PipelineConfig, Settings
 from rankstack.spec import Item
@@ -26,22 +26,18 @@ class ShardedCollection(SearchableCollection):
 
     def __init__(self, config: CollectionConfig, *, models: ModelCache | None = None,
                  settings: Settings | None = None, rerankers: Callable[[Item], tuple[object, int]] | None = None):
-        from rankstack.pipeline.spec import parse_pipeline
-        from rankstack.retrieval.sharded import ShardedResources
+        from rankstack.pipeline.sharded import ShardedResources
 
         super().__init__(config, models=models, settings=settings, rerankers=rerankers)
         sc = config.sharded
         self.shards = ShardedResources(sc.path, address=sc.ray_address, replicas=sc.replicas,
                                        allow_partial=sc.allow_partial, timeout_s=sc.timeout_s, models=self.models)
-        index = self.shards.index
-        for text in config.indexes:
-            item = parse_pipeline(text).source.item
-            if item.kind not in index.indexes:
-                raise BadInput(f"collection {self.name!r}: index {text!r} is not among the shards' "
-                               f"({', '.join(index.indexes)}) in {sc.path}")
-            if item.kind == "dense" and (item.get("model") or config.encoder) != index.dense.get("model"):
-                raise BadInput(f"collection {self.name!r}: the shards in {sc.path} were encoded with "
-                               f"{index.dense.get('model')!r}; set encoder = {index.dense.get('model')!r}")
+        self.shards.overrides = {"model": config.encoder}  # dense items naming no model read the collection's
+        for text in config.indexes:  # every configured index must be one the shards hold, built the same way
+            try:
+                self.shards.resolve(text)
+            except BadInput as exc:
+                raise BadInput(f"collection {self.name!r}: index {text!r}: {exc}") from None
         self.documents = self.shards.documents
 
     @property
@@ -49,12 +45,13 @@ class ShardedCollection(SearchableCollection):
         return 0
 
     def __len__(self) -> int:
-        return len(self.shards.index)
+        return len(self.shards.shardset)
 
     def retriever(self, item: Item):
-        if item.kind == "dense" and item.get("model") is None:
-            item = item.updated(model=self.config.encoder)
         return self.shards.retriever(item)
+
+    def index(self, kind, settings):
+        return self.shards.index(kind, settings)
 
     def run(self, queries: Sequence[Query], k: int, *, pipeline: PipelineConfig | None = None,
             filters: Mapping[str, object] | None = None, min_relevance: float | None = None) -> PipelineOutput:

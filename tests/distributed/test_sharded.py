@@ -81,11 +81,11 @@ def test_build_writes_four_shards_on_both_workers(sharded, scifact):
     assert [s["num_docs"] for s in sharded.shards] == [1295, 1296, 1296, 1296]
     assert sharded.docids == list(scifact.corpus)  # collection order is the corpus order
     assert len(sharded.params["build"]["worker_pids"]) >= 1
-    assert sum(s["bm25"]["doc_count"] for s in sharded.shards) == len(scifact.corpus)
+    assert [e.spec for e in sharded.entries] == ["bm25", "dense"]
 
 
 def test_bm25_over_shards_equals_pyserini_on_every_query(sharded, scifact, workspace):
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.pipeline.sharded import ShardedResources
 
     queries = list(scifact.queries.values())
     got = ShardedResources(sharded).retriever("bm25").retrieve(queries, 1000)
@@ -102,7 +102,7 @@ def test_bm25_over_shards_equals_pyserini_on_every_query(sharded, scifact, works
 
 
 def test_dense_over_shards_on_ray_equals_exact_search(cluster, sharded, scifact, workspace):
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.pipeline.sharded import ShardedResources
 
     queries = list(scifact.queries.values())
     want = workspace.retriever("dense:model=hash:256").retrieve(queries, 100)
@@ -122,7 +122,7 @@ def test_hybrid_over_all_of_scifact_equals_single_node(sharded, scifact, workspa
     the fused lists are the same; they differ only where documents tie at a list's cut (either may be kept), and
     then RRF, which reads ranks, differs below them."""
     from rankstack.pipeline import compile_pipeline
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.pipeline.sharded import ShardedResources
 
     queries = list(scifact.queries.values())
     res = ShardedResources(sharded)
@@ -149,7 +149,7 @@ def test_hybrid_minilm_and_splade_subset_equals_single_node(cluster, scifact_dir
     shards (SPLADE-tiny impacts) too, with model queries and with IDF queries (collection-wide frequencies)."""
     from rankstack.distributed.build import build_sharded
     from rankstack.pipeline import DatasetWorkspace, compile_pipeline
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.pipeline.sharded import ShardedResources
 
     ds = load_beir(beir_subset(scifact_dir, tmp_path / "sub", 10, 120))
     queries = list(ds.queries.values())
@@ -170,7 +170,7 @@ def test_hybrid_minilm_and_splade_subset_equals_single_node(cluster, scifact_dir
     from rankstack.index.sparse import SparseIndex
 
     sq = res.retriever("splade:query=idf").encode([queries[0].text])
-    own = SparseIndex.load(index.path / "shard-000" / "splade").idf_queries(
+    own = SparseIndex.load(index.path / "shard-000" / index.entries[2].folder).idf_queries(
         ws.retriever("splade").encoder.query_tokens([queries[0].text]))
     assert sq.nnz and (sq != own).nnz
     with pytest.raises(BadInput, match="engine=scipy"):
@@ -193,7 +193,7 @@ def _kill_soon(pid: int, delay: float) -> threading.Thread:
 def test_a_shard_server_killed_during_a_batch_loses_nothing(cluster, sharded, scifact, workspace, caplog):
     import logging
 
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.pipeline.sharded import ShardedResources
 
     caplog.set_level(logging.WARNING, logger="rankstack.distributed.router")
     queries = list(scifact.queries.values())
@@ -217,8 +217,12 @@ def test_a_shard_server_killed_during_a_batch_loses_nothing(cluster, sharded, sc
 def test_a_shard_with_no_live_replica_fails_loudly_or_is_flagged(cluster, sharded, scifact):
     from rankstack.distributed.router import ShardRouter, ShardUnavailable
 
+    from rankstack.retrieval import kinds
+
     queries = list(scifact.queries.values())[:5]
     vec = np.random.default_rng(0).standard_normal((len(queries), 256)).astype(np.float32)
+    dense = kinds.settings_of("dense", {"model": "hash:256"})
+    folder = next(e.folder for e in sharded.entries if e.spec == "dense")
     for allow in (False, True):
         router = ShardRouter(sharded, address=cluster.address, replicas=1, max_restarts=0, attempts=2,
                              allow_partial=allow, timeout_s=20)
@@ -228,10 +232,10 @@ def test_a_shard_with_no_live_replica_fails_loudly_or_is_flagged(cluster, sharde
             time.sleep(0.5)
             if not allow:
                 with pytest.raises(ShardUnavailable, match="shard 2"):
-                    router.dense(vec, 10)
+                    router.search(folder, dense, None, vec, 10, {}, len(vec))
             else:
                 router.take_failed()
-                parts = router.dense(vec, 10)
+                parts = router.search(folder, dense, None, vec, 10, {}, len(vec))
                 assert set(router.take_failed()) == {2}
                 lo, hi = sharded.shards[2]["start"], sharded.shards[2]["start"] + sharded.shards[2]["num_docs"]
                 assert all(len(p) == 10 and not ((p >= lo) & (p < hi)).any() for p, _ in parts)
@@ -300,7 +304,7 @@ def test_service_fronts_a_sharded_collection(sharded, scifact):
     pytest.importorskip("fastapi", reason="needs rankstack[service]")
     from fastapi.testclient import TestClient
 
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.pipeline.sharded import ShardedResources
     from rankstack.service.app import create_app
     from rankstack.service.config import Settings
 
@@ -324,26 +328,28 @@ def test_bad_input(sharded, tmp_path):
     import shutil
 
     from rankstack.distributed.build import build_sharded
-    from rankstack.index.sharded import ShardedIndex, shard_ranges
+    from rankstack.pipeline.sharded import ShardedResources
     from rankstack.records import Document
-    from rankstack.retrieval.sharded import ShardedResources
+    from rankstack.retrieval.sharded import ShardSet, shard_ranges
 
     with pytest.raises(BadInput, match="at least one document"):
         shard_ranges(3, 4)
-    with pytest.raises(BadInput, match="bm25, dense, splade"):
-        build_sharded([Document(docid="a", text="x")], tmp_path / "x", shards=1, indexes=("maxsim",))
+    with pytest.raises(BadInput, match="not a retriever"):
+        build_sharded([Document(docid="a", text="x")], tmp_path / "x", shards=1, indexes=("colbert",))
+    with pytest.raises(BadInput, match="same index"):
+        build_sharded([Document(docid="a", text="x")], tmp_path / "x", shards=1, indexes=("maxsim", "muvera"))
     with pytest.raises(BadInput, match="duplicate docid"):
         build_sharded([Document(docid="a", text="x")] * 2, tmp_path / "x", shards=1)
     res = ShardedResources(sharded)
-    with pytest.raises(BadInput, match="encoded with"):
+    with pytest.raises(BadInput, match="hold 'hash:256"):
         res.retriever("dense:model=sentence-transformers/all-MiniLM-L6-v2")
-    with pytest.raises(BadInput, match="shards hold"):
+    with pytest.raises(BadInput, match="shards of .* hold"):
         res.retriever("dense:index=(hnsw)")
     broken = tmp_path / "broken"
     shutil.copytree(sharded.path, broken)
     shutil.rmtree(broken / "shard-001")
     with pytest.raises(IndexCorrupt, match="shard-001"):
-        ShardedIndex.load(broken)
+        ShardSet.load(broken)
     (broken / "docids.json").write_text("[")
     with pytest.raises(IndexCorrupt, match="docids.json"):
-        ShardedIndex.load(broken)
+        ShardSet.load(broken)

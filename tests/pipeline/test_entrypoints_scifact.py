@@ -30,6 +30,10 @@ from tests.conftest import beir_subset  # noqa: E402
 from tests.tiny_llm import save_tiny_llm  # noqa: E402
 
 K = 20
+# BM25 on Lucene at every entry point: a service collection's BM25 follows writes on Lucene, while eval and search
+# take the score matrix by default (engine=auto), which keeps other documents where scores tie at the cut;
+# test_default_bm25_is_the_matrix_and_equals_lucene below checks that default against this one
+BM25 = "bm25:engine=lucene"
 DENSE = "dense:batch_size=1,index=(binary:rescore=int8)"
 SPLADE = "splade:batch_size=1"  # one text per batch: padding cannot move a weight across a rounding boundary
 
@@ -43,11 +47,11 @@ def subset(scifact_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
     tiny = save_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
-    hybrid = f"rrf(bm25 % 100, {DENSE} % 100)"
-    specs = {"bm25": "bm25", "dense": DENSE, "hybrid": hybrid}
+    hybrid = f"rrf({BM25} % 100, {DENSE} % 100)"
+    specs = {"bm25": BM25, "dense": DENSE, "hybrid": hybrid}
     if available("cognition"):  # the offline SPLADE-tiny
         specs |= {"splade": SPLADE, "splade-if": f"{SPLADE},query=idf",
-                  "hybrid3": f"rrf(bm25 % 100, {DENSE} % 100, {SPLADE} % 100)"}
+                  "hybrid3": f"rrf({BM25} % 100, {DENSE} % 100, {SPLADE} % 100)"}
     return specs | {"reranked": f"{hybrid} >> first:model={tiny},depth=5,passage_tokens=16"}
 
 
@@ -79,7 +83,7 @@ def test_python_rankings_are_what_the_spec_says(subset, python_runs, workspace):
     _, ws = workspace
     queries = list(ds.queries.values())
     direct = {name: Run.from_rankings(ws.retriever(text).retrieve(queries, n))
-              for name, text, n in (("bm25", "bm25", K), ("dense", DENSE, K), ("bm25@100", "bm25", 100),
+              for name, text, n in (("bm25", BM25, K), ("dense", DENSE, K), ("bm25@100", BM25, 100),
                                     ("dense@100", DENSE, 100))}
     fused = rrf([direct["bm25@100"], direct["dense@100"]], rrf_k=60)
     for qid in ds.queries:
@@ -91,6 +95,21 @@ def test_python_rankings_are_what_the_spec_says(subset, python_runs, workspace):
         assert sorted(d for d, _ in reranked[:5]) == sorted(d for d, _ in hybrid[:5])
         assert [d for d, _ in reranked[5:]] == [d for d, _ in hybrid[5:]]
         assert min(s for _, s in reranked[:5]) > max(s for _, s in reranked[5:])
+
+
+def test_default_bm25_is_the_matrix_and_equals_lucene(subset, python_runs, workspace):
+    """``bm25`` (engine=auto) over a dataset runs the score matrix, and gives Lucene's runs: equal scores at every
+    rank, equal documents wherever a score is not tied at the cut."""
+    from rankstack.retrieval.bm25 import BM25MatrixRetriever
+    from tests.conftest import same_lucene_run
+
+    ds, _ = subset
+    _, runs = python_runs
+    _, ws = workspace
+    default = ws.retriever("bm25")
+    assert isinstance(default, BM25MatrixRetriever)
+    got = as_pairs(default.retrieve(list(ds.queries.values()), K))
+    assert all(same_lucene_run(got[q], runs["bm25"][q]) for q in ds.queries)
 
 
 def test_eval_and_search_cli_give_the_python_rankings(subset, specs, python_runs, tmp_path, capsys):

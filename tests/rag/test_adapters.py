@@ -18,7 +18,8 @@ pytest.importorskip("llama_index.core", reason="needs rankstack[rag]")
 from rankstack.eval.datasets import load_beir  # noqa: E402
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline  # noqa: E402
 from rankstack.rerank.embedding import EmbeddingReranker  # noqa: E402
-from rankstack.rerank.factory import ModelCache  # noqa: E402
+from rankstack.models import ModelCache  # noqa: E402
+from rankstack.retrieval.encoders import cached_encoder  # noqa: E402
 from tests.conftest import beir_subset  # noqa: E402
 
 K = 5
@@ -34,7 +35,7 @@ def scifact(scifact_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder():
-    return ModelCache().encoder("sentence-transformers/all-MiniLM-L6-v2")
+    return cached_encoder(ModelCache(), "sentence-transformers/all-MiniLM-L6-v2")
 
 
 def cosine_order(encoder, query, docs):

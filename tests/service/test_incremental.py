@@ -49,8 +49,9 @@ def test_upserts_and_deletes_write_in_place_and_match_a_rebuild(tmp_path, scifac
     got = search(col, queries)
     assert all(docs[7].docid not in {d for d, _ in r} for r in got) and len(col) == len(ref) == 599
     # the two tombstones count in BM25's statistics until a merge; merged away, the runs are the rebuild's
-    col.indexes._live.expunge_deletes()
-    col.indexes._set_bm25(col.indexes._live)
+    bm25 = col.indexes.of_kind("bm25")[0]
+    bm25.live.expunge_deletes()
+    bm25.refresh(col.indexes.lock)
     assert search(col, queries) == search(ref, queries)
 
     # reopened (a restart), it is taken as it is, not rebuilt
@@ -71,7 +72,8 @@ def test_a_crash_between_the_log_and_lucene_commits_is_replayed(tmp_path, scifac
     col.log.write(puts=docs[100:150])  # durable in the log; the process "dies" before the index write
     col.close()
     col = Collection(tmp_path / "c", cfg)
-    assert col.indexes._live.applied_seq == col.seq == 2 and len(col.indexes._live) == 150
+    assert col.indexes.of_kind("bm25")[0].live.applied_seq == col.seq == 2
+    assert len(col.indexes.of_kind("bm25")[0].live) == 150
     fresh = LuceneIndex.build(docs[:150], tmp_path / "fresh", store_documents=False, show_progress=False)
     want = [[(c.docid, c.score) for c in r.candidates] for r in BM25Retriever(fresh).retrieve(queries, 50)]
     assert search(col, queries) == want

@@ -372,7 +372,7 @@ class ShardedIndex:
 
     @property
     def dim(self) -> int:
-        dim = self.entry.get("dim")
+        dim = self.entry.get("dim") if self.derived_key is None else None  # a derived index has its own
         return int(dim) if dim is not None else self.head.dim
 
     @property

@@ -172,3 +172,27 @@ def test_bad_input(ws, tmp_path):
         parse_pipeline("maxsim:k_sim=3")
     with pytest.raises(BadInput, match="empty"):
         compile_pipeline("maxsim", ws).run([Query(qid="q", text=" ")], 5)
+
+
+def test_multi_vector_kinds_shard_and_equal_one_index(ws, tmp_path):
+    """3 shards of the token vectors (built in this process): exact MaxSim and MUVERA (each shard derives its part of
+    the encodings; the candidates are the collection's best, rescored where they live) equal one index; PLAID trains
+    its centroids per shard, so it is checked against exact MaxSim, as one PLAID index is."""
+    from rankstack.distributed.build import build_sharded
+    from rankstack.pipeline.sharded import ShardedResources
+
+    ds = ws.dataset
+    queries = list(ds.queries.values())
+    sharded = build_sharded(list(ds.corpus.values()), tmp_path / "sh", shards=3, indexes=("maxsim",), address=None)
+    res = ShardedResources(sharded, models=ws.models)
+    for spec in ("maxsim", "muvera:candidates=30", "muvera:k_sim=4,candidates=0"):
+        got = compile_pipeline(spec, res).run(queries, 10).rankings
+        want = compile_pipeline(spec, ws).run(queries, 10).rankings
+        assert [r.docids for r in got] == [r.docids for r in want], spec
+        # scores up to float32 rounding; the encodings' own scores (candidates=0) also up to a token whose SimHash
+        # projection is within rounding of zero landing in the other partition when computed in another batch
+        assert np.allclose([c.score for r in got for c in r.candidates],
+                           [c.score for r in want for c in r.candidates], rtol=1e-5 if "=0" not in spec else 2e-3), spec
+    exact = compile_pipeline("maxsim", ws).run(queries, 10).rankings
+    plaid = compile_pipeline("plaid:nbits=4,nprobe=32,candidates=120", res).run(queries, 10).rankings
+    assert np.mean([len(set(a.docids) & set(b.docids)) / 10 for a, b in zip(plaid, exact)]) >= 0.9

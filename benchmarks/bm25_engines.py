@@ -1,6 +1,8 @@
 """BM25 engines side by side at depth 1000 on SciFact and NFCorpus test queries: Pyserini (Lucene), RankStack's
-Lucene-exact matrix engine (`bm25:engine=matrix`) and bm25s, single-threaded and batched, with nDCG@10 and the
-number of queries whose run equals Pyserini's (ties at the cut aside). Times include query analysis/tokenization.
+Lucene-exact matrix engine (`bm25:engine=matrix`), the default `bm25` through the retriever API (rankings out), and
+bm25s, single-threaded and batched, with nDCG@10, the share of queries whose run equals Pyserini's (ties at the cut
+aside), and every row's QPS as a multiple of bm25s's `retrieve` (arrays out) in the same run. Times include query
+analysis/tokenization.
 
     pip install -e '.[bench]'    # bm25s
     python benchmarks/bm25_engines.py [--datasets scifact nfcorpus] [--out DIR]
@@ -70,7 +72,7 @@ def bench(data: Path, name: str, root: Path, repeat: int) -> list[dict]:
 
     ref = None
     for threads in (1, 2):
-        r = ws.retriever(f"bm25:threads={threads}")
+        r = ws.retriever(f"bm25:engine=lucene,threads={threads}")
         r.retrieve(queries[:5], K)  # warm
         out = r.retrieve(queries, K)
         ref = ref or out
@@ -86,6 +88,13 @@ def bench(data: Path, name: str, root: Path, repeat: int) -> list[dict]:
             lambda: [m.search_arrays([m.analyze(t)], K) for t in texts], out)
         row("rankstack matrix", "rankings", threads, lambda: r.retrieve(queries, K),
             lambda: [r.retrieve([q], K) for q in queries], out)
+        # the default: `bm25` (engine=auto takes the matrix over an index that does not change), through the
+        # retriever API a user calls, rankings out
+        d = ws.retriever("bm25" if threads == 1 else f"bm25:threads={threads}")
+        assert type(d).__name__ == "BM25MatrixRetriever"
+        out = d.retrieve(queries, K)
+        row("rankstack bm25 (default)", "retriever API", threads, lambda: d.retrieve(queries, K),
+            lambda: [d.retrieve([q], K) for q in queries], out)
     docs = list(ds.corpus.values())
     ids = [d.docid for d in docs]
     retriever = bm25s.BM25(k1=0.9, b=0.4)
@@ -124,8 +133,13 @@ def main() -> int:
         rows += bench(args.data, name, args.index_root, args.repeat)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}, depth {K}")
-    print(markdown(rows, ["dataset", "engine", "level", "threads", "qps_batched", "qps_single", "nDCG@10",
-                          "runs_equal_pyserini"], small=1.5))
+    for r in rows:  # every row against bm25s's own retrieve (arrays out) at the same threads, in this run
+        base = next(b for b in rows if b["dataset"] == r["dataset"] and b["engine"].startswith("bm25s")
+                    and b["level"] == "arrays" and b["threads"] == r["threads"])
+        r["x_bm25s_batched"] = r["qps_batched"] / base["qps_batched"]
+        r["x_bm25s_single"] = r["qps_single"] / base["qps_single"]
+    print(markdown(rows, ["dataset", "engine", "level", "threads", "qps_batched", "qps_single", "x_bm25s_batched",
+                          "x_bm25s_single", "nDCG@10", "runs_equal_pyserini"], small=1.5))
     save_results(args.out, rows)
     return 0
 

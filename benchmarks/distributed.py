@@ -53,7 +53,7 @@ def main() -> None:
     from rankstack.distributed.build import build_sharded
     from rankstack.distributed.cluster import init
     from rankstack.distributed.queries import QueryPool
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

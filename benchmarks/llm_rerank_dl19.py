@@ -31,7 +31,7 @@ from rankstack.eval.datasets import load_trec_dl
 from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
 from rankstack.records import Candidate, Qrels, Ranking, Run
-from rankstack.retrieval.fusion import rrf
+from rankstack.pipeline.fusion import rrf
 from rankstack.pipeline import Given, Pipeline, Rerank
 from rankstack.rerank.base import Reranker
 from rankstack.rerank.llm import (CausalLM, FirstReranker, ICRReranker, ListwiseReranker, SetwiseReranker)

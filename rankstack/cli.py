@@ -85,7 +85,7 @@ def _index_sharded(args: argparse.Namespace, items: list) -> int:
 
 
 def _sharded_resources(args: argparse.Namespace, path):
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     return ShardedResources(path, address=args.ray_address, replicas=args.replicas,
                             allow_partial=getattr(args, "allow_partial", False))
@@ -215,7 +215,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         pool = QueryPool(recipe, address=args.ray_address, workers=args.workers,
                          relevance_adapter=args.relevance_adapter)
         if args.index:
-            from rankstack.pipeline.sharded import ShardedResources
+            from rankstack.distributed.sharded import ShardedResources
 
             workspace = ShardedResources(sharded)  # the driver's view: checks specs, tunes alpha=auto
     ds, results, ws = run_pipelines(ds, args.pipeline, split=args.split, index_root=args.index_root,

@@ -11,9 +11,9 @@ column a run file carries, so the ranks we write are the ranks that get scored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -80,42 +80,121 @@ class Candidate:
 _SET_DOCID, _SET_SCORE, _SET_DOCUMENT = Candidate.docid.__set__, Candidate.score.__set__, Candidate.document.__set__
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
 class Ranking:
-    """The ranked candidates of one query, best first."""
+    """The ranked candidates of one query, best first.
 
-    query: Query
-    candidates: tuple[Candidate, ...] = ()
+    Held as columns (docids, scores, and documents when attached): retrievers make rankings from their top-k arrays
+    with :meth:`from_arrays`, and stages that only cut, fuse or write runs read :attr:`docids` and :attr:`scores`.
+    :class:`Candidate` objects are made only when a caller iterates over :attr:`candidates` (a thousand of them per
+    query cost more than the search that found them). Immutable: every method returns a new ranking.
+    """
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "candidates", tuple(self.candidates))
+    __slots__ = ("query", "_docids", "_scores", "_documents", "_candidates")
+
+    def __init__(self, *, query: Query, candidates: Iterable[Candidate] = ()):
+        cands = tuple(candidates)
+        _set(self, "query", query)
+        _set(self, "_candidates", cands)
+        _set(self, "_docids", None)
+        _set(self, "_scores", None)
+        _set(self, "_documents", None)
+
+    @classmethod
+    def from_arrays(cls, query: Query, docids: Sequence[str], scores: Sequence[float],
+                    documents: Sequence[Document | None] | None = None) -> Ranking:
+        """A ranking of ``docids`` with ``scores`` (same length, best first; Python lists or arrays), without
+        making a Candidate per document."""
+        if len(docids) != len(scores) or (documents is not None and len(documents) != len(docids)):
+            raise ValueError(f"a ranking needs one score (and document) per docid: {len(docids)} docids, "
+                             f"{len(scores)} scores")
+        out = object.__new__(cls)
+        _set(out, "query", query)
+        _set(out, "_candidates", None)
+        _set(out, "_docids", list(docids))
+        _set(out, "_scores", scores.tolist() if hasattr(scores, "tolist") else list(scores))
+        _set(out, "_documents", None if documents is None else list(documents))
+        return out
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Ranking is immutable; make a new one (cannot set {name!r})")
+
+    def __reduce__(self):
+        return (Ranking.from_arrays, (self.query, self.docids, self.scores, self._documents_or_none()))
+
+    def _documents_or_none(self):
+        if self._candidates is not None:
+            docs = [c.document for c in self._candidates]
+            return docs if any(d is not None for d in docs) else None
+        return self._documents
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        if self._candidates is None:
+            if self._documents is None:
+                cands = Candidate.many(self._docids, self._scores)
+            else:
+                cands = tuple(Candidate(docid=d, score=s, document=doc)
+                              for d, s, doc in zip(self._docids, self._scores, self._documents))
+            _set(self, "_candidates", cands)
+        return self._candidates
+
+    @property
+    def docids(self) -> list[str]:
+        if self._docids is not None:
+            return list(self._docids)
+        return [c.docid for c in self._candidates]
+
+    @property
+    def scores(self) -> list[float]:
+        if self._scores is not None:
+            return list(self._scores)
+        return [c.score for c in self._candidates]
+
+    @property
+    def documents(self) -> list[Document | None]:
+        """The attached document of each candidate (None where none is attached)."""
+        if self._candidates is not None:
+            return [c.document for c in self._candidates]
+        return list(self._documents) if self._documents is not None else [None] * len(self._docids)
 
     def __len__(self) -> int:
-        return len(self.candidates)
+        return len(self._docids) if self._docids is not None else len(self._candidates)
 
     def __iter__(self) -> Iterator[Candidate]:
         return iter(self.candidates)
 
-    @property
-    def docids(self) -> list[str]:
-        return [c.docid for c in self.candidates]
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Ranking):
+            return NotImplemented
+        return self.query == other.query and self.candidates == other.candidates
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(f"{d}:{s:.4g}" for d, s in zip(self.docids[:3], self.scores[:3]))
+        more = f", ... {len(self) - 3} more" if len(self) > 3 else ""
+        return f"Ranking(query={self.query!r}, [{head}{more}])"
 
     def top(self, k: int) -> Ranking:
-        return replace(self, candidates=self.candidates[:k])
+        if self._candidates is not None:
+            return Ranking(query=self.query, candidates=self._candidates[:k])
+        return Ranking.from_arrays(self.query, self._docids[:k], self._scores[:k],
+                                   None if self._documents is None else self._documents[:k])
 
     def sorted(self) -> Ranking:
         """The same candidates in trec_eval order (score desc, docid desc)."""
         cands = sorted(self.candidates, key=lambda c: (c.score, c.docid), reverse=True)
-        return replace(self, candidates=tuple(cands))
+        return Ranking(query=self.query, candidates=tuple(cands))
 
     @classmethod
     def from_scores(cls, query: Query, scores: Mapping[str, float],
                     documents: Mapping[str, Document] | None = None) -> Ranking:
-        cands = tuple(
-            Candidate(docid=d, score=float(s), document=documents.get(d) if documents else None)
-            for d, s in trec_order(scores.items())
-        )
-        return cls(query=query, candidates=cands)
+        pairs = trec_order(scores.items())
+        return cls.from_arrays(query, [d for d, _ in pairs], [float(s) for _, s in pairs],
+                               [documents.get(d) for d, _ in pairs] if documents else None)
+
+
+_set = object.__setattr__
 
 
 def _freeze_nested(m: Mapping[str, Mapping[str, object]]) -> Mapping[str, Mapping[str, object]]:
@@ -151,7 +230,7 @@ class Run:
 
     @classmethod
     def from_rankings(cls, rankings: Iterable[Ranking], name: str = "rankstack") -> Run:
-        return cls(scores={r.query.qid: {c.docid: c.score for c in r.candidates} for r in rankings}, name=name)
+        return cls(scores={r.query.qid: dict(zip(r.docids, r.scores)) for r in rankings}, name=name)
 
     def to_rankings(self, queries: Mapping[str, Query]) -> list[Ranking]:
         return [Ranking.from_scores(queries.get(q, Query(qid=q, text="")), s) for q, s in self.scores.items()]

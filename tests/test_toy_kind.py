@@ -109,7 +109,7 @@ def test_index_and_search_over_a_folder(subset, tmp_path, capsys):
 
 def test_a_two_shard_collection_equals_one_index(subset, tmp_path):
     from rankstack.distributed.build import build_sharded
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     ds, _ = subset
     docs, queries = list(ds.corpus.values()), list(ds.queries.values())

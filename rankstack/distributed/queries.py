@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any, Sequence
 
 from rankstack.errors import RankStackError
-from rankstack.records import Candidate, Query, Ranking
+from rankstack.records import Query, Ranking
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def make_resources(recipe: dict):
         return DatasetWorkspace(ds, recipe["index_root"], model=recipe["model"], k1=recipe.get("k1", 0.9),
                                 b=recipe.get("b", 0.4), threads=1)
     if "sharded" in recipe:
-        from rankstack.pipeline.sharded import ShardedResources
+        from rankstack.distributed.sharded import ShardedResources
 
         return ShardedResources(recipe["sharded"])
     if "index" in recipe:
@@ -50,7 +49,7 @@ def make_resources(recipe: dict):
 
 def _bare(r: Ranking) -> Ranking:
     """Without documents: rankings cross process boundaries as ids and scores."""
-    return replace(r, candidates=tuple(Candidate(docid=c.docid, score=c.score) for c in r.candidates))
+    return Ranking.from_arrays(r.query, r.docids, r.scores)
 
 
 class _Worker:

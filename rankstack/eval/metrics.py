@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 from rankstack.errors import BadInput
 from rankstack.records import Qrels, Run
 
-__all__ = ["DEFAULT_METRICS", "EvalResult", "evaluate", "drop_self_hits"]
+__all__ = ["DEFAULT_METRICS", "EvalResult", "evaluate", "drop_self_hits", "set_metrics"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("nDCG@10", "R@100", "R@1000", "AP", "RR@10")
 
@@ -56,3 +56,32 @@ def evaluate(run: Run, qrels: Qrels, metrics: Sequence[str] = DEFAULT_METRICS, *
     n = len(qrels_d)
     aggregate = {name: (sum(v.values()) / n if n else 0.0) for name, v in per_query.items()}
     return EvalResult(aggregate=aggregate, per_query=per_query, num_queries=n)
+
+
+def set_metrics(kept: Mapping[str, Sequence[str]], qrels: Qrels) -> dict[str, float]:
+    """Set metrics of kept lists, averaged over the judged queries: precision (0 for an empty list), recall against
+    every relevant document in the qrels, F1, the share of queries left with nothing, the mean list length, and
+    micro-averaged precision/recall/F1 over all kept pairs."""
+    qd = qrels.to_dict()
+    ps, rs, fs, empty, lengths = [], [], [], 0, []
+    tp_all = kept_all = rel_all = 0
+    for qid, judged in qd.items():
+        rel = {d for d, g in judged.items() if g > 0}
+        if not rel:
+            continue
+        got = list(kept.get(qid, ()))
+        tp = sum(d in rel for d in got)
+        p = tp / len(got) if got else 0.0
+        r = tp / len(rel)
+        ps.append(p)
+        rs.append(r)
+        fs.append(2 * p * r / (p + r) if p + r else 0.0)
+        empty += not got
+        lengths.append(len(got))
+        tp_all, kept_all, rel_all = tp_all + tp, kept_all + len(got), rel_all + len(rel)
+    n = max(1, len(ps))
+    mp = tp_all / kept_all if kept_all else 0.0
+    mr = tp_all / rel_all if rel_all else 0.0
+    return {"P": sum(ps) / n, "R": sum(rs) / n, "F1": sum(fs) / n, "empty": empty / n,
+            "mean_kept": sum(lengths) / n, "microP": mp, "microR": mr,
+            "microF1": 2 * mp * mr / (mp + mr) if mp + mr else 0.0, "queries": len(ps)}

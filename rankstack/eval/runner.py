@@ -2,7 +2,7 @@
 
 Every pipeline (a preset such as ``hybrid-rrf``, a spec string, or ``name=spec``) is compiled against one
 :class:`~rankstack.pipeline.workspace.DatasetWorkspace` and run by the one executor; this module only picks the
-queries, resolves ``alpha=auto`` on labelled queries that are not reported (:mod:`rankstack.pipeline.tuning`), and
+queries, resolves ``alpha=auto`` on labelled queries that are not reported (:mod:`rankstack.eval.tuning`), and
 evaluates.
 """
 
@@ -18,7 +18,7 @@ from rankstack.errors import BadInput
 from rankstack.eval.datasets import BeirDataset, load_beir
 from rankstack.eval.metrics import DEFAULT_METRICS, EvalResult, evaluate
 from rankstack.pipeline.spec import PRESETS, PipelineSpec, RelevanceSpec, parse_pipeline, split_named
-from rankstack.pipeline.tuning import auto_fusions, run_tuned
+from rankstack.eval.tuning import auto_fusions, run_tuned
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT, DatasetWorkspace
 from rankstack.records import Run
 from rankstack.retrieval import kinds
@@ -77,7 +77,7 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
     over queries), ``empty`` (share of queries left with nothing) and ``kept`` (mean list length).
 
     ``workspace``: any pipeline resources over the dataset's corpus (default: its index cache; a
-    :class:`~rankstack.pipeline.sharded.ShardedResources` evaluates a sharded collection). ``pool``: a
+    :class:`~rankstack.distributed.sharded.ShardedResources` evaluates a sharded collection). ``pool``: a
     :class:`~rankstack.distributed.queries.QueryPool` whose Ray workers run the queries; indexes are built here
     first, so workers only open them."""
     specs = named_specs(pipelines)
@@ -111,7 +111,7 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
         if tuning is not None:
             stats.update(alpha=_mean_alpha(tuning.alphas), alphas=tuning.alphas, tuned_on=tuning.tuned_on)
         if any(isinstance(n, RelevanceSpec) for n in spec.walk()):
-            from rankstack.rag.relevance import set_metrics
+            from rankstack.eval.metrics import set_metrics
 
             sm = set_metrics({r.query.qid: r.docids for r in output.rankings}, ds.qrels)
             stats.update(set_P=sm["P"], set_R=sm["R"], set_F1=sm["F1"], empty=sm["empty"], kept=sm["mean_kept"])

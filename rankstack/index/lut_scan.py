@@ -31,6 +31,9 @@ from functools import lru_cache
 import numpy as np
 
 from rankstack.errors import BadInput
+from rankstack.index import shuffle_scan
+from rankstack.kernels import topk_heap
+from rankstack.kernels.topk_heap import SERIAL_BELOW, TILE, byte_luts
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +49,7 @@ GEMM_FROM = 8
 # took 0.83-1.46x lut's speed, at 1,000 x 2 planes 1.36-2.14x, at 3,000 x 1 1.51-2.73x (8,192 before the shuffle
 # scan kept its bounds per window and merged its heaps compiled)
 SHUFFLE_FROM = 2000
-_TILE = 128  # documents per tile: a decoded tile (192 kB at 384-d) and one query's tables stay in L2
-# below this many (query, document) pairs a scan runs on the calling thread: a single query over a small index costs
-# well under a millisecond serially, while handing ranges to numba's threads waits for every core, which on a busy
-# server is a scheduler time slice (measured: 0.53 ms serial against 8 ms with two threads, one core taken)
-SERIAL_BELOW = 1 << 15
 
-_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32)  # [256, 8], MSB first
 
 
 def available() -> bool:
@@ -63,62 +60,11 @@ def available() -> bool:
     return True
 
 
-def byte_luts(v: np.ndarray) -> np.ndarray:
-    """``[m, dim]`` float vectors -> ``[m, dim/8, 256]`` tables: entry ``v`` of table ``j`` is the sum of the vector's
-    components ``8j..8j+7`` whose bit is set in byte ``v`` (numpy's ``packbits`` order, most significant first)."""
-    v = np.ascontiguousarray(v, np.float32)
-    m, dim = v.shape
-    return np.ascontiguousarray(v.reshape(m, dim // 8, 8) @ _BITS.T)
-
-
-@lru_cache(maxsize=1)
-def _heap():
-    """``push(h, p, fill, k, score, pos) -> fill``: keep the best ``k`` in a min-heap on ``(score, -position)``, whose
-    root is the entry to evict; of equal scores the higher position goes first, whatever order they arrive in (the
-    scans push in document order, the shuffle scan's selection by bound)."""
-    import numba
-
-    @numba.njit(cache=True, nogil=True, inline="always")
-    def worse(h, p, x, y):
-        return h[x] < h[y] or (h[x] == h[y] and p[x] > p[y])
-
-    @numba.njit(cache=True, nogil=True)
-    def sift_down(h, p, i, size):
-        while True:
-            child = 2 * i + 1
-            if child >= size:
-                return
-            if child + 1 < size and worse(h, p, child + 1, child):
-                child += 1
-            if not worse(h, p, child, i):
-                return
-            h[i], h[child] = h[child], h[i]
-            p[i], p[child] = p[child], p[i]
-            i = child
-
-    @numba.njit(cache=True, nogil=True)
-    def push(h, p, fill, k, s, pos):
-        if fill < k:
-            h[fill] = s
-            p[fill] = pos
-            fill += 1
-            if fill == k:
-                for r in range(k // 2 - 1, -1, -1):
-                    sift_down(h, p, r, k)
-        elif s > h[0] or (s == h[0] and pos < p[0]):
-            h[0] = s
-            p[0] = pos
-            sift_down(h, p, 0, k)
-        return fill
-
-    return push
-
-
 @lru_cache(maxsize=2)
 def _lut_kernel(parallel: bool):
     import numba
 
-    push = _heap()
+    push = topk_heap.heap_push()
     f32 = np.float32
 
     @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
@@ -126,8 +72,8 @@ def _lut_kernel(parallel: bool):
         nq, na, nj = luts.shape[0], luts.shape[1], luts.shape[2]
         nb, k = codes.shape[1], hs.shape[2]
         for t in numba.prange(bounds.shape[0] - 1):
-            for lo in range(bounds[t], bounds[t + 1], _TILE):
-                hi = min(bounds[t + 1], lo + _TILE)
+            for lo in range(bounds[t], bounds[t + 1], TILE):
+                hi = min(bounds[t + 1], lo + TILE)
                 for q in range(nq):
                     h, p = hs[t, q], hp[t, q]
                     f = fill[t, q]
@@ -169,8 +115,8 @@ def _lut_kernel(parallel: bool):
 def _gemm_kernel(parallel: bool):
     import numba
 
-    push = _heap()
-    bits = _BITS
+    push = topk_heap.heap_push()
+    bits = topk_heap.BITS
     f32 = np.float32
 
     @numba.njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
@@ -179,11 +125,11 @@ def _gemm_kernel(parallel: bool):
         nq4, dim = qe.shape
         nb, nj, k = codes.shape[1], codes.shape[2], hs.shape[2]
         for t in numba.prange(bounds.shape[0] - 1):
-            y = np.zeros((_TILE, dim), f32)  # this thread's decoded tile, rows past the range's end stay zero
-            asum = np.zeros(_TILE, f32)
-            sc = np.empty((nq4, _TILE), f32)
-            for lo in range(bounds[t], bounds[t + 1], _TILE):
-                c = min(bounds[t + 1], lo + _TILE) - lo
+            y = np.zeros((TILE, dim), f32)  # this thread's decoded tile, rows past the range's end stay zero
+            asum = np.zeros(TILE, f32)
+            sc = np.empty((nq4, TILE), f32)
+            for lo in range(bounds[t], bounds[t + 1], TILE):
+                c = min(bounds[t + 1], lo + TILE) - lo
                 for r in range(c):  # y[r] = sum_b alpha_b bits_b, asum[r] = sum_b alpha_b
                     i = lo + r
                     a = f32(0.0)
@@ -198,7 +144,7 @@ def _gemm_kernel(parallel: bool):
                             w = alphas[i, b]
                             for e in range(8):
                                 y[r, 8 * j + e] += w * row[e]
-                if c < _TILE:
+                if c < TILE:
                     y[c:] = f32(0.0)
                 for q in range(0, nq4, 4):  # 4 queries x 4 documents per register block
                     for r in range(0, c, 4):
@@ -237,55 +183,6 @@ def _gemm_kernel(parallel: bool):
     return scan
 
 
-def _bounds(n: int, parts: int, unit: int = _TILE) -> np.ndarray:
-    """``parts`` contiguous ranges of ``n`` rows in whole ``unit``s (the last one takes the rest)."""
-    units = -(-n // unit)
-    per = -(-units // max(1, parts))
-    return np.array([min(n, t * per * unit) for t in range(parts)] + [n], np.int64)
-
-
-def _heaps(parts: int, nq: int, kk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Empty heaps for each range and query: scores, positions, fill counts."""
-    return np.empty((parts, nq, kk), np.float32), np.empty((parts, nq, kk), np.int64), np.zeros((parts, nq), np.int64)
-
-
-def _merge(hs: np.ndarray, hp: np.ndarray, fill: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ranges' heaps merged: the best ``kk`` of each query's filled entries, by score then position (compiled: in
-    numpy the concatenations and the lexsort cost a single query 12 us, more than scanning 2,000 documents)."""
-    return _merger()(hs, hp, fill, kk)
-
-
-@lru_cache(maxsize=1)
-def _merger():
-    import numba
-
-    @numba.njit(cache=True, nogil=True)
-    def merge(hs, hp, fill, kk):
-        parts, nq = hs.shape[0], hs.shape[1]
-        out_s = np.empty((nq, kk), hs.dtype)
-        out_p = np.empty((nq, kk), np.int64)
-        s = np.empty(parts * hs.shape[2], hs.dtype)
-        p = np.empty(parts * hs.shape[2], np.int64)
-        for q in range(nq):
-            m = 0
-            for t in range(parts):
-                for x in range(fill[t, q]):
-                    s[m], p[m] = hs[t, q, x], hp[t, q, x]
-                    m += 1
-            by_pos = np.argsort(p[:m])  # positions are distinct
-            s2, p2 = s[:m][by_pos], p[:m][by_pos]
-            order = np.argsort(-s2, kind="mergesort")  # stable: equal scores keep ascending positions
-            for x in range(kk):
-                out_s[q, x], out_p[q, x] = s2[order[x]], p2[order[x]]
-        return out_s, out_p
-
-    return merge
-
-
-def _none(nq: int, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros((nq, max(kk, 0)), np.float32), np.zeros((nq, max(kk, 0)), np.int64)
-
-
 def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: int | None = None,
          layout=None) -> tuple[np.ndarray, np.ndarray]:
     """The best ``min(k, n)`` documents per query as ``(scores [nq, k], positions [nq, k])``, best first, ties by
@@ -300,8 +197,6 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
     below. ``parts``: document ranges scanned in parallel, each into its own heaps (default: numba's thread count;
     tests vary it)."""
     import numba
-
-    from rankstack.index import shuffle_scan
 
     if scan not in SCANS:
         raise BadInput(f"unknown binary scan {scan!r}; choose one of {', '.join(SCANS)} (or numpy)")
@@ -327,11 +222,11 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
     n = codes.shape[0]
     kk = min(k, n)
     if kk <= 0 or nq == 0:
-        return _none(nq, kk)
+        return topk_heap.none(nq, kk)
     parallel = nq * n >= SERIAL_BELOW
     parts = parts or (numba.get_num_threads() if parallel else 1)
-    bounds = _bounds(n, parts)
-    hs, hp, fill = _heaps(parts, nq, kk)
+    bounds = topk_heap.bounds(n, parts)
+    hs, hp, fill = topk_heap.heaps(parts, nq, kk)
     if scan == "gemm":
         qe4 = np.zeros((-(-nq // 4) * 4, dim), np.float32)
         qe4[:nq] = qe
@@ -339,4 +234,4 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
     else:
         luts = byte_luts(vecs.reshape(-1, dim)).reshape(nq, na, dim // 8, 256)
         _lut_kernel(parallel)(luts, qw, vecs.sum(axis=2), base, codes, alphas, bounds, hs, hp, fill)
-    return _merge(hs, hp, fill, kk)
+    return topk_heap.merge(hs, hp, fill, kk)

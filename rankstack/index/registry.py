@@ -29,7 +29,7 @@ INDEX_CLASSES = {
     "multi-vector": ("rankstack.index.multivector", "MultiVectorIndex"),
     "multi-vector-plaid": ("rankstack.index.multivector", "PlaidIndex"),
 }
-# a sharded collection (rankstack.retrieval.sharded) is opened by rankstack.pipeline.sharded.ShardedResources
+# a sharded collection (rankstack.retrieval.sharded) is opened by rankstack.distributed.sharded.ShardedResources
 _OTHER_KINDS = ("sharded",)
 _VECTOR_KINDS = ("dense-flat-ip", "dense-compressed")
 
@@ -53,7 +53,7 @@ def open_index(path: str | os.PathLike):
     index (:mod:`rankstack.index.multivector`)."""
     kind = saved_kind(path)
     if kind in _OTHER_KINDS:
-        raise BadInput(f"{path} is a {kind} collection: open it with rankstack.pipeline.sharded.ShardedResources "
+        raise BadInput(f"{path} is a {kind} collection: open it with rankstack.distributed.sharded.ShardedResources "
                        f"(rankstack search --index {path})")
     cls = _class(kind)
     return cls(path) if kind == "lucene-bm25" else cls.load(path)

@@ -33,6 +33,8 @@ from functools import lru_cache
 import numpy as np
 
 from rankstack.errors import BadInput, MissingExtra
+from rankstack.kernels import topk_heap
+from rankstack.kernels.topk_heap import SERIAL_BELOW, byte_luts
 
 logger = logging.getLogger(__name__)
 
@@ -439,9 +441,7 @@ def _call():
 def _kernel(parallel: bool):
     import numba
 
-    from rankstack.index.lut_scan import _heap
-
-    push = _heap()
+    push = topk_heap.heap_push()
     call = _call()
     f32 = np.float32
     i64 = np.int64
@@ -592,8 +592,6 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
     ``exact``: the documents scored exactly (the rest were ruled out by their bound)."""
     import numba
 
-    from rankstack.index.lut_scan import SERIAL_BELOW, _bounds, _heaps, _merge, _none, byte_luts
-
     require()
     qe = np.ascontiguousarray(qe, np.float32)
     base = np.ascontiguousarray(base, np.float32)
@@ -604,13 +602,13 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
         raise BadInput(f"query dimension {dim} does not match the codes' {8 * codes.shape[2]}")
     kk = min(k, n)
     if kk <= 0 or nq == 0:
-        return _none(nq, kk)
+        return topk_heap.none(nq, kk)
     # |hat - exact| <= sum_b |alpha_b| * err
     tabs, scale, offset, err, qsum = _prepare()(qe)
     parallel = nq * n >= SERIAL_BELOW
     parts = parts or (numba.get_num_threads() if parallel else 1)
-    bounds = _bounds(fs.shape[1], parts, unit=_TILE_BLOCKS)  # ranges of whole tiles: their scales are stored by tile
-    hs, hp, fill = _heaps(parts, nq, kk)
+    bounds = topk_heap.bounds(fs.shape[1], parts, unit=_TILE_BLOCKS)  # ranges of whole tiles: their scales are stored by tile
+    hs, hp, fill = topk_heap.heaps(parts, nq, kk)
     exact = np.zeros((parts, nq), np.int64)
     # the selection window: as many tiles as keep every query's bounds within _WINDOW_FLOATS per thread (one tile for a
     # large batch, 32 tiles = 65,536 documents for up to 4 queries)
@@ -619,4 +617,4 @@ def topk(qe: np.ndarray, base: np.ndarray, lay: ShuffleLayout, k: int, *, parts:
                       qsum, base, codes, ab, bounds, hs, hp, fill, exact, wtiles)
     if stats is not None:
         stats["exact"] = exact.sum(axis=0)
-    return _merge(hs, hp, fill, kk)
+    return topk_heap.merge(hs, hp, fill, kk)

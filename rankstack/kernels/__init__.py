@@ -154,7 +154,7 @@ def rescore(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor, *, 
 def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int, *,
                 block_m: int = 32, block_n: int = 64, triton: bool | None = None) -> torch.Tensor:
     """``x [..., K] @ W^T`` for an int4 group-wise weight ``W [N, K]`` (``packed`` uint8 ``[N, K/2]``, fp16
-    ``scales``/``zeros`` ``[N, K/group]``, as :func:`rankstack.rerank.llm.quant.quantize_int4` stores it) without
+    ``scales``/``zeros`` ``[N, K/group]``, as :func:`rankstack.kernels.int4.quantize_int4` stores it) without
     materialising ``W``: a GEMV kernel for one row (decoding), a GEMM kernel for more (prefill). float32 result in
     ``x``'s dtype."""
     if packed.dtype != torch.uint8 or packed.ndim != 2:

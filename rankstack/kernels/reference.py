@@ -115,7 +115,7 @@ def rescore_ref(queries: torch.Tensor, vectors: torch.Tensor, ids: torch.Tensor,
 def int4_matmul_ref(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                     group: int) -> torch.Tensor:
     """``x [M, K] @ W^T`` with ``W`` decoded from int4 group codes (the reference of the Triton int4 kernels)."""
-    from rankstack.rerank.llm.quant import dequantize_int4
+    from rankstack.kernels.int4 import dequantize_int4
 
     n, k = packed.shape[0], packed.shape[1] * 2
     w = dequantize_int4(packed, scales, zeros, group=group, shape=(n, k), dtype=torch.float32)

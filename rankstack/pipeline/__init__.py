@@ -6,16 +6,27 @@
 - :mod:`.core`: the executor (:class:`Pipeline` and its stages), with per-stage timings and per-query stats.
 - :mod:`.compile`: spec -> pipeline over a :class:`~rankstack.pipeline.resources.Resources` (a dataset
   workspace, index folders, or a service collection).
-- :mod:`.tuning`: ``alpha=auto`` on labelled queries.
 """
 
-from rankstack.pipeline.compile import compile_pipeline
-from rankstack.pipeline.core import (Apply, Cutoff, Filter, Fuse, Given, Pipeline, PipelineOutput, Rerank, Retrieve,
-                                     Stage, Stages)
-from rankstack.pipeline.resources import IndexDirs, Resources
-from rankstack.pipeline.spec import PRESETS, PipelineSpec, parse_pipeline, pipeline_from_table
-from rankstack.pipeline.workspace import DatasetWorkspace
+import importlib
 
-__all__ = ["Pipeline", "PipelineOutput", "Stage", "Stages", "Cutoff", "Rerank", "Filter", "Apply", "Retrieve",
-           "Fuse", "Given", "compile_pipeline", "parse_pipeline", "pipeline_from_table", "PipelineSpec", "PRESETS",
-           "Resources", "IndexDirs", "DatasetWorkspace"]
+# names -> the module that defines them, imported on first use: importing rankstack.pipeline.core (the executor and
+# the stage interfaces, which every retriever and reranker imports) must not import the compiler above them
+_EXPORTS = {
+    "compile_pipeline": "compile", "Pipeline": "core", "PipelineOutput": "core", "Stage": "core", "Stages": "core",
+    "Cutoff": "core", "Rerank": "core", "Filter": "core", "Apply": "core", "Retrieve": "core", "Fuse": "core",
+    "Given": "core", "Resources": "resources", "IndexDirs": "resources", "PRESETS": "spec", "PipelineSpec": "spec",
+    "parse_pipeline": "spec", "pipeline_from_table": "spec", "DatasetWorkspace": "workspace",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rankstack.pipeline' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rankstack.pipeline.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+    return sorted(__all__)

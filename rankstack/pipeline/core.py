@@ -9,7 +9,7 @@ Vocabulary, one word per meaning:
 - ``depth`` of a rerank stage (:class:`Rerank`): how many of the top candidates the reranker reorders. The rest
   (the *tail*) stay below, in input order, with scores below the lowest reranked score: one rule for every
   reranker.
-- ``rrf_k``: RRF's rank constant (:func:`rankstack.retrieval.fusion.rrf`); it cuts nothing.
+- ``rrf_k``: RRF's rank constant (:func:`rankstack.pipeline.fusion.rrf`); it cuts nothing.
 
 How much each part produces is worked out backwards from ``k``: a cutoff asks its input for exactly ``n``; a rerank
 stage for ``max(k, depth)``; a filter for ``k * overfetch``; a fusion asks each input for what it was asked.
@@ -29,15 +29,112 @@ from tqdm.auto import tqdm
 
 from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, RankStackError
+from rankstack.pipeline.fusion import interpolate, rrf
 from rankstack.records import Candidate, Document, Query, Ranking, Run
-from rankstack.retrieval.base import Retriever, validate_queries
+from rankstack.spec import Item
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "PipelineOutput", "Stage", "Stages", "Cutoff", "Rerank", "Filter", "Apply", "Source",
-           "Retrieve", "Fuse", "Given", "FUSION_METHODS"]
+__all__ = ["Retriever", "Reranker", "validate_queries", "Pipeline", "PipelineOutput", "Stage", "Stages", "Cutoff",
+           "Rerank", "Filter", "Apply", "Source", "Retrieve", "Fuse", "Given", "FUSION_METHODS",
+           "DEFAULT_RERANK_DEPTH", "filter_item"]
 
 FUSION_METHODS = ("rrf", "interp")
+DEFAULT_RERANK_DEPTH = 100
+
+
+# ---- the stage interfaces: what retrievers and rerankers implement, and how they compose ----------------------
+
+def validate_queries(queries: Sequence[Query], k: int) -> None:
+    """Reject k <= 0, empty or whitespace-only queries and repeated qids.
+
+    There is no length limit here: BEIR's argument-retrieval queries are whole documents. Limits that protect a
+    server belong to the service's configuration (``limits.max_query_chars``).
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise BadInput(f"k must be a positive integer, got {k!r}")
+    seen = set()
+    for q in queries:
+        if not isinstance(q, Query):
+            raise BadInput(f"expected Query records, got {type(q).__name__}; wrap text as Query(qid=..., text=...)")
+        if not q.text or not q.text.strip():
+            raise BadInput(f"query {q.qid!r} is empty; give it some text")
+        if q.qid in seen:
+            raise BadInput(f"duplicate qid {q.qid!r} in one batch; qids must be unique")
+        seen.add(q.qid)
+
+
+class Retriever(ABC):
+    """First-stage retrieval. Implementations override :meth:`retrieve`; :meth:`search` is the one-query form.
+
+    ``kind`` names the family in stage timings (``retrieve_bm25``); ``documents`` (optional) is where a pipeline
+    built from this retriever finds candidate texts for rerankers and filters.
+    """
+
+    name: str = "retriever"
+    kind: str = "retriever"
+    documents: Mapping[str, Document] | None = None
+
+    @abstractmethod
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        """Top-``k`` candidates for each query, in the order of ``queries``."""
+
+    def search(self, query: Query | str, k: int = 10) -> Ranking:
+        q = query if isinstance(query, Query) else Query(qid="q", text=query)
+        return self.retrieve([q], k)[0]
+
+    def __call__(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+        return self.retrieve(queries, k)
+
+    def pipeline(self):
+        """This retriever as a one-stage :class:`Pipeline`."""
+        return Pipeline(Retrieve(self))
+
+    def __rshift__(self, stage):
+        """``retriever >> stage``: a pipeline that retrieves, then applies ``stage`` (a reranker, a stage)."""
+        return self.pipeline() >> stage
+
+    def __mod__(self, k: int):
+        """``retriever % k`` retrieves ``k`` candidates (inside a fusion: fetches ``k`` per query)."""
+        return self.pipeline() % k
+
+    def __add__(self, other):
+        """``a + b``: reciprocal rank fusion of the two (``rrf(a, b)``; ``a + b + c`` fuses all three at once)."""
+        return self.pipeline() + other
+
+
+class Reranker(ABC):
+    """``batch_queries``: how many queries one :meth:`rerank_batch` call should take when a pipeline shows
+    progress (None: all at once, e.g. a cross-encoder batching pairs across queries; 1 for LLMs)."""
+
+    name: str = "reranker"
+    batch_queries: int | None = None
+
+    @abstractmethod
+    def rerank_batch(self, rankings: Sequence[Ranking]) -> list[Ranking]:
+        """Reorder and rescore all candidates of each ranking (they need their ``document`` attached); the result
+        holds the same docids, best first."""
+
+    def rerank(self, ranking: Ranking) -> Ranking:
+        return self.rerank_batch([ranking])[0]
+
+    def __call__(self, rankings: Sequence[Ranking]) -> list[Ranking]:
+        return self.rerank_batch(rankings)
+
+    def __mod__(self, k: int):
+        """``reranker % k``: rerank (the default depth), then keep the top ``k``."""
+        return Rerank(self) % k
+
+    def __rshift__(self, stage):
+        return Rerank(self) >> stage
+
+
+def filter_item(where: Mapping[str, object]):
+    """A filter condition table as a ``filter:field=value,...`` item (lists as ``a;b``)."""
+    return Item("filter", tuple((k, ";".join(map(str, v)) if isinstance(v, (list, tuple)) else
+                                 (str(v).lower() if isinstance(v, bool) else str(v)))
+                                for k, v in where.items()))
+
 
 
 @dataclass(frozen=True)
@@ -85,20 +182,19 @@ class _Context:
     def record(self, label: str, seconds: float, rankings: Sequence[Ranking]) -> None:
         self.timings[label] = self.timings.get(label, 0.0) + seconds
         for r in rankings:
-            self.stats[r.query.qid][label] = len(r.candidates)
+            self.stats[r.query.qid][label] = len(r)
 
     def attach(self, ranking: Ranking, upto: int | None = None) -> Ranking:
         """``ranking`` with documents attached to its first ``upto`` candidates (all when None)."""
-        n = len(ranking.candidates) if upto is None else min(upto, len(ranking.candidates))
-        head = ranking.candidates[:n]
-        if all(c.document is not None for c in head):
+        n = len(ranking) if upto is None else min(upto, len(ranking))
+        if self.documents is None or n == 0:
             return ranking
-        if self.documents is None:
+        docs = ranking.documents
+        if all(d is not None for d in docs[:n]):
             return ranking
-        cands = [c if c.document is not None else Candidate(docid=c.docid, score=c.score,
-                                                              document=_lookup(self.documents, c.docid))
-                 for c in head]
-        return Ranking(query=ranking.query, candidates=(*cands, *ranking.candidates[n:]))
+        docids = ranking.docids
+        docs[:n] = [d if d is not None else _lookup(self.documents, i) for d, i in zip(docs[:n], docids[:n])]
+        return Ranking.from_arrays(ranking.query, docids, ranking.scores, docs)
 
 
 def _lookup(documents: Mapping[str, Document], docid: str) -> Document | None:
@@ -162,8 +258,6 @@ class Stages(Stage):
 
 
 def as_stages(other) -> tuple[Stage, ...]:
-    from rankstack.rerank.base import Reranker
-
     if isinstance(other, Stage):
         return other.stages()
     if isinstance(other, Reranker):
@@ -208,8 +302,6 @@ class Rerank(Stage):
     base_label = "rerank"
 
     def __init__(self, reranker, depth: int | None = None, *, name: str | None = None):
-        from rankstack.rerank.factory import DEFAULT_RERANK_DEPTH
-
         depth = DEFAULT_RERANK_DEPTH if depth is None else depth
         if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
             raise BadInput(f"rerank depth must be a positive integer, got {depth!r}")
@@ -309,8 +401,6 @@ class Filter(Stage):
         return out
 
     def describe(self) -> str:
-        from rankstack.pipeline.spec import filter_item
-
         return f">> {filter_item(self.where)}"
 
 
@@ -405,8 +495,6 @@ class Fuse(Source):
         self.method, self.inputs, self.rrf_k, self.alpha = method, inputs, rrf_k, float(alpha)
 
     def produce(self, queries, k, ctx):
-        from rankstack.retrieval.fusion import interpolate, rrf
-
         parts = [p.produce(queries, k, ctx) for p in self.inputs]
         t0 = time.perf_counter()
         runs = [Run.from_rankings(p) for p in parts]
@@ -436,7 +524,8 @@ class Given(Source):
         out = []
         for q in queries:
             r = self.rankings.get(q.qid)
-            out.append(Ranking(query=q, candidates=r.candidates[:k]) if r is not None else Ranking(query=q))
+            out.append(Ranking.from_arrays(q, r.docids[:k], r.scores[:k], r.documents[:k]) if r is not None
+                       else Ranking(query=q))
         ctx.record(ctx.label(self, "input"), time.perf_counter() - t0, out)
         return out
 

@@ -5,7 +5,7 @@ written once, here: the item's kind (:mod:`rankstack.retrieval.kinds`) resolves 
 retriever; a place where indexes live only supplies the index for a kind and settings (:meth:`Resources.index`).
 The places: :class:`~rankstack.pipeline.workspace.DatasetWorkspace` (a BEIR dataset, indexes built once and cached
 on disk: what ``rankstack eval`` and ``rankstack search --dataset`` use), :class:`IndexDirs` (index folders built by
-``rankstack index``), :class:`~rankstack.pipeline.sharded.ShardedResources` (a sharded collection) and the service's
+``rankstack index``), :class:`~rankstack.distributed.sharded.ShardedResources` (a sharded collection) and the service's
 :class:`~rankstack.service.collection.Collection` (indexes kept in step with its log).
 """
 
@@ -122,7 +122,7 @@ class Resources(ABC):
     def relevance_filter(self, item: Item, upstream) -> Any:
         """The relevance filter stage an item names (``relevance:adapter=FILE,min=0.5``), checked against the
         pipeline ``upstream`` of it: an adapter fitted on other scores is refused."""
-        from rankstack.rag.relevance import RelevanceFilter, RelevanceModel, score_key
+        from rankstack.pipeline.relevance import RelevanceFilter, RelevanceModel, score_key
 
         path = item.get("adapter") or self.relevance_adapter
         if not path:
@@ -159,7 +159,7 @@ class IndexDirs(Resources):
             saved = read_params(p, None, None).get("kind")
             if saved == "sharded":
                 raise BadInput(f"{p} is a sharded collection: search it on its own (--index {p}), through "
-                               f"rankstack.pipeline.sharded.ShardedResources")
+                               f"rankstack.distributed.sharded.ShardedResources")
             owner = next((k for k in map(kinds.get, kinds.names()) if saved in k.saved_kinds), None)
             if owner is None:
                 raise BadInput(f"{p} holds an index of kind {saved!r}, which no retrieval kind here reads (they read "

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Union
 
 from rankstack.errors import BadInput
+from rankstack.pipeline.core import filter_item
 from rankstack.retrieval import kinds
 from rankstack.spec import Item, Option, Parser, check_options, coerce
 
@@ -202,13 +203,6 @@ def retriever_item(item: Item | str) -> Item:
     """A retriever item (text or parsed) checked and with typed option values, as pipelines hold them (under its
     kind's own name: ``sparse`` is ``splade``)."""
     return kinds.canonical(item)
-
-
-def filter_item(where: Mapping[str, object]) -> Item:
-    """A filter condition table as a ``filter:field=value,...`` item (lists as ``a;b``)."""
-    return Item("filter", tuple((k, ";".join(map(str, v)) if isinstance(v, (list, tuple)) else
-                                 (str(v).lower() if isinstance(v, bool) else str(v)))
-                                for k, v in where.items()))
 
 
 def filter_conditions(item: Item) -> dict[str, object]:

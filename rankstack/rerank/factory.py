@@ -16,6 +16,7 @@ import inspect
 from typing import Any, Mapping
 
 from rankstack.errors import BadInput
+from rankstack.pipeline.core import DEFAULT_RERANK_DEPTH
 from rankstack.models import ModelCache
 from rankstack.rerank.base import Reranker
 from rankstack.rerank.cross_encoder import DEFAULT_CROSS_ENCODER
@@ -25,7 +26,6 @@ from rankstack.spec import Item, coerce, parse_item, unknown_option
 
 __all__ = ["RerankerSpec", "RERANKER_KINDS", "build_reranker", "DEFAULT_RERANK_DEPTH"]
 
-DEFAULT_RERANK_DEPTH = 100
 
 # kind -> (module, class, what "model" names, default model)
 _KINDS: dict[str, tuple[str, str, str, str]] = {

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from rankstack.index.jvm import import_pyserini, lift_clause_limit
 from rankstack.index.lucene import LuceneIndex
-from rankstack.records import Candidate, Query, Ranking
+from rankstack.records import Query, Ranking
 from rankstack.retrieval.base import Retriever, rankings_from_topk, validate_queries
 
 __all__ = ["BM25Retriever", "BM25MatrixRetriever"]
@@ -53,7 +53,7 @@ class BM25Retriever(Retriever):
         for q in queries:
             pairs = [(h.docid, float(h.score)) for h in hits.get(q.qid, [])]
             pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
-            out.append(Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in pairs)))
+            out.append(Ranking.from_arrays(q, [d for d, _ in pairs], [s for _, s in pairs]))
         return out
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from rankstack.errors import DimensionMismatch
 from rankstack.index.base import IndexSpec, VectorIndex
 from rankstack.index.registry import build_vector_index
-from rankstack.records import Candidate, Document, Query, Ranking
+from rankstack.records import Document, Query, Ranking
 from rankstack.retrieval.base import Retriever, validate_queries
 
 logger = logging.getLogger(__name__)
@@ -73,5 +73,5 @@ class DenseRetriever(Retriever):
 
             qv = torch.from_numpy(np.ascontiguousarray(qv)).to(self.device)
         pairs = self.index.docid_pairs(self.index.search(qv, k, **self.search_params))
-        return [Ranking(query=q, candidates=tuple(Candidate(docid=d, score=s) for d, s in ps))
+        return [Ranking.from_arrays(q, [d for d, _ in ps], [s for _, s in ps])
                 for q, ps in zip(queries, pairs)]

@@ -20,7 +20,7 @@ from rankstack.errors import BadInput
 from rankstack.index.base import IndexSpec, VectorIndex
 from rankstack.index.multivector import MultiVectorIndex, PlaidIndex
 from rankstack.index.muvera import FDEConfig, document_fdes, query_fdes
-from rankstack.records import Candidate, Document, Query, Ranking, TopK
+from rankstack.records import Document, Query, Ranking, TopK
 from rankstack.retrieval.base import Retriever, rankings_from_topk, validate_queries
 from rankstack.retrieval.token_encoders import TokenEncoder
 
@@ -114,7 +114,7 @@ class MuveraRetriever(_TokenRetriever):
         fetch = max(k, self.candidates)
         pairs = self.fde_index.docid_pairs(self.fde_index.search(query_fdes(q, self.cfg), fetch, **self.search_params))
         if self.candidates == 0:
-            return [Ranking(query=qq, candidates=tuple(Candidate(docid=d, score=s) for d, s in ps[:k]))
+            return [Ranking.from_arrays(qq, [d for d, _ in ps[:k]], [s for _, s in ps[:k]])
                     for qq, ps in zip(queries, pairs)]
         width = max(1, max(len(ps) for ps in pairs))
         rows = np.full((len(q), width), -1, np.int64)

@@ -27,7 +27,7 @@ import numpy as np
 
 from rankstack.errors import BadInput, MissingExtra
 from rankstack.index.sparse import DEFAULT_SCALE, SparseIndex
-from rankstack.records import Candidate, Document, Query, Ranking
+from rankstack.records import Document, Query, Ranking
 from rankstack.retrieval.base import Retriever, validate_queries
 from rankstack.retrieval.sparse_encoders import QUERY_MODES
 
@@ -304,5 +304,5 @@ class SparseRetriever(Retriever):
             pairs = self._lucene().search(query_dicts(self.index, q), k, threads=self.threads)
         else:
             pairs = self._seismic_search(q, k)
-        return [Ranking(query=x, candidates=tuple(Candidate(docid=d, score=s) for d, s in ps))
+        return [Ranking.from_arrays(x, [d for d, _ in ps], [s for _, s in ps])
                 for x, ps in zip(queries, pairs)]

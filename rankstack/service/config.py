@@ -177,7 +177,7 @@ class CollectionConfig(_Strict):
                 raise ValueError(str(exc)) from None
             self.check_retrievers(spec, keys)
         if self.relevance_adapter:  # a missing or foreign file stops the start, not the first request
-            from rankstack.rag.relevance import RelevanceModel
+            from rankstack.pipeline.relevance import RelevanceModel
 
             try:
                 RelevanceModel.load(self.relevance_adapter)

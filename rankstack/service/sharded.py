@@ -26,7 +26,7 @@ class ShardedCollection(SearchableCollection):
 
     def __init__(self, config: CollectionConfig, *, models: ModelCache | None = None,
                  settings: Settings | None = None, rerankers: Callable[[Item], tuple[object, int]] | None = None):
-        from rankstack.pipeline.sharded import ShardedResources
+        from rankstack.distributed.sharded import ShardedResources
 
         super().__init__(config, models=models, settings=settings, rerankers=rerankers)
         sc = config.sharded

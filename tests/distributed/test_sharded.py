@@ -85,7 +85,7 @@ def test_build_writes_four_shards_on_both_workers(sharded, scifact):
 
 
 def test_bm25_over_shards_equals_pyserini_on_every_query(sharded, scifact, workspace):
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     queries = list(scifact.queries.values())
     got = ShardedResources(sharded).retriever("bm25").retrieve(queries, 1000)
@@ -102,7 +102,7 @@ def test_bm25_over_shards_equals_pyserini_on_every_query(sharded, scifact, works
 
 
 def test_dense_over_shards_on_ray_equals_exact_search(cluster, sharded, scifact, workspace):
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     queries = list(scifact.queries.values())
     want = workspace.retriever("dense:model=hash:256").retrieve(queries, 100)
@@ -122,7 +122,7 @@ def test_hybrid_over_all_of_scifact_equals_single_node(sharded, scifact, workspa
     the fused lists are the same; they differ only where documents tie at a list's cut (either may be kept), and
     then RRF, which reads ranks, differs below them."""
     from rankstack.pipeline import compile_pipeline
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     queries = list(scifact.queries.values())
     res = ShardedResources(sharded)
@@ -149,7 +149,7 @@ def test_hybrid_minilm_and_splade_subset_equals_single_node(cluster, scifact_dir
     shards (SPLADE-tiny impacts) too, with model queries and with IDF queries (collection-wide frequencies)."""
     from rankstack.distributed.build import build_sharded
     from rankstack.pipeline import DatasetWorkspace, compile_pipeline
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     ds = load_beir(beir_subset(scifact_dir, tmp_path / "sub", 10, 120))
     queries = list(ds.queries.values())
@@ -193,7 +193,7 @@ def _kill_soon(pid: int, delay: float) -> threading.Thread:
 def test_a_shard_server_killed_during_a_batch_loses_nothing(cluster, sharded, scifact, workspace, caplog):
     import logging
 
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     caplog.set_level(logging.WARNING, logger="rankstack.distributed.router")
     queries = list(scifact.queries.values())
@@ -304,7 +304,7 @@ def test_service_fronts_a_sharded_collection(sharded, scifact):
     pytest.importorskip("fastapi", reason="needs rankstack[service]")
     from fastapi.testclient import TestClient
 
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
     from rankstack.service.app import create_app
     from rankstack.service.config import Settings
 
@@ -328,7 +328,7 @@ def test_bad_input(sharded, tmp_path):
     import shutil
 
     from rankstack.distributed.build import build_sharded
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
     from rankstack.records import Document
     from rankstack.retrieval.sharded import ShardSet, shard_ranges
 

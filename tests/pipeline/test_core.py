@@ -10,7 +10,7 @@ from rankstack.pipeline import Cutoff, Filter, Fuse, Given, Pipeline, Rerank, Re
 from rankstack.records import Candidate, Document, Query, Ranking, Run
 from rankstack.rerank.base import Reranker
 from rankstack.retrieval.base import Retriever
-from rankstack.retrieval.fusion import interpolate, rrf
+from rankstack.pipeline.fusion import interpolate, rrf
 from rankstack.spec import parse_item
 
 QUERIES = [Query(qid="q1", text="first"), Query(qid="q2", text="second")]

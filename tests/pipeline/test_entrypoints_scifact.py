@@ -25,7 +25,7 @@ from rankstack.eval.datasets import load_beir  # noqa: E402
 from rankstack.eval.trec import read_run  # noqa: E402
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline  # noqa: E402
 from rankstack.records import Run  # noqa: E402
-from rankstack.retrieval.fusion import rrf  # noqa: E402
+from rankstack.pipeline.fusion import rrf  # noqa: E402
 from tests.conftest import beir_subset  # noqa: E402
 from tests.tiny_llm import save_tiny_llm  # noqa: E402
 

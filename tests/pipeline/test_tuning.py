@@ -12,7 +12,7 @@ from rankstack.eval.datasets import load_beir  # noqa: E402
 from rankstack.eval.metrics import evaluate  # noqa: E402
 from rankstack.eval.runner import run_pipelines  # noqa: E402
 from rankstack.records import Document, Run  # noqa: E402
-from rankstack.retrieval.fusion import interpolate  # noqa: E402
+from rankstack.pipeline.fusion import interpolate  # noqa: E402
 from tests.conftest import write_beir  # noqa: E402
 
 SPEC = "interp:alpha=auto(dense:model=hash:32 % 50, bm25 % 50)"

@@ -4,7 +4,7 @@ import pytest
 
 from rankstack.errors import BadInput
 from rankstack.records import Run
-from rankstack.retrieval.fusion import interpolate, rrf
+from rankstack.pipeline.fusion import interpolate, rrf
 
 
 def test_rrf_by_hand():

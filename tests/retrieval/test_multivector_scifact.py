@@ -179,7 +179,7 @@ def test_multi_vector_kinds_shard_and_equal_one_index(ws, tmp_path):
     the encodings; the candidates are the collection's best, rescored where they live) equal one index; PLAID trains
     its centroids per shard, so it is checked against exact MaxSim, as one PLAID index is."""
     from rankstack.distributed.build import build_sharded
-    from rankstack.pipeline.sharded import ShardedResources
+    from rankstack.distributed.sharded import ShardedResources
 
     ds = ws.dataset
     queries = list(ds.queries.values())

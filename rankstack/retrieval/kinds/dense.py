@@ -12,7 +12,7 @@ import numpy as np
 from rankstack.index.base import IndexSpec
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL, DOCUMENT_OPTIONS, ENCODER_OPTIONS, cached_encoder
 from rankstack.retrieval.kinds.base import RetrievalKind, Settings, slug
-from rankstack.spec import Item, Option, check_options
+from rankstack.spec import Item, Option, check_options, parse_item
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,8 @@ class DenseSettings(Settings):
 
     @classmethod
     def of(cls, item: Item | str, default_model: str = DEFAULT_DENSE_MODEL) -> DenseSettings:
-        from rankstack.retrieval.kinds import resolve
-
-        return resolve(item, {"model": default_model})[1]
+        return DENSE.settings(DENSE.check(parse_item(item, "retriever spec") if isinstance(item, str) else item),
+                              {"model": default_model})
 
     @property
     def search_params(self) -> dict[str, Any]:

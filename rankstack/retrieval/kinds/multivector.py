@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from rankstack.errors import BadInput
 from rankstack.index.base import IndexSpec
 from rankstack.retrieval.kinds.base import RetrievalKind, Settings, slug
 from rankstack.retrieval.token_encoders import DEFAULT_TOKEN_MODEL, TOKEN_ENCODER_OPTIONS, cached_token_encoder
-from rankstack.spec import Item, Option
+from rankstack.spec import Item, Option, parse_item
 
 __all__ = ["MultiVectorKind", "MultiVectorSettings", "MAXSIM", "MUVERA", "PLAID"]
 
@@ -64,9 +64,11 @@ class MultiVectorSettings(Settings):
 
     @classmethod
     def of(cls, item: Item | str, default_model: str = DEFAULT_TOKEN_MODEL) -> MultiVectorSettings:
-        from rankstack.retrieval.kinds import resolve
-
-        return resolve(item, {"token_model": default_model})[1]
+        item = parse_item(item, "retriever spec") if isinstance(item, str) else item
+        kind = {"maxsim": MAXSIM, "muvera": MUVERA, "plaid": PLAID}.get(item.kind)
+        if kind is None:
+            raise BadInput(f"{item.kind!r} is not a multi-vector kind; they are maxsim, muvera and plaid")
+        return kind.settings(kind.check(item), {"token_model": default_model})
 
     def encoder(self, models):
         return cached_token_encoder(models, self.model, **self.encoder_options)

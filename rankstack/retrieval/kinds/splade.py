@@ -11,7 +11,7 @@ import numpy as np
 
 from rankstack.errors import BadInput
 from rankstack.retrieval.kinds.base import RetrievalKind, Settings, slug
-from rankstack.spec import Item, Option
+from rankstack.spec import Item, Option, parse_item
 
 __all__ = ["SparseKind", "SparseSettings", "SPLADE"]
 
@@ -43,9 +43,9 @@ class SparseSettings(Settings):
 
     @classmethod
     def of(cls, item: Item | str, default_model: str | None = None) -> SparseSettings:
-        from rankstack.retrieval.kinds import resolve
-
-        return resolve(item, {"model": default_model} if default_model else {})[1]
+        item = parse_item(item, "retriever spec") if isinstance(item, str) else item
+        return SPLADE.settings(SPLADE.check(Item("splade", item.options)),
+                               {"sparse_model": default_model} if default_model else {})
 
     def encoder(self, models):
         from rankstack.retrieval.sparse_encoders import cached_sparse_encoder

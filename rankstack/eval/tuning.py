@@ -33,7 +33,7 @@ def tune_alpha(first: Run, second: Run, qrels: Qrels, *, metric: str = "nDCG@10"
     """The weight of ``first`` in ``interpolate(first, second)`` that maximises ``metric`` on ``qrels``; returns
     ``(alpha, value)`` (the smallest alpha among ties)."""
     from rankstack.eval.metrics import evaluate
-    from rankstack.retrieval.fusion import interpolate
+    from rankstack.pipeline.fusion import interpolate
 
     best = (grid[0], -1.0)
     for a in grid:
@@ -105,7 +105,7 @@ class _Runs:
                 for p in node.inputs]
 
     def fused(self, node: FusionSpec, alphas: dict[int, float]) -> Run:
-        from rankstack.retrieval.fusion import interpolate
+        from rankstack.pipeline.fusion import interpolate
 
         first, second = self.inputs(node, alphas)
         return interpolate(first, second, alpha=alphas[_key(node)])

@@ -48,7 +48,8 @@ class DatasetWorkspace(Resources):
 
     def __init__(self, dataset, root: str | Path = DEFAULT_INDEX_ROOT, *, model: str = DEFAULT_DENSE_MODEL,
                  k1: float = 0.9, b: float = 0.4, threads: int | None = None, models: ModelCache | None = None):
-        super().__init__(models)
+        # a dataset's queries repeat across the pipelines of one run: each is encoded once per encoder
+        super().__init__(models if models is not None else ModelCache(remember_queries=True))
         if not getattr(dataset, "corpus", None):
             raise BadInput("the dataset has no documents to index")
         self.dataset = dataset

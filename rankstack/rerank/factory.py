@@ -43,7 +43,7 @@ RERANKER_KINDS = tuple(_KINDS)
 _INTERNAL = {"self", "llm", "model", "encoder", "keep_signals"}
 # options of the LLM runtime under an LLM reranker (they select the model's compressed form, shared by rerankers
 # that ask for the same): weight compression, KV-cache compression and the compute dtype
-LLM_RUNTIME_OPTIONS = {"weights": "fp32", "kv": "fp32", "compute": "fp32"}
+LLM_RUNTIME_OPTIONS = {"weights": "fp32", "kv": "fp32", "compute": "auto"}
 
 
 def _class(kind: str):
@@ -208,7 +208,12 @@ def build_reranker(spec: RerankerSpec | str | Mapping[str, Any], cache: ModelCac
     cache = cache or ModelCache()
     role = _KINDS[spec.kind][2]
     opts = dict(spec.options)
-    runtime = {k: opts.pop(k) for k in LLM_RUNTIME_OPTIONS if k in opts and opts[k] != LLM_RUNTIME_OPTIONS[k]}
+    if role == "llm":  # compute=auto as this machine resolves it: rerankers that end up alike share one model
+        from rankstack.rerank.llm.runtime import resolve_compute
+
+        opts["compute"] = resolve_compute(str(opts.get("compute", "auto")))
+    # the model's key names the runtime options that differ from plain float32
+    runtime = {k: opts.pop(k) for k in LLM_RUNTIME_OPTIONS if k in opts and opts[k] != "fp32"}
     opts = {k: v for k, v in opts.items() if k not in LLM_RUNTIME_OPTIONS}
     key = "\0".join([spec.model_name, *(f"{k}={v}" for k, v in sorted(runtime.items()))])
     if role == "encoder":  # encoders share their loaded weights with every other user (dense retrievers)

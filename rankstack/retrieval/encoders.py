@@ -10,6 +10,7 @@ import numpy as np
 from rankstack._optional import available
 from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, MissingExtra
+from rankstack.models import remembered
 from rankstack.records import Document
 
 logger = logging.getLogger(__name__)
@@ -196,5 +197,6 @@ def cached_encoder(models, name: str, **options):
     """A dense encoder for ``name`` with ``options`` (batch size, prefixes...), sharing one loaded model through
     ``models`` (a :class:`~rankstack.models.ModelCache`) with every other user of it."""
     if name == "hash" or name.startswith("hash:"):
-        return make_encoder(name)
-    return make_encoder(name, loaded=models.get("sentence-transformer", name, load_sentence_transformer), **options)
+        return remembered(models, make_encoder(name), ("dense", name))
+    encoder = make_encoder(name, loaded=models.get("sentence-transformer", name, load_sentence_transformer), **options)
+    return remembered(models, encoder, ("dense", name, tuple(sorted((k, str(v)) for k, v in options.items()))))

@@ -27,6 +27,7 @@ import numpy as np
 from rankstack._optional import available
 from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, MissingExtra
+from rankstack.models import remembered
 from rankstack.records import Document
 
 logger = logging.getLogger(__name__)
@@ -291,4 +292,5 @@ def cached_sparse_encoder(models, name: str, **options) -> SparseTextEncoder:
     msl = opts.pop("max_seq_length", 256)
     loaded = models.get("sparse-encoder", f"{name}\0{msl}",
                         lambda key: load_sparse_model(key.split("\0")[0], max_seq_length=msl))
-    return SparseTextEncoder(name, loaded=loaded, max_seq_length=msl, **opts)
+    return remembered(models, SparseTextEncoder(name, loaded=loaded, max_seq_length=msl, **opts),
+                      ("sparse", name, msl, tuple(sorted((k, str(v)) for k, v in opts.items()))))

@@ -27,6 +27,7 @@ import numpy as np
 
 from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, MissingExtra
+from rankstack.models import remembered
 from rankstack.records import Document
 
 logger = logging.getLogger(__name__)
@@ -273,4 +274,5 @@ def cached_token_encoder(models, name: str, **options) -> TokenEncoder:
     """A token-level (late-interaction) encoder for ``name`` with ``options`` (batch size, query and document
     lengths, device), sharing one loaded model through ``models`` (a :class:`~rankstack.models.ModelCache`)."""
     opts = {k: v for k, v in options.items() if v is not None}
-    return TokenEncoder(name, loaded=models.get("token-encoder", name, load_token_model), **opts)
+    return remembered(models, TokenEncoder(name, loaded=models.get("token-encoder", name, load_token_model), **opts),
+                      ("tokens", name, tuple(sorted((k, str(v)) for k, v in opts.items()))))

@@ -17,7 +17,7 @@ from rankstack.rerank.llm.kvquant import KVScheme, QuantizedKV, dequantize_tenso
 from rankstack.rerank.llm.quant import (Int4Linear, Int8Linear, compress_model, dequantize_int4,  # noqa: E402
                                         linear_weight_bytes, load_or_compress, quantize_int4)
 from rankstack.rerank.llm.runtime import CausalLM  # noqa: E402
-from rankstack.records import Candidate, Document  # noqa: E402
+from rankstack.records import Candidate, Document, Query, Ranking  # noqa: E402
 from tests.tiny_llm import tiny_llama, tiny_tokenizer  # noqa: E402
 
 
@@ -275,6 +275,31 @@ def test_passage_block_prefill_equals_each_passage_run_alone():
         ICRReranker(llm, attention="sliding")
 
 
+def test_icr_attention_auto_is_passage_block_in_one_prompt_and_dense_in_windows():
+    tok = tiny_tokenizer()
+    llm = CausalLM(tiny_llama(len(tok)), tokenizer=tok)
+    query = Query(qid="q", text="flea eggs")
+    cands = tuple(Candidate(docid=f"d{i}", score=1.0 - i / 10, document=Document(docid=f"d{i}", text=t))
+                  for i, t in enumerate(["cats dogs", "flea eggs larva", "pupa adult weeks", "the cycle of a flea"]))
+    ranking = Ranking(query=query, candidates=cands)
+
+    def run(**kw):
+        return [(c.docid, c.score) for c in ICRReranker(llm, passage_tokens=8, keep_signals=True, **kw
+                                                         ).rerank(ranking).candidates]
+
+    def signals(**kw):
+        r = ICRReranker(llm, passage_tokens=8, keep_signals=True, **kw)
+        r.rerank(ranking)
+        return torch.cat([s.query.flatten() for s in r.signals])
+
+    # one prompt holds all four: auto is the passage-block prefill, which differs from dense attention
+    torch.testing.assert_close(signals(), signals(attention="passage-block"))
+    assert not torch.allclose(signals(), signals(attention="dense"))
+    assert run() == run(attention="passage-block")
+    # sliding windows of two: auto attends densely
+    torch.testing.assert_close(signals(window=2, stride=1), signals(window=2, stride=1, attention="dense"))
+
+
 def test_duo_heads_flex_equals_masked_reference_and_probe_follows():
     """Streaming heads see only the sink and the local window, in the prompt pass and in the query pass over the
     cache; the blocked computation equals the masked SDPA reference, and ICR's probe rows are the heads' own
@@ -422,7 +447,7 @@ def test_bf16_compute_keeps_compressed_parts_and_rope_in_their_precision():
         got = layer(x)
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
-    with pytest.raises(BadInput, match="unknown compute dtype 'fp8'; choose one of fp32, bf16"):
+    with pytest.raises(BadInput, match="unknown compute dtype 'fp8'; choose one of auto, fp32, bf16"):
         CausalLM(tiny_llama(len(tok)), tokenizer=tok, compute="fp8")
     with pytest.raises(BadInput, match="unknown compute dtype"):
         RerankerSpec.parse("icr:compute=fp16")

@@ -105,3 +105,17 @@ def test_the_embedding_reranker_shares_the_encoders_model():
     dense = cached_encoder(cache, "sentence-transformers/all-MiniLM-L6-v2", batch_size=8)
     reranker = build_reranker("embedding", cache)
     assert reranker.encoder.model is dense.model  # one copy of the weights for retrieval and reranking
+
+
+def test_compute_auto_is_bf16_only_where_the_cpu_multiplies_it_and_shares_the_model(tiny_dir):
+    """The default compute=auto resolves to bf16 on a CPU with bf16 units (AMX, AVX512-BF16), float32 elsewhere, and
+    a reranker asking for what auto resolved to shares the same loaded model."""
+    from rankstack.rerank.llm.runtime import cpu_has_bf16_units, resolve_compute
+
+    want = "bf16" if cpu_has_bf16_units() else "fp32"
+    assert resolve_compute("auto") == want and resolve_compute("fp32") == "fp32"
+    cache = ModelCache()
+    auto = build_reranker(f"icr:model={tiny_dir},passage_tokens=16", cache)
+    explicit = build_reranker(f"first:model={tiny_dir},passage_tokens=16,compute={want}", cache)
+    assert auto.llm is explicit.llm and auto.llm.compute == want
+    assert auto.attention == "auto"

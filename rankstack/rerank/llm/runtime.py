@@ -31,18 +31,32 @@ from rankstack.errors import BadInput, MissingExtra, RankStackError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CausalLM", "AttentionProbe", "ForwardStats", "OFFLINE_MODELS", "COMPUTE_DTYPES", "resolve_llm"]
+__all__ = ["CausalLM", "AttentionProbe", "ForwardStats", "OFFLINE_MODELS", "COMPUTE_DTYPES", "COMPUTE_CHOICES",
+           "resolve_compute", "resolve_llm"]
 
 # ``compute=`` in reranker specs: the dtype activations, attention and the KV cache run in. ``bf16`` runs the
 # matrix products on bf16 units where the CPU has them (AMX, AVX512-BF16) or a GPU's tensor cores; compressed layers
 # decode their codes to bf16 (scaled in float32, rounded once) and RoPE's frequencies stay float32.
+# ``auto`` (the default) is bf16 on a GPU that has it or a CPU that multiplies bf16 in hardware, float32 elsewhere:
+# bf16 was 2.6-3.5x faster than float32 at -0.0004/-0.0006 nDCG@10 on DL19 on a CPU with AMX (benchmarks/RESULTS.md,
+# LLM compression), while a CPU without bf16 units emulates it, slower than float32.
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+COMPUTE_CHOICES = ("auto", *COMPUTE_DTYPES)
 
 
-def parse_compute(name: str) -> torch.dtype:
-    if name not in COMPUTE_DTYPES:
-        raise BadInput(f"unknown compute dtype {name!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
-    return COMPUTE_DTYPES[name]
+def resolve_compute(name: str, device: str = "cpu") -> str:
+    """``auto`` as this machine resolves it (``bf16`` or ``fp32``); other names unchanged, unknown ones refused."""
+    if name not in COMPUTE_CHOICES:
+        raise BadInput(f"unknown compute dtype {name!r}; choose one of {', '.join(COMPUTE_CHOICES)}")
+    if name != "auto":
+        return name
+    if str(device).startswith("cuda"):
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16_units() else "fp32"
+
+
+def parse_compute(name: str, device: str = "cpu") -> torch.dtype:
+    return COMPUTE_DTYPES[resolve_compute(name, device)]
 
 
 def cpu_has_bf16_units() -> bool:
@@ -286,7 +300,7 @@ class CausalLM:
 
     def __init__(self, model: str | object = "smollm2", *, tokenizer=None, dtype: torch.dtype = torch.float32,
                  device: str = "cpu", max_context: int | None = None, weights: str = "fp32", kv: str = "fp32",
-                 compute: str = "fp32"):
+                 compute: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rankstack.rerank.llm.kvquant import KVScheme
@@ -294,6 +308,7 @@ class CausalLM:
 
         WeightScheme.parse(weights)  # unknown names fail before anything loads
         self.kv = KVScheme.parse(kv)
+        compute = resolve_compute(compute, device)
         self.compute_dtype = parse_compute(compute)
         self.compute = compute
         cache_dir = None

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _table import markdown, save_results  # noqa: E402
 from compressed_indexes import synthetic  # noqa: E402
 
-from rankstack.index import shuffle_scan  # noqa: E402
+from rankstack.kernels.binary_scan import shuffle as shuffle_scan  # noqa: E402
 from rankstack.index.base import IndexSpec  # noqa: E402
 from rankstack.index.compressed import no_polysemous  # noqa: E402
 from rankstack.index.registry import build_vector_index  # noqa: E402
@@ -79,10 +79,10 @@ def main() -> int:
     for bits in args.bits:
         spec = IndexSpec.parse(f"binary:bits={bits},mode=asymmetric")
         index, build_s = timed(lambda: build_vector_index(spec, docids, x))
-        codec, planes, scales = index._codec, index._planes, index._scales
+        codec, planes, scales = index.binary_parts()
         code_bytes = index.code_bytes()
         # the shuffle scan's layout, as the index keeps it (built at its first search): its time and extra bytes
-        lay, lay_s = timed(index._shuffle_layout) if shuffle_scan.available() else (None, 0.0)
+        lay, lay_s = timed(index.shuffle_layout) if shuffle_scan.available() else (None, 0.0)
         for scan in ("numpy", "lut", "gemm", "shuffle"):
             if scan == "shuffle" and lay is None:
                 logger.warning("no shuffle rows: the shuffle scan needs numba and an x86-64 CPU with AVX2")
@@ -152,12 +152,12 @@ def main() -> int:
 
 def nq_sweep(args, x, q, docids) -> int:
     """lut against gemm at 1-64 queries per call, on the first --bits: where ``auto`` should switch."""
-    from rankstack.index.lut_scan import GEMM_FROM
+    from rankstack.kernels.binary_scan import GEMM_FROM
 
     index = build_vector_index(IndexSpec.parse(f"binary:bits={args.bits[0]},mode=asymmetric"), docids, x)
-    codec, planes, scales = index._codec, index._planes, index._scales
+    codec, planes, scales = index.binary_parts()
     rows = []
-    lay = index._shuffle_layout()
+    lay = index.shuffle_layout()
     scans = ("lut", "gemm") + (("shuffle",) if lay is not None else ())
     for nq in (1, 4, 8, 16, 24, 32, 64):
         row = {"bits": args.bits[0], "queries_per_call": nq}
@@ -198,7 +198,7 @@ def small(args) -> int:
         x, q = synthetic(n)
         index = build_vector_index(IndexSpec.parse(f"binary:bits={bits},mode=asymmetric"), [f"d{i}" for i in range(n)],
                                    x)
-        codec, planes, scales = index._codec, index._planes, index._scales
+        codec, planes, scales = index.binary_parts()
         lay = shuffle_scan.layout(planes, scales)
         fs = faiss.IndexPQFastScan(x.shape[1], bits * x.shape[1] // 4, 4, faiss.METRIC_INNER_PRODUCT)
         fs.train(x)

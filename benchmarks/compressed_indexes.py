@@ -87,7 +87,7 @@ def time_faiss(spec: IndexSpec, x: np.ndarray, q: np.ndarray, index_ref: VectorI
     if idx is None:
         return None
     if isinstance(idx, faiss.IndexBinaryFlat):
-        codec = index_ref._codec
+        codec = index_ref.binary_parts()[0]
         idx.add(np.ascontiguousarray(codec.encode(x)[0][:, 0]))
         qq = np.ascontiguousarray(codec.encode(q)[0][:, 0])
     else:

@@ -62,7 +62,7 @@ def run(kind: str, n: int, upserts: int, label: str) -> dict:
         se.append((t2 - t1) * 1000)
     got = index.docid_pairs(index.search(queries[:5], 10))
     if getattr(index, "_tombstones", None) and kind.split(":")[0] != "hnsw":
-        index._purge_tombstones()
+        index.purge_tombstones()
         assert index.docid_pairs(index.search(queries[:5], 10)) == got, "tombstone filtering != removal"
     row = {"code": label, "kind": kind, "docs": n, "upserts": upserts,
            "upsert_ms_p50": float(np.percentile(up, 50)), "upsert_ms_p95": float(np.percentile(up, 95)),

@@ -52,19 +52,19 @@ def run(n: int, batch: int, size: int, root: Path, background: bool) -> dict:
     for v, s in ((v, s) for v in (2, 3) for s in range(0, n, batch)):
         docs = [Document(docid=f"d{i}", text=t, title=f"v{v} {i}")
                 for i, t in zip(range(s, min(n, s + batch)), texts(rng, min(batch, n - s), size, words))]
-        before, pre = log.compactions, log._size
+        before, pre = log.compactions, log.size_bytes
         t0 = time.perf_counter()
         log.write(docs)
-        started = log._compactor is not None and not spikes_at
+        started = log.compacting and not spikes_at
         lat.append((time.perf_counter() - t0) * 1000)
         last.update({d.docid: d for d in docs})
         if log.compactions > before or started:  # inline: ran in this write; background: started by it
             spikes_at.append((len(lat) - 1, pre, time.perf_counter()))
         if spikes_at and len(sizes) == 0 and log.compactions:
-            sizes.append((spikes_at[0][1], log._size, time.perf_counter() - spikes_at[0][2]))
+            sizes.append((spikes_at[0][1], log.size_bytes, time.perf_counter() - spikes_at[0][2]))
     log.wait_compaction()
     if spikes_at and not sizes:
-        sizes.append((spikes_at[0][1], log._size, time.perf_counter() - spikes_at[0][2]))
+        sizes.append((spikes_at[0][1], log.size_bytes, time.perf_counter() - spikes_at[0][2]))
     lat = np.array(lat)
     trigger = spikes_at[0][0] if spikes_at else None
     plain = np.delete(lat, [trigger]) if trigger is not None else lat

@@ -28,7 +28,8 @@ from rankstack.eval.datasets import load_beir
 from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
 from rankstack.index.base import IndexSpec
-from rankstack.index.multivector import PlaidIndex, _topk
+from rankstack.index.multivector import PlaidIndex
+from rankstack.kernels.topk_heap import rows_topk
 from rankstack.index.muvera import FDEConfig, document_fdes, query_fdes
 from rankstack.index.registry import build_vector_index
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline
@@ -260,7 +261,7 @@ def main() -> None:
         t0 = time.perf_counter()
         exact_all = index.score_all(qtok)
         exact_ms = (time.perf_counter() - t0) / len(queries) * 1e3
-        exact_s, exact_r = _topk(exact_all, 100)
+        exact_s, exact_r = rows_topk(exact_all, 100)
         exact_rows = list(exact_r)
         exact_ndcg = ndcg(exact_r, exact_s, index.docids, queries, ds.qrels)
         out.setdefault("corpus", []).append({

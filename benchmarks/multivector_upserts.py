@@ -3,7 +3,7 @@ one run.
 
     python benchmarks/multivector_upserts.py [--sizes 5000 50000] [--dim 128] [--tokens 100] [--upserts 200]
 
-The index work only, through the calls the service's `IndexSet._sync_multi` makes (the token encoder is left out:
+The index work only, through the calls the service's slot makes for a write (`rankstack.service.slots.Slot.sync`) (the token encoder is left out:
 it costs the same in both paths). `copy` is RankStack <= 0.4: `MultiVectorIndex.replaced` copies the token matrix
 without the old version and with the new one, and MUVERA's FDE index is derived again from the whole corpus at the
 next MUVERA search (timed here as part of the write). `in-place` is the default now: `MultiVectorIndex.update`

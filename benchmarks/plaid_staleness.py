@@ -33,7 +33,8 @@ from multivector import recall_vs
 from rankstack.eval.datasets import load_beir
 from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
-from rankstack.index.multivector import PlaidIndex, _topk
+from rankstack.index.multivector import PlaidIndex
+from rankstack.kernels.topk_heap import rows_topk
 from rankstack.pipeline import DatasetWorkspace
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
 from rankstack.records import Run
@@ -69,7 +70,7 @@ def main() -> None:
         tokens = ws.token_index(s)
         queries = list(ds.queries.values())
         qtok = s.encoder(ws.models).encode_queries([q.text for q in queries])
-        exact_s, exact_r = _topk(tokens.score_all(qtok), 100)
+        exact_s, exact_r = rows_topk(tokens.score_all(qtok), 100)
         exact = per_query_ndcg(exact_r, exact_s, tokens.docids, queries, ds.qrels)
 
         rng = np.random.default_rng(args.seed)

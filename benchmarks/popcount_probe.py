@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     ap.add_argument("--query-bits", type=int, default=4, help="U: query quantization bits")
     ap.add_argument("--queries", type=int, default=10)
     a = ap.parse_args(argv)
-    from rankstack.index import lut_scan
+    from rankstack.kernels import binary_scan as lut_scan
 
     n = a.n // L * L
     w = a.dim // 64

@@ -35,7 +35,8 @@ from rankstack.index.lucene_impact import LuceneImpactIndex, query_dicts
 from rankstack.pipeline import DatasetWorkspace
 from rankstack.pipeline.resources import SparseSettings
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT
-from rankstack.retrieval.sparse import SparseRetriever, _Seismic, captured_stdout
+from rankstack.index.sparse_seismic import SeismicEngine, captured_stdout
+from rankstack.retrieval.sparse import SparseRetriever
 
 from _table import markdown, save_results  # noqa: E402
 
@@ -83,7 +84,7 @@ def choose_seismic(data: Path, root: Path) -> dict:
     built, r = {}, 0.0
     for n_postings, qc, hf in GRID:
         if n_postings not in built:
-            built[n_postings] = _Seismic(sparse, n_postings, 0.4, 1)
+            built[n_postings] = SeismicEngine(*sparse.snapshot(), sparse.vocab, sparse.version, n_postings, 0.4, 1)
         r = recall(built[n_postings].search(dicts, 10, qc, hf, 1), exact, 10)
         logger.info("seismic n_postings=%d query_cut=%d heap_factor=%.1f: Recall@10 %.4f on %s %s", n_postings, qc,
                     hf, r, name, split)
@@ -140,7 +141,7 @@ def bench(data: Path, name: str, root: Path, single: int, chosen: dict) -> tuple
         "splade scipy": SparseRetriever(enc, sparse),
         "splade seismic": SparseRetriever(enc, sparse, engine="seismic", **chosen),
     }
-    seis = retr["splade seismic"]._seismic_state()[0]  # the engine the retriever searches (built once)
+    seis = retr["splade seismic"].seismic_engine()  # the engine the retriever searches (built once)
     with captured_stdout([]) as printed:
         seis.index.print_space_usage_byte()
     info["seismic_space"] = " ".join(" ".join(printed).split())

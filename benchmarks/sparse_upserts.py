@@ -4,7 +4,7 @@ index) at two collection sizes, with engine `scipy`, `lucene` or `seismic`.
     python benchmarks/sparse_upserts.py [--sizes 5000 50000] [--upserts 200] [--engine lucene] [--out DIR]
     PYTHONPATH=<checkout of an older commit> python benchmarks/sparse_upserts.py --label old ...
 
-The index work only, through the calls `IndexSet._sync_sparse` and a search make (`SparseIndex.add(upsert=True)`,
+The index work only, through the calls a service slot's write and a search make (`SparseIndex.add(upsert=True)`,
 then a search of one query, k=10: `SparseIndex.search`, or with `--engine lucene` the retriever's Lucene impact
 index, which the first search after a write brings up to date, or with `--engine seismic` Seismic with the
 documents written since its build scored beside it and merged in the background past a tenth of the collection);
@@ -59,17 +59,12 @@ def searcher(index, engine: str, queries, folder: Path):
     """``search(j)``: query ``j``'s top 10 as sorted float32 scores, through ``engine``."""
     if engine == "scipy":
         return lambda j: index.search(queries[j:j + 1], 10).scores[0]
-    from rankstack.index.lucene_impact import query_dicts
     from rankstack.retrieval.sparse import SparseRetriever
 
     retriever = SparseRetriever(_Vocabulary(), index, engine=engine, lucene_path=folder)
-    dicts = query_dicts(index, queries)
     if engine == "seismic":
-        if hasattr(retriever, "_seismic_search"):
-            return lambda j: retriever._seismic_search(queries[j:j + 1], 10)[0]
-        p = retriever.seismic_params  # an older checkout: the index is rebuilt after every write
-        return lambda j: retriever._seismic().search(dicts[j:j + 1], 10, p["query_cut"], p["heap_factor"], 1)[0]
-    return lambda j: np.array([s for _, s in retriever._lucene().search(dicts[j:j + 1], 10)[0]], np.float32)
+        return lambda j: retriever.search_impacts(queries[j:j + 1], 10)[0]
+    return lambda j: np.array([s for _, s in retriever.search_impacts(queries[j:j + 1], 10)[0]], np.float32)
 
 
 def run(n: int, upserts: int, label: str, engine: str, folder: Path) -> dict:

@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from rankstack.errors import BadInput
+from rankstack.kernels import binary_scan
 
 logger = logging.getLogger(__name__)
 
@@ -108,22 +109,20 @@ class ResidualBinaryCodec:
              scan: str = "auto", layout=None) -> tuple[np.ndarray, np.ndarray]:
         """The best ``min(k, n)`` codes per query, ``(scores, positions)`` best first, ties by position.
 
-        Compiled scans (:mod:`rankstack.index.lut_scan`, need ``rankstack[fastscan]``): ``scan="lut"`` reads byte
+        Compiled scans (:mod:`rankstack.kernels.binary_scan`, need ``rankstack[fastscan]``): ``scan="lut"`` reads byte
         lookup tables, ``"gemm"`` decodes blocks of codes and multiplies them with all queries at once, ``"shuffle"``
         looks up 4-bit tables in SIMD registers and rescores what its bound cannot rule out (x86-64 with AVX2; over
         ``layout``, the codes laid out for it, when given); ``"auto"`` takes ``shuffle`` when ``layout`` is given and
         it runs here, else picks ``lut`` or ``gemm`` by the number of queries. ``"numpy"``: the reference above
         (unpacks every sign to float32), also what ``auto`` falls back to without numba."""
-        from rankstack.index import lut_scan
-
-        if scan not in (*lut_scan.SCANS, "numpy"):
+        if scan not in (*binary_scan.SCANS, "numpy"):
             raise BadInput(f"unknown binary scan {scan!r}; choose auto, lut, gemm, shuffle or numpy")
-        if scan in ("lut", "gemm", "shuffle") and not lut_scan.available():
+        if scan in ("lut", "gemm", "shuffle") and not binary_scan.available():
             from rankstack.errors import MissingExtra
 
             raise MissingExtra(f"the {scan} scan needs numba: `pip install 'rankstack[fastscan]'` (or scan=numpy)")
         q = np.asarray(q, np.float32)
-        if scan == "numpy" or not lut_scan.available():
+        if scan == "numpy" or not binary_scan.available():
             if scan == "auto":
                 _warn_no_numba()
             fn = self.asymmetric_scores if mode == "asymmetric" else self.symmetric_scores
@@ -139,7 +138,7 @@ class ResidualBinaryCodec:
         else:  # sum_a beta_a t_a . sum_b alpha_b s_b over the query's own +-1 planes t_a; no mean terms
             qp, qs = self.encode(q)
             vecs, qw, base = self.signs(qp), qs.astype(np.float32), np.zeros(q.shape[0], np.float32)
-        return lut_scan.topk(vecs, qw, base, planes, scales, k, scan=scan, layout=layout)
+        return binary_scan.topk(vecs, qw, base, planes, scales, k, scan=scan, layout=layout)
 
 
 _warned = []

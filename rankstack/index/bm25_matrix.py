@@ -10,7 +10,7 @@ every quantity is computed the way Lucene's ``BM25Similarity`` computes it, in t
 - a term's score ``weight - weight / (1f + freq * normInverse)`` (float32), summed over query terms in double and
   rounded to float32, as Lucene's disjunction scorers do;
 - Lucene's top k (score descending, ties to the earlier document in index order), then what Pyserini's searcher
-  does to it (:func:`tiebreak`): scores rounded to 1e-4, each tie lowered by 1e-6.
+  does to it (:func:`rankstack.kernels.bm25_scores.tiebreak`): scores rounded to 1e-4, each tie lowered by 1e-6.
 
 Each term's score for a query term that occurs once is precomputed into a sparse (terms x documents) matrix, so a
 batch of queries is one sparse product (the float32 term scores are held in float64: a sum of a few of them is exact
@@ -23,74 +23,29 @@ Pyserini's runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from rankstack._atomic import atomic_dir, write_json
 from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, IndexCorrupt
-from rankstack.index.base import check_k, read_params
+from rankstack.index.base import check_k
 from rankstack.index.english_analyzer import analyze as english_analyze
 from rankstack.index.jvm import import_pyserini
+from rankstack.index import bm25_matrix_io
+from rankstack.kernels.bm25_scores import block_topk, lowered_scores, lucene_cut
 from rankstack.records import Document, TopK
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BM25Matrix", "QueryAnalyzer", "lucene_length_table", "encode_length", "tiebreak", "lowered_scores"]
-
-
-def tiebreak(pairs: list[tuple[str, np.float32]]) -> list[tuple[str, float]]:
-    """The scores Pyserini's searcher reports for Lucene's top k: Anserini orders hits by score, ties by docid
-    (lexicographic), rounds each score to 1e-4 (in double) and lowers a score within 1e-4 of the previous (already
-    lowered) one by 1e-6 per tie, in float32, so that the scores sort in rank order. Matched against Pyserini's
-    runs on every SciFact and NFCorpus test query (tests/index/test_bm25_matrix.py)."""
-    if not pairs:
-        return []
-    order = sorted(range(len(pairs)), key=lambda i: (-pairs[i][1], pairs[i][0]))
-    raw = np.array([pairs[i][1] for i in order], dtype=np.float32)
-    return list(zip([pairs[i][0] for i in order], lowered_scores(raw).tolist()))
-
-
-def tiebreak_reference(pairs: list[tuple[str, np.float32]]) -> list[tuple[str, float]]:
-    """:func:`tiebreak` as one plain loop over the ranks (the specification the vectorised version is tested
-    against)."""
-    f32 = np.float32
-    if not pairs:
-        return []
-    order = sorted(range(len(pairs)), key=lambda i: (-pairs[i][1], pairs[i][0]))
-    raw = np.array([pairs[i][1] for i in order], dtype=np.float32)
-    rounded = (np.floor(raw.astype(np.float64) * 1e4 + 0.5) / 1e4).astype(np.float32).tolist()
-    lim = float(f32(1e-4))
-    out, dup, prev = [], 0, 0.0
-    for i, cur in zip(order, rounded):
-        # float32 values in Python floats: a difference of two nearby float32 values is exact (Sterbenz), so the
-        # comparison matches Java's float arithmetic; only a tie needs a float32 operation
-        if prev == 0.0 or prev - cur > lim:
-            dup = 0
-        else:
-            dup += 1
-            cur = float(f32(f32(cur) - f32(f32(1e-6) * f32(dup))))
-        out.append((pairs[i][0], cur))
-        prev = cur
-    return out
-
-
-_LIM = float(np.float32(1e-4))
-_STEP = np.float32(1e-6)
-
-
-def _lower(value: float, dup: int) -> float:
-    return float(np.float32(np.float32(value) - np.float32(_STEP * np.float32(dup))))
+__all__ = ["BM25Matrix", "QueryAnalyzer", "lucene_length_table", "encode_length"]
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -107,104 +62,6 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         if pool is None:
             pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rankstack-bm25")
         return pool
-
-
-@lru_cache(maxsize=1)
-def _lowering_kernel():
-    """:func:`tiebreak_reference`'s loop compiled (numba, ``rankstack[fastscan]``), over each row's first
-    ``lengths[row]`` entries only, without the GIL: a block's lowering then costs a fraction of a millisecond and
-    lets the threads of a batched search run side by side (the numpy version below spends most of its time on
-    padding and holds the GIL in its loop over undecided ties). None when numba is not installed."""
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    @numba.njit(cache=True, nogil=True)
-    def lower(raw, lengths, out):  # float32 [rows, n], int64 [rows], float64 [rows, n]
-        lim = np.float64(np.float32(1e-4))
-        step = np.float32(1e-6)
-        for q in range(raw.shape[0]):
-            prev = 0.0
-            dup = 0
-            for i in range(lengths[q]):
-                cur = np.float64(np.float32(np.floor(np.float64(raw[q, i]) * 1e4 + 0.5) / 1e4))
-                if prev == 0.0 or prev - cur > lim:
-                    dup = 0
-                else:
-                    dup += 1
-                    cur = np.float64(np.float32(np.float32(cur) - np.float32(step * np.float32(dup))))
-                out[q, i] = cur
-                prev = cur
-
-    return lower
-
-
-def lowered_scores(raw: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-    """Pyserini's reported scores for float32 ``raw`` scores already in rank order (see :func:`tiebreak`). A 2-d
-    ``raw`` is a block of queries, one per row (each row judged alone), of which only the first ``lengths[row]``
-    entries count (the others are returned as 0). Compiled when numba is installed, else :func:`_lowered_numpy`."""
-    kernel = _lowering_kernel()
-    if kernel is None:
-        return _lowered_numpy(raw, lengths)
-    r2 = np.ascontiguousarray(np.atleast_2d(raw), dtype=np.float32)
-    rows, n = r2.shape
-    lens = np.full(rows, n, np.int64) if lengths is None else np.minimum(np.asarray(lengths, np.int64), n)
-    out = np.zeros((rows, n))
-    kernel(r2, lens, out)
-    return out[0] if raw.ndim == 1 else out
-
-
-def _lowered_numpy(raw: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-    """:func:`lowered_scores` vectorised in numpy: equal rounded scores are ties and steps of two or more 1e-4
-    reset the tie count whatever it is, so only the rare single-step transitions after a tie are decided one by
-    one."""
-    flat = raw.ndim == 1
-    r2 = np.atleast_2d(raw)
-    r = (np.floor(r2.astype(np.float64) * 1e4 + 0.5) / 1e4).astype(np.float32)
-    rows, n = r.shape
-    if n == 0:
-        return r.astype(np.float64).reshape(raw.shape)
-    rd = r.astype(np.float64)
-    diff = np.full((rows, n), np.inf)
-    diff[:, 1:] = rd[:, :-1] - rd[:, 1:]
-    reset = diff > 1.9e-4  # prev - cur >= 2e-4 - dup * 1e-6 > 1e-4 while dup < 90 (checked below)
-    zero_prev = np.zeros((rows, n), dtype=bool)
-    zero_prev[:, 1:] = rd[:, :-1] == 0.0  # Anserini restarts after a (lowered) score of 0
-    col = np.broadcast_to(np.arange(n), (rows, n))
-    if lengths is not None:
-        reset |= col >= np.asarray(lengths)[:, None]  # padding: never a tie, never looked at
-    open_ = ~reset & ((diff > 0) | zero_prev)  # a tie only if the previous one was lowered
-    # after a certain reset the previous score is not lowered: decided here, all at once
-    after_reset = np.zeros((rows, n), dtype=bool)
-    after_reset[:, 1:] = reset[:, :-1] & ~open_[:, :-1]
-    direct = open_ & after_reset
-    if direct.any():
-        prev = np.zeros((rows, n))
-        prev[:, 1:] = rd[:, :-1]
-        reset = reset | (direct & ((prev == 0.0) | (prev - rd > _LIM)))
-        open_ &= ~direct
-    undecided = np.argwhere(open_)
-    if undecided.size:
-        last_definite = np.maximum.accumulate(np.where(reset, col, 0), axis=1)
-        reset = reset.copy()
-        last_decided = {}  # per row: the last undecided position found to reset
-        for q, i in undecided.tolist():  # row by row, left to right
-            start = max(int(last_definite[q, i - 1]), last_decided.get(q, -1))
-            dup_prev = (i - 1) - start
-            prev = _lower(rd[q, i - 1], dup_prev) if dup_prev else float(rd[q, i - 1])
-            if prev == 0.0 or prev - rd[q, i] > _LIM:
-                reset[q, i] = True
-                last_decided[q] = i
-    dup = col - np.maximum.accumulate(np.where(reset, col, 0), axis=1)
-    out = rd.copy()
-    tied = dup > 0
-    out[tied] = (r[tied] - (_STEP * dup[tied].astype(np.float32))).astype(np.float32)
-    for q in np.flatnonzero(dup.max(axis=1) >= 90).tolist():  # beyond the shortcut's assumption: the plain loop
-        out[q] = [v for _, v in tiebreak_reference([(str(i).zfill(12), v) for i, v in enumerate(r2[q])])]
-    if lengths is not None:
-        out[col >= np.asarray(lengths)[:, None]] = 0.0
-    return out[0] if flat else out
 
 
 def _analyzer():
@@ -422,28 +279,12 @@ class BM25Matrix:
                                              shape=scores.shape)).tocsr()
         return scores
 
-    @staticmethod
-    def _top_set(idx: np.ndarray, sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The documents of Lucene's top ``k`` of one row (unordered): the double sums rounded to float32; at the
-        cut, ties go to the earlier document."""
-        scores = sums.astype(np.float32)
-        if idx.size > k:
-            kth = np.partition(scores, idx.size - k)[idx.size - k]
-            keep = scores > kth
-            tied = np.flatnonzero(scores == kth)
-            need = k - int(np.count_nonzero(keep))
-            if need < tied.size:
-                tied = tied[np.argpartition(idx[tied], need - 1)[:need]] if need else tied[:0]
-            keep[tied] = True
-            idx, scores = idx[keep], scores[keep]
-        return idx, scores
-
     def top_rows(self, terms: Sequence[str], k: int, k1: float = 0.9, b: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
         """Lucene's top ``k`` for analysed query ``terms`` before Pyserini's rounding: (rows, float32 scores),
         score descending, ties to the earlier row. A sharded search merges these across shards by (score, global
-        position) and applies :func:`tiebreak` once."""
+        position) and applies :func:`rankstack.kernels.bm25_scores.tiebreak` once."""
         m = self._score_rows([terms], k1, b)
-        idx, scores = self._top_set(m.indices.astype(np.int64), m.data, k)
+        idx, scores = lucene_cut(m.indices.astype(np.int64), m.data, k)
         order = np.lexsort((idx, -scores))
         return idx[order], scores[order]
 
@@ -462,10 +303,6 @@ class BM25Matrix:
 
     # a batch of queries is scored into a dense (queries x documents) block when it stays this small
     DENSE_CELLS = 8_000_000
-
-    def _impacts64(self, k1: float, b: float) -> np.ndarray:
-        """Per posting, :meth:`_impacts`'s values (float64 of Lucene's float32 term scores)."""
-        return self._impacts(k1, b).data
 
     def _dense_sums(self, part: Sequence[Sequence[str]], k1: float, b: float) -> np.ndarray:
         """(queries x documents) float64 sums of Lucene's term scores, straight from the postings in one
@@ -490,7 +327,7 @@ class BM25Matrix:
         ends = np.cumsum(lens)
         pos = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
         flat = self.docs[pos] + np.repeat(np.asarray(q_of, dtype=np.int64) * n, lens)
-        vals = self._impacts64(k1, b)[pos]
+        vals = self._impacts(k1, b).data[pos]  # float64 of Lucene's float32 term scores
         counts_ = np.asarray(c_of)
         if (counts_ > 1).any():
             rep = np.repeat(counts_ > 1, lens)
@@ -500,23 +337,9 @@ class BM25Matrix:
 
     def _chunk_dense(self, part: Sequence[Sequence[str]], k: int, k1: float, b: float,
                      rank: np.ndarray, by_rank: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`search_arrays` for a block of queries at once, without a Python step per document: a float32
-        score's bits order like the score (scores are >= 0), so ``bits << 32 | (n - 1 - row)`` orders documents by
-        score, then earlier row first (Lucene's cut), and ``bits << 32 | (n - 1 - docid rank)`` as Anserini
-        orders them; the rows and scores are read back from the sorted keys."""
-        n = len(self.docids)
-        key = self._dense_sums(part, k1, b).astype(np.float32).view(np.int32).astype(np.int64)
-        np.left_shift(key, 32, out=key)
-        np.bitwise_or(key, np.arange(n - 1, -1, -1, dtype=np.int64), out=key)
-        kk = min(k, n)
-        top = np.argpartition(key, n - kk, axis=1)[:, n - kk:]
-        high = np.take_along_axis(key, top, 1) & ~np.int64(0xFFFFFFFF)  # the score bits; 0: no query term
-        final = np.sort(high | (n - 1 - rank[top]), axis=1)[:, ::-1]
-        counts = np.count_nonzero(final >> 32, axis=1)
-        scores = (final >> 32).astype(np.int32).view(np.float32)
-        rows = by_rank[n - 1 - (final & 0xFFFFFFFF)]
-        reported = lowered_scores(scores, counts)
-        return [(rows[i, :c], reported[i, :c]) for i, c in enumerate(counts.tolist())]
+        """:meth:`search_arrays` for a block of queries at once (:func:`rankstack.kernels.bm25_scores.block_topk`
+        over the block's dense sums)."""
+        return block_topk(self._dense_sums(part, k1, b), k, rank, by_rank)
 
     def search_arrays(self, analysed: Sequence[Sequence[str]], k: int, *, k1: float = 0.9, b: float = 0.4,
                       threads: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -533,7 +356,7 @@ class BM25Matrix:
             out = []
             for qi in range(len(part)):
                 s, e = m.indptr[qi], m.indptr[qi + 1]
-                idx, scores = self._top_set(m.indices[s:e], m.data[s:e], k)
+                idx, scores = lucene_cut(m.indices[s:e], m.data[s:e], k)
                 order = np.lexsort((rank[idx], -scores))  # Anserini: score descending, ties by docid
                 out.append((idx[order], lowered_scores(scores[order])))
             return out
@@ -563,42 +386,14 @@ class BM25Matrix:
         res = self.search_arrays([self.analyze(q) for q in queries], k, k1=k1, b=b, threads=threads)
         return [list(zip([self.docids[i] for i in idx.tolist()], scores.tolist())) for idx, scores in res]
 
-    # ---- persistence ---------------------------------------------------------------------------------------
+    # ---- persistence: rankstack.index.bm25_matrix_io -----------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        with atomic_dir(path) as tmp:
-            if self._table is None:
-                self._table = lucene_length_table()
-            # Lucene's length table travels with the postings: searching needs no JVM (shard servers have none)
-            np.savez(tmp / "postings.npz", indptr=self.indptr, docs=self.docs, freqs=self.freqs,
-                     length_codes=self.length_codes, length_table=self._table)
-            (tmp / "terms.json").write_text(json.dumps(self.terms), encoding="utf-8")
-            (tmp / "docids.json").write_text(json.dumps(self.docids), encoding="utf-8")
-            write_json(tmp / "params.json", {"kind": self.KIND, "format_version": self.FORMAT_VERSION,
-                                             "num_docs": len(self), "num_terms": len(self.terms),
-                                             "sum_total_term_freq": self.sum_ttf, "meta": self.meta})
-        return Path(path)
+        """Write atomically: postings, Lucene's length table (searching needs no JVM), terms, docids, params."""
+        if self._table is None:
+            self._table = lucene_length_table()
+        return bm25_matrix_io.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BM25Matrix:
-        path = Path(path)
-        params = read_params(path, cls.KIND, cls.FORMAT_VERSION)
-        try:
-            with np.load(path / "postings.npz") as z:
-                arrays = {k: z[k] for k in ("indptr", "docs", "freqs", "length_codes")}
-                table = z["length_table"] if "length_table" in z.files else None
-            terms = json.loads((path / "terms.json").read_text(encoding="utf-8"))
-            docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise IndexCorrupt(f"{path}: the BM25 matrix files are missing or corrupt ({exc}); rebuild it") from None
-        if (len(docids) != params.get("num_docs") or len(terms) != params.get("num_terms")
-                or arrays["indptr"].size != len(terms) + 1 or arrays["indptr"][-1] != arrays["docs"].size
-                or arrays["length_codes"].size != len(docids)):
-            raise IndexCorrupt(f"{path}: postings, terms and docids disagree; rebuild the BM25 matrix")
-        out = cls(docids, terms, arrays["indptr"], arrays["docs"], arrays["freqs"], arrays["length_codes"],
-                  params["sum_total_term_freq"], params.get("meta"))
-        if table is not None:
-            if table.shape != (256,):
-                raise IndexCorrupt(f"{path}: the stored length table is corrupt; rebuild the BM25 matrix")
-            out._table = table.astype(np.int64)
-        return out
+        return bm25_matrix_io.load(cls, path)

@@ -26,6 +26,7 @@ import numpy as np
 from rankstack._atomic import atomic_dir, write_json
 from rankstack.errors import BadInput, DimensionMismatch, IndexCorrupt, UnknownDocid
 from rankstack.index.base import PARAMS_FILE, GrowingRows, read_params
+from rankstack.kernels.topk_heap import rows_topk
 from rankstack.records import TopK
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class MultiVectorIndex(_TombstonedRows):
     def search(self, queries: Sequence[np.ndarray], k: int, weights=None) -> tuple[np.ndarray, np.ndarray]:
         """Exact MaxSim over the whole corpus: ``(scores [B, k], rows [B, k])`` best first (ties by ascending row;
         tombstoned rows score ``-inf`` and come last)."""
-        return _topk(self.score_all(queries, weights), min(int(k), self.n_rows))
+        return rows_topk(self.score_all(queries, weights), min(int(k), self.n_rows))
 
     def topk(self, queries: Sequence[np.ndarray], k: int) -> TopK:
         """:meth:`search` as a :class:`TopK` of rows (the surface every retrieval kind's index has)."""
@@ -416,17 +417,6 @@ def _read(path, kind: str, names: Sequence[str], per_token: str, dim: int | None
 
 
 _MAPPED = ("tokens", "codes", "residuals", "token_ids")
-
-
-def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` per row, by descending score then ascending row."""
-    n = scores.shape[1]
-    k = min(k, n)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
-    out_s = np.take_along_axis(scores, part, 1)
-    order = np.lexsort((part, -out_s), axis=1)
-    rows = np.take_along_axis(part, order, 1)
-    return np.take_along_axis(out_s, order, 1), rows
 
 
 # ---- PLAID-style compression ----------------------------------------------------------------------------------

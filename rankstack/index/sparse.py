@@ -13,7 +13,6 @@ expansion): the IDF table of inference-free queries, kept correct as documents c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import deque
@@ -22,9 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-from rankstack._atomic import atomic_dir, write_json
 from rankstack.errors import BadInput, IndexCorrupt, UnknownDocid
-from rankstack.index.base import check_k, read_params, sort_pairs
+from rankstack.index.base import sort_pairs
+from rankstack.index import sparse_io, sparse_scipy
 from rankstack.records import TopK
 
 logger = logging.getLogger(__name__)
@@ -407,110 +406,24 @@ class SparseIndex:
         self._collection = (df, int(doc_count))
 
     def search(self, queries, k: int, *, batch: int = 64) -> TopK:
-        """Exact top-``k`` by integer dot product. ``queries``: int CSR ``[nq, vocab]`` (see
-        :meth:`quantize_queries`). Documents sharing no term with a query are not returned (as in Lucene)."""
-        import scipy.sparse as sp
-
-        check_k(k)
-        if len(self) == 0:
-            raise BadInput("the index is empty; add documents before searching")
-        q = sp.csr_matrix(queries)
-        if q.shape[1] != self.dim:
-            raise BadInput(f"query vectors have {q.shape[1]} columns but this index's vocabulary has {self.dim}")
-        base, fresh, dead = self._search_matrix()
-        kk = min(k, len(self._rows))
-        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-        ids = np.full((q.shape[0], k), -1, dtype=np.int64)
-        for s in range(0, q.shape[0], batch):
-            qb = q[s:s + batch].astype(np.int64)
-            block = (qb @ base).toarray()  # exact integer sums
-            if fresh is not None:
-                block = np.concatenate([block, (qb @ fresh).toarray()], axis=1)
-            block[:, dead] = 0
-            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < block.shape[1] else \
-                np.tile(np.arange(block.shape[1]), (block.shape[0], 1))
-            part = np.take_along_axis(block, top, axis=1)
-            order = np.argsort(-part, axis=1, kind="stable")
-            top, part = np.take_along_axis(top, order, 1), np.take_along_axis(part, order, 1)
-            hit = part > 0
-            scores[s:s + block.shape[0], :kk] = np.where(hit, part, -np.inf)
-            ids[s:s + block.shape[0], :kk] = np.where(hit, top, -1)
-        return TopK(scores=scores, ids=ids)
-
-    def _search_matrix(self):
-        """``(base, fresh, dead)``: the impacts transposed to ``[vocab, rows]`` (int64: exact sums) for the rows
-        indexed in full at the last rebuild, the same for the rows appended since (None when there are none), and the
-        tombstone mask over all rows. The base is rebuilt after a compaction or once the appended rows pass an eighth
-        of it, so a search after a write transposes only what was written."""
-        n = len(self._rows)
-        cached = getattr(self, "_search_cache", None)
-        if cached is None or cached[0] != self._epoch or n - cached[1] > max(1024, cached[1] // 8):
-            cached = self._search_cache = (self._epoch, n, self._impacts.T.tocsr().astype(np.int64))
-        _, n0, base = cached
-        fresh = self._impacts[n0:n].T.tocsr().astype(np.int64) if n > n0 else None
-        return base, fresh, self._dead[:n]
+        """Exact top-``k`` by integer dot product (the scipy engine, :mod:`rankstack.index.sparse_scipy`).
+        ``queries``: int CSR ``[nq, vocab]`` (see :meth:`quantize_queries`). Documents sharing no term with a query
+        are not returned (as in Lucene)."""
+        return sparse_scipy.search(self, queries, k, batch=batch)
 
     def docid_pairs(self, topk: TopK) -> list[list[tuple[str, float]]]:
         return [sort_pairs([(self._rows[i], float(s)) for s, i in zip(srow, irow) if i >= 0])
                 for srow, irow in zip(topk.scores, topk.ids)]
 
     def bytes_per_doc(self) -> float:
-        """On-disk bytes per document of the impacts (int16 or int32 values + int32 columns + row pointers)."""
-        m = self._impacts
-        vbytes = 2 if m.nnz == 0 or int(m.data.max()) < 32768 else 4
-        return (m.nnz * (vbytes + 4) + (m.shape[0] + 1) * 8) / max(len(self), 1)
+        return sparse_io.bytes_per_doc(self)
 
-    # ---- persistence ---------------------------------------------------------------------------------------
+    # ---- persistence: rankstack.index.sparse_io ---------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (a failure leaves any previous index at ``path`` intact)."""
-        self.compact()
-        m, t = self._impacts, self._tokens
-        vdtype = np.int16 if m.nnz == 0 or int(m.data.max()) < 32768 else np.int32
-        with atomic_dir(path) as tmp:
-            np.savez(tmp / "impacts.npz", data=m.data.astype(vdtype), indices=m.indices.astype(np.int32),
-                     indptr=m.indptr.astype(np.int64), tok_indices=t.indices.astype(np.int32),
-                     tok_indptr=t.indptr.astype(np.int64))
-            with open(tmp / "docids.json", "w", encoding="utf-8") as fh:
-                json.dump(self._rows, fh)
-            with open(tmp / "vocab.json", "w", encoding="utf-8") as fh:
-                json.dump(self.vocab, fh)
-            write_json(tmp / "params.json", {
-                "kind": self.KIND, "format_version": self.FORMAT_VERSION, "num_docs": len(self),
-                "vocab_size": self.dim, "vocab_fingerprint": self.fingerprint, "scale": self.scale,
-                "nnz": int(m.nnz), "meta": self.meta})
-        return Path(path)
+        return sparse_io.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SparseIndex:
-        import scipy.sparse as sp
-
-        path = Path(path)
-        params = read_params(path, cls.KIND, cls.FORMAT_VERSION)
-        try:
-            vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-            docids = json.loads((path / "docids.json").read_text(encoding="utf-8"))
-            with np.load(path / "impacts.npz") as z:
-                arrays = {k: z[k] for k in ("data", "indices", "indptr", "tok_indices", "tok_indptr")}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError) as exc:
-            raise IndexCorrupt(f"{path}: the sparse index files are missing or corrupt ({exc}); rebuild the "
-                               f"index") from None
-        n, v = len(docids), len(vocab)
-        if (n != params.get("num_docs") or v != params.get("vocab_size") or arrays["indptr"].size != n + 1
-                or arrays["tok_indptr"].size != n + 1 or arrays["data"].size != params.get("nnz")
-                or arrays["indptr"][-1] != arrays["data"].size or arrays["tok_indptr"][-1] != arrays["tok_indices"].size
-                or (arrays["indices"].size and int(arrays["indices"].max()) >= v)
-                or (arrays["tok_indices"].size and int(arrays["tok_indices"].max()) >= v)):
-            raise IndexCorrupt(f"{path}: docids, vocabulary and impacts disagree (params say {params.get('num_docs')} "
-                               f"documents, {params.get('vocab_size')} tokens); the files are inconsistent, rebuild "
-                               f"the index")
-        self = cls(vocab, fingerprint=params["vocab_fingerprint"], scale=params["scale"], meta=params.get("meta"))
-        self._impacts = sp.csr_matrix((arrays["data"].astype(np.int32), arrays["indices"], arrays["indptr"]),
-                                      shape=(n, v))
-        self._tokens = sp.csr_matrix((np.ones(arrays["tok_indices"].size, np.uint8), arrays["tok_indices"],
-                                      arrays["tok_indptr"]), shape=(n, v))
-        self._rows = list(docids)
-        self._row = {d: i for i, d in enumerate(docids)}
-        self._dead = np.zeros(max(64, n), bool)
-        np.add.at(self._df, self._tokens.indices, 1)
-        return self
+        return sparse_io.load(cls, path)

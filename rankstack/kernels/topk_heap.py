@@ -1,6 +1,7 @@
-"""What the scans of multi-bit binary codes share (:mod:`rankstack.index.lut_scan` and
-:mod:`rankstack.index.shuffle_scan`): a query's byte lookup tables, and the per-range top-k heaps the compiled scans
-push into, merged into one ranking (FAISS's result handlers in spirit, shared by every fast-scan kernel)."""
+"""What the scans of multi-bit binary codes share (:mod:`rankstack.kernels.binary_scan.lut` and
+:mod:`rankstack.kernels.binary_scan.shuffle`): a query's byte lookup tables, and the per-range top-k heaps the
+compiled scans push into, merged into one ranking (FAISS's result handlers in spirit, shared by every fast-scan
+kernel); and the top ``k`` of a dense score matrix (:func:`rows_topk`, the exact multi-vector searches')."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["BITS", "byte_luts", "heap_push", "bounds", "heaps", "merge", "none", "SERIAL_BELOW", "TILE"]
+__all__ = ["rows_topk", "BITS", "byte_luts", "heap_push", "bounds", "heaps", "merge", "none", "SERIAL_BELOW", "TILE"]
 
 TILE = 128  # documents per tile: a decoded tile (192 kB at 384-d) and one query's tables stay in L2
 # below this many (query, document) pairs a scan runs on the calling thread: a single query over a small index costs
@@ -117,3 +118,14 @@ def _merger():
 
 def none(nq: int, kk: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((nq, max(kk, 0)), np.float32), np.zeros((nq, max(kk, 0)), np.int64)
+
+
+def rows_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per row, by descending score then ascending row."""
+    n = scores.shape[1]
+    k = min(k, n)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
+    out_s = np.take_along_axis(scores, part, 1)
+    order = np.lexsort((part, -out_s), axis=1)
+    rows = np.take_along_axis(part, order, 1)
+    return np.take_along_axis(out_s, order, 1), rows

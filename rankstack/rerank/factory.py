@@ -24,7 +24,7 @@ from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
 from rankstack.retrieval.token_encoders import DEFAULT_TOKEN_MODEL
 from rankstack.spec import Item, coerce, parse_item, unknown_option
 
-__all__ = ["RerankerSpec", "RERANKER_KINDS", "build_reranker", "DEFAULT_RERANK_DEPTH"]
+__all__ = ["RerankerSpec", "reranker_class", "RERANKER_KINDS", "build_reranker", "DEFAULT_RERANK_DEPTH"]
 
 
 # kind -> (module, class, what "model" names, default model)
@@ -44,6 +44,11 @@ _INTERNAL = {"self", "llm", "model", "encoder", "keep_signals"}
 # options of the LLM runtime under an LLM reranker (they select the model's compressed form, shared by rerankers
 # that ask for the same): weight compression, KV-cache compression and the compute dtype
 LLM_RUNTIME_OPTIONS = {"weights": "fp32", "kv": "fp32", "compute": "auto"}
+
+
+def reranker_class(kind: str):
+    """The class a reranker kind names (its attributes say what it needs, e.g. ``wants_token_index``)."""
+    return _class(kind)
 
 
 def _class(kind: str):

@@ -15,9 +15,7 @@ Queries are encoded by the model (``query="model"``, SPLADE) or only tokenized a
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -25,15 +23,16 @@ from typing import Sequence
 
 import numpy as np
 
-from rankstack.errors import BadInput, MissingExtra
+from rankstack.errors import BadInput
 from rankstack.index.sparse import DEFAULT_SCALE, SparseIndex
+from rankstack.index.sparse_seismic import SeismicEngine
 from rankstack.records import Document, Query, Ranking
 from rankstack.retrieval.base import Retriever, validate_queries
 from rankstack.retrieval.sparse_encoders import QUERY_MODES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SparseRetriever", "build_sparse_index", "captured_stdout", "ENGINES", "SEISMIC_DEFAULTS"]
+__all__ = ["SparseRetriever", "build_sparse_index", "ENGINES", "SEISMIC_DEFAULTS"]
 
 ENGINES = ("scipy", "lucene", "seismic")
 # chosen on NFCorpus's dev queries (the first setting of a grid with Recall@10 >= 0.99 against exact search,
@@ -54,76 +53,6 @@ def build_sparse_index(encoder, documents: Sequence[Document], *, scale: float =
     logger.info("sparse-encoded %d documents in %.1f s (%.1f docs/s)", len(documents), secs,
                 len(documents) / max(secs, 1e-9))
     return index
-
-
-@contextlib.contextmanager
-def captured_stdout(lines: list[str]):
-    """Collect what native code (Seismic's Rust) prints on file descriptor 1 into ``lines`` instead of the
-    terminal."""
-    import sys
-    import tempfile
-
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 1)
-        try:
-            yield lines
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
-            tmp.seek(0)
-            lines += tmp.read().decode("utf-8", "replace").splitlines()
-
-
-class _Seismic:
-    """A Seismic index built from a snapshot of a SparseIndex's impacts (its live documents at ``version``).
-    Seismic's index is immutable: documents written after ``version`` are searched exactly beside it (see
-    :meth:`SparseRetriever._seismic_state`) until a background merge builds the next one."""
-
-    def __init__(self, docids: Sequence[str], impacts, vocab: Sequence[str], version: int, n_postings: int,
-                 summary_energy: float, threads: int):
-        try:
-            import seismic
-        except ImportError:
-            raise MissingExtra("engine=seismic needs Seismic: `pip install 'rankstack[sparse]'` "
-                               "(pyseismic-lsr)") from None
-        self._string = seismic.get_seismic_string()
-        vocab = np.asarray(vocab, dtype=object)
-        ds = seismic.SeismicDataset()
-        for r, d in enumerate(docids):
-            s, e = impacts.indptr[r], impacts.indptr[r + 1]
-            if e > s:
-                ds.add_document(d, np.asarray(vocab[impacts.indices[s:e]], dtype=self._string),
-                                impacts.data[s:e].astype(np.float32))
-        t0 = time.perf_counter()
-        with captured_stdout([]) as printed:
-            self.index = seismic.SeismicIndex.build_from_dataset(ds, n_postings=int(n_postings),
-                                                                 summary_energy=float(summary_energy),
-                                                                 num_threads=int(threads))
-        for line in printed:
-            logger.debug("seismic: %s", line)
-        logger.info("built a Seismic index of %d documents in %.1f s", len(docids), time.perf_counter() - t0)
-        self.version = version
-        self.docids = frozenset(docids)
-
-    def search(self, queries: list[dict[str, int]], k: int, query_cut: int, heap_factor: float,
-               threads: int) -> list[list[tuple[str, float]]]:
-        live = [i for i, q in enumerate(queries) if q]
-        out: list[list[tuple[str, float]]] = [[] for _ in queries]
-        if not live:
-            return out
-        comps = [np.asarray(list(queries[i]), dtype=self._string) for i in live]
-        vals = [np.asarray(list(queries[i].values()), dtype=np.float32) for i in live]
-        res = self.index.batch_search(np.asarray([str(i) for i in live], dtype=self._string), comps, vals, int(k),
-                                      int(query_cut), float(heap_factor), num_threads=int(threads))
-        for hits in res:  # result lists are not in query order: each hit names its query
-            if hits:
-                pairs = [(d, float(s)) for _, s, d in hits]
-                pairs.sort(key=lambda p: (p[1], p[0]), reverse=True)
-                out[int(hits[0][0])] = pairs
-        return out
 
 
 class SparseRetriever(Retriever):
@@ -231,9 +160,14 @@ class SparseRetriever(Retriever):
             _, _, stale, fresh, m = self._delta
             return eng, stale, fresh, m
 
-    def _build_seismic(self, docids, impacts, version: int) -> _Seismic:
+    def seismic_engine(self) -> SeismicEngine:
+        """The Seismic index this retriever searches (built on first use; its ``index`` is Seismic's own object,
+        for its space report), with ``search(query_dicts, k, query_cut, heap_factor, threads)``."""
+        return self._seismic_state()[0]
+
+    def _build_seismic(self, docids, impacts, version: int) -> SeismicEngine:
         p = self.seismic_params
-        return _Seismic(docids, impacts, self.index.vocab, version, p["n_postings"], p["summary_energy"],
+        return SeismicEngine(docids, impacts, self.index.vocab, version, p["n_postings"], p["summary_energy"],
                         self.threads)
 
     def _start_merge(self) -> None:
@@ -291,18 +225,22 @@ class SparseRetriever(Retriever):
             return self.index.idf_queries(self.encoder.query_tokens(texts))
         return self.index.quantize_queries(self.encoder.encode_queries(texts))
 
-    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
+    def search_impacts(self, q, k: int) -> list[list[tuple[str, float]]]:
+        """The top ``k`` (docid, score) per query of already encoded queries (int CSR impacts, :meth:`encode`), by
+        this retriever's engine: the one surface the three engines share (scipy's exact products, Lucene's impact
+        searcher, Seismic with its exact delta)."""
         from rankstack.index.lucene_impact import query_dicts
 
+        if self.engine == "scipy":
+            return self.index.docid_pairs(self.index.search(q, k))
+        if self.engine == "lucene":
+            return self._lucene().search(query_dicts(self.index, q), k, threads=self.threads)
+        return self._seismic_search(q, k)
+
+    def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
         validate_queries(queries, k)
         if not queries:
             return []
-        q = self.encode([x.text for x in queries])
-        if self.engine == "scipy":
-            pairs = self.index.docid_pairs(self.index.search(q, k))
-        elif self.engine == "lucene":
-            pairs = self._lucene().search(query_dicts(self.index, q), k, threads=self.threads)
-        else:
-            pairs = self._seismic_search(q, k)
+        pairs = self.search_impacts(self.encode([x.text for x in queries]), k)
         return [Ranking.from_arrays(x, [d for d, _ in ps], [s for _, s in ps])
                 for x, ps in zip(queries, pairs)]

@@ -50,10 +50,11 @@ class SearchableCollection(Resources):
         self.relevance_adapter = config.relevance_adapter  # checked by the config
 
     def reranker(self, item: Item):
-        from rankstack.rerank.factory import RerankerSpec
+        from rankstack.rerank.factory import RerankerSpec, reranker_class
 
         # late-interaction rerankers read this collection's token index: one per collection (the model is shared)
-        token = RerankerSpec.from_item(item, self.named_rerankers).kind in ("maxsim", "colbert-prf")
+        token = getattr(reranker_class(RerankerSpec.from_item(item, self.named_rerankers).kind), "wants_token_index",
+                        False)
         if self._shared_rerankers is not None and not token:
             return self._shared_rerankers(item)
         return super().reranker(item)

@@ -91,6 +91,16 @@ class DocumentLog(Mapping[str, Document]):
         self._view = (os.open(self.path, os.O_RDONLY), self._where)
 
     @property
+    def size_bytes(self) -> int:
+        """The log file's length, replaced and deleted versions included (what compaction shrinks)."""
+        return self._size
+
+    @property
+    def compacting(self) -> bool:
+        """Whether a background compaction is running."""
+        return self._compactor is not None
+
+    @property
     def _where(self) -> dict[str, tuple[int, int, int]]:
         return self._view[1]
 

@@ -43,18 +43,27 @@ def _page() -> str:
 
 
 def build_router(state, schemas):
+    """The service's routes over ``state`` (the collections, their gate, metrics), with this app's ``schemas``."""
     from fastapi import APIRouter
-    from fastapi.responses import Response
 
-    S = schemas
     router = APIRouter()
+    for add in (_search_routes, _rerank_routes, _document_routes, _discovery_routes, _operation_routes):
+        add(router, state, schemas)
+    return router
 
+
+def _hits(S, ranking: Ranking, with_docs: bool) -> list:
+    return [S.Hit(rank=i, docid=c.docid, score=c.score,
+                  title=c.document.title if with_docs and c.document else None,
+                  text=c.document.text if with_docs and c.document else None,
+                  metadata=dict(c.document.metadata) if with_docs and c.document else None)
+            for i, c in enumerate(ranking.candidates, 1)]
+
+
+def _search_routes(router, state, S) -> None:
+    """Searching a collection: one query, or a batch."""
     def hits(ranking: Ranking, with_docs: bool) -> list:
-        return [S.Hit(rank=i, docid=c.docid, score=c.score,
-                      title=c.document.title if with_docs and c.document else None,
-                      text=c.document.text if with_docs and c.document else None,
-                      metadata=dict(c.document.metadata) if with_docs and c.document else None)
-                for i, c in enumerate(ranking.candidates, 1)]
+        return _hits(S, ranking, with_docs)
 
     @router.post("/v1/collections/{name}/search", response_model=S.SearchResponse, response_model_exclude_none=True)
     async def search(name: S.Name, req: S.SearchRequest):
@@ -82,6 +91,10 @@ def build_router(state, schemas):
             S.SearchResponse(collection=name, query=r.query.text, results=hits(r, req.return_documents),
                              timings=timings, **_partial(out)) for r in out.rankings], **_partial(out))
 
+
+
+def _rerank_routes(router, state, S) -> None:
+    """Cohere/TEI-style reranking of the documents a request brings."""
     @router.post("/v1/rerank", response_model=S.RerankResponse, response_model_exclude_none=True)
     async def rerank(req: S.RerankRequest):
         docs = [Document(docid=str(i), text=d) if isinstance(d, str) else Document(docid=str(i), text=d.text,
@@ -99,6 +112,10 @@ def build_router(state, schemas):
                            document={"text": c.document.text} if req.return_documents else None)
             for c in top.candidates])
 
+
+
+def _document_routes(router, state, S) -> None:
+    """Writing, reading and deleting a collection's documents."""
     @router.post("/v1/collections/{name}/documents", response_model=S.IngestResponse)
     async def ingest(name: S.Name, req: S.IngestRequest):
         timeout = state.settings.limits.ingest_timeout_s
@@ -118,6 +135,10 @@ def build_router(state, schemas):
         seq = await state.work(col.delete, docid)
         return {"collection": name, "deleted": docid, "seq": seq}
 
+
+
+def _discovery_routes(router, state, S) -> None:
+    """What is served: collections, their health, named rerankers."""
     @router.get("/v1/collections")
     async def list_collections() -> dict[str, Any]:
         return {"collections": [{"name": n, "documents": len(c), "indexes": c.config.indexes,
@@ -134,6 +155,12 @@ def build_router(state, schemas):
     @router.get("/v1/rerankers")
     async def list_rerankers() -> dict[str, Any]:
         return {"rerankers": sorted(state.reranker_specs), "default": state.settings.default_reranker}
+
+
+
+def _operation_routes(router, state, S) -> None:
+    """The search page, liveness, readiness and metrics."""
+    from fastapi.responses import Response
 
     @router.get("/", include_in_schema=False)
     async def page():
@@ -157,5 +184,3 @@ def build_router(state, schemas):
     async def metrics():
         body, ctype = state.metrics.render()
         return Response(content=body, media_type=ctype)
-
-    return router

@@ -70,7 +70,7 @@ def test_save_load_and_errors(tmp_path):
 def test_vectorised_tiebreak_equals_the_plain_loop():
     """Pyserini's rounding and tie lowering, vectorised, against the rank-by-rank loop on score lists built to be
     hard: many ties, single 1e-4 steps right after ties, zeros, and runs of equal scores."""
-    from rankstack.index.bm25_matrix import tiebreak, tiebreak_reference
+    from rankstack.kernels.bm25_scores import tiebreak, tiebreak_reference
 
     rng = np.random.default_rng(0)
     for trial in range(2000):
@@ -88,7 +88,7 @@ def test_vectorised_tiebreak_equals_the_plain_loop():
         assert tiebreak(pairs) == tiebreak_reference(pairs), (trial, kind)
     many_ties = [(f"d{i:03d}", np.float32(7.0)) for i in range(150)]  # beyond the shortcut's 90: the loop decides
     assert tiebreak(many_ties) == tiebreak_reference(many_ties)
-    from rankstack.index.bm25_matrix import lowered_scores
+    from rankstack.kernels.bm25_scores import lowered_scores
 
     block = np.sort(np.round(rng.uniform(5, 5.02, (6, 150)), 4) + rng.choice([0, 1e-5, 6e-5], (6, 150)), axis=1)
     block = block[:, ::-1].astype(np.float32)  # a block of queries, judged row by row as one query each
@@ -100,13 +100,13 @@ def test_lowering_blocks_with_lengths_equal_the_plain_loop(impl):
     """Both lowerings (the numba kernel the engine runs, and the numpy one it falls back to without numba) on
     blocks of queries of different lengths, as the batched search hands them over: each row's first ``lengths``
     entries equal the rank-by-rank loop, the padding is 0."""
-    from rankstack.index import bm25_matrix as bm
+    from rankstack.kernels import bm25_scores as bm
 
     if impl == "compiled":
         pytest.importorskip("numba", reason="the compiled lowering needs numba (rankstack[fastscan])")
         fn = bm.lowered_scores
     else:
-        fn = bm._lowered_numpy
+        fn = bm.lowered_scores_numpy
     rng = np.random.default_rng(3)
     for trial in range(300):
         rows, n = int(rng.integers(1, 9)), int(rng.integers(1, 200))

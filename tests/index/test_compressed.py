@@ -300,7 +300,7 @@ def test_removals_are_tombstones_that_search_like_faiss_removal(text, data):
     index.remove(ids[:200])
     assert len(index._tombstones) == 200 and index._faiss.ntotal == 2000 and len(index) == 1800
     filtered = index.docid_pairs(index.search(q, 30))
-    index._purge_tombstones()
+    index.purge_tombstones()
     assert index._faiss.ntotal == 1800 and not index._tombstones
     assert index.docid_pairs(index.search(q, 30)) == filtered
     assert not {d for row in filtered for d, _ in row} & set(ids[:200])
@@ -352,7 +352,7 @@ def test_binary_removals_are_tombstones_until_compaction(text, data, tmp_path):
     live -= set(ids[:200])
     assert len(index._tombstones) == 200 and index._planes.shape[0] == 2000 and len(index) == 1800
     filtered = check(live)
-    index._purge_tombstones()
+    index.purge_tombstones()
     assert index._planes.shape[0] == 1800 and not index._tombstones
     assert check(live) == filtered
     index.remove(ids[200:500])  # 300 > 256: dropped from the codes on the spot

@@ -209,7 +209,7 @@ def test_service_splade_engines_follow_writes_in_place(subset, tmp_path, engine,
     lucene = engine == "engine=lucene"
     # the writes below change ~20% of the collection: no background merge here (tests/retrieval covers it)
     monkeypatch.setattr(SparseRetriever, "SEISMIC_MERGE_FRACTION", 0.5)
-    caplog.set_level(logging.INFO, logger="rankstack.retrieval.sparse")
+    caplog.set_level(logging.INFO, logger="rankstack.index.sparse_seismic")
     with TestClient(create_app(settings)) as client:
         assert client.post("/v1/collections/s/documents", json={"documents": docs[:200]}).status_code == 200
         check(client)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rankstack.errors import BadInput
+from rankstack.kernels.bm25_scores import lowered_scores
 from rankstack.retrieval.kinds.base import RetrievalKind, Settings
 from rankstack.spec import Item, Option
 
@@ -166,8 +167,6 @@ class BM25Kind(RetrievalKind):
         return [index.top_rows(terms, k, k1, b) for terms in queries]
 
     def shard_finish(self, settings, merged, docids):
-        from rankstack.index.bm25_matrix import lowered_scores
-
         out = []
         for pos, raw in merged:
             if not len(pos):

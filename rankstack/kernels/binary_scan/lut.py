@@ -13,9 +13,7 @@ each query's best ``k`` in heaps as the documents stream past (``rankstack[fasts
   their scales), kept in cache, and multiplied with every query by a 4 x 4 register-blocked kernel, since
   ``sum_b alpha_b s_b = 2y - sum_b alpha_b``. The decode costs about one table scan, so this wins from a handful of
   queries per call (:data:`GEMM_FROM`).
-- ``shuffle`` (:mod:`rankstack.index.shuffle_scan`, x86-64 with AVX2): 4-bit uint8 tables looked up 32 documents
-  per SIMD shuffle, as FAISS's fast-scan does, with a bound on their error; only the documents the bound cannot rule
-  out are scored exactly. ``auto`` takes it wherever it runs and the caller keeps the codes laid out for it.
+(The third scan, ``shuffle``, is :mod:`.shuffle`; :func:`rankstack.kernels.binary_scan.topk` chooses.)
 
 Each thread scans one contiguous range of documents into its own heaps (``min(k, n)`` per query); the heaps are
 merged at the end. Decoding, scoring and selection run in one parallel region, so nothing of size ``queries x
@@ -30,35 +28,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from rankstack.errors import BadInput
-from rankstack.index import shuffle_scan
 from rankstack.kernels import topk_heap
 from rankstack.kernels.topk_heap import SERIAL_BELOW, TILE, byte_luts
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["available", "byte_luts", "topk", "SCANS", "GEMM_FROM", "SHUFFLE_FROM"]
-
-SCANS = ("auto", "lut", "gemm", "shuffle")
-# queries per call from which ``auto`` decodes and multiplies instead of reading tables: chosen on synthetic
-# clustered vectors (benchmarks/binary_scan.py --nq-sweep, 200k x 384 on 2 cores), not on any evaluation set
-GEMM_FROM = 8
-# documents x code planes from which ``auto`` takes the shuffle scan when it can: below, its per-call work (tables,
-# bounds, the exact scores of the best bounds) costs more than reading byte tables. Chosen on synthetic clustered
-# vectors, single queries at k = 10 and 100, not on any evaluation set: at 1,000 documents x 1 plane the shuffle scan
-# took 0.83-1.46x lut's speed, at 1,000 x 2 planes 1.36-2.14x, at 3,000 x 1 1.51-2.73x (8,192 before the shuffle
-# scan kept its bounds per window and merged its heaps compiled)
-SHUFFLE_FROM = 2000
-
-
-
-def available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
+__all__ = ["scan"]
 
 @lru_cache(maxsize=2)
 def _lut_kernel(parallel: bool):
@@ -183,38 +158,13 @@ def _gemm_kernel(parallel: bool):
     return scan
 
 
-def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: int | None = None,
-         layout=None) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``min(k, n)`` documents per query as ``(scores [nq, k], positions [nq, k])``, best first, ties by
-    position.
-
-    ``vecs [nq, A, dim]`` float32 query vectors, ``qw [nq, A]`` their weights, ``base [nq]`` a per-query offset;
-    ``codes [n, B, dim/8]`` uint8 planes, ``alphas [n, B]`` their scales. ``scan``: ``lut`` (tables), ``gemm``
-    (decode + dot products), ``shuffle`` (4-bit tables in SIMD registers, bounded and rescored exactly:
-    :mod:`rankstack.index.shuffle_scan`, x86-64 with AVX2) or ``auto``: ``shuffle`` where it runs, ``layout`` (the
-    codes laid out for it, :func:`rankstack.index.shuffle_scan.layout`, which an index keeps) is given and the codes
-    hold at least :data:`SHUFFLE_FROM` document planes; else ``gemm`` from :data:`GEMM_FROM` queries and ``lut``
-    below. ``parts``: document ranges scanned in parallel, each into its own heaps (default: numba's thread count;
-    tests vary it)."""
+def scan(vecs, qw, base, codes, alphas, k: int, *, kind: str = "lut", parts: int | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``lut`` or ``gemm`` scan (``kind``) of :func:`rankstack.kernels.binary_scan.topk`'s arguments."""
     import numba
 
-    if scan not in SCANS:
-        raise BadInput(f"unknown binary scan {scan!r}; choose one of {', '.join(SCANS)} (or numpy)")
     vecs = np.ascontiguousarray(vecs, np.float32)
     qw = np.ascontiguousarray(qw, np.float32)
-    if scan == "auto":
-        if layout is not None and layout.n * codes.shape[1] >= SHUFFLE_FROM and shuffle_scan.available():
-            scan = "shuffle"
-        else:
-            scan = "gemm" if vecs.shape[0] >= GEMM_FROM else "lut"
-    if scan in ("shuffle", "gemm"):
-        qe = np.einsum("na,nad->nd", qw, vecs)  # sum_a w_a v_a: one vector per query
-    if scan == "shuffle":
-        shuffle_scan.require()
-        lay = layout if layout is not None else shuffle_scan.layout(codes, alphas)
-        if lay.n > len(codes):  # (fewer is a search racing an append: it scans the rows laid out when it began)
-            raise BadInput(f"the shuffle layout holds {lay.n} documents, the codes {len(codes)}; make a new layout")
-        return shuffle_scan.topk(qe, base, lay, k, parts=parts)
     base = np.ascontiguousarray(base, np.float32)
     codes = np.ascontiguousarray(codes, np.uint8)
     alphas = np.ascontiguousarray(alphas, np.float32)
@@ -227,7 +177,8 @@ def topk(vecs, qw, base, codes, alphas, k: int, *, scan: str = "auto", parts: in
     parts = parts or (numba.get_num_threads() if parallel else 1)
     bounds = topk_heap.bounds(n, parts)
     hs, hp, fill = topk_heap.heaps(parts, nq, kk)
-    if scan == "gemm":
+    if kind == "gemm":
+        qe = np.einsum("na,nad->nd", qw, vecs)  # sum_a w_a v_a: one vector per query
         qe4 = np.zeros((-(-nq // 4) * 4, dim), np.float32)
         qe4[:nq] = qe
         _gemm_kernel(parallel)(qe4, nq, qe.sum(axis=1), base, codes, alphas, bounds, hs, hp, fill)

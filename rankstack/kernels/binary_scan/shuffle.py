@@ -1,5 +1,5 @@
 """An exact scan of multi-bit binary codes through 4-bit tables held in SIMD registers (FAISS's fast-scan idea,
-bounded so that it returns exactly what :mod:`rankstack.index.lut_scan` returns).
+bounded so that it returns exactly what :mod:`.lut` returns).
 
 Each plane's byte ``j`` holds two 4-dimension nibbles, so ``v . bits = sum_t L_t[nibble_t]`` over ``dim/4`` tables of
 16 entries. The tables are quantized to uint8 with one scale per query (``L_t[c] ~= min_t + scale * Q_t[c]``,
@@ -115,7 +115,8 @@ def _ir() -> str:
     another; at the end of a block ``even = acc_e - (acc_o << 8)`` (mod 2^16, exact since each sum stays below 2^16:
     :data:`MAX_TABLES`) and the two are interleaved back into document order. Against zero-extending every byte
     this took 8-18% off the loop with the codes in cache (1.19 against 1.30 ns per column at one query, 0.81 against
-    0.95 at four; AMD EPYC, AVX-512)."""
+    0.95 at four; AMD EPYC, AVX-512). An LLVM IR template (numba cannot emit the shuffle): long because the IR is
+    spelled out instruction by instruction."""
     v8, w16, v16 = "<32 x i8>", "<16 x i16>", "<32 x i16>"
     fifteen = "<" + ", ".join(["i8 15"] * 32) + ">"
     four = "<" + ", ".join(["i8 4"] * 32) + ">"
@@ -439,6 +440,10 @@ def _call():
 
 @lru_cache(maxsize=2)
 def _kernel(parallel: bool):
+    """The compiled scan (numba): per range of tiles, bound every document from the SIMD table sums, then score
+    exactly, best bound first, what the bound cannot rule out. It is longer than the house's 80 lines because it is
+    one numba parallel region with its helpers inlined into it (the form the timings in benchmarks/RESULTS.md were
+    measured in); a split has not been measured."""
     import numba
 
     push = topk_heap.heap_push()

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from rankstack.errors import BadInput
-from rankstack.index import lut_scan, shuffle_scan
+from rankstack.kernels import binary_scan
+from rankstack.kernels.binary_scan import shuffle
 from rankstack.index.base import IndexSpec
 from rankstack.index.binary import ResidualBinaryCodec
 from rankstack.index.compressed import CompressedIndex
 
-pytestmark = pytest.mark.skipif(not shuffle_scan.available(),
+pytestmark = pytest.mark.skipif(not shuffle.available(),
                                 reason="needs numba (pip install 'rankstack[fastscan]') and an x86-64 CPU with AVX2")
 
 
@@ -20,39 +21,39 @@ def test_the_shuffle_loop_sums_its_table_entries():
     rng = np.random.default_rng(0)
     fs = rng.integers(0, 256, (7, 13, 32), dtype=np.uint8)  # 7 blocks, 13 byte columns (odd)
     hi, lo = rng.integers(0, 256, (2, 13, 16), dtype=np.uint8)
-    got = shuffle_scan.scan_blocks(fs, np.concatenate([hi, hi, lo, lo], axis=1)).reshape(7, 32)
+    got = shuffle.scan_blocks(fs, np.concatenate([hi, hi, lo, lo], axis=1)).reshape(7, 32)
     j = np.arange(13)[None, :, None]
     want = hi[j, fs >> 4].astype(np.int64).sum(axis=1) + lo[j, fs & 15].astype(np.int64).sum(axis=1)
     np.testing.assert_array_equal(got, want)
     # documents 16-31 (the upper 128-bit lane) read the tables' second copies: other copies, other sums
-    other = shuffle_scan.scan_blocks(fs, rng.integers(0, 256, (13, 64), dtype=np.uint8)).reshape(7, 32)
+    other = shuffle.scan_blocks(fs, rng.integers(0, 256, (13, 64), dtype=np.uint8)).reshape(7, 32)
     assert (other[:, 16:] != want[:, 16:]).any()
     # the loops for 2 and 4 queries read each column once for all of them: the same sums as one query at a time
     many = rng.integers(0, 256, (4, 13, 64), dtype=np.uint8)
     for g in (2, 4):
-        np.testing.assert_array_equal(shuffle_scan.scan_blocks(fs, many[:g]),
-                                      np.stack([shuffle_scan.scan_blocks(fs, many[i]) for i in range(g)]))
+        np.testing.assert_array_equal(shuffle.scan_blocks(fs, many[:g]),
+                                      np.stack([shuffle.scan_blocks(fs, many[i]) for i in range(g)]))
 
 
 
 def test_the_loop_sums_the_largest_tables_without_overflow():
     """1024 dimensions: 256 tables of 255 each sum to 65,280, just under 2^16. The 16-bit accumulators wrap on the way
     (even + 256 * odd bytes overflow many times) and must still come back to each document's exact sum."""
-    nj = shuffle_scan.MAX_TABLES // 2
+    nj = shuffle.MAX_TABLES // 2
     rng = np.random.default_rng(7)
     fs = rng.integers(0, 256, (3, nj, 32), dtype=np.uint8)
     full = np.full((nj, 64), 255, np.uint8)
-    np.testing.assert_array_equal(shuffle_scan.scan_blocks(fs, full), np.full(3 * 32, 255 * 2 * nj))
+    np.testing.assert_array_equal(shuffle.scan_blocks(fs, full), np.full(3 * 32, 255 * 2 * nj))
     tabs = rng.integers(200, 256, (nj, 64), dtype=np.uint8)
     tabs[:, 16:32], tabs[:, 48:] = tabs[:, :16], tabs[:, 32:48]
     j = np.arange(nj)[None, :, None]
     want = (tabs[j, fs >> 4].astype(np.int64).sum(axis=1) + tabs[j, 32 + (fs & 15)].astype(np.int64).sum(axis=1))
-    np.testing.assert_array_equal(shuffle_scan.scan_blocks(fs, tabs).reshape(3, 32), want)
+    np.testing.assert_array_equal(shuffle.scan_blocks(fs, tabs).reshape(3, 32), want)
 
 def test_quantized_tables_are_off_by_at_most_half_a_step():
     rng = np.random.default_rng(1)
     qe = rng.standard_normal((3, 64)).astype(np.float32)
-    tables, scale, offset = shuffle_scan.quantized_tables(qe)
+    tables, scale, offset = shuffle.quantized_tables(qe)
     codes = rng.integers(0, 256, (500, 8), dtype=np.uint8)
     bits = np.unpackbits(codes, axis=1).astype(np.float32)
     for q in range(3):
@@ -82,9 +83,9 @@ def test_topk_is_the_exact_top_k(bits, dim, n, k):
     codec, q, planes, scales = _codes(n, dim, bits, seed=bits)
     ref_s, ref_p = codec.topk(q, planes, scales, k, scan="numpy")
     lut_s, lut_p = codec.topk(q, planes, scales, k, scan="lut")
-    lay = shuffle_scan.layout(planes, scales)
+    lay = shuffle.layout(planes, scales)
     stats = {}
-    got_s, got_p = shuffle_scan.topk(q, q @ codec.mean, lay, k, stats=stats)
+    got_s, got_p = shuffle.topk(q, q @ codec.mean, lay, k, stats=stats)
     np.testing.assert_allclose(got_s, ref_s, rtol=1e-5, atol=1e-4)
     assert all(set(a) == set(b) for a, b in zip(got_p, ref_p))
     # both are exact; they add a document's table entries in different orders (lut one chain, shuffle four), so
@@ -95,14 +96,14 @@ def test_topk_is_the_exact_top_k(bits, dim, n, k):
     # the bound rules documents out rather than scoring all of them exactly (clustered vectors, k well below n)
     if k <= 37:
         assert (stats["exact"] < n / 2).all(), stats["exact"]
-    # the same through the codec and through lut_scan's entry point, with and without the layout, in 1-5 ranges
-    one_by_one = [shuffle_scan.topk(q[i:i + 1], q[i:i + 1] @ codec.mean, lay, k) for i in range(6)]
+    # the same through the codec and through the dispatcher, with and without the layout, in 1-5 ranges
+    one_by_one = [shuffle.topk(q[i:i + 1], q[i:i + 1] @ codec.mean, lay, k) for i in range(6)]
     np.testing.assert_array_equal(np.concatenate([p for _, p in one_by_one]), got_p)  # groups of 4 + 2 queries
-    seven = shuffle_scan.topk(np.concatenate([q, q[:1]]), np.concatenate([q, q[:1]]) @ codec.mean, lay, k)
+    seven = shuffle.topk(np.concatenate([q, q[:1]]), np.concatenate([q, q[:1]]) @ codec.mean, lay, k)
     np.testing.assert_array_equal(seven[1], np.concatenate([got_p, got_p[:1]]))  # 4 + 2 + 1
     for parts in (1, 2, 5):
         s, p = codec.topk(q, planes, scales, k, scan="shuffle", layout=lay)
-        s2, p2 = lut_scan.topk(q[:, None], np.ones((6, 1)), q @ codec.mean, planes, scales, k, scan="shuffle",
+        s2, p2 = binary_scan.topk(q[:, None], np.ones((6, 1)), q @ codec.mean, planes, scales, k, scan="shuffle",
                                parts=parts)
         np.testing.assert_array_equal(s2, got_s)
         np.testing.assert_array_equal(p2, got_p)
@@ -113,12 +114,12 @@ def test_topk_is_the_exact_top_k(bits, dim, n, k):
 @pytest.mark.parametrize("window", [1, 32])  # tiles per selection window: many windows, or the whole range in one
 def test_windows_and_ranges_of_tiles_give_the_exact_top_k(monkeypatch, window):
     codec, q, planes, scales = _codes(9000, 64, 2, seed=9)  # 5 tiles of 2048 documents, the last partial
-    monkeypatch.setattr(shuffle_scan, "_WINDOW_FLOATS", window * 2048 * len(q))
-    lay = shuffle_scan.layout(planes, scales)
+    monkeypatch.setattr(shuffle, "_WINDOW_FLOATS", window * 2048 * len(q))
+    lay = shuffle.layout(planes, scales)
     for k in (1, 50, 3000):
         ref_s, ref_p = codec.topk(q, planes, scales, k, scan="numpy")
         for parts in (1, 3):
-            got_s, got_p = shuffle_scan.topk(q, q @ codec.mean, lay, k, parts=parts)
+            got_s, got_p = shuffle.topk(q, q @ codec.mean, lay, k, parts=parts)
             np.testing.assert_allclose(got_s, ref_s, rtol=1e-5, atol=1e-4)
             assert all(set(a) == set(b) for a, b in zip(got_p, ref_p))
 
@@ -128,17 +129,17 @@ def test_the_best_bounds_are_scored_first_so_few_documents_are_scored():
     20k clustered documents, about k + a few more. (Scored in document order, until the k-th best settled, it took
     5-9x as many.)"""
     codec, q, planes, scales = _codes(20000, 128, 2, seed=11)
-    lay = shuffle_scan.layout(planes, scales)
+    lay = shuffle.layout(planes, scales)
     for k in (10, 100):
         stats = {}
-        shuffle_scan.topk(q, q @ codec.mean, lay, k, parts=1, stats=stats)
+        shuffle.topk(q, q @ codec.mean, lay, k, parts=1, stats=stats)
         assert (stats["exact"] >= k).all() and (stats["exact"] <= 2 * k + 10).all(), (k, stats["exact"])
 
 def test_ties_go_by_position_as_the_table_scan_does():
     codec, q, planes, scales = _codes(300, 64, 2, seed=3)
     planes, scales = np.tile(planes[:10], (30, 1, 1)), np.tile(scales[:10], (30, 1))  # each code 30 times
     for k in (5, 31, 100):
-        got = codec.topk(q, planes, scales, k, scan="shuffle", layout=shuffle_scan.layout(planes, scales))
+        got = codec.topk(q, planes, scales, k, scan="shuffle", layout=shuffle.layout(planes, scales))
         want = codec.topk(q, planes, scales, k, scan="lut")
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)  # summation order
@@ -154,32 +155,32 @@ def test_symmetric_mode_equals_the_reference():
 
 def test_a_layout_follows_appended_rows():
     codec, q, planes, scales = _codes(3000, 128, 2, seed=5, clustered=False)
-    lay = shuffle_scan.layout(planes[:0], scales[:0])
+    lay = shuffle.layout(planes[:0], scales[:0])
     for end in (1, 31, 32, 33, 700, 1999, 3000):  # partial blocks, whole blocks, buffer growth
         lay.sync(planes[:end], scales[:end])
-        whole = shuffle_scan.layout(planes[:end], scales[:end])
+        whole = shuffle.layout(planes[:end], scales[:end])
         np.testing.assert_array_equal(lay.fs, whole.fs)
         np.testing.assert_array_equal(lay.at, whole.at)
-        got = shuffle_scan.topk(q, q @ codec.mean, lay, 20)
+        got = shuffle.topk(q, q @ codec.mean, lay, 20)
         want = codec.topk(q, planes[:end], scales[:end], 20, scan="lut")
         np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_bad_input_is_refused():
     codec, q, planes, scales = _codes(100, 64, 2, seed=6)
-    lay = shuffle_scan.layout(planes, scales)
+    lay = shuffle.layout(planes, scales)
     with pytest.raises(BadInput, match="do not continue"):
         lay.sync(planes[:50], scales[:50])  # rows removed: a new layout is needed
     with pytest.raises(BadInput, match="do not continue"):
         lay.sync(planes[:, :1], scales[:, :1])
     with pytest.raises(BadInput, match="non-negative"):
-        shuffle_scan.layout(planes, -scales.astype(np.float32))
+        shuffle.layout(planes, -scales.astype(np.float32))
     with pytest.raises(BadInput, match="1024 dimensions"):
-        shuffle_scan.ShuffleLayout(2, 1032 // 8)
+        shuffle.ShuffleLayout(2, 1032 // 8)
     with pytest.raises(BadInput, match="query dimension"):
-        shuffle_scan.topk(q[:, :32], np.zeros(6), lay, 5)
+        shuffle.topk(q[:, :32], np.zeros(6), lay, 5)
     with pytest.raises(BadInput, match="layout holds"):
-        lut_scan.topk(q[:, None], np.ones((6, 1)), np.zeros(6), planes[:90], scales[:90], 5, scan="shuffle",
+        binary_scan.topk(q[:, None], np.ones((6, 1)), np.zeros(6), planes[:90], scales[:90], 5, scan="shuffle",
                       layout=lay)
 
 
@@ -189,7 +190,7 @@ def test_the_index_keeps_its_layout_in_step_with_writes():
     q = x[:4] + 0.1 * rng.standard_normal((4, 64)).astype(np.float32)
     spec = IndexSpec.parse("binary:bits=4,mode=asymmetric,rescore=none")
     ix = CompressedIndex.build(spec, [f"d{i}" for i in range(2100)], x[:2100])
-    assert 2100 * 4 >= lut_scan.SHUFFLE_FROM  # auto scans it with the shuffle loops
+    assert 2100 * 4 >= binary_scan.SHUFFLE_FROM  # auto scans it with the shuffle loops
 
     def check():
         got = ix.search(q, 10)
@@ -225,7 +226,7 @@ def test_documents_the_tables_cannot_tell_apart_are_ranked_exactly():
     exact = (alphas * (2 * bits @ qe[0] - qe.sum())).sum(axis=1)
     for k in (1, 10, 200):
         stats = {}
-        s, p = shuffle_scan.topk(qe, np.zeros(1), shuffle_scan.layout(planes, alphas), k, stats=stats)
+        s, p = shuffle.topk(qe, np.zeros(1), shuffle.layout(planes, alphas), k, stats=stats)
         want = np.lexsort((np.arange(n), -exact))[:k]
         np.testing.assert_array_equal(p[0], want)
         np.testing.assert_allclose(s[0], exact[want], rtol=1e-5)

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 
 from rankstack.errors import BadInput
-from rankstack.index import lut_scan
+from rankstack.kernels import binary_scan
 from rankstack.index.binary import ResidualBinaryCodec
 
-pytestmark = pytest.mark.skipif(not lut_scan.available(), reason="needs numba: pip install 'rankstack[fastscan]'")
+pytestmark = pytest.mark.skipif(not binary_scan.available(), reason="needs numba: pip install 'rankstack[fastscan]'")
 
 
 def test_tables_sum_the_set_bits():
     rng = np.random.default_rng(1)
     v = rng.standard_normal((3, 24)).astype(np.float32)
-    luts = lut_scan.byte_luts(v)
+    luts = binary_scan.byte_luts(v)
     assert luts.shape == (3, 3, 256)
     for byte in (0, 1, 128, 0b10100101, 255):
         bits = np.unpackbits(np.array([byte], np.uint8))  # most significant bit = first dimension, as packbits
@@ -39,15 +39,15 @@ def test_scores_equal_the_numpy_reference(bits, scan):
     codec = ResidualBinaryCodec(64, bits).fit(x)
     planes, scales = codec.encode(x)
     args = q[:, None], np.ones((5, 1)), q @ codec.mean, planes, scales, 2503
-    got = full_scores(*lut_scan.topk(*args, scan=scan), 2503)  # k = n: every score, each position once
+    got = full_scores(*binary_scan.topk(*args, scan=scan), 2503)  # k = n: every score, each position once
     np.testing.assert_allclose(got, codec.asymmetric_scores(q, planes, scales), rtol=1e-5, atol=1e-4)
     # on the calling thread (small scans), and in 1, 2 or 7 document ranges merged afterwards, the same scores
-    assert 5 * 2503 < lut_scan.SERIAL_BELOW
+    assert 5 * 2503 < binary_scan.SERIAL_BELOW
     for parts in (1, 2, 7):
-        np.testing.assert_array_equal(full_scores(*lut_scan.topk(*args, scan=scan, parts=parts), 2503), got)
+        np.testing.assert_array_equal(full_scores(*binary_scan.topk(*args, scan=scan, parts=parts), 2503), got)
     big = np.tile(planes, (8, 1, 1)), np.tile(scales, (8, 1))
-    assert 5 * 2503 * 8 >= lut_scan.SERIAL_BELOW
-    got_big = full_scores(*lut_scan.topk(q[:, None], np.ones((5, 1)), q @ codec.mean, *big, 8 * 2503, scan=scan),
+    assert 5 * 2503 * 8 >= binary_scan.SERIAL_BELOW
+    got_big = full_scores(*binary_scan.topk(q[:, None], np.ones((5, 1)), q @ codec.mean, *big, 8 * 2503, scan=scan),
                           8 * 2503)
     np.testing.assert_allclose(got_big, np.tile(got, (1, 8)), rtol=1e-6, atol=1e-5)
 
@@ -71,11 +71,11 @@ def test_topk_equals_the_reference_across_ranges(mode, k, scan):
     # ranges scanned into their own heaps and merged keep what one range keeps; so does one query at a time
     if mode == "asymmetric":
         vecs, qw, base = q[:, None], np.ones((30, 1)), q @ codec.mean
-        one = lut_scan.topk(vecs, qw, base, planes, scales, k, scan=scan, parts=1)
-        many = lut_scan.topk(vecs, qw, base, planes, scales, k, scan=scan, parts=5)
+        one = binary_scan.topk(vecs, qw, base, planes, scales, k, scan=scan, parts=1)
+        many = binary_scan.topk(vecs, qw, base, planes, scales, k, scan=scan, parts=5)
         np.testing.assert_array_equal(many[0], one[0])
         np.testing.assert_array_equal(many[1], one[1])
-        single = lut_scan.topk(vecs[3:4], qw[3:4], base[3:4], planes, scales, k, scan=scan)
+        single = binary_scan.topk(vecs[3:4], qw[3:4], base[3:4], planes, scales, k, scan=scan)
         np.testing.assert_allclose(single[0][0], one[0][3], rtol=1e-5, atol=1e-4)
         assert set(single[1][0]) == set(one[1][3])
 
@@ -91,7 +91,7 @@ def test_equal_scores_keep_the_earliest_positions_across_blocks(scan):
     planes, scales = np.tile(planes, (9, 1, 1)), np.tile(scales, (9, 1))
     q = rng.standard_normal((2, 64)).astype(np.float32)
     for parts in (1, 2, 3):
-        s, p = lut_scan.topk(q[:, None], np.ones((2, 1)), q @ codec.mean, planes, scales, 12, scan=scan, parts=parts)
+        s, p = binary_scan.topk(q[:, None], np.ones((2, 1)), q @ codec.mean, planes, scales, 12, scan=scan, parts=parts)
         for qi in range(2):
             best = np.argsort(-codec.asymmetric_scores(q[qi:qi + 1], planes[:5], scales[:5])[0], kind="stable")
             # the best document's 9 copies in position order, then the second best's first 3 copies
@@ -123,7 +123,7 @@ def test_auto_decodes_and_multiplies_from_gemm_from_queries():
     x = rng.standard_normal((3000, 128)).astype(np.float32)
     codec = ResidualBinaryCodec(128, 4).fit(x)
     planes, scales = codec.encode(x)
-    for nq, path in ((lut_scan.GEMM_FROM - 1, "lut"), (lut_scan.GEMM_FROM, "gemm")):
+    for nq, path in ((binary_scan.GEMM_FROM - 1, "lut"), (binary_scan.GEMM_FROM, "gemm")):
         q = rng.standard_normal((nq, 128)).astype(np.float32)
         auto = codec.topk(q, planes, scales, 50)
         other = "gemm" if path == "lut" else "lut"
@@ -136,5 +136,5 @@ def test_unknown_scan():
     with pytest.raises(BadInput, match="unknown binary scan"):
         codec.topk(np.zeros((1, 8)), np.zeros((1, 2, 1), np.uint8), np.ones((1, 2), np.float16), 1, scan="simd")
     with pytest.raises(BadInput, match="unknown binary scan"):
-        lut_scan.topk(np.zeros((1, 1, 8)), np.ones((1, 1)), np.zeros(1), np.zeros((1, 2, 1), np.uint8),
+        binary_scan.topk(np.zeros((1, 1, 8)), np.ones((1, 1)), np.zeros(1), np.zeros((1, 2, 1), np.uint8),
                       np.ones((1, 2)), 1, scan="numpy")

@@ -35,7 +35,7 @@ from rankstack.eval.metrics import evaluate
 from rankstack.eval.significance import compare_per_query
 from rankstack.records import Run
 from rankstack.retrieval.encoders import SentenceTransformerEncoder
-from rankstack.retrieval.onnx_encoder import BACKENDS
+from rankstack.retrieval.onnx_encoder import BACKENDS, resolve_backend
 
 from _table import markdown, save_results  # noqa: E402
 
@@ -80,6 +80,8 @@ def main(argv=None) -> int:
         elif b != "torch":
             backends.append((b, None))
     rows, choice = [], {}
+    auto = resolve_backend("auto")  # what the default dense:backend=auto runs on this machine
+    logger.info("backend=auto on this machine: %s", auto)
     with tempfile.TemporaryDirectory() as cache_root:
         for name in args.datasets:
             splits = ["test"] + (["dev"] if name == "nfcorpus" else [])
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
             base_vecs, base_eval = None, {}
             for backend, scope in backends:
                 label = backend if scope is None else f"{backend}:{scope}"
+                if label == auto:
+                    label += " (= auto here)"
                 enc = SentenceTransformerEncoder(backend=backend, int8_scope=scope, show_progress=True)
                 enc.encode_documents(docs[:64])  # warm-up (first call allocates; ONNX export is cached before)
                 results = {}
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
                 logger.info("%s", row)
             if not args.no_cache:
                 # the embedding cache: first pass fills it, the second is all hits
-                enc = SentenceTransformerEncoder(cache=cache_root, show_progress=False)
+                enc = SentenceTransformerEncoder(backend="torch", cache=cache_root, show_progress=False)
                 t0 = time.perf_counter()
                 enc.encode_documents(docs)
                 t1 = time.perf_counter()
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
     sys.stdout.write(table + "\n" + str(choice) + "\n")
     flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
     save_results(args.out, {"rows": rows, "choice": choice, "threads": args.threads, "machine": platform.node(),
-                            "cpu_bf16": sorted(flags & {"amx_bf16", "avx512_bf16"})})
+                            "cpu_bf16": sorted(flags & {"amx_bf16", "avx512_bf16"}), "auto": auto})
     return 0
 
 

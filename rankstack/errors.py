@@ -11,6 +11,7 @@ __all__ = [
     "DimensionMismatch",
     "UnknownDocid",
     "MissingExtra",
+    "ContextOverflow",
 ]
 
 
@@ -47,3 +48,8 @@ class UnknownDocid(RankStackError, KeyError):
 
 class MissingExtra(RankStackError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
+
+
+class ContextOverflow(BadInput):
+    """A prompt longer than the model's context (the LLM rerankers fall back before this where they can)."""
+

@@ -19,6 +19,15 @@ if os.environ.get("RANKSTACK_GPU") != "1":
 # mismatch" in CI (tests/service/test_fuzz.py, after the Ray tests). Tests need no usage telemetry.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+# LLM rerankers compute in bf16 by default where the CPU multiplies bf16 in hardware (compute=auto); the tests compare
+# them with float32 references and with each other, so auto resolves to float32 on every machine they run on.
+# tests/rerank/test_factory.py checks the hardware rule itself with the variable unset.
+os.environ.setdefault("RANKSTACK_COMPUTE", "fp32")
+# Dense encoders run the fastest backend measured lossless on the CPU (backend=auto: OpenVINO, bf16 where the CPU has
+# bf16 units). The tests compare dense results with sentence-transformers references and golden values, so auto runs
+# PyTorch here; tests/retrieval/test_encoding_backends.py checks the hardware rule and the auto backend itself.
+os.environ.setdefault("RANKSTACK_ENCODER_BACKEND", "torch")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 

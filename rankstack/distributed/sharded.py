@@ -35,8 +35,9 @@ class ShardedResources(Resources):
         self.router = ShardRouter(self.shardset, address=address, replicas=replicas, allow_partial=allow_partial,
                                   timeout_s=timeout_s)
         self.documents = ShardedDocuments(self.shardset)
-        dense = [e for e in self.shardset.params["indexes"] if e["kind"] == "dense"]
-        self.default_model = (dense[0].get("defaults") or {}).get("model") if dense else self.default_model
+        # the shards' recorded defaults (each kind names its own keys: "model" is the dense encoder's)
+        self.default_model = next((e["defaults"]["model"] for e in self.shardset.params["indexes"]
+                                   if (e.get("defaults") or {}).get("model")), self.default_model)
         self.stats: dict[str, dict[str, float]] = {}
         self.paths = [str(self.shardset.path)]
         self._views: dict[str, ShardedIndex] = {}

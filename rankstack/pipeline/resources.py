@@ -203,12 +203,7 @@ class IndexDirs(Resources):
         parts = []
         for _, saved, ix in self.folders:
             kind = next(k for k in map(kinds.get, kinds.names()) if saved in k.saved_kinds)
-            part = kind.name
-            if kind.name == "dense" and getattr(ix, "spec", None) is not None:
-                part = f"dense:index=({ix.spec.build_key()})"
-            if kind.name == "maxsim" and saved == "multi-vector-plaid":
-                part = "plaid"
-            parts.append(part)
+            parts.append(kind.spec_of(ix))
         return parts[0] if len(parts) == 1 else "rrf(" + ", ".join(parts) + ")"
 
     def token_index_for(self, encoder):

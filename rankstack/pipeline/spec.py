@@ -14,10 +14,10 @@ Operators, as in Python (``%`` binds tightest, then ``+``, then ``>>``):
 - ``a + b``: reciprocal rank fusion (``a + b + c`` fuses all three at once; ``rrf(...)``/``interp(...)`` take
   options: ``rrf:rrf_k=60(a, b)``, ``interp:alpha=0.3(a, b)``; ``alpha=auto`` is tuned by ``rankstack eval``).
 
-Retrievers: ``bm25`` (k1, b, threads, engine=lucene|matrix), the late-interaction ``maxsim`` (exact), ``muvera``
+Retrievers: ``bm25`` (k1, b, threads, engine=auto|lucene|matrix), the late-interaction ``maxsim`` (exact), ``muvera``
 (k_sim, d_proj, reps, candidates, index) and ``plaid`` (nbits, ncentroids, nprobe, candidates), all with model,
 batch_size, query_length, document_length, device; ``dense`` (model, index, batch_size, normalize, max_seq_length,
-query_prefix, document_prefix, device, backend=torch|onnx|onnx-int8|openvino|openvino-bf16, int8_scope, cache) and
+query_prefix, document_prefix, device, backend=auto|torch|onnx|onnx-int8|openvino|openvino-bf16, int8_scope, cache) and
 ``splade`` (learned sparse: model, query=model|idf, engine=scipy|lucene|seismic, batch_size, max_seq_length, device, threads, and
 Seismic's n_postings, summary_energy, query_cut, heap_factor). Rerankers: the kinds of
 :mod:`rankstack.rerank.factory` (or, in the service, the names of its configured rerankers), with ``depth`` = how

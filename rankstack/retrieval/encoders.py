@@ -9,7 +9,7 @@ import numpy as np
 
 from rankstack._optional import available
 from rankstack._progress import progress_enabled
-from rankstack.errors import BadInput, MissingExtra
+from rankstack.errors import BadInput, MissingExtra, RankStackError
 from rankstack.models import remembered
 from rankstack.records import Document
 
@@ -19,11 +19,12 @@ __all__ = ["DEFAULT_DENSE_MODEL", "resolve_model", "SentenceTransformerEncoder",
            "load_sentence_transformer", "ENCODER_OPTIONS", "cached_encoder"]
 
 # options a dense retriever spec may give its encoder, with their defaults (``dense:batch_size=16,...``)
-# backend: torch (sentence-transformers), onnx (ONNX Runtime, fused graph, float32), onnx-int8 (its linear layers in
-# int8), openvino (OpenVINO IR, float32) or openvino-bf16 (that IR run in bf16 where the CPU has it), see
-# rankstack.retrieval.onnx_encoder; cache: keep vectors in a persistent embedding cache
+# backend: auto (the fastest one measured lossless on this kind of CPU: resolve_backend), torch (sentence-transformers),
+# onnx (ONNX Runtime, fused graph, float32), onnx-int8 (its linear layers in int8), openvino (OpenVINO IR, float32) or
+# openvino-bf16 (that IR run in bf16 where the CPU has it), see rankstack.retrieval.onnx_encoder; cache: keep vectors
+# in a persistent embedding cache
 ENCODER_OPTIONS = {"batch_size": 64, "normalize": True, "max_seq_length": int, "query_prefix": "",
-                   "document_prefix": "", "device": "cpu", "backend": "torch", "int8_scope": str, "cache": False}
+                   "document_prefix": "", "device": "cpu", "backend": "auto", "int8_scope": str, "cache": False}
 # the ones that change document vectors (an index built with other values is a different index)
 DOCUMENT_OPTIONS = ("batch_size", "normalize", "max_seq_length", "document_prefix", "backend", "int8_scope")
 
@@ -80,13 +81,12 @@ class SentenceTransformerEncoder:
     def __init__(self, model: str = DEFAULT_DENSE_MODEL, *, device: str | None = None, batch_size: int = 64,
                  normalize: bool = True, max_seq_length: int | None = None, query_prefix: str = "",
                  document_prefix: str = "", show_progress: bool | None = None, loaded=None,
-                 backend: str = "torch", int8_scope: str | None = None, cache: bool | str = False):
-        from rankstack.retrieval.onnx_encoder import BACKENDS
+                 backend: str = "auto", int8_scope: str | None = None, cache: bool | str = False):
+        from rankstack.retrieval.onnx_encoder import resolve_backend
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise BadInput(f"batch_size must be a positive integer, got {batch_size!r}")
-        if backend not in BACKENDS:
-            raise BadInput(f"unknown encoder backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        chosen, backend = backend, resolve_backend(backend, device)
         if backend != "torch" and device not in (None, "cpu"):
             raise BadInput(f"backend={backend} runs on the CPU; use backend=torch for device={device}")
         if int8_scope is not None and backend != "onnx-int8":
@@ -111,12 +111,18 @@ class SentenceTransformerEncoder:
         if backend != "torch":
             from rankstack.retrieval.onnx_encoder import OnnxSentenceModel
 
-            self.onnx = OnnxSentenceModel(self.model, model, backend=backend, int8_scope=int8_scope)
+            try:
+                self.onnx = OnnxSentenceModel(self.model, model, backend=backend, int8_scope=int8_scope)
+            except RankStackError as exc:
+                if chosen != "auto":
+                    raise
+                logger.warning("backend=auto: %s; encoding with torch instead", exc)
+                self.backend = "torch"
         self.cache = None
         if cache:
             from rankstack.retrieval.embedding_cache import EmbeddingCache
 
-            identity = {"model": model, "resolved": resolve_model(model), "backend": backend,
+            identity = {"model": model, "resolved": resolve_model(model), "backend": self.backend,
                         "int8_scope": self.onnx.int8_scope if self.onnx else None,
                         "max_seq_length": int(self.model.max_seq_length), "normalize": bool(normalize)}
             self.cache = EmbeddingCache(identity, self.dim, root=None if cache is True else str(cache))

@@ -36,15 +36,18 @@ from typing import Sequence
 
 import numpy as np
 
-from rankstack._optional import require
+from rankstack._hardware import cpu_flags, cpu_has_bf16_units, forced_choice
+from rankstack._optional import available, require
 from rankstack._progress import progress_enabled
 from rankstack.errors import BadInput, RankStackError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnnxSentenceModel", "BACKENDS", "INT8_SCOPES", "DEFAULT_INT8_SCOPE", "onnx_cache_root"]
+__all__ = ["OnnxSentenceModel", "BACKENDS", "BACKEND_CHOICES", "INT8_SCOPES", "DEFAULT_INT8_SCOPE", "onnx_cache_root",
+           "resolve_backend"]
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
+BACKEND_CHOICES = ("auto", *BACKENDS)
 _BF16_MIN_COSINE = 0.999  # openvino-bf16's pooled vectors against PyTorch's, checked when a model is opened
 # linear layers that onnx-int8 quantizes: every MatMul/attention projection, the feed-forward block (up and down
 # projections), or only the feed-forward up projection ("intermediate")
@@ -57,6 +60,30 @@ def onnx_cache_root() -> Path:
     """Where exported models live: ``$RANKSTACK_ONNX_CACHE`` or ``~/.cache/rankstack/onnx``."""
     env = os.environ.get("RANKSTACK_ONNX_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "rankstack" / "onnx"
+
+
+def resolve_backend(name: str, device: str | None = None) -> str:
+    """``auto`` as this machine resolves it; other names unchanged, unknown ones refused.
+
+    The rule (evidence: "Dense encoders: backend=auto" in benchmarks/RESULTS.md): the fastest backend whose nDCG@10
+    stayed within 0.002 of PyTorch float32 on both SciFact and NFCorpus on that kind of CPU. ``openvino-bf16`` on a CPU
+    with bf16 units (AMX or AVX512-BF16: 2.6-3.9x, within 0.0013); ``openvino`` (float32, identical rankings,
+    1.2-1.5x) on other x86 CPUs; ``torch`` on a GPU device, where OpenVINO is not installed, or where
+    ``RANKSTACK_ENCODER_BACKEND`` says so (it forces any backend, e.g. for runs that must match across machines).
+    ``onnx-int8`` is never picked: on the AVX2 machine it moved SciFact by +0.0040, outside the 0.002 rule.
+    """
+    if name not in BACKEND_CHOICES:
+        raise BadInput(f"unknown encoder backend {name!r}; use one of {', '.join(BACKEND_CHOICES)}")
+    if name != "auto":
+        return name
+    forced = forced_choice("RANKSTACK_ENCODER_BACKEND", BACKENDS)
+    if forced:
+        return forced
+    if device not in (None, "cpu") or not available("openvino"):
+        return "torch"
+    if cpu_has_bf16_units():
+        return "openvino-bf16"
+    return "openvino" if cpu_flags() & {"avx2", "avx512f"} else "torch"
 
 
 _EXPORT_LOCK = threading.Lock()

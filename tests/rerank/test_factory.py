@@ -107,13 +107,20 @@ def test_the_embedding_reranker_shares_the_encoders_model():
     assert reranker.encoder.model is dense.model  # one copy of the weights for retrieval and reranking
 
 
-def test_compute_auto_is_bf16_only_where_the_cpu_multiplies_it_and_shares_the_model(tiny_dir):
+def test_compute_auto_is_bf16_only_where_the_cpu_multiplies_it_and_shares_the_model(tiny_dir, monkeypatch):
     """The default compute=auto resolves to bf16 on a CPU with bf16 units (AMX, AVX512-BF16), float32 elsewhere, and
     a reranker asking for what auto resolved to shares the same loaded model."""
     from rankstack.rerank.llm.runtime import cpu_has_bf16_units, resolve_compute
 
+    monkeypatch.delenv("RANKSTACK_COMPUTE", raising=False)
     want = "bf16" if cpu_has_bf16_units() else "fp32"
     assert resolve_compute("auto") == want and resolve_compute("fp32") == "fp32"
+    monkeypatch.setenv("RANKSTACK_COMPUTE", "bf16")
+    assert resolve_compute("auto") == "bf16" and resolve_compute("fp32") == "fp32"
+    monkeypatch.setenv("RANKSTACK_COMPUTE", "fp16")
+    with pytest.raises(BadInput, match="RANKSTACK_COMPUTE"):
+        resolve_compute("auto")
+    monkeypatch.delenv("RANKSTACK_COMPUTE")
     cache = ModelCache()
     auto = build_reranker(f"icr:model={tiny_dir},passage_tokens=16", cache)
     explicit = build_reranker(f"first:model={tiny_dir},passage_tokens=16,compute={want}", cache)

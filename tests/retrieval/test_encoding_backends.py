@@ -241,3 +241,35 @@ def test_a_pipeline_spec_runs_the_onnx_encoder(onnx_env, tmp_path):
     if available("openvino"):  # bf16: the same best documents (lower ranks may swap on near-ties)
         got = compile_pipeline("dense:backend=openvino-bf16", ws).run(list(queries.values()), 3).rankings
         assert [r.docids[0] for r in got] == ["0", "4"]
+
+
+def test_backend_auto_follows_the_cpu_and_encodes_like_pytorch(onnx_env, monkeypatch):
+    """backend=auto (the default) is OpenVINO bf16 where the CPU multiplies bf16, OpenVINO float32 on other x86 CPUs,
+    PyTorch on a GPU or without OpenVINO; RANKSTACK_ENCODER_BACKEND forces one. The flags are read here from
+    /proc/cpuinfo, not through the library."""
+    from pathlib import Path
+
+    from rankstack.pipeline.resources import DenseSettings
+    from rankstack.retrieval.onnx_encoder import resolve_backend
+
+    Encoder, docs, ref_docs, _ = onnx_env
+    monkeypatch.delenv("RANKSTACK_ENCODER_BACKEND", raising=False)
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    if not available("openvino"):
+        want = "torch"
+    elif flags & {"amx_bf16", "avx512_bf16"}:
+        want = "openvino-bf16"
+    else:
+        want = "openvino" if flags & {"avx2", "avx512f"} else "torch"
+    assert resolve_backend("auto") == want and resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("onnx-int8") == "onnx-int8"
+    enc = Encoder(batch_size=4, show_progress=False)
+    assert enc.backend == want and (enc.onnx is None) == (want == "torch")
+    assert ((enc.encode_documents(docs) * ref_docs).sum(1) > 0.999).all()
+    assert DenseSettings.of("dense").vectors_key == DenseSettings.of("dense:backend=auto").vectors_key
+    monkeypatch.setenv("RANKSTACK_ENCODER_BACKEND", "onnx")
+    assert resolve_backend("auto") == "onnx" and resolve_backend("torch") == "torch"
+    monkeypatch.setenv("RANKSTACK_ENCODER_BACKEND", "tensorrt")
+    with pytest.raises(BadInput, match="RANKSTACK_ENCODER_BACKEND"):
+        resolve_backend("auto")

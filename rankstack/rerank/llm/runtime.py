@@ -27,7 +27,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from rankstack.errors import BadInput, MissingExtra, RankStackError
+from rankstack._hardware import cpu_has_bf16_units, forced_choice
+from rankstack.errors import BadInput, ContextOverflow, MissingExtra, RankStackError
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +46,16 @@ COMPUTE_CHOICES = ("auto", *COMPUTE_DTYPES)
 
 
 def resolve_compute(name: str, device: str = "cpu") -> str:
-    """``auto`` as this machine resolves it (``bf16`` or ``fp32``); other names unchanged, unknown ones refused."""
+    """``auto`` as this machine resolves it (``bf16`` or ``fp32``; the environment variable ``RANKSTACK_COMPUTE``,
+    when set to one of them, decides instead, e.g. for float32 runs that must reproduce across machines); other names
+    unchanged, unknown ones refused."""
     if name not in COMPUTE_CHOICES:
         raise BadInput(f"unknown compute dtype {name!r}; choose one of {', '.join(COMPUTE_CHOICES)}")
     if name != "auto":
         return name
+    forced = forced_choice("RANKSTACK_COMPUTE", tuple(COMPUTE_DTYPES))
+    if forced:
+        return forced
     if str(device).startswith("cuda"):
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_has_bf16_units() else "fp32"
@@ -58,15 +64,6 @@ def resolve_compute(name: str, device: str = "cpu") -> str:
 def parse_compute(name: str, device: str = "cpu") -> torch.dtype:
     return COMPUTE_DTYPES[resolve_compute(name, device)]
 
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16); without them bf16 is emulated and
-    slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 ATTN_IMPL = "rankstack_capture"
 _ACTIVE = threading.local()
@@ -259,6 +256,8 @@ class ForwardStats:
     repairs: int = 0
     attention_blocks: int = 0  # block x block attention tiles computed in sparse-prefill passes
     dense_blocks: int = 0  # the tiles dense causal attention would have computed in those passes
+    shrunk_prompts: int = 0  # prompts whose per-passage budget was lowered so that they fit the context
+    window_fallbacks: int = 0  # queries ranked in windows because one prompt did not fit (ICR with window=None)
 
     def add(self, other: ForwardStats) -> None:
         for f in dataclasses.fields(self):
@@ -389,8 +388,8 @@ class CausalLM:
         cache = DynamicCache() if cache is None else cache
         past = cache.get_seq_length()
         if past + x.shape[1] > self.context:
-            raise BadInput(f"{past + x.shape[1]} tokens exceed the model's context of {self.context}; "
-                           f"lower the window size or the per-passage token budget")
+            raise ContextOverflow(f"{past + x.shape[1]} tokens exceed the model's context of {self.context}; "
+                                  f"lower the window size or the per-passage token budget")
         from rankstack.rerank.llm.sparse_attention import layout_active
 
         if layout is not None and hasattr(layout, "segments") and (len(layout.segments) != x.shape[1] or

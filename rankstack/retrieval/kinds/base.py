@@ -182,6 +182,10 @@ class RetrievalKind(ABC):
 
         return open_index(path)
 
+    def spec_of(self, index) -> str:
+        """The retriever spec that serves ``index``, a folder this kind wrote (``rankstack search --index``)."""
+        return self.name
+
     def matches(self, settings: Settings, index) -> str | None:
         """Why ``index`` is not the stored index of ``settings`` (built with another model or spec), or None."""
         built = (getattr(index, "meta", None) or {}).get("index_key")

@@ -11,6 +11,7 @@ import numpy as np
 
 from rankstack.index.base import IndexSpec
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL, DOCUMENT_OPTIONS, ENCODER_OPTIONS, cached_encoder
+from rankstack.retrieval.onnx_encoder import BACKEND_CHOICES
 from rankstack.retrieval.kinds.base import RetrievalKind, Settings, slug
 from rankstack.spec import Item, Option, check_options, parse_item
 
@@ -25,7 +26,6 @@ def _index_spec(value) -> Item:
     return parse_item(str(IndexSpec.parse(value)), "index spec")  # checked, kept in canonical form
 
 
-_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
 # options of an index spec, which a user may give a dense item by mistake
 _INDEX_ONLY = {"nlist", "nprobe", "m", "nbits", "hnsw_m", "ef_construction", "ef_search", "bits", "binary_search",
                "mode", "train_size", "rescore", "rescore_multiplier", "multiplier", "seed", "ef"}
@@ -82,7 +82,7 @@ class DenseKind(RetrievalKind):
         "query_prefix": Option(""),
         "document_prefix": Option(""),
         "device": Option(type=str),
-        "backend": Option("torch", choices=_BACKENDS),
+        "backend": Option("auto", choices=BACKEND_CHOICES, doc="auto: the fastest backend measured lossless here"),
         "int8_scope": Option(type=str),
         "cache": Option(False),
     }
@@ -186,6 +186,10 @@ class DenseKind(RetrievalKind):
         from rankstack.index.registry import load_vector_index
 
         return load_vector_index(path)
+
+    def spec_of(self, index) -> str:
+        spec = getattr(index, "spec", None)  # a compressed index names its own spec; a flat one is plain dense
+        return f"dense:index=({spec.build_key()})" if spec is not None else "dense"
 
     def matches(self, settings: DenseSettings, index) -> str | None:
         meta = index.meta

@@ -35,8 +35,8 @@ def tiny_llama(vocab_size: int, seed: int = 0, **kw):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, **kw)
+    cfg = LlamaConfig(**{"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096, **kw})
     return LlamaForCausalLM(cfg).eval()
 
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from rankstack.errors import BadInput
 
-__all__ = ["ray_args", "read_queries", "is_sharded", "sharded_resources", "run_file_name"]
+__all__ = ["ray_args", "read_queries", "is_sharded", "sharded_resources", "run_file_name", "on_error_arg",
+           "write_run_file", "PARTIAL_EXIT"]
+
+PARTIAL_EXIT = 3  # the exit status of a run that wrote only the queries it finished
 
 
 def ray_args(p: argparse.ArgumentParser, *, workers: bool = True, replicas: bool = True,
@@ -59,3 +62,36 @@ def run_file_name(name: str) -> str:
     from rankstack.pipeline.resources import slug
 
     return name if re.fullmatch(r"[A-Za-z0-9_.\-]+", name) else slug(name)
+
+
+def on_error_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                   help="a query a reranker cannot finish (after its context fallbacks): stop there (default) or "
+                        "skip it and go on; either way the finished queries are written, to RUN.partial with "
+                        "RUN.partial.json naming the failed ones, and the exit status is 3")
+
+
+def write_run_file(run, path, failed=None, total: int | None = None) -> Path:
+    """Write ``run`` to ``path``; where queries failed (``failed``: qid -> why), to ``path.partial`` instead, with
+    ``path.partial.json`` beside it, so a partial run is never mistaken for a whole one. A whole run removes the
+    partial files an earlier attempt left."""
+    import json
+    import os
+
+    from rankstack.eval.trec import write_run
+
+    path = Path(path)
+    marker = path.with_name(path.name + ".partial")
+    sidecar = path.with_name(path.name + ".partial.json")
+    if not failed:
+        out = write_run(run, path)
+        marker.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        return out
+    out = write_run(run, marker)
+    first = next(iter(failed))
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps({"partial": True, "finished_queries": len(run.qids), "total_queries": total,
+                               "first_failure": first, "failed": failed}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, sidecar)
+    return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rankstack.cli._common import is_sharded, ray_args, run_file_name, sharded_resources
+from rankstack.cli._common import (PARTIAL_EXIT, is_sharded, on_error_arg, ray_args, run_file_name, sharded_resources,
+                                   write_run_file)
 from rankstack.errors import BadInput
 
 
@@ -13,7 +14,6 @@ def run(args: argparse.Namespace) -> int:
     from rankstack.eval.metrics import DEFAULT_METRICS
     from rankstack.eval.report import build_report
     from rankstack.eval.runner import named_specs, run_pipelines
-    from rankstack.eval.trec import write_run
 
     from rankstack.eval.datasets import load_beir
 
@@ -53,20 +53,22 @@ def run(args: argparse.Namespace) -> int:
                                     k=args.k, metrics=metrics, model=args.model, k1=args.k1, b=args.b,
                                     threads=args.threads, tune_split=args.tune_split, workspace=workspace,
                                     show_progress=not args.quiet, relevance_adapter=args.relevance_adapter,
-                                    pool=pool)
+                                    pool=pool, on_error=args.on_error)
     out = Path(args.output_dir) / ds.name
     files = {}
     for name, res in results.items():
         stem = run_file_name(res.input_of) + ".rerank-input" if res.input_of else run_file_name(name)
-        files[name] = str(write_run(res.run, out / f"{stem}.{args.split}.trec"))
+        files[name] = str(write_run_file(res.run, out / f"{stem}.{args.split}.trec", res.failed, len(ds.queries)))
     inputs = [n for n, r in results.items() if r.input_of]
     # the baseline: --baseline, else the first pipeline; a single reranking pipeline is tested against its input
     baseline = args.baseline or (inputs[0] if len(names) == 1 and inputs else names[0])
+    if baseline not in results and baseline in names:  # a run stopped before it (--on-error stop)
+        baseline = names[0]
     if baseline not in results:
         raise BadInput(f"--baseline {baseline!r} is not one of the pipelines {list(results)}")
     extra = {name: {k: v for k, v in res.stats.items() if k in ("qps", "alpha", "tuned_on", "index_seconds",
                                                                  "encode_docs_per_s", "set_P", "set_R", "set_F1",
-                                                                 "empty", "kept")}
+                                                                 "empty", "kept", "failed_queries")}
              for name, res in results.items()}
     details = {name: {"spec": str(res.spec), "run_file": files[name], **res.stats} for name, res in results.items()}
     report = build_report(f"{ds.name} ({args.split}, {len(ds.queries)} queries)",
@@ -80,7 +82,15 @@ def run(args: argparse.Namespace) -> int:
         if name != str(res.spec) and not res.input_of:
             print(f"  {name} = {res.spec}")
     print(f"\nrun files and reports in {out}")
-    return 0
+    failed = {name: res for name, res in results.items() if res.failed}
+    for name, res in failed.items():
+        first, why = next(iter(res.failed.items()))
+        print(f"error: {name}: {len(res.failed)} of {len(ds.queries)} queries not run; query {first} failed: {why}. "
+              f"Its row and {files[name]} cover the {len(ds.queries) - len(res.failed)} finished")
+    missing = [n for n in names if n not in results]
+    if missing:
+        print(f"error: not run after that failure: {', '.join(missing)} (--on-error skip goes on past it)")
+    return PARTIAL_EXIT if failed else 0
 
 
 def add(sub) -> None:
@@ -113,4 +123,5 @@ def add(sub) -> None:
     ev.add_argument("--index", default=None, help="evaluate over a sharded collection (rankstack index --shards N) "
                                                   "built from this dataset, instead of the cached single indexes")
     ray_args(ev, workers_help="spread the queries over N Ray workers (needs --ray-address); same run files")
+    on_error_arg(ev)
     ev.set_defaults(func=run)

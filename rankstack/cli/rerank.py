@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rankstack.cli._common import ray_args
+from rankstack.cli._common import PARTIAL_EXIT, on_error_arg, ray_args, write_run_file
 from rankstack.errors import BadInput
 
 
@@ -21,7 +21,10 @@ def _rerank_inputs(args: argparse.Namespace):
     qrels = None
     if args.trec_dl:
         dl = load_trec_dl(args.trec_dl, args.year)
-        rankings, qrels, label = dl.candidates, dl.qrels, Path(args.trec_dl).name
+        name = Path(args.trec_dl).name
+        rankings, qrels, label = dl.candidates, dl.qrels, name if name == dl.year else f"{name} ({dl.year})"
+        if args.year is None:
+            print(f"TREC DL year {dl.year}: the topics and qrels in {args.trec_dl} (--year picks another)")
         if args.run:
             rankings = None  # the run's candidates, with the folder's passages where it has them
             docs = {c.docid: c.document for r in dl.candidates for c in r.candidates}
@@ -59,7 +62,6 @@ def _rerank_inputs(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from rankstack.eval.metrics import evaluate
     from rankstack.eval.report import build_report
-    from rankstack.eval.trec import write_run
     from rankstack.pipeline import Given, Pipeline, Rerank
     from rankstack.records import Qrels, Run
     from rankstack.rerank.factory import RerankerSpec, build_reranker
@@ -77,12 +79,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         reranker = build_reranker(spec)
         pipe = Pipeline(Given(rankings, name=label), [Rerank(reranker, spec.stage_depth)])
-        result = pipe.run([r.query for r in rankings], args.k, show_progress=not args.quiet)
+        result = pipe.run([r.query for r in rankings], args.k, show_progress=not args.quiet, on_error=args.on_error)
         describe, reranker_name = pipe.describe(), reranker.name
     out = result.rankings
-    seconds = sum(result.timings.values()) / len(rankings)
-    write_run(Run.from_rankings(out, name=args.tag), args.output)
-    print(f"reranked {len(out)} queries with {describe}: {seconds:.2f} s/query; run in {args.output}")
+    seconds = sum(result.timings.values()) / max(1, len(out))
+    written = write_run_file(Run.from_rankings(out, name=args.tag), args.output, result.failed, len(rankings))
+    print(f"reranked {len(out)} queries with {describe}: {seconds:.2f} s/query; run in {written}")
     llm = [s for s in result.stats.values() if "llm_forward_passes" in s]
     if llm:
         n = len(llm)
@@ -90,9 +92,19 @@ def run(args: argparse.Namespace) -> int:
         def total(key: str) -> float:
             return sum(s.get(f"llm_{key}", 0.0) for s in llm)
 
+        def count(key: str) -> int:
+            return sum(1 for s in llm if s.get(f"llm_{key}", 0) > 0)
+
         print(f"per query: {total('forward_passes') / n:.1f} forward passes, {total('prompt_tokens') / n:.0f} "
               f"prompt tokens, {total('generated_tokens') / n:.1f} generated tokens, {total('repairs'):.0f} repairs, "
               f"{total('truncated_passages'):.0f} truncated passages")
+        print(f"context fallbacks: {count('shrunk_prompts')} of {n} queries had passages cut further to fit one "
+              f"prompt, {count('window_fallbacks')} were ranked in windows")
+    if result.failed:
+        first, why = next(iter(result.failed.items()))
+        print(f"error: {len(result.failed)} of {len(rankings)} queries not reranked; query {first} failed: {why}. "
+              f"The {len(out)} finished are in {written}, the failed ones in {written}.json")
+        return PARTIAL_EXIT
     if qrels is not None:
         keep = {r.query.qid for r in out}
         qrels = Qrels(judgments={q: j for q, j in qrels.judgments.items() if q in keep})
@@ -123,7 +135,8 @@ def add(sub) -> None:
     src.add_argument("--dataset", default=None, help="BEIR folder or name; needs --run")
     rr.add_argument("--run", default=None, help="TREC run file whose candidates to rerank")
     rr.add_argument("--qrels", default=None, help="TREC qrels (default: the dataset's)")
-    rr.add_argument("--year", default="dl19")
+    rr.add_argument("--year", default=None, help="with --trec-dl: which topics/qrels (dl19 reads "
+                                                 "topics.dl19-passage.txt); default: the one year the folder holds")
     rr.add_argument("--split", default="test")
     rr.add_argument("-k", type=int, default=100, help="candidates read (and returned) per query (default 100)")
     rr.add_argument("--queries", type=int, default=None, help="only the first N (judged) queries")
@@ -133,4 +146,5 @@ def add(sub) -> None:
     ray_args(rr, replicas=False, workers_help="spread the queries over N Ray workers, each with its own model "
                                                "(needs --ray-address); same run file")
     rr.add_argument("--chunk", type=int, default=4, help="queries per Ray task (default 4)")
+    on_error_arg(rr)
     rr.set_defaults(func=run)

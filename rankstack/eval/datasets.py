@@ -33,6 +33,7 @@ __all__ = [
     "load_candidates_json",
     "TrecDl",
     "load_trec_dl",
+    "trec_dl_year",
     "BEIR_URL",
 ]
 
@@ -273,12 +274,35 @@ class TrecDl:
     topics: Mapping[str, Query]
     qrels: Qrels
     candidates: list[Ranking]
+    year: str = ""
 
 
-def load_trec_dl(folder: str | os.PathLike, year: str = "dl19") -> TrecDl:
-    """Load ``../shared/data/trec-dl/dl19``-style folders: topics, NIST qrels and the BM25 top-100 candidates."""
+def trec_dl_year(folder: str | os.PathLike) -> str:
+    """The year of a TREC DL folder: the one ``YEAR`` with both ``topics.YEAR-passage.txt`` and
+    ``qrels.YEAR-passage.txt`` there (e.g. ``dl19``, ``dl20``)."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a folder; give a TREC DL folder with topics.YEAR-passage.txt, "
+                           f"qrels.YEAR-passage.txt and bm25_top100.json")
+    topics = {p.name[len("topics."):-len("-passage.txt")] for p in folder.glob("topics.*-passage.txt")}
+    years = sorted(y for y in topics if (folder / f"qrels.{y}-passage.txt").is_file())
+    if len(years) == 1:
+        return years[0]
+    if not years:
+        raise DatasetError(f"{folder} has no topics.YEAR-passage.txt with a matching qrels.YEAR-passage.txt "
+                           f"(found topics for: {', '.join(sorted(topics)) or 'none'})")
+    raise DatasetError(f"{folder} holds several years ({', '.join(years)}); choose one with --year")
+
+
+def load_trec_dl(folder: str | os.PathLike, year: str | None = None) -> TrecDl:
+    """Load ``../shared/data/trec-dl/dl19``-style folders: topics, NIST qrels and the BM25 top-100 candidates.
+    ``year``: which topics and qrels (``dl19`` reads ``topics.dl19-passage.txt``); by default the one year whose
+    files the folder holds (:func:`trec_dl_year`)."""
+    folder = Path(folder)
+    if year is None:
+        year = trec_dl_year(folder)
+        logger.info("%s: TREC DL year %s (from topics.%s-passage.txt)", folder, year, year)
     topics = read_topics(folder / f"topics.{year}-passage.txt")
     qrels = read_qrels(folder / f"qrels.{year}-passage.txt")
     candidates = load_candidates_json(folder / "bm25_top100.json", topics)
-    return TrecDl(topics=topics, qrels=qrels, candidates=candidates)
+    return TrecDl(topics=topics, qrels=qrels, candidates=candidates, year=year)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,7 +20,7 @@ from rankstack.eval.metrics import DEFAULT_METRICS, EvalResult, evaluate
 from rankstack.pipeline.spec import PRESETS, PipelineSpec, RelevanceSpec, parse_pipeline, split_named
 from rankstack.eval.tuning import auto_fusions, run_tuned
 from rankstack.pipeline.workspace import DEFAULT_INDEX_ROOT, DatasetWorkspace
-from rankstack.records import Run
+from rankstack.records import Qrels, Run
 from rankstack.retrieval import kinds
 from rankstack.retrieval.encoders import DEFAULT_DENSE_MODEL
 
@@ -40,6 +40,9 @@ class PipelineResult:
     result: EvalResult
     stats: Mapping[str, object]
     input_of: str | None = None
+    failed: Mapping[str, str] = field(default_factory=dict)
+    """Queries this pipeline could not finish (qid -> why; ``on_error=stop|skip``): its run and metrics cover the
+    others only."""
 
 
 def named_specs(pipelines: Sequence[str]) -> dict[str, PipelineSpec]:
@@ -63,8 +66,8 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
                   metrics: Sequence[str] = DEFAULT_METRICS, tune_split: str | None = "auto",
                   model: str = DEFAULT_DENSE_MODEL, k1: float = 0.9, b: float = 0.4, threads: int | None = None,
                   workspace: DatasetWorkspace | None = None, show_progress: bool | None = None,
-                  relevance_adapter: str | None = None,
-                  pool=None) -> tuple[BeirDataset, dict[str, PipelineResult], DatasetWorkspace]:
+                  relevance_adapter: str | None = None, pool=None,
+                  on_error: str = "raise") -> tuple[BeirDataset, dict[str, PipelineResult], DatasetWorkspace]:
     """Run and evaluate each pipeline. ``alpha=auto`` (e.g. the ``hybrid-interp`` preset) is tuned on
     ``tune_split`` (``auto``: the dataset's ``dev`` split when it has one and it is not the evaluated split,
     else 2-fold cross-validation over the evaluated queries).
@@ -79,7 +82,11 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
     ``workspace``: any pipeline resources over the dataset's corpus (default: its index cache; a
     :class:`~rankstack.distributed.sharded.ShardedResources` evaluates a sharded collection). ``pool``: a
     :class:`~rankstack.distributed.queries.QueryPool` whose Ray workers run the queries; indexes are built here
-    first, so workers only open them."""
+    first, so workers only open them.
+
+    ``on_error``: ``raise`` (default), or ``stop``/``skip`` as :meth:`~rankstack.pipeline.core.Pipeline.run`: a
+    pipeline with queries it could not finish keeps the others (:attr:`PipelineResult.failed`); with ``stop`` the
+    pipelines after it do not run."""
     specs = named_specs(pipelines)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise BadInput(f"k must be a positive integer, got {k!r}")
@@ -101,11 +108,14 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
             for r in spec.retrievers():  # build (or check) every index once, before workers open them
                 ws.retriever(r.item)
         output, tuning = run_tuned(spec, ws, queries, k, show_progress=show_progress, keep_inputs=reranks,
-                                   pool=pool, **kw)
+                                   pool=pool, on_error=on_error, **kw)
+        # a partial run is scored on the queries it finished (its row says how many failed)
+        qrels = (Qrels(judgments={q: j for q, j in ds.qrels.judgments.items() if q not in output.failed})
+                 if output.failed else ds.qrels)
         wall = time.perf_counter() - t0
         run = output.run(name)
         secs = sum(output.timings.values())
-        stats: dict[str, object] = {"queries": len(queries), "search_seconds": secs,
+        stats: dict[str, object] = {"queries": len(queries) - len(output.failed), "search_seconds": secs,
                                     "qps": len(queries) / secs if secs else float("inf"), "wall_seconds": wall}
         stats.update({f"seconds_{stage}": v for stage, v in output.timings.items()})
         if tuning is not None:
@@ -113,7 +123,7 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
         if any(isinstance(n, RelevanceSpec) for n in spec.walk()):
             from rankstack.eval.metrics import set_metrics
 
-            sm = set_metrics({r.query.qid: r.docids for r in output.rankings}, ds.qrels)
+            sm = set_metrics({r.query.qid: r.docids for r in output.rankings}, qrels)
             stats.update(set_P=sm["P"], set_R=sm["R"], set_F1=sm["F1"], empty=sm["empty"], kept=sm["mean_kept"])
         for kind in dict.fromkeys(kinds.get(r.item.kind) for r in spec.retrievers()):
             keys = kind.stats_labels
@@ -125,10 +135,15 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
             label, before = next(iter(output.inputs.items()))
             iname = f"{name} [{label} input]"
             irun = Run.from_rankings(before, name=iname)
-            out[iname] = PipelineResult(name=iname, spec=spec, run=irun, result=evaluate(irun, ds.qrels, metrics),
+            out[iname] = PipelineResult(name=iname, spec=spec, run=irun, result=evaluate(irun, qrels, metrics),
                                         stats={}, input_of=name)
-        out[name] = PipelineResult(name=name, spec=spec, run=run, result=evaluate(run, ds.qrels, metrics),
-                                   stats=stats)
+        if output.failed:
+            stats["failed_queries"] = len(output.failed)
+        out[name] = PipelineResult(name=name, spec=spec, run=run, result=evaluate(run, qrels, metrics),
+                                   stats=stats, failed=dict(output.failed))
+        if output.failed and on_error == "stop":
+            logger.error("%s: %d queries failed; the pipelines after it were not run", name, len(output.failed))
+            break
     return ds, out, ws
 
 

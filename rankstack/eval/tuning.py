@@ -138,17 +138,18 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
               tune_queries: list[Query] | None = None, tune_qrels: Qrels | None = None, tuned_on: str = "dev",
               eval_qrels: Qrels | None = None, folds: int = 2, seed: int = 0,
               show_progress: bool | None = None, keep_inputs: bool = False,
-              pool=None) -> tuple[PipelineOutput, Tuning | None]:
+              pool=None, on_error: str = "raise") -> tuple[PipelineOutput, Tuning | None]:
     """Run ``spec`` on ``queries``, resolving every ``alpha=auto`` first: on ``tune_queries``/``tune_qrels`` when
     given, else by ``folds``-fold cross-validation over ``queries`` judged in ``eval_qrels``. ``pool``: a
     :class:`~rankstack.distributed.queries.QueryPool` that runs the reported queries on Ray workers (tuning runs
-    here)."""
+    here). ``on_error``: as :meth:`~rankstack.pipeline.core.Pipeline.run` (local runs; Ray workers raise)."""
     nodes = auto_fusions(spec)
 
     def execute(s: PipelineSpec, qs: list[Query]) -> PipelineOutput:
         if pool is not None:
             return pool.run(str(s), qs, k, keep_inputs=keep_inputs, show_progress=show_progress)
-        return compile_pipeline(s, resources).run(qs, k, show_progress=show_progress, keep_inputs=keep_inputs)
+        return compile_pipeline(s, resources).run(qs, k, show_progress=show_progress, keep_inputs=keep_inputs,
+                                                  on_error=on_error)
 
     if not nodes:
         return execute(spec, queries), None
@@ -169,9 +170,11 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
     timings: dict[str, float] = {}
     stats: dict[str, dict[str, float]] = {}
     inputs: dict[str, dict[str, object]] = {}
+    failed: dict[str, str] = {}
 
     def collect(out: PipelineOutput) -> None:
         by_qid.update({r.query.qid: r for r in out.rankings})
+        failed.update(out.failed)
         stats.update(out.stats)
         for name, secs in out.timings.items():
             timings[name] = timings.get(name, 0.0) + secs
@@ -185,15 +188,19 @@ def run_tuned(spec: PipelineSpec, resources: Resources, queries: list[Query], k:
         alphas = runs.tune(nodes, train)
         fold_alphas.append((i, alphas))
         fold_queries = [q for q in queries if q.qid in part]
-        if not fold_queries:
+        if not fold_queries or (failed and on_error == "stop"):
             continue
         collect(execute(_with_alphas(spec, alphas), fold_queries))
-    rest = [q for q in queries if q.qid not in by_qid]  # unjudged queries: any fold's alpha, here the first
-    if rest:
+    # unjudged queries: any fold's alpha, here the first
+    rest = [q for q in queries if q.qid not in by_qid and q.qid not in failed]
+    if failed and on_error == "stop":
+        failed.update({q.qid: "not run: the run stopped at an earlier failure" for q in rest})
+    elif rest:
         collect(execute(_with_alphas(spec, fold_alphas[0][1]), rest))
     fold_alphas = [_value(a, nodes) for _, a in fold_alphas]
     logger.info("alpha by %d-fold cross-validation: %s", folds, fold_alphas)
-    return (PipelineOutput(rankings=[by_qid[q.qid] for q in queries], timings=timings, stats=stats,
-                           inputs={label: [got[q.qid] for q in queries if q.qid in got]
-                                   for label, got in inputs.items()}),
+    return (PipelineOutput(rankings=[by_qid[q.qid] for q in queries if q.qid in by_qid], timings=timings,
+                           stats=stats, inputs={label: [got[q.qid] for q in queries if q.qid in got]
+                                                for label, got in inputs.items()},
+                           failed={q.qid: failed[q.qid] for q in queries if q.qid in failed}),
             Tuning(alphas=fold_alphas, tuned_on=f"{folds}-fold CV"))

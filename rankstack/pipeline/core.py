@@ -41,6 +41,7 @@ __all__ = ["Retriever", "Reranker", "validate_queries", "Pipeline", "PipelineOut
 
 FUSION_METHODS = ("rrf", "interp")
 DEFAULT_RERANK_DEPTH = 100
+ON_ERROR = ("raise", "stop", "skip")  # what Pipeline.run does with a query a rerank stage cannot finish
 
 
 # ---- the stage interfaces: what retrievers and rerankers implement, and how they compose ----------------------
@@ -151,6 +152,8 @@ class PipelineOutput:
     reranker can be compared with its own input."""
     partial: dict[str, str] = field(default_factory=dict)
     """Shards left out of these results (name -> error), when a sharded collection allows partial answers."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """With ``run(..., on_error="stop"|"skip")``: queries left out of ``rankings`` (qid -> why), in query order."""
 
     def run(self, name: str = "rankstack") -> Run:
         return Run.from_rankings(self.rankings, name=name)
@@ -160,10 +163,12 @@ class _Context:
     """One execution: document lookup, timings, per-query stats and stable stage labels."""
 
     def __init__(self, documents: Mapping[str, Document] | None, show_progress: bool | None,
-                 keep_inputs: bool = False):
+                 keep_inputs: bool = False, on_error: str = "raise"):
         self.documents = documents
         self.show_progress = show_progress
         self.keep_inputs = keep_inputs
+        self.on_error = on_error
+        self.failed: dict[str, str] = {}  # qid -> why, for queries a stage could not finish (on_error stop|skip)
         self.inputs: dict[str, list[Ranking]] = {}
         self.timings: dict[str, float] = {}
         self.stats: dict[str, dict[str, float]] = collections.defaultdict(dict)
@@ -325,24 +330,43 @@ class Rerank(Stage):
                                f"or attach documents)")
             heads.append(head)
         step = self.reranker.batch_queries or max(1, len(heads))
-        done: list[Ranking] = []
+        done: dict[int, Ranking] = {}
         label = ctx.label(self, self.base_label)
         bar = tqdm(total=len(heads), desc=label, unit=" queries",
                    disable=not progress_enabled(ctx.show_progress) or len(heads) <= step)
         for s in range(0, len(heads), step):
-            chunk = heads[s:s + step]
-            got = self.reranker.rerank_batch(chunk)
-            for head, r, st in zip(chunk, got, _reranker_stats(self.reranker, len(chunk))):
+            chunk = [(i, h) for i, h in zip(todo[s:s + step], heads[s:s + step]) if h.query.qid not in ctx.failed]
+            try:
+                got = self.reranker.rerank_batch([h for _, h in chunk]) if chunk else []
+            except Exception as exc:  # noqa: BLE001 - on_error=stop|skip: the run keeps every finished query
+                if ctx.on_error == "raise":
+                    raise
+                self._fail(ctx, [h for _, h in chunk], todo[s + step:], rankings, f"{label}: {exc}")
+                if ctx.on_error == "stop":
+                    break
+                got, chunk = [], []
+            finally:
+                bar.update(min(step, len(heads) - s))
+            for (_, head), r, st in zip(chunk, got, _reranker_stats(self.reranker, len(chunk))):
                 if sorted(head.docids) != sorted(r.docids):
                     raise RankStackError(f"reranker {self.name} returned other candidates than it was given for "
                                          f"query {head.query.qid!r}")
                 ctx.stats[head.query.qid].update(st)
-            done += got
-            bar.update(len(chunk))
+            done.update((i, r) for (i, _), r in zip(chunk, got))
         bar.close()
-        for i, head in zip(todo, done):
+        for i, head in done.items():
             out[i] = _with_tail(head, rankings[i].candidates[self.depth:])
         return out
+
+    def _fail(self, ctx, heads: Sequence[Ranking], later: Sequence[int], rankings, why: str) -> None:
+        """Record ``heads``' queries as failed (their rankings pass through, dropped from the output at the end);
+        with on_error=stop, every later query too."""
+        for h in heads:
+            ctx.failed[h.query.qid] = why
+        logger.error("query %s failed: %s", heads[0].query.qid, why)
+        if ctx.on_error == "stop":
+            for i in later:
+                ctx.failed.setdefault(rankings[i].query.qid, f"not run: the run stopped at query {heads[0].query.qid}")
 
     def describe(self) -> str:
         return f">> {self.name}:depth={self.depth}"
@@ -636,21 +660,31 @@ class Pipeline(Retriever):
         return rankings
 
     def run(self, queries: Sequence[Query], k: int = 1000, *, with_documents: bool = False,
-            show_progress: bool | None = None, keep_inputs: bool = False) -> PipelineOutput:
+            show_progress: bool | None = None, keep_inputs: bool = False, on_error: str = "raise") -> PipelineOutput:
         """Run the pipeline on a batch: the top ``k`` per query, timings per stage, and per-query stats.
         ``with_documents``: attach each returned candidate's document (when the pipeline has a store);
-        ``keep_inputs``: also return what each rerank stage received (see :attr:`PipelineOutput.inputs`)."""
+        ``keep_inputs``: also return what each rerank stage received (see :attr:`PipelineOutput.inputs`).
+        ``on_error``: what a query that a rerank stage cannot finish does: ``raise`` (the error ends the call),
+        ``stop`` (later queries are not reranked) or ``skip`` (they are); either way the output holds every
+        finished query and :attr:`PipelineOutput.failed` names the others, so nothing finished is lost."""
+        if on_error not in ON_ERROR:
+            raise BadInput(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
         queries = list(queries)
         validate_queries(queries, k)
-        ctx = _Context(self.documents, show_progress, keep_inputs)
+        ctx = _Context(self.documents, show_progress, keep_inputs, on_error)
         if not queries:
             return PipelineOutput(rankings=[], timings={}, stats={})
         rankings = [r.top(k) for r in self.produce(queries, k, ctx)]
+        if ctx.failed:
+            rankings = [r for r in rankings if r.query.qid not in ctx.failed]
         if with_documents:
             rankings = [ctx.attach(r) for r in rankings]
+        kept = {r.query.qid for r in rankings}
         return PipelineOutput(rankings=rankings, timings=dict(ctx.timings),
-                              stats={q.qid: dict(ctx.stats.get(q.qid, {})) for q in queries},
-                              inputs={label: [r.top(k) for r in rs] for label, rs in ctx.inputs.items()})
+                              stats={q.qid: dict(ctx.stats.get(q.qid, {})) for q in queries if q.qid in kept},
+                              inputs={label: [r.top(k) for r in rs if r.query.qid in kept]
+                                      for label, rs in ctx.inputs.items()},
+                              failed={q.qid: ctx.failed[q.qid] for q in queries if q.qid in ctx.failed})
 
     def retrieve(self, queries: Sequence[Query], k: int = 1000) -> list[Ranking]:
         return self.run(queries, k).rankings

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,29 @@ def test_dl19_candidates(dl19_dir):
     assert {r.query.qid for r in dl.candidates} <= set(dl.qrels.qids)
     first = dl.candidates[0]
     assert first.candidates[0].document.text and first.candidates[0].score >= first.candidates[-1].score
+
+
+def test_trec_dl_year_comes_from_the_files_the_folder_holds(dl19_dir, tmp_path):
+    """A DL20-style folder (the DL19 files under dl20 names) loads as dl20 without --year; a folder with two years
+    asks for one; one without topics says what it looked for."""
+    from rankstack.eval.datasets import trec_dl_year
+
+    src = Path(dl19_dir)
+    other = tmp_path / "dl20"
+    other.mkdir()
+    for name, new in (("topics.dl19-passage.txt", "topics.dl20-passage.txt"),
+                      ("qrels.dl19-passage.txt", "qrels.dl20-passage.txt"), ("bm25_top100.json", None)):
+        (other / (new or name)).symlink_to(src / name)
+    dl = load_trec_dl(other)
+    assert dl.year == "dl20" and len(dl.candidates) == 43
+    assert trec_dl_year(src) == "dl19" and load_trec_dl(src).year == "dl19"
+    (other / "topics.dl19-passage.txt").symlink_to(src / "topics.dl19-passage.txt")
+    (other / "qrels.dl19-passage.txt").symlink_to(src / "qrels.dl19-passage.txt")
+    with pytest.raises(DatasetError, match="several years \\(dl19, dl20\\); choose one with --year"):
+        load_trec_dl(other)
+    assert load_trec_dl(other, "dl19").year == "dl19"
+    with pytest.raises(DatasetError, match="no topics.YEAR-passage.txt"):
+        load_trec_dl(tmp_path)
 
 
 def test_malformed_candidates(tmp_path):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rankstack.errors import BadInput
+from rankstack.errors import BadInput, ContextOverflow
 from rankstack.records import Candidate
-from rankstack.rerank.llm.base import LLMReranker
+from rankstack.rerank.llm.base import FLOOR_TOKENS, LLMReranker
 from rankstack.rerank.llm.runtime import AttentionProbe, CausalLM, ForwardStats
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ class ICRReranker(LLMReranker):
     """``calibration``: "masked" (default, the authors' method), "plain" (subtract N/A scores) or "none" (one pass).
     ``query_span``: "after_docs" attends from every token after the passages (instruction, query, chat suffix), as
     the authors do; "query" from the query's own tokens only. ``window=None`` fits all ``depth`` candidates into
-    one prompt when the context allows, else slides windows of ``window`` with ``stride``. ``heads``: score with
+    one prompt when the context allows (by the prompt's exact token count, lowering the per-passage budget down to
+    32 tokens where needed), else slides windows (``stride``, default half a window); ``overflow``: see
+    :class:`~rankstack.rerank.llm.base.LLMReranker`. ``heads``: score with
     these ``(layer, head)`` pairs only (e.g. chosen on another dataset) instead of every layer and head.
     ``order``: where the first-stage retriever's best candidates sit in the prompt: ``retriever-last`` (default, as
     the authors run ICR with ``--reverse_doc_order``: the best passages last, nearest the query) or
@@ -68,8 +70,9 @@ class ICRReranker(LLMReranker):
                  prompt_type: str = "IE", layers: list[int] | None = None,
                  heads: list[tuple[int, int]] | None = None, order: str = "retriever-last",
                  attention: str = "auto", full_heads: list[tuple[int, int]] | None = None, window_tokens: int = 128,
-                 sink_tokens: int = 4, topk_tokens: int = 256, topk_channels: int = 8, keep_signals: bool = False):
-        super().__init__(llm, passage_tokens=passage_tokens)
+                 sink_tokens: int = 4, topk_tokens: int = 256, topk_channels: int = 8, keep_signals: bool = False,
+                 overflow: str = "fallback"):
+        super().__init__(llm, passage_tokens=passage_tokens, overflow=overflow)
         if order not in ORDERS:
             raise BadInput(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         from rankstack.rerank.llm.sparse_attention import ATTENTION_MODES
@@ -162,17 +165,33 @@ class ICRReranker(LLMReranker):
         _, cache = self.llm.forward(part, cache, probe=probe, layout=layout)
         return probe, cache
 
-    def score_window(self, query: str, cands: list[Candidate], stats: ForwardStats) -> torch.Tensor:
-        """ICR scores for one window, in the order of ``cands`` (higher is more relevant); the prompt holds them in
-        ``self.order``."""
-        if self.order == "retriever-last":
-            return self._score_prompt(query, cands[::-1], stats).flip(0)
-        return self._score_prompt(query, cands, stats)
+    def _prompt_order(self, cands: list[Candidate]) -> list[Candidate]:
+        return cands[::-1] if self.order == "retriever-last" else cands
 
-    def _score_prompt(self, query: str, cands: list[Candidate], stats: ForwardStats) -> torch.Tensor:
-        overhead = self._overhead(query) + self._overhead("N/A")
-        budget = self._fit_budget(len(cands), overhead)
-        docs_ids, spans = self._docs_part(self._passages(cands, stats, budget))
+    def _build(self, query: str, prompt: list[Candidate], stats: ForwardStats) -> tuple | None:
+        """The passages' part of the prompt holding ``prompt`` (in prompt order), ``(token ids, spans)``, with the
+        per-passage budget fitted to the context by exact count (both passes: the N/A part and the query part each
+        follow the passages); None when not even the floor fits."""
+        q_len = len(self._query_part(query)[0])
+        after = q_len if self.calibration == "none" else max(q_len, len(self._query_part("N/A")[0]))
+        budget = self._fit_budget(len(prompt), self._overhead(query) + self._overhead("N/A"))
+        return self._fit(lambda b, st: self._docs_part(self._passages(prompt, st, b)), len(prompt), budget, after,
+                         stats)
+
+    def score_window(self, query: str, cands: list[Candidate], stats: ForwardStats, built=None) -> torch.Tensor:
+        """ICR scores for one window, in the order of ``cands`` (higher is more relevant); the prompt holds them in
+        ``self.order``. ``built``: the window's prompt from :meth:`_build`, when already made."""
+        prompt = self._prompt_order(cands)
+        if built is None:
+            built = self._build(query, prompt, stats)
+            if built is None:
+                raise ContextOverflow(f"{len(cands)} passages do not fit the model's {self.llm.context}-token context "
+                                      f"even at {FLOOR_TOKENS} tokens each; lower the window")
+        scores = self._score_prompt(query, prompt, stats, built)
+        return scores.flip(0) if self.order == "retriever-last" else scores
+
+    def _score_prompt(self, query: str, cands: list[Candidate], stats: ForwardStats, built: tuple) -> torch.Tensor:
+        docs_ids, spans = built
         q_part, q_lo, q_hi = self._query_part(query)
         start = len(docs_ids)
         if self.calibration == "none":
@@ -213,16 +232,27 @@ class ICRReranker(LLMReranker):
         index = {lay: i for i, lay in enumerate(sorted(probe.rows))}
         return sum(rows[index[lay], h] for lay, h in self.heads)
 
+    @staticmethod
+    def _ranked(scores: torch.Tensor) -> list[int]:
+        return sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+
     def _rank_window(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
-        scores = self.score_window(query, cands, stats)
-        return sorted(range(len(cands)), key=lambda i: (-float(scores[i]), i))
+        return self._ranked(self.score_window(query, cands, stats))
 
     def _rerank(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
         window = self.window
-        if window is None:  # one prompt when the whole list fits at >= 32 tokens per passage
+        if window is None:  # one prompt when the whole list fits (exact count) at >= FLOOR_TOKENS per passage
             room = (self.llm.context - self._overhead(query) - self._overhead("N/A")) // max(1, len(cands))
-            window = len(cands) if room >= min(32, self.passage_tokens) else max(1, (self.llm.context // 2) // (
-                self.passage_tokens + 8))
+            floor = min(FLOOR_TOKENS, self.passage_tokens)
+            built = self._build(query, self._prompt_order(cands), stats) if room >= floor else None
+            if built is not None:
+                if self.attention == "auto":  # passage-block prefill where one prompt holds every candidate
+                    self._block_prefill = True
+                return self._ranked(self.score_window(query, cands, stats, built))
+            window = max(1, (self.llm.context // 2) // (self.passage_tokens + 8))
+            stats.window_fallbacks += 1
+            self._note(f"{len(cands)} candidates do not fit one {self.llm.context}-token prompt at >= {floor} tokens "
+                       f"per passage; ranked in windows of {window}")
         stride = self.stride or max(1, window // 2)
         if self.attention == "auto":  # passage-block prefill where one prompt holds every candidate, dense windows
             self._block_prefill = window >= len(cands)

@@ -6,9 +6,9 @@ import logging
 
 import torch
 
-from rankstack.errors import BadInput
+from rankstack.errors import BadInput, ContextOverflow
 from rankstack.records import Candidate
-from rankstack.rerank.llm.base import IDENTIFIERS, LLMReranker, parse_permutation
+from rankstack.rerank.llm.base import FLOOR_TOKENS, IDENTIFIERS, LLMReranker, parse_permutation
 from rankstack.rerank.llm.runtime import CausalLM, ForwardStats
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ def listwise_prompt(llm: CausalLM, query: str, passages: list[str]) -> str:
 
 
 class _Windowed(LLMReranker):
-    def __init__(self, llm: CausalLM, *, window: int = 20, stride: int = 10, passage_tokens: int = 100):
-        super().__init__(llm, passage_tokens=passage_tokens)
+    def __init__(self, llm: CausalLM, *, window: int = 20, stride: int = 10, passage_tokens: int = 100,
+                 overflow: str = "fallback"):
+        super().__init__(llm, passage_tokens=passage_tokens, overflow=overflow)
         if window > len(IDENTIFIERS):
             raise BadInput(f"window {window} exceeds the {len(IDENTIFIERS)} single-token identifiers")
         self.window, self.stride = window, stride
@@ -41,7 +42,13 @@ class _Windowed(LLMReranker):
     def _prompt_ids(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
         overhead = len(self.llm.encode(listwise_prompt(self.llm, query, [""] * len(cands)))) + 4 * len(cands)
         budget = self._fit_budget(len(cands), overhead + self.reserve)
-        return self.llm.encode(listwise_prompt(self.llm, query, self._passages(cands, stats, budget)))
+        built = self._fit(
+            lambda b, st: (self.llm.encode(listwise_prompt(self.llm, query, self._passages(cands, st, b))),),
+            len(cands), budget, self.reserve, stats)
+        if built is None:
+            raise ContextOverflow(f"a window of {len(cands)} passages does not fit the model's {self.llm.context}-"
+                                  f"token context even at {FLOOR_TOKENS} tokens each; lower the window")
+        return built[0]
 
     reserve = 8
 

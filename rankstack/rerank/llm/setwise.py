@@ -13,9 +13,9 @@ import re
 
 import torch
 
-from rankstack.errors import BadInput
+from rankstack.errors import BadInput, ContextOverflow
 from rankstack.records import Candidate
-from rankstack.rerank.llm.base import IDENTIFIERS, LLMReranker
+from rankstack.rerank.llm.base import FLOOR_TOKENS, IDENTIFIERS, LLMReranker
 from rankstack.rerank.llm.runtime import CausalLM, ForwardStats
 
 __all__ = ["SetwiseReranker", "parse_answer"]
@@ -36,8 +36,8 @@ class SetwiseReranker(LLMReranker):
     name = "setwise"
 
     def __init__(self, llm: CausalLM, *, k: int = 10, set_size: int = 4, passage_tokens: int = 100,
-                 reasoning: bool = False, max_think_tokens: int = 256):
-        super().__init__(llm, passage_tokens=passage_tokens)
+                 reasoning: bool = False, max_think_tokens: int = 256, overflow: str = "fallback"):
+        super().__init__(llm, passage_tokens=passage_tokens, overflow=overflow)
         if not 2 <= set_size <= len(IDENTIFIERS):
             raise BadInput(f"set_size must be between 2 and {len(IDENTIFIERS)}, got {set_size}")
         self.k, self.set_size, self.reasoning, self.max_think_tokens = k, set_size, reasoning, max_think_tokens
@@ -58,7 +58,13 @@ class SetwiseReranker(LLMReranker):
         """Index (into ``cands``) of the passage the model judges most relevant."""
         if len(cands) == 1:
             return 0
-        ids = self.llm.encode(self._prompt(query, self._passages(cands, stats)))
+        after = self.max_think_tokens + 16 if self.reasoning else 1  # the reasoning, then the answer's label
+        built = self._fit(lambda b, st: (self.llm.encode(self._prompt(query, self._passages(cands, st, b))),),
+                          len(cands), self.passage_tokens, after, stats)
+        if built is None:
+            raise ContextOverflow(f"a set of {len(cands)} passages does not fit the model's {self.llm.context}-token "
+                                  f"context even at {FLOOR_TOKENS} tokens each; lower set_size")
+        ids = built[0]
         if self.reasoning:
             text = self.llm.generate(ids, self.max_think_tokens, stop=("</answer>",))
             pick = parse_answer(text, len(cands))

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("faiss", reason="needs rankstack[cpu]")
 
-from conftest import beir_subset  # noqa: E402
+from tests.conftest import beir_subset  # noqa: E402
 from rankstack.errors import BadInput  # noqa: E402
 from rankstack.eval.datasets import load_beir  # noqa: E402
 from rankstack.pipeline import DatasetWorkspace, compile_pipeline  # noqa: E402
@@ -21,6 +21,15 @@ from rankstack.records import Query  # noqa: E402
 from rankstack.retrieval.kinds.multivector import MultiVectorSettings  # noqa: E402
 
 N_DOCS, N_QUERIES = 120, 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _reference_maxsim():
+    """MaxSim on CPU tensors through the torch reference, as it runs outside the tests: the Triton interpreter (on in
+    conftest) took ~75% of these tests' time, and tests/kernels/test_maxsim_kernel.py checks the kernel against it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "0")
+        yield
 
 
 @pytest.fixture(scope="module")

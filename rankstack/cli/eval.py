@@ -82,11 +82,16 @@ def run(args: argparse.Namespace) -> int:
         if name != str(res.spec) and not res.input_of:
             print(f"  {name} = {res.spec}")
     print(f"\nrun files and reports in {out}")
+    return _report_failures(results, names, files, len(ds.queries))
+
+
+def _report_failures(results, names, files, total: int) -> int:
+    """Say which pipelines left queries out (and which did not run after them); the exit status."""
     failed = {name: res for name, res in results.items() if res.failed}
     for name, res in failed.items():
         first, why = next(iter(res.failed.items()))
-        print(f"error: {name}: {len(res.failed)} of {len(ds.queries)} queries not run; query {first} failed: {why}. "
-              f"Its row and {files[name]} cover the {len(ds.queries) - len(res.failed)} finished")
+        print(f"error: {name}: {len(res.failed)} of {total} queries not run; query {first} failed: {why}. "
+              f"Its row and {files[name]} cover the {total - len(res.failed)} finished")
     missing = [n for n in names if n not in results]
     if missing:
         print(f"error: not run after that failure: {', '.join(missing)} (--on-error skip goes on past it)")

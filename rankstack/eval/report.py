@@ -70,7 +70,8 @@ def build_report(dataset: str, results: Mapping[str, EvalResult], *, baseline: s
             raise ValueError(f"baseline {baseline!r} is not one of the systems {list(results)}")
         base = results[baseline]
         for s, r in results.items():
-            if s != baseline:
+            common = set(base.per_query[metrics[0]]) & set(r.per_query[metrics[0]]) if metrics else set()
+            if s != baseline and len(common) >= 2:  # (a partial run may share fewer queries: no test, no row)
                 tests[s] = {m: compare_per_query(base.per_query[m], r.per_query[m], trials=trials) for m in metrics}
     return Report(dataset=dataset, metrics=metrics, rows=rows, baseline=baseline, tests=tests, extra=extra or {},
                   details=details or {})

@@ -112,39 +112,46 @@ def run_pipelines(dataset: str | BeirDataset, pipelines: Sequence[str], *, split
         # a partial run is scored on the queries it finished (its row says how many failed)
         qrels = (Qrels(judgments={q: j for q, j in ds.qrels.judgments.items() if q not in output.failed})
                  if output.failed else ds.qrels)
-        wall = time.perf_counter() - t0
         run = output.run(name)
-        secs = sum(output.timings.values())
-        stats: dict[str, object] = {"queries": len(queries) - len(output.failed), "search_seconds": secs,
-                                    "qps": len(queries) / secs if secs else float("inf"), "wall_seconds": wall}
-        stats.update({f"seconds_{stage}": v for stage, v in output.timings.items()})
-        if tuning is not None:
-            stats.update(alpha=_mean_alpha(tuning.alphas), alphas=tuning.alphas, tuned_on=tuning.tuned_on)
-        if any(isinstance(n, RelevanceSpec) for n in spec.walk()):
-            from rankstack.eval.metrics import set_metrics
-
-            sm = set_metrics({r.query.qid: r.docids for r in output.rankings}, qrels)
-            stats.update(set_P=sm["P"], set_R=sm["R"], set_F1=sm["F1"], empty=sm["empty"], kept=sm["mean_kept"])
-        for kind in dict.fromkeys(kinds.get(r.item.kind) for r in spec.retrievers()):
-            keys = kind.stats_labels
-            if keys:
-                stats.update(getattr(ws, "stats", {}).get(keys[0], {}))
-            for key in keys[1:]:  # derived indexes (MUVERA encodings, PLAID codes): their own build time
-                stats.update({f"{key}_{k}": v for k, v in getattr(ws, "stats", {}).get(key, {}).items()})
+        stats = _stats(spec, ws, output, tuning, qrels, time.perf_counter() - t0)
         if reranks and output.inputs:
             label, before = next(iter(output.inputs.items()))
             iname = f"{name} [{label} input]"
             irun = Run.from_rankings(before, name=iname)
             out[iname] = PipelineResult(name=iname, spec=spec, run=irun, result=evaluate(irun, qrels, metrics),
                                         stats={}, input_of=name)
-        if output.failed:
-            stats["failed_queries"] = len(output.failed)
         out[name] = PipelineResult(name=name, spec=spec, run=run, result=evaluate(run, qrels, metrics),
                                    stats=stats, failed=dict(output.failed))
         if output.failed and on_error == "stop":
             logger.error("%s: %d queries failed; the pipelines after it were not run", name, len(output.failed))
             break
     return ds, out, ws
+
+
+def _stats(spec: PipelineSpec, ws, output, tuning, qrels: Qrels, wall: float) -> dict[str, object]:
+    """A pipeline's row of stats: speed, tuned alphas, set metrics of a relevance filter, its indexes' build stats,
+    and how many queries failed (``on_error=stop|skip``)."""
+    secs = sum(output.timings.values())
+    done = len(output.rankings)
+    stats: dict[str, object] = {"queries": done, "search_seconds": secs,
+                                "qps": done / secs if secs else float("inf"), "wall_seconds": wall}
+    stats.update({f"seconds_{stage}": v for stage, v in output.timings.items()})
+    if tuning is not None:
+        stats.update(alpha=_mean_alpha(tuning.alphas), alphas=tuning.alphas, tuned_on=tuning.tuned_on)
+    if any(isinstance(n, RelevanceSpec) for n in spec.walk()):
+        from rankstack.eval.metrics import set_metrics
+
+        sm = set_metrics({r.query.qid: r.docids for r in output.rankings}, qrels)
+        stats.update(set_P=sm["P"], set_R=sm["R"], set_F1=sm["F1"], empty=sm["empty"], kept=sm["mean_kept"])
+    for kind in dict.fromkeys(kinds.get(r.item.kind) for r in spec.retrievers()):
+        keys = kind.stats_labels
+        if keys:
+            stats.update(getattr(ws, "stats", {}).get(keys[0], {}))
+        for key in keys[1:]:  # derived indexes (MUVERA encodings, PLAID codes): their own build time
+            stats.update({f"{key}_{k}": v for k, v in getattr(ws, "stats", {}).get(key, {}).items()})
+    if output.failed:
+        stats["failed_queries"] = len(output.failed)
+    return stats
 
 
 def _tune_set(ds: BeirDataset, split: str, tune_split: str | None) -> BeirDataset | None:

@@ -76,6 +76,8 @@ def test_icr_falls_back_exactly_where_one_prompt_does_not_fit(smollm2_tiny):
         got[qid] = icr.rerank(r)  # no error: every query is ranked
         stats[qid] = (icr.last_stats[0].shrunk_prompts, icr.last_stats[0].window_fallbacks)
     assert stats == {"fits": (0, 0), "shrinks": (1, 0), "windows": (0, 1)}, stats
+    assert [icr.layout(r.query.text, list(r.candidates))[0] for r in cases.values()] == [
+        "one prompt", "shrunk", "windows"]  # the same decision, made without running the model
     strict = ICRReranker(llm, overflow="error")
     assert strict.rerank(cases["fits"]).docids == got["fits"].docids  # a prompt that fits is built as before
     for qid in ("shrinks", "windows"):
@@ -109,12 +111,12 @@ def test_windowed_rerankers_check_each_prompt_and_name_the_fix(smollm2_tiny):
 def _tiny_candidates(path, qids_long):
     rng = random.Random(0)
     rows = []
+    vocab = "the flea life cycle is about weeks cats dogs eggs larva pupa adult".split()
     for q in ("q1", "q2", "q3", "q4"):
-        words = 60 if q in qids_long else 2
+        words = 60 if q in qids_long else 6  # six of 13 words: no two passages alike, so no near-tied scores
         rows.append({"query": "flea life cycle", "hits": [
             {"qid": q, "docid": f"{q}-{i}", "rank": i + 1, "score": float(20 - i),
-             "content": " ".join(rng.choice(["flea", "life", "cycle", "cats", "dogs", "eggs", "larva", "adult"])
-                                 for _ in range(words))} for i in range(20)]})
+             "content": " ".join(rng.choice(vocab) for _ in range(words))} for i in range(20)]})
     path.write_text(json.dumps(rows))
     return path
 
@@ -174,3 +176,30 @@ def test_skip_goes_on_past_a_failed_query_and_keeps_the_others(tmp_path, small_t
         assert r.docids == alone.docids
     with pytest.raises(ContextOverflow):
         pipe.run([r.query for r in rankings], 20)
+
+
+def test_eval_cli_writes_a_partial_run_and_names_the_failed_query(tmp_path, tiny_beir):
+    """`rankstack eval --on-error skip` over a pipeline whose reranker cannot fit one query's candidates (twenty long
+    documents answer q2 only, on a 192-token context): the other queries are reranked and scored, the pipeline's
+    run goes to RUN.partial with RUN.partial.json naming q2, and the exit status is 3."""
+    from rankstack.eval.trec import read_run
+
+    folder = save_tiny_llm(tmp_path / "tiny")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["max_position_embeddings"] = 192
+    (folder / "config.json").write_text(json.dumps(cfg))
+    corpus = tiny_beir / "corpus.jsonl"
+    long = " ".join(["memory safety systems programming language"] * 40)
+    corpus.write_text(corpus.read_text() + "".join(json.dumps({"_id": f"d{i}", "title": "", "text": long}) + "\n"
+                                                   for i in range(6, 26)))
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "rankstack", "-q", "eval", "--dataset", str(tiny_beir),
+                           "--pipeline", f"r=bm25 >> icr:model={folder},window=20,depth=20", "-k", "10",
+                           "--output-dir", str(out), "--index-root", str(tmp_path / "idx"), "--on-error", "skip"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "r: 1 of 3 queries not run; query q2 failed" in proc.stdout
+    (partial,) = (out / "tiny").glob("r.test.trec.partial")
+    assert sorted(read_run(partial).qids) == ["q1", "q3"]
+    side = json.loads(partial.with_name(partial.name + ".json").read_text())
+    assert list(side["failed"]) == ["q2"] and "192-token context" in side["failed"]["q2"]

@@ -239,20 +239,34 @@ class ICRReranker(LLMReranker):
     def _rank_window(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
         return self._ranked(self.score_window(query, cands, stats))
 
+    def layout(self, query: str, cands: list[Candidate], stats: ForwardStats | None = None) -> tuple[str, tuple | None]:
+        """How ``cands`` are laid out for ``query`` under the model's context, decided without running the model:
+        ``("one prompt", built)``, ``("shrunk", built)`` (one prompt, passages cut further to fit) or
+        ``("windows", None)``; ``built``: the passages' token ids and spans. A fixed ``window`` smaller than the list
+        gives ``("windows", None)``."""
+        stats = stats if stats is not None else ForwardStats()
+        if self.window is not None and self.window < len(cands):
+            return "windows", None
+        room = (self.llm.context - self._overhead(query) - self._overhead("N/A")) // max(1, len(cands))
+        before = stats.shrunk_prompts
+        built = (self._build(query, self._prompt_order(cands), stats)
+                 if room >= min(FLOOR_TOKENS, self.passage_tokens) else None)
+        if built is None:
+            return "windows", None
+        return ("shrunk" if stats.shrunk_prompts > before else "one prompt"), built
+
     def _rerank(self, query: str, cands: list[Candidate], stats: ForwardStats) -> list[int]:
         window = self.window
         if window is None:  # one prompt when the whole list fits (exact count) at >= FLOOR_TOKENS per passage
-            room = (self.llm.context - self._overhead(query) - self._overhead("N/A")) // max(1, len(cands))
-            floor = min(FLOOR_TOKENS, self.passage_tokens)
-            built = self._build(query, self._prompt_order(cands), stats) if room >= floor else None
+            _, built = self.layout(query, cands, stats)
             if built is not None:
                 if self.attention == "auto":  # passage-block prefill where one prompt holds every candidate
                     self._block_prefill = True
                 return self._ranked(self.score_window(query, cands, stats, built))
             window = max(1, (self.llm.context // 2) // (self.passage_tokens + 8))
             stats.window_fallbacks += 1
-            self._note(f"{len(cands)} candidates do not fit one {self.llm.context}-token prompt at >= {floor} tokens "
-                       f"per passage; ranked in windows of {window}")
+            self._note(f"{len(cands)} candidates do not fit one {self.llm.context}-token prompt at >= "
+                       f"{min(FLOOR_TOKENS, self.passage_tokens)} tokens per passage; ranked in windows of {window}")
         stride = self.stride or max(1, window // 2)
         if self.attention == "auto":  # passage-block prefill where one prompt holds every candidate, dense windows
             self._block_prefill = window >= len(cands)

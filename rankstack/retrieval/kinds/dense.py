@@ -68,6 +68,12 @@ class DenseSettings(Settings):
         return cached_encoder(models, self.model, **self.encoder_options)
 
 
+def _encoder_option(name: str, **kw) -> Option:
+    """An encoder option with the default (or the type) the encoder declares in ENCODER_OPTIONS."""
+    value = ENCODER_OPTIONS[name]
+    return Option(type=value, **kw) if isinstance(value, type) else Option(value, **kw)
+
+
 class DenseKind(RetrievalKind):
     name = "dense"
     summary = "a text encoder over a vector index, exact (flat) or compressed (index=(...))"
@@ -76,15 +82,13 @@ class DenseKind(RetrievalKind):
     options = {
         "model": Option(type=str, doc="sentence-transformers name or folder, or hash:<dim>"),
         "index": Option(type=Item, parse=_index_spec, doc="the vector index: flat, pq:m=48, binary:bits=2..."),
-        "batch_size": Option(64, low=1),
-        "normalize": Option(True),
-        "max_seq_length": Option(type=int, low=1),
-        "query_prefix": Option(""),
-        "document_prefix": Option(""),
-        "device": Option(type=str),
-        "backend": Option("auto", choices=BACKEND_CHOICES, doc="auto: the fastest backend measured lossless here"),
-        "int8_scope": Option(type=str),
-        "cache": Option(False),
+        **{name: _encoder_option(name, **kw) for name, kw in (
+            ("batch_size", {"low": 1}), ("normalize", {}), ("max_seq_length", {"low": 1}), ("query_prefix", {}),
+            ("document_prefix", {}))},
+        "device": Option(type=str),  # (None: the encoder's default device)
+        **{name: _encoder_option(name, **kw) for name, kw in (
+            ("backend", {"choices": BACKEND_CHOICES, "doc": "auto: the fastest backend measured lossless here"}),
+            ("int8_scope", {}), ("cache", {}))},
     }
 
     def check(self, item: Item) -> Item:

@@ -13,7 +13,7 @@ from typing import Any
 
 from rankstack.errors import BadInput
 from rankstack.models import ModelCache
-from rankstack.pipeline.resources import Resources
+from rankstack.pipeline.resources import Resources, rrf_of
 from rankstack.retrieval import kinds
 from rankstack.retrieval.kinds import RetrievalKind, Settings
 from rankstack.retrieval.sharded import ShardedDocuments, ShardedIndex, ShardSet
@@ -45,8 +45,7 @@ class ShardedResources(Resources):
         """Defaults this place imposes over those the shards were built with (a service's encoder)."""
 
     def default_spec(self) -> str:
-        parts = [e["spec"] for e in self.shardset.params["indexes"]]
-        return parts[0] if len(parts) == 1 else "rrf(" + ", ".join(parts) + ")"
+        return rrf_of([e["spec"] for e in self.shardset.params["indexes"]])
 
     def resolve(self, item) -> tuple[RetrievalKind, Settings]:
         item = kinds.canonical(item)

@@ -29,8 +29,13 @@ from rankstack.retrieval.kinds.multivector import MultiVectorSettings
 from rankstack.retrieval.kinds.splade import SparseSettings
 from rankstack.spec import Item
 
-__all__ = ["Resources", "DenseSettings", "SparseSettings", "MultiVectorSettings", "IndexDirs", "slug"]
+__all__ = ["Resources", "DenseSettings", "SparseSettings", "MultiVectorSettings", "IndexDirs", "slug", "rrf_of"]
 
+
+
+def rrf_of(specs: list[str]) -> str:
+    """The natural pipeline over several retrievers' specs: the one, or RRF of all of them."""
+    return specs[0] if len(specs) == 1 else "rrf(" + ", ".join(specs) + ")"
 
 class Resources(ABC):
     """Resolves spec items for :func:`~rankstack.pipeline.compile.compile_pipeline`.
@@ -195,16 +200,12 @@ class IndexDirs(Resources):
         return kind, settings
 
     def index(self, kind: RetrievalKind, settings: Settings) -> tuple[Any, Path | None]:
-        index, path = self._chosen[settings.key]
-        return index, path
+        return self._chosen[settings.key]
 
     def default_spec(self) -> str:
         """The natural pipeline over these folders: the one index's retriever, or RRF of all of them."""
-        parts = []
-        for _, saved, ix in self.folders:
-            kind = next(k for k in map(kinds.get, kinds.names()) if saved in k.saved_kinds)
-            parts.append(kind.spec_of(ix))
-        return parts[0] if len(parts) == 1 else "rrf(" + ", ".join(parts) + ")"
+        return rrf_of([next(k for k in map(kinds.get, kinds.names()) if saved in k.saved_kinds).spec_of(ix)
+                       for _, saved, ix in self.folders])
 
     def token_index_for(self, encoder):
         from rankstack.index.multivector import MultiVectorIndex

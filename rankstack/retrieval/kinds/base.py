@@ -165,7 +165,8 @@ class RetrievalKind(ABC):
         return None
 
     def build_from(self, settings: Settings, source, meta: dict, path: Path) -> Any:
-        raise NotImplementedError
+        """Build from :meth:`source`'s index; only called for kinds whose :meth:`source` returns settings."""
+        raise NotImplementedError(f"kind {self.name!r} returns a source() index, so it must define build_from()")
 
     def save(self, index, path: Path) -> None:
         index.save(path)
@@ -230,7 +231,8 @@ class RetrievalKind(ABC):
         return None
 
     def derive(self, settings: Settings, index, meta: dict | None = None) -> Any:
-        raise NotImplementedError
+        """The derived index; only called for kinds whose :meth:`derived_key` returns a key."""
+        raise NotImplementedError(f"kind {self.name!r} returns a derived_key(), so it must define derive()")
 
     def load_derived(self, settings: Settings, path: Path) -> Any:
         from rankstack.index.registry import open_index
